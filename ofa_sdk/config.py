@@ -1,0 +1,201 @@
+"""Typed configuration: one home for every hyperparameter.
+
+Two named configurations exist:
+
+* ``paper``   -- every hyperparameter of the paper (Fei et al., AAAI 2026) and the authors'
+  scripts as pinned down in METHOD.md. GPU scale.
+* ``compact`` -- the CPU-trainable default that ships inside the package. Same method, smaller
+  networks and crops; sized by measuring throughput on a 2-core CPU (see benchmarks/RESULTS.md).
+
+Configs are frozen dataclasses; ``to_dict``/``from_dict`` round-trip them through JSON so a
+checkpoint's metadata carries the exact configuration it was trained with.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Fingerprint simulator: fixed encoder + stochastic decoder (paper Sec. 3.1, Eq. 1-4)."""
+    enc_channels: Tuple[int, ...] = (64, 128, 256)  # C_1..C_L at H/2, H/4, H/8 (L = len)
+    stem_channels: int = 32
+    start_scales: Tuple[int, ...] = (1, 2, 3)  # s ~ Uniform over these
+    v_max: int = 2                              # V_i ~ Uniform{1..v_max} VariStruct cells
+    num_kernels: int = 4                        # K base kernels of MoKConv
+    router_hidden: int = 64                     # router MLP hidden width
+    mok_mode: str = "weight"                    # "weight" or "output" mixing (both exact)
+    gn_groups: int = 8                          # GroupNorm groups (capped by channels)
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """DnCNN-style residual denoiser (Corvi et al. 2023): predicts the noise."""
+    depth: int = 17
+    width: int = 64
+    padding: bool = False       # Corvi's is unpadded: a 256 crop gives a 222 residual
+    noise_sigma: float = 1.0    # training noise, in grey levels (of 255)
+
+
+@dataclass(frozen=True)
+class SpectrumConfig:
+    """T(r) = log(1 + |FFT2(r)|) per channel, no fftshift, no normalisation."""
+    # The residual is expressed in grey levels (x255) before the FFT, so the log compresses a
+    # useful dynamic range; with [0,1] units log1p would be almost linear.
+    residual_scale: float = 255.0
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """ResNet phi on the 3-channel log spectrum -> d-dim fingerprint (L2-normalised)."""
+    block: str = "bottleneck"               # "basic" or "bottleneck"
+    layers: Tuple[int, ...] = (3, 4, 6, 3)  # ResNet-50
+    width: int = 64
+    dim: int = 128
+    stem_stride: int = 2                    # conv stride of the stem
+    stem_pool: bool = True                  # max-pool after the stem
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    pair_hidden: Tuple[int, ...] = (128, 128)  # g: 2d -> 128 -> 128 -> 1 (scripts)
+    real_hidden: Tuple[int, ...] = (64,)       # f: d -> 64 -> 1
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    tau: float = 0.02
+    bank_size: int = 1024       # paper: M = 1024 (scripts: 65,536)
+    w_scl: float = 1.0
+    w_att: float = 1.0
+    w_cls: float = 1.0
+
+
+@dataclass(frozen=True)
+class Stage0Config:
+    """Denoiser training on real photos with Gaussian noise of noise_sigma grey levels."""
+    steps: int = 20000
+    batch: int = 32
+    crop: int = 64
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Simulator training: L_img = w_mse * MSE + w_perc * perceptual (Eq. 3)."""
+    steps: int = 200000
+    batch: int = 4
+    accum: int = 32
+    crop: int = 256
+    lr: float = 4e-5
+    w_mse: float = 1.0
+    w_perc: float = 0.25
+    perceptual: str = "ssim"    # "ssim" (weight-free default) or "lpips" (needs user weights)
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    """Extractor + heads, simulator frozen: multiple sets + single set per step."""
+    steps: int = 10000
+    n: int = 16                 # images per decoder draw
+    m: int = 8                  # decoder draws per step
+    crop: int = 256
+    lr: float = 1e-4
+    quantize: bool = True       # reconstructions rounded to 8 bit, as generators save them
+    jpeg_p: float = 0.0         # probability an image is JPEG-compressed (q in jpeg_q)
+    jpeg_q: Tuple[int, int] = (70, 100)
+
+
+@dataclass(frozen=True)
+class OFAConfig:
+    name: str = "paper"
+    crop: int = 256             # inference crop (the model's native input size)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    spectrum: SpectrumConfig = field(default_factory=SpectrumConfig)
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    heads: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    stage0: Stage0Config = field(default_factory=Stage0Config)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "OFAConfig":
+        return _from_dict(cls, d)
+
+    def replace(self, **overrides: Any) -> "OFAConfig":
+        """Dotted overrides, e.g. ``cfg.replace(**{"stage2.steps": 10})``."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            node = d
+            parts = key.split(".")
+            for p in parts[:-1]:
+                if p not in node or not isinstance(node[p], dict):
+                    raise KeyError(f"unknown config section {p!r} in override {key!r}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise KeyError(f"unknown config field {key!r}")
+            node[parts[-1]] = value
+        return OFAConfig.from_dict(d)
+
+
+def _from_dict(cls, d: Dict[str, Any]):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        if isinstance(v, dict):
+            v = _from_dict(_SECTIONS[f.name], v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise KeyError(f"unknown config fields for {cls.__name__}: {sorted(unknown)}")
+    return cls(**kwargs)
+
+
+_SECTIONS = {
+    "simulator": SimulatorConfig, "denoiser": DenoiserConfig, "spectrum": SpectrumConfig,
+    "extractor": ExtractorConfig, "heads": HeadConfig, "loss": LossConfig,
+    "stage0": Stage0Config, "stage1": Stage1Config, "stage2": Stage2Config,
+}
+
+
+def paper() -> OFAConfig:
+    """The published configuration (GPU scale)."""
+    return OFAConfig()
+
+
+def compact() -> OFAConfig:
+    """CPU-trainable default shipped in the package (sizing: benchmarks/RESULTS.md)."""
+    return OFAConfig(
+        name="compact",
+        crop=96,
+        simulator=SimulatorConfig(enc_channels=(32, 64, 96), stem_channels=16, router_hidden=32),
+        denoiser=DenoiserConfig(depth=6, width=24, padding=False),
+        extractor=ExtractorConfig(block="basic", layers=(1, 1, 1, 1), width=24,
+                                  stem_stride=1, stem_pool=True),
+        heads=HeadConfig(pair_hidden=(128, 128), real_hidden=(64,)),
+        loss=LossConfig(bank_size=1024),
+        stage0=Stage0Config(steps=1500, batch=16, crop=64, lr=1e-3),
+        stage1=Stage1Config(steps=2500, batch=8, accum=1, crop=96, lr=1e-3),
+        stage2=Stage2Config(steps=1400, n=8, m=4, crop=96, lr=1e-3, jpeg_p=0.2),
+    )
+
+
+CONFIGS = {"paper": paper, "compact": compact}
+
+
+def get_config(name: str) -> OFAConfig:
+    try:
+        return CONFIGS[name]()
+    except KeyError:
+        raise ValueError(f"unknown configuration {name!r}; choose from {sorted(CONFIGS)}") from None

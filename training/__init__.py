@@ -1,0 +1,1 @@
+"""Training (installed as ``ofa_sdk.training``)."""

@@ -1,0 +1,87 @@
+"""ofa-train: one command per stage, one for all, and export.
+
+    ofa-train stage0|stage1|stage2|all --config compact --data DIR [--out runs/compact]
+    ofa-train export [--out runs/compact] [--dest FILE]
+
+Runs resume from their checkpoints in --out unless --fresh is given. Overrides use dotted
+names: --set stage2.steps=2000 --set loss.tau=0.05.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+
+def _parse_set(items):
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"--set expects key=value, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="ofa-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["stage0", "stage1", "stage2", "all", "export"])
+    ap.add_argument("--config", default="compact", help="paper or compact")
+    ap.add_argument("--data", help="folder tree of real photos")
+    ap.add_argument("--out", default=None, help="run folder (default runs/CONFIG)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--lpips-vgg", help="VGG16 weights for real LPIPS (stage1.perceptual=lpips)")
+    ap.add_argument("--lpips-lin", help="LPIPS linear-layer weights")
+    ap.add_argument("--dest", default=None, help="export: model file to write")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    from ofa_sdk.config import get_config
+
+    from . import common
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = get_config(a.config)
+    if a.set:
+        cfg = cfg.replace(**_parse_set(a.set))
+    out = Path(a.out or f"runs/{cfg.name}")
+    if a.command == "export":
+        from . import export
+        from ofa_sdk.weights import DEFAULT_MODEL
+        dest = Path(a.dest) if a.dest else DEFAULT_MODEL
+        mid = export.run(out, dest)
+        print(json.dumps({"model": str(dest), "model_id": mid, "bytes": dest.stat().st_size}))
+        return 0
+    if not a.data:
+        ap.error("--data is required for training")
+    data = common.PhotoSet(a.data, split="train")
+    print(json.dumps({"data": data.describe(), "config": cfg.name}), file=sys.stderr)
+    stages = ["stage0", "stage1", "stage2"] if a.command == "all" else [a.command]
+    for st in stages:
+        if st == "stage0":
+            from .stage0_denoiser import run
+            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet)
+        elif st == "stage1":
+            from .stage1_simulator import run
+            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet,
+                lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin)
+        else:
+            from .stage2_extractor import run
+            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Shared training machinery: photo data, checkpoints (safetensors + JSON, no pickle), logs.
+
+Determinism: every random choice of a stage draws from one ``torch.Generator`` seeded from the
+run's seed; its state is saved in each checkpoint, so a resumed run continues the same stream.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MAX_SIDE = 1024  # larger photos are centre-cropped (never resampled) to bound memory
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+
+def list_images(root: str | os.PathLike) -> List[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"training data folder {str(root)!r} does not exist")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def split_of(path: Path, root: Path, holdout: float = 0.15) -> str:
+    """Stable train/holdout split by a hash of the relative path (held-out photos give the
+    content of evaluation sets, so evaluation never sees training photos)."""
+    h = hashlib.sha1(str(path.relative_to(root)).encode()).digest()
+    return "holdout" if int.from_bytes(h[:4], "big") / 2 ** 32 < holdout else "train"
+
+
+def load_photo(path: Path) -> Optional[np.ndarray]:
+    """HxWx3 uint8, or None (with a warning) when unreadable."""
+    from PIL import Image, ImageOps
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as e:  # corrupt, truncated, unsupported: skip and count
+        warnings.warn(f"skipping unreadable image {path}: {e}")
+        return None
+    h, w = arr.shape[:2]
+    if h > MAX_SIDE or w > MAX_SIDE:
+        t, l = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
+        arr = arr[t:t + MAX_SIDE, l:l + MAX_SIDE]
+    return np.ascontiguousarray(arr)
+
+
+class PhotoSet:
+    """Real photos held in memory as uint8; random crops with flips as augmentation."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", min_side: int = 64,
+                 holdout: float = 0.15):
+        root = Path(root)
+        paths = [p for p in list_images(root)
+                 if split == "all" or split_of(p, root, holdout) == split]
+        self.photos, self.paths, self.skipped = [], [], 0
+        for p in paths:
+            a = load_photo(p)
+            if a is None or min(a.shape[:2]) < min_side:
+                self.skipped += 1
+                continue
+            self.photos.append(a)
+            self.paths.append(p)
+        if not self.photos:
+            raise RuntimeError(f"no usable photos under {root} (split {split!r})")
+        self.root = root
+        digest = hashlib.sha1("\n".join(str(p.relative_to(root)) for p in self.paths).encode())
+        self.fingerprint = digest.hexdigest()[:16]
+
+    def __len__(self):
+        return len(self.photos)
+
+    def batch(self, n: int, crop: int, g: torch.Generator, flip: bool = True) -> torch.Tensor:
+        """(n,3,crop,crop) float in [0,1]: random photos, random crops, random h-flips."""
+        out = torch.empty(n, 3, crop, crop)
+        for k in range(n):
+            a = self.photos[int(torch.randint(len(self.photos), (1,), generator=g))]
+            h, w = a.shape[:2]
+            if h < crop or w < crop:
+                a = np.pad(a, ((0, max(0, crop - h)), (0, max(0, crop - w)), (0, 0)), mode="reflect")
+                h, w = a.shape[:2]
+            t = int(torch.randint(h - crop + 1, (1,), generator=g))
+            l = int(torch.randint(w - crop + 1, (1,), generator=g))
+            x = torch.from_numpy(a[t:t + crop, l:l + crop].copy()).permute(2, 0, 1)
+            if flip and bool(torch.rand(1, generator=g) < 0.5):
+                x = x.flip(-1)
+            out[k] = x.float() / 255.0
+        return out
+
+    def describe(self) -> Dict:
+        return {"root": str(self.root), "images": len(self.photos), "skipped": self.skipped,
+                "fingerprint": self.fingerprint}
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints: safetensors tensors + JSON metadata in the header. No pickle anywhere.
+# ------------------------------------------------------------------------------------------------
+
+def git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v.contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: Dict[str, torch.Tensor], meta: Dict):
+    state: Dict[int, Dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in meta.get("scalars", {}).items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(path: Path, modules: Dict[str, torch.nn.Module], meta: Dict,
+                    optimizer: Optional[torch.optim.Optimizer] = None,
+                    generator: Optional[torch.Generator] = None,
+                    extra: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """Atomic write (tmp file + rename) of weights, optimizer state and RNG state."""
+    tensors = {}
+    for name, mod in modules.items():
+        for k, v in mod.state_dict().items():
+            tensors[f"{name}.{k}"] = v.detach().contiguous()
+    meta = dict(meta)
+    if optimizer is not None:
+        ot, om = optimizer_tensors(optimizer)
+        tensors.update(ot)
+        meta["optimizer"] = om
+    if generator is not None:
+        tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    for k, v in (extra or {}).items():
+        tensors[f"extra.{k}"] = v.detach().contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata={"ofa": json.dumps(meta, default=str)})
+    os.replace(tmp, path)
+
+
+def read_metadata(path: Path) -> Dict:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["ofa"])
+
+
+def load_checkpoint(path: Path, modules: Dict[str, torch.nn.Module],
+                    optimizer: Optional[torch.optim.Optimizer] = None,
+                    generator: Optional[torch.Generator] = None) -> Tuple[Dict, Dict]:
+    tensors = load_file(str(path))
+    meta = read_metadata(path)
+    for name, mod in modules.items():
+        prefix = name + "."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        mod.load_state_dict(sd)
+    if optimizer is not None and "optimizer" in meta:
+        load_optimizer(optimizer, tensors, meta["optimizer"])
+    if generator is not None and "rng.generator" in tensors:
+        generator.set_state(tensors["rng.generator"])
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return meta, extra
+
+
+def set_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int,
+           warmup: int = 0, floor: float = 0.05) -> float:
+    """Linear warm-up then cosine decay to ``floor * base``; a pure function of the step, so a
+    resumed run follows the same schedule."""
+    import math
+    f = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    if warmup and step < warmup:
+        f *= step / warmup
+    lr = base * f
+    for pg in opt.param_groups:
+        pg["lr"] = lr
+    return lr
+
+
+# ------------------------------------------------------------------------------------------------
+# Logging and progress
+# ------------------------------------------------------------------------------------------------
+
+class RunLog:
+    """Append-only JSONL log plus a tqdm progress bar showing loss and throughput."""
+
+    def __init__(self, path: Path, total: int, start: int, desc: str, quiet: bool = False):
+        from tqdm import tqdm
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "a", buffering=1)
+        self.bar = tqdm(total=total, initial=start, desc=desc, disable=quiet,
+                        dynamic_ncols=True, file=sys.stderr, mininterval=2.0)
+        self.t0, self.n0 = time.time(), 0
+
+    def step(self, step: int, images: int, **values) -> None:
+        self.n0 += images
+        dt = max(time.time() - self.t0, 1e-9)
+        rec = {"step": step, "time": round(time.time(), 3), "img_per_s": round(self.n0 / dt, 2)}
+        rec.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()})
+        self.f.write(json.dumps(rec) + "\n")
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()
+                              if isinstance(v, float)} | {"img/s": f"{rec['img_per_s']:.1f}"},
+                             refresh=False)
+        self.bar.update(1)
+
+    def event(self, **values) -> None:
+        self.f.write(json.dumps({"event": True, "time": round(time.time(), 3), **values}) + "\n")
+
+    def close(self):
+        self.bar.close()
+        self.f.close()

@@ -1,0 +1,26 @@
+"""Export: stage checkpoints -> one inference model file (fp16 safetensors + JSON metadata)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ofa_sdk.config import OFAConfig
+from ofa_sdk.models import FingerprintSimulator, OFAModel
+from ofa_sdk.weights import save_model
+
+from .common import git_commit, load_checkpoint, read_metadata
+
+
+def run(out: Path, dest: Path, dtype: str = "float16") -> str:
+    m2 = read_metadata(out / "stage2.safetensors")
+    cfg = OFAConfig.from_dict(m2["config"])
+    model, sim = OFAModel(cfg), FingerprintSimulator(cfg.simulator)
+    m0, _ = load_checkpoint(out / "stage0.safetensors", {"denoiser": model.denoiser})
+    m1, _ = load_checkpoint(out / "stage1.safetensors", {"simulator": sim})
+    load_checkpoint(out / "stage2.safetensors", {"extractor": model.extractor,
+                                                  "pair_head": model.pair_head,
+                                                  "real_head": model.real_head})
+    meta = {"config": cfg.to_dict(), "dtype": dtype, "commit": git_commit(),
+            "training": {f"stage{i}": {k: m[k] for k in ("step", "seed", "data", "commit")}
+                         for i, m in enumerate((m0, m1, m2))},
+            "perceptual": m1.get("perceptual")}
+    return save_model(dest, model, sim, meta, dtype)

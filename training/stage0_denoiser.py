@@ -1,0 +1,50 @@
+"""Stage 0: the DnCNN residual denoiser, trained on real photos with Gaussian noise of
+``denoiser.noise_sigma`` grey levels (Corvi et al.'s recipe; their weights are not obtainable
+here). The network predicts the noise; an unpadded one predicts it for the central region."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ofa_sdk.config import OFAConfig
+from ofa_sdk.models import DnCNN
+
+from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
+
+
+def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
+        every: int = 100, quiet: bool = False) -> Path:
+    sc = cfg.stage0
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    net = DnCNN(cfg.denoiser)
+    opt = torch.optim.Adam(net.parameters(), lr=sc.lr)
+    ckpt, start = out / "stage0.safetensors", 0
+    if resume and ckpt.exists():
+        meta, _ = load_checkpoint(ckpt, {"denoiser": net}, opt, g)
+        start = meta["step"]
+    log = RunLog(out / "stage0.jsonl", sc.steps, start, "stage0 denoiser", quiet)
+    sigma = cfg.denoiser.noise_sigma / 255.0
+    net.train()
+    for step in range(start + 1, sc.steps + 1):
+        x = data.batch(sc.batch, sc.crop, g)
+        noise = torch.randn(x.shape, generator=g) * sigma
+        pred = net(x + noise)
+        # Loss in grey levels so its scale is readable (target std = noise_sigma).
+        loss = F.mse_loss(pred * 255, net.crop_like(noise) * 255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = set_lr(opt, sc.lr, step, sc.steps)
+        opt.step()
+        log.step(step, sc.batch, loss=loss.item(), lr=lr)
+        if step % every == 0 or step == sc.steps:
+            save_checkpoint(ckpt, {"denoiser": net}, _meta(cfg, data, step, seed), opt, g)
+    log.close()
+    return ckpt
+
+
+def _meta(cfg, data, step, seed):
+    return {"stage": 0, "step": step, "seed": seed, "config": cfg.to_dict(),
+            "data": data.describe(), "commit": git_commit()}

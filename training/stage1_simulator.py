@@ -1,0 +1,60 @@
+"""Stage 1: the fingerprint simulator (encoder + stochastic decoder) on real photos only.
+
+L_img = w_mse * MSE + w_perc * perceptual (paper Eq. 3). Every step draws one architecture for
+the whole batch, so every slot's weights learn to reconstruct under every structure that uses
+them. Perceptual term: weight-free MS-SSIM by default, real LPIPS with user weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ofa_sdk.config import OFAConfig
+from ofa_sdk.models import FingerprintSimulator
+from ofa_sdk.perceptual import make_perceptual
+
+from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
+
+
+def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
+        every: int = 100, quiet: bool = False, lpips_vgg=None, lpips_lin=None) -> Path:
+    sc = cfg.stage1
+    torch.manual_seed(seed + 1)
+    g = torch.Generator().manual_seed(seed + 1)
+    sim = FingerprintSimulator(cfg.simulator)
+    perc = make_perceptual(sc.perceptual, lpips_vgg, lpips_lin)
+    opt = torch.optim.Adam(sim.parameters(), lr=sc.lr)
+    ckpt, start = out / "stage1.safetensors", 0
+    if resume and ckpt.exists():
+        meta, _ = load_checkpoint(ckpt, {"simulator": sim}, opt, g)
+        start = meta["step"]
+    log = RunLog(out / "stage1.jsonl", sc.steps, start, "stage1 simulator", quiet)
+    sim.train()
+    for step in range(start + 1, sc.steps + 1):
+        opt.zero_grad(set_to_none=True)
+        tot = {"loss": 0.0, "mse": 0.0, "perc": 0.0}
+        for _ in range(sc.accum):
+            x = data.batch(sc.batch, sc.crop, g)
+            arch = sim.sample(g)
+            y = sim(x, arch)
+            mse = F.mse_loss(y, x)
+            p = perc(y.clamp(0, 1), x)
+            loss = (sc.w_mse * mse + sc.w_perc * p) / sc.accum
+            loss.backward()
+            tot["loss"] += loss.item()
+            tot["mse"] += mse.item() / sc.accum
+            tot["perc"] += p.item() / sc.accum
+        torch.nn.utils.clip_grad_norm_(sim.parameters(), 1.0)
+        lr = set_lr(opt, sc.lr, step, sc.steps)
+        opt.step()
+        psnr = -10 * torch.log10(torch.tensor(max(tot["mse"], 1e-10))).item()
+        log.step(step, sc.batch * sc.accum, **tot, psnr=psnr, start_scale=arch.start_scale)
+        if step % every == 0 or step == sc.steps:
+            meta = {"stage": 1, "step": step, "seed": seed, "config": cfg.to_dict(),
+                    "data": data.describe(), "commit": git_commit(),
+                    "perceptual": sc.perceptual if sc.perceptual == "ssim" else
+                    {"kind": "lpips", "vgg": str(lpips_vgg), "lin": str(lpips_lin)}}
+            save_checkpoint(ckpt, {"simulator": sim}, meta, opt, g)
+    log.close()
+    return ckpt

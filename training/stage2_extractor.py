@@ -1,0 +1,117 @@
+"""Stage 2: the extractor and its heads, simulator and denoiser frozen (paper Sec. 3.3).
+
+Each step (Fig. 3):
+* multiple sets -- m decoder draws, each reconstructing a different batch of n real photos,
+  plus a batch of n real photos as a class of its own;
+* single set   -- one batch of n real photos decoded by the same m draws (same content,
+  different fingerprints).
+The m draws are shared by both halves, so each architecture class has 2n images of mixed content
+and every single-set image has m-1 same-content negatives: the extractor is pushed to ignore
+content. Reconstructions are rounded to 8 bit, as real generators' outputs are saved.
+Loss: L = w_scl SupCon(+bank) + w_att pair BCE + w_cls real/reconstructed BCE (Eq. 8).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ofa_sdk.config import OFAConfig
+from ofa_sdk.losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
+from ofa_sdk.models import FingerprintSimulator, OFAModel
+
+from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
+
+REAL_LABEL = -1  # architecture ids are >= 0
+
+
+def _jpeg(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor:
+    from PIL import Image
+    if p <= 0:
+        return x
+    out = x.clone()
+    for k in range(len(x)):
+        if float(torch.rand(1, generator=g)) < p:
+            q = int(torch.randint(qrange[0], qrange[1] + 1, (1,), generator=g))
+            a = (x[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="JPEG", quality=q)
+            b = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+            out[k] = torch.from_numpy(b.copy()).permute(2, 0, 1).float() / 255
+    return out
+
+
+def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator):
+    """Images (B,3,c,c) in [0,1] and labels (B,) for one step."""
+    sc = cfg.stage2
+    archs = [sim.sample(g) for _ in range(sc.m)]
+    xs, ys = [], []
+    shared = data.batch(sc.n, sc.crop, g)              # single set content
+    with torch.no_grad():
+        for a in archs:
+            for content in (data.batch(sc.n, sc.crop, g), shared):
+                r = sim(content, a).clamp(0, 1)
+                if sc.quantize:
+                    r = torch.round(r * 255) / 255
+                xs.append(r)
+                ys.append(torch.full((sc.n,), a.id, dtype=torch.long))
+    xs.append(data.batch(sc.n, sc.crop, g))            # real photos, their own class
+    ys.append(torch.full((sc.n,), REAL_LABEL, dtype=torch.long))
+    x = _jpeg(torch.cat(xs), g, sc.jpeg_p, sc.jpeg_q)
+    return x, torch.cat(ys)
+
+
+def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
+        every: int = 50, quiet: bool = False) -> Path:
+    sc = cfg.stage2
+    torch.manual_seed(seed + 2)
+    g = torch.Generator().manual_seed(seed + 2)
+    model = OFAModel(cfg)
+    sim = FingerprintSimulator(cfg.simulator)
+    load_checkpoint(out / "stage0.safetensors", {"denoiser": model.denoiser})
+    s1meta, _ = load_checkpoint(out / "stage1.safetensors", {"simulator": sim})
+    torch.manual_seed(seed + 2)
+    for p in list(sim.parameters()) + list(model.denoiser.parameters()):
+        p.requires_grad_(False)
+    sim.eval()
+    model.denoiser.eval()
+    bank = MemoryBank(cfg.loss.bank_size, cfg.extractor.dim)
+    params = list(model.extractor.parameters()) + list(model.pair_head.parameters()) + \
+        list(model.real_head.parameters())
+    opt = torch.optim.Adam(params, lr=sc.lr)
+    trained = {"extractor": model.extractor, "pair_head": model.pair_head,
+               "real_head": model.real_head, "bank": bank}
+    ckpt, start = out / "stage2.safetensors", 0
+    if resume and ckpt.exists():
+        meta, _ = load_checkpoint(ckpt, trained, opt, g)
+        start = meta["step"]
+    log = RunLog(out / "stage2.jsonl", sc.steps, start, "stage2 extractor", quiet)
+    model.extractor.train()
+    for step in range(start + 1, sc.steps + 1):
+        x, y = make_batch(sim, data, cfg, g)
+        with torch.no_grad():
+            spec = model.spectrum(x)
+        phi = model.extract(spec)
+        z = torch.nn.functional.normalize(phi, dim=-1)
+        bf, bl = bank.get()
+        l_scl = supcon_loss(z, y, cfg.loss.tau, bf, bl)
+        l_att, acc = pair_loss(model.pair_head, z, y, g)
+        l_cls = real_loss(model.real_head, z, y != REAL_LABEL)
+        loss = total_loss(cfg.loss, l_scl, l_att, l_cls)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        lr = set_lr(opt, sc.lr, step, sc.steps, warmup=max(1, sc.steps // 20))
+        opt.step()
+        bank.push(z.detach(), y)
+        log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
+                 cls=l_cls.item(), pair_acc=float(acc), lr=lr)
+        if step % every == 0 or step == sc.steps:
+            meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
+                    "data": data.describe(), "commit": git_commit(),
+                    "simulator_perceptual": s1meta.get("perceptual")}
+            save_checkpoint(ckpt, trained, meta, opt, g)
+    log.close()
+    return ckpt
