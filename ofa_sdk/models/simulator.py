@@ -13,6 +13,7 @@ Space size (METHOD.md): a cell has 3! orders x 3 activations x 3 norms = 54 vari
 from __future__ import annotations
 
 import itertools
+import math
 import json
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
@@ -242,7 +243,7 @@ class VariStructCell(nn.Module):
         self.norms = nn.ModuleList([
             nn.BatchNorm2d(c, track_running_stats=False),
             nn.InstanceNorm2d(c, affine=True),
-            nn.GroupNorm(min(cfg.gn_groups, c), c),
+            nn.GroupNorm(math.gcd(cfg.gn_groups, c), c),
         ])
 
     def forward(self, h, cell: Cell):
