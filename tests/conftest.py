@@ -9,3 +9,41 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+TINY = {"crop": 32, "denoiser.depth": 3, "denoiser.width": 8, "extractor.width": 8,
+        "extractor.layers": (1, 1), "extractor.dim": 16, "heads.pair_hidden": (16, 16),
+        "simulator.enc_channels": (8, 16, 16), "simulator.stem_channels": 8,
+        "simulator.router_hidden": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A small random-weight model file: exercises the API mechanics, not attribution quality."""
+    from ofa_sdk.config import compact
+    from ofa_sdk.models import FingerprintSimulator, OFAModel
+    from ofa_sdk.weights import save_model
+    torch.manual_seed(0)
+    cfg = compact().replace(**TINY)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(path, OFAModel(cfg).eval(), FingerprintSimulator(cfg.simulator),
+               {"config": cfg.to_dict()}, dtype="float32")
+    return path
+
+
+def make_images(folder, n, seed, size=40, kind="noise"):
+    """Small synthetic PNGs; 'kind' selects a family so two folders differ statistically."""
+    import numpy as np
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        if kind == "noise":
+            a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        else:  # blocky: 2x nearest-upsampled noise
+            a = rng.integers(0, 256, (size // 2, size // 2, 3), dtype=np.uint8).repeat(2, 0).repeat(2, 1)
+        p = folder / f"{kind}_{i:03d}.png"
+        Image.fromarray(a).save(p)
+        paths.append(p)
+    return paths

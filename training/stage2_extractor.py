@@ -44,7 +44,7 @@ def _jpeg(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor
 
 
 def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator):
-    """Images (B,3,c,c) in [0,1] and labels (B,) for one step."""
+    """Images (B,3,c,c) in [0,1], labels (B,) and the architecture ids drawn, for one step."""
     sc = cfg.stage2
     archs = [sim.sample(g) for _ in range(sc.m)]
     xs, ys = [], []
@@ -60,7 +60,7 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
     xs.append(data.batch(sc.n, sc.crop, g))            # real photos, their own class
     ys.append(torch.full((sc.n,), REAL_LABEL, dtype=torch.long))
     x = _jpeg(torch.cat(xs), g, sc.jpeg_p, sc.jpeg_q)
-    return x, torch.cat(ys)
+    return x, torch.cat(ys), [a.id for a in archs]
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
@@ -90,7 +90,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     log = RunLog(out / "stage2.jsonl", sc.steps, start, "stage2 extractor", quiet)
     model.extractor.train()
     for step in range(start + 1, sc.steps + 1):
-        x, y = make_batch(sim, data, cfg, g)
+        x, y, arch_ids = make_batch(sim, data, cfg, g)
         with torch.no_grad():
             spec = model.spectrum(x)
         phi = model.extract(spec)
@@ -107,7 +107,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
         opt.step()
         bank.push(z.detach(), y)
         log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
-                 cls=l_cls.item(), pair_acc=float(acc), lr=lr)
+                 cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
         if step % every == 0 or step == sc.steps:
             meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
                     "data": data.describe(), "commit": git_commit(),

@@ -1,0 +1,309 @@
+"""The Attributor: fingerprint, enroll, verify, attribute, scan.
+
+    from ofa_sdk import Attributor
+    att = Attributor(gallery="gallery.db")
+    att.enroll("model-a", "samples/model-a/")          # support set (paper: 100 images)
+    att.verify("query.png", "model-a")                  # P(made by model-a), paper's score
+    att.attribute(["q1.png", "q2.png"])                  # best enrolled model or unknown
+    for r in att.scan("incoming/"): ...                 # streaming, bounded memory
+
+Score (paper, Sec. 4.1): a query's score for a model is the mean pair-head probability
+g([z_s; z_q]) over the model's support set S; with several crops per image, the mean over crops.
+The support half of g's first layer is computed once at enroll time and stored in the gallery.
+
+Open set: ``attribute`` answers "unknown" when the best score is below ``threshold``. The
+default, 0.5, is the pair head's own decision point (it is trained with balanced BCE, so 0.5 is
+where "same generator" and "different generator" are equally likely a priori). For a target
+false-positive rate on your traffic, call ``calibrate_threshold(images_from_other_sources,
+fpr=0.05)``, which sets the threshold to the (1 - fpr) quantile of their best scores.
+"""
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import images as imio
+from .gallery import Gallery, GalleryError, Profile
+
+DEFAULT_THRESHOLD = 0.5
+
+
+class InputError(ValueError):
+    """Some inputs could not be used. Nothing else was lost: ``partial`` holds the result for
+    every input (NaN rows where an input failed) and ``errors`` lists (index, source, reason)."""
+
+    def __init__(self, errors: List[Tuple[int, str, str]], partial: Any = None):
+        self.errors, self.partial = errors, partial
+        lines = "; ".join(f"#{i} {src}: {why}" for i, src, why in errors[:5])
+        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"{len(errors)} input(s) could not be used: {lines}{more}. "
+                         f"Pass errors='nan' to get NaN rows instead of this exception.")
+
+
+@dataclass
+class Attribution:
+    source: str
+    model: Optional[str]                 # best enrolled model at or above threshold, else None
+    score: float                         # best score over enrolled models (NaN on error)
+    scores: Dict[str, float] = field(default_factory=dict)
+    error: Optional[str] = None
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> str:
+        return "error" if self.error else (self.model or "unknown")
+
+    def to_dict(self) -> Dict:
+        d = asdict(self)
+        d["label"] = self.label
+        if isinstance(self.score, float) and math.isnan(self.score):
+            d["score"] = None
+        return d
+
+
+class Attributor:
+    def __init__(self, model=None, backend: str = "auto", device: Optional[str] = None,
+                 gallery=None, strict: bool = False, *, batch_size: int = 32, crops: int = 1,
+                 small: str = "reject", threshold: Optional[float] = None, workers: int = 2):
+        from .backends import select_backend
+        from .weights import ModelBundle, load_default_model, load_model
+
+        if model is None:
+            self.bundle = load_default_model()
+        elif isinstance(model, ModelBundle):
+            self.bundle = model
+        else:
+            self.bundle = load_model(model)
+        if small not in imio.SMALL_POLICIES:
+            raise ValueError(f"small must be one of {imio.SMALL_POLICIES}, got {small!r}")
+        if crops < 1 or batch_size < 1:
+            raise ValueError("crops and batch_size must be >= 1")
+        self.crop = self.bundle.config.crop
+        self.crops, self.small, self.batch_size, self.workers = crops, small, batch_size, workers
+        self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self.strict = strict
+        self._backend, self.backend_note = select_backend(backend, self.bundle, device, strict)
+        self.gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """The backend actually in use."""
+        return self._backend.name
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.model_id
+
+    @property
+    def dim(self) -> int:
+        return self.bundle.config.extractor.dim
+
+    def info(self) -> Dict:
+        return {"model_id": self.model_id, "model_path": str(self.bundle.path),
+                "config": self.bundle.config.name, "crop": self.crop, "dim": self.dim,
+                "backend": self.backend, "backend_note": self.backend_note,
+                "threshold": self.threshold, "crops": self.crops, "small": self.small,
+                "gallery": str(self.gallery.path) if self.gallery.path else "memory",
+                "profiles": self.gallery.names()}
+
+    def __repr__(self):
+        return (f"Attributor(model={self.model_id}, backend={self.backend!r}, "
+                f"gallery={self.gallery!r})")
+
+    # -- embedding ---------------------------------------------------------------------------------
+    def _prepared(self, items: Iterable[Any]) -> Iterator[Union[imio.Prepared, imio.ImageError]]:
+        """Decode and crop in a small thread pool (PIL releases the GIL), order preserved,
+        at most a few batches in flight."""
+        def prep(it):
+            return imio.prepare(it, self.crop, self.crops, self.small)
+        if self.workers <= 1:
+            yield from map(prep, items)
+            return
+        chunk: List[Any] = []
+        with ThreadPoolExecutor(self.workers) as pool:
+            for it in items:
+                chunk.append(it)
+                if len(chunk) >= self.batch_size:
+                    yield from pool.map(prep, chunk)
+                    chunk = []
+            if chunk:
+                yield from pool.map(prep, chunk)
+
+    def _embedded(self, items: Iterable[Any]) -> Iterator[Tuple[str, Optional[np.ndarray], str, str]]:
+        """Yields (source, z of the crops (k,d) or None, error, note) per input, in order."""
+        pending: List[Union[imio.Prepared, imio.ImageError]] = []
+        n_crops = 0
+
+        def flush():
+            nonlocal pending, n_crops
+            good = [p for p in pending if isinstance(p, imio.Prepared)]
+            z = self._backend.embed(np.concatenate([p.crops for p in good])) if good else None
+            k = 0
+            for p in pending:
+                if isinstance(p, imio.ImageError):
+                    yield p.source, None, p.reason, ""
+                else:
+                    n = len(p.crops)
+                    yield p.source, z[k:k + n], "", p.note
+                    k += n
+            pending, n_crops = [], 0
+
+        for p in self._prepared(items):
+            pending.append(p)
+            n_crops += len(p.crops) if isinstance(p, imio.Prepared) else 0
+            if n_crops >= self.batch_size:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+    def fingerprint(self, images, errors: str = "raise") -> np.ndarray:
+        """(N, d) float32 L2-normalised fingerprints (mean over crops, re-normalised).
+        A bad input raises :class:`InputError` (with every other row in ``.partial``), or gives
+        a NaN row with ``errors='nan'``."""
+        rows, errs = [], []
+        for i, (src, z, err, _) in enumerate(self._embedded(imio.iter_items(images))):
+            if z is None:
+                errs.append((i, src, err))
+                rows.append(np.full(self.dim, np.nan, np.float32))
+            else:
+                m = z.mean(0)
+                rows.append((m / max(np.linalg.norm(m), 1e-12)).astype(np.float32))
+        out = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+        return self._finish(out, errs, errors)
+
+    @staticmethod
+    def _finish(out, errs, errors):
+        if errors not in ("raise", "nan"):
+            raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
+        if errs and errors == "raise":
+            raise InputError(errs, out)
+        return out
+
+    # -- gallery -----------------------------------------------------------------------------------
+    def enroll(self, name: str, images, *, overwrite: bool = False,
+               metadata: Optional[Dict] = None, min_images: int = 1) -> Profile:
+        """Make a generator profile from a support set and store it. Unusable support images are
+        skipped and counted in the profile's metadata; fewer than ``min_images`` usable ones
+        raise :class:`InputError`."""
+        if not overwrite and name in self.gallery:
+            raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it")
+        zs, skipped, sources = [], [], 0
+        items = imio.expand_paths(images) if isinstance(images, (str, Path)) and Path(images).is_dir() \
+            else imio.iter_items(images)
+        for i, (src, z, err, _) in enumerate(self._embedded(items)):
+            sources += 1
+            if z is None:
+                skipped.append((i, src, err))
+            else:
+                zs.append(z)
+        if len(zs) < max(1, min_images):
+            if skipped:
+                raise InputError(skipped)
+            raise ValueError(f"enroll {name!r}: no images given")
+        support = np.concatenate(zs).astype(np.float32)
+        meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
+                "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
+                "crops": self.crops, "crop": self.crop, "enrolled_at": time.time()}
+        meta.update(metadata or {})
+        prof = Profile(name, self.model_id, support, self._backend.support_part(support), meta,
+                       time.time())
+        self.gallery.put(prof, overwrite=overwrite)
+        return prof
+
+    def profiles(self) -> List[Dict]:
+        return self.gallery.info()
+
+    def _profile(self, name: str) -> Profile:
+        return self.gallery.get(name, model_id=self.model_id)
+
+    def _scores(self, z: np.ndarray, profiles: Sequence[Profile]) -> List[float]:
+        """Mean pair probability over each profile's support (and over the query's crops)."""
+        return [float(self._backend.pair_probs(z, p.support_part).mean()) for p in profiles]
+
+    def verify(self, images, name: str, errors: str = "raise") -> np.ndarray:
+        """(N,) probability that each image was made by the enrolled model ``name``."""
+        prof = self._profile(name)
+        out, errs = [], []
+        for i, (src, z, err, _) in enumerate(self._embedded(imio.iter_items(images))):
+            if z is None:
+                errs.append((i, src, err))
+                out.append(np.nan)
+            else:
+                out.append(self._scores(z, [prof])[0])
+        return self._finish(np.asarray(out, dtype=np.float32), errs, errors)
+
+    def same_source(self, a, b) -> float:
+        """Probability that images a and b come from the same generator (g averaged over both
+        orders and over crops)."""
+        za, zb = [self._one(x) for x in (a, b)]
+        pa = self._backend.support_part(za)
+        pb = self._backend.support_part(zb)
+        return float((self._backend.pair_probs(zb, pa).mean() + self._backend.pair_probs(za, pb).mean()) / 2)
+
+    def _one(self, x) -> np.ndarray:
+        if not imio.is_single(x):
+            raise TypeError("same_source takes one image for each argument")
+        src, z, err, _ = next(self._embedded([x]))
+        if z is None:
+            raise InputError([(0, src, err)])
+        return z
+
+    def attribute(self, images, threshold: Optional[float] = None,
+                  models: Optional[Sequence[str]] = None) -> List[Attribution]:
+        """Per image: the best enrolled model and its score, or unknown (None) below the
+        threshold. Bad inputs give results with ``error`` set; nothing raises per item."""
+        return list(self._attribute_stream(imio.iter_items(images), threshold, models))
+
+    def _attribute_stream(self, items, threshold, models) -> Iterator[Attribution]:
+        thr = self.threshold if threshold is None else float(threshold)
+        names = list(models) if models is not None else self.gallery.names()
+        profiles = [self._profile(n) for n in names]
+        for src, z, err, note in self._embedded(items):
+            if z is None:
+                yield Attribution(src, None, float("nan"), {}, err, note)
+                continue
+            scores = dict(zip(names, self._scores(z, profiles)))
+            best = max(scores, key=scores.get) if scores else None
+            score = scores[best] if best else float("nan")
+            yield Attribution(src, best if best and score >= thr else None, score,
+                              scores, None, note)
+
+    def scan(self, sources, threshold: Optional[float] = None, *, progress: bool = True,
+             skip: Optional[set] = None, models: Optional[Sequence[str]] = None,
+             recursive: bool = True) -> Iterator[Attribution]:
+        """Stream attributions for directories, globs or file lists with bounded memory.
+        ``skip``: sources (as strings) to leave out, e.g. rows already written by a resumed
+        scan. Every input yields exactly one result (an error result when unreadable)."""
+        from tqdm import tqdm
+        skip = skip or set()
+        paths = (p for p in imio.expand_paths(sources, recursive) if str(p) not in skip)
+        bar = tqdm(desc="scan", unit="img", disable=not progress, dynamic_ncols=True,
+                   mininterval=1.0)
+        try:
+            for r in self._attribute_stream(paths, threshold, models):
+                bar.update(1)
+                yield r
+        finally:
+            bar.close()
+
+    def calibrate_threshold(self, negatives, fpr: float = 0.05) -> float:
+        """Set ``threshold`` so that about ``fpr`` of images from sources *not* in the gallery
+        would be attributed to an enrolled model."""
+        if not 0 < fpr < 1:
+            raise ValueError("fpr must be in (0, 1)")
+        best = [r.score for r in self.attribute(negatives, threshold=2.0) if r.ok]
+        if not best:
+            raise ValueError("calibrate_threshold needs at least one usable negative image")
+        self.threshold = float(np.quantile(best, 1 - fpr))
+        return self.threshold

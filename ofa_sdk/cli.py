@@ -1,0 +1,227 @@
+"""ofa-sdk command line.
+
+    ofa-sdk enroll NAME DIR            make a generator profile from a folder of its images
+    ofa-sdk verify DIR --against NAME  P(made by NAME) for each image
+    ofa-sdk attribute DIR              best enrolled model per image, or unknown
+    ofa-sdk scan DIR -o results.jsonl  streaming scan to JSONL or CSV (resumable)
+    ofa-sdk info                       model, backend, gallery
+    ofa-sdk remove NAME                delete a profile
+
+Every command takes --gallery PATH (default: $OFA_SDK_GALLERY, else
+~/.cache/ofa-sdk/gallery.db) and --model FILE. Tables on a terminal; JSON with --json.
+Exit status: 0 success, 1 some inputs were unusable (each is reported), 2 usage or setup error.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
+                                      Path.home() / ".cache" / "ofa-sdk" / "gallery.db"))
+SCAN_FIELDS = ["source", "label", "model", "score", "error", "note", "scores"]
+
+
+def _common(p: argparse.ArgumentParser):
+    p.add_argument("--gallery", default=str(DEFAULT_GALLERY), help="gallery SQLite file")
+    p.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--strict", action="store_true", help="fail instead of falling back")
+    p.add_argument("--crops", type=int, default=1, help="crops per image (scores averaged)")
+    p.add_argument("--small", default="reject", choices=["reject", "pad", "upscale"],
+                   help="policy for images smaller than the model's crop")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="JSON output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ofa-sdk", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("enroll", help="enroll a generator from a folder of its images")
+    p.add_argument("name")
+    p.add_argument("sources", nargs="+", help="folders, globs or files")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--limit", type=int, default=None, help="use at most N images")
+    _common(p)
+    p = sub.add_parser("verify", help="score images against one enrolled generator")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--against", required=True, metavar="NAME")
+    _common(p)
+    p = sub.add_parser("attribute", help="best enrolled generator per image, or unknown")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--threshold", type=float, default=None)
+    _common(p)
+    p = sub.add_parser("scan", help="stream attributions to a JSONL or CSV file (resumable)")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="results.jsonl or results.csv")
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    _common(p)
+    p = sub.add_parser("info", help="model, backend and gallery")
+    _common(p)
+    p = sub.add_parser("remove", help="delete an enrolled profile")
+    p.add_argument("name")
+    _common(p)
+    return ap
+
+
+def _attributor(a):
+    from .attributor import Attributor
+    return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
+                      batch_size=a.batch_size, crops=a.crops, small=a.small)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.3f}"
+    return "" if v is None else str(v)
+
+
+def _table(rows: List[Dict], cols: List[str], out=sys.stdout):
+    if not rows:
+        print("(no rows)", file=out)
+        return
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for x in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(x, widths)), file=out)
+
+
+def _paths(sources):
+    from .images import expand_paths
+    return list(expand_paths(sources))
+
+
+def cmd_enroll(a, att) -> int:
+    paths = _paths(a.sources)
+    if a.limit:
+        paths = paths[: a.limit]
+    if not paths:
+        print(f"error: no images found in {' '.join(a.sources)}", file=sys.stderr)
+        return 2
+    prof = att.enroll(a.name, paths, overwrite=a.overwrite)
+    m = prof.metadata
+    res = {"name": prof.name, "support": prof.n_support, "images": m["images"],
+           "skipped": m["skipped"], "model_id": prof.model_id, "skipped_examples": m["skipped_examples"]}
+    if a.json:
+        print(json.dumps(res))
+    else:
+        print(f"enrolled {prof.name!r}: {m['used']} images ({prof.n_support} fingerprints), "
+              f"{m['skipped']} skipped, model {prof.model_id}")
+        for s in m["skipped_examples"]:
+            print(f"  skipped {s}", file=sys.stderr)
+    return 1 if m["skipped"] else 0
+
+
+def cmd_verify(a, att) -> int:
+    res = att.attribute(_paths(a.sources), threshold=0.0, models=[a.against])
+    rows = [{"source": r.source, "score": r.scores.get(a.against) if r.ok else None,
+             "error": r.error, "note": r.note} for r in res]
+    if a.json:
+        print(json.dumps(rows))
+    else:
+        _table([{**r, "score": float("nan") if r["score"] is None else r["score"]} for r in rows],
+               ["source", "score", "error"])
+    return 1 if any(r["error"] for r in rows) else 0
+
+
+def cmd_attribute(a, att) -> int:
+    res = att.attribute(_paths(a.sources), threshold=a.threshold)
+    rows = [r.to_dict() for r in res]
+    if a.json:
+        print(json.dumps(rows))
+    else:
+        _table([{**r, "score": r["score"] if r["score"] is not None else float("nan")} for r in rows],
+               ["source", "label", "score", "error"])
+        print(f"threshold {att.threshold if a.threshold is None else a.threshold:.3f}; "
+              f"profiles: {', '.join(att.gallery.names()) or '(none)'}")
+    return 1 if any(not r.ok for r in res) else 0
+
+
+def _done_sources(path: Path) -> set:
+    if not path.exists():
+        return set()
+    done = set()
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                done.add(row["source"])
+    else:
+        with open(path) as f:
+            for line in f:
+                try:
+                    done.add(json.loads(line)["source"])
+                except (ValueError, KeyError):
+                    continue  # a torn last line from an interrupted run is redone
+    return done
+
+
+def cmd_scan(a, att) -> int:
+    out = Path(a.output)
+    done = _done_sources(out)
+    is_csv = out.suffix.lower() == ".csv"
+    new_file = not out.exists() or out.stat().st_size == 0
+    n = bad = 0
+    with open(out, "a", newline="") as f:
+        writer = csv.DictWriter(f, SCAN_FIELDS) if is_csv else None
+        if writer and new_file:
+            writer.writeheader()
+        for r in att.scan(a.sources, a.threshold, progress=not a.no_progress, skip=done):
+            d = r.to_dict()
+            if writer:
+                writer.writerow({k: (json.dumps(d[k]) if k == "scores" else d[k]) for k in SCAN_FIELDS})
+            else:
+                f.write(json.dumps({k: d[k] for k in SCAN_FIELDS}) + "\n")
+            f.flush()
+            n += 1
+            bad += 0 if r.ok else 1
+    summary = {"output": str(out), "written": n, "errors": bad, "skipped_already_done": len(done)}
+    print(json.dumps(summary) if a.json else
+          f"wrote {n} rows to {out} ({bad} errors; {len(done)} rows already there were kept)")
+    return 1 if bad else 0
+
+
+def cmd_info(a, att) -> int:
+    info = att.info()
+    info["profiles"] = att.profiles()
+    if a.json:
+        print(json.dumps(info, default=str))
+    else:
+        for k in ("model_id", "model_path", "config", "crop", "backend", "backend_note",
+                  "threshold", "gallery"):
+            print(f"{k:12s} {info[k]}")
+        _table([{"name": p["name"], "support": p["n_support"], "model_id": p["model_id"]}
+                for p in info["profiles"]], ["name", "support", "model_id"])
+    return 0
+
+
+def cmd_remove(a, att) -> int:
+    att.gallery.remove(a.name)
+    print(json.dumps({"removed": a.name}) if a.json else f"removed {a.name!r}")
+    return 0
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    from .gallery import GalleryError
+    try:
+        att = _attributor(a)
+        return {"enroll": cmd_enroll, "verify": cmd_verify, "attribute": cmd_attribute,
+                "scan": cmd_scan, "info": cmd_info, "remove": cmd_remove}[a.cmd](a, att)
+    except (GalleryError, FileNotFoundError, ValueError, RuntimeError) as e:
+        msg = str(e)
+        print(json.dumps({"error": msg}) if getattr(a, "json", False) else f"error: {msg}",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

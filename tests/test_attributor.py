@@ -1,0 +1,141 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import make_images
+from ofa_sdk import Attributor
+from ofa_sdk.attributor import InputError
+from ofa_sdk.backends import BackendUnavailable
+from ofa_sdk.gallery import Gallery, GalleryError, ModelMismatch, ProfileNotFound
+
+
+@pytest.fixture
+def att(tiny_model):
+    return Attributor(model=tiny_model, batch_size=5)
+
+
+def test_fingerprint_shapes_types_and_inputs(att, tmp_path):
+    paths = make_images(tmp_path / "a", 7, 0)
+    z = att.fingerprint(paths)
+    assert z.shape == (7, 16) and z.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1, rtol=1e-5)
+    from PIL import Image
+    arr = np.asarray(Image.open(paths[0]))
+    z1 = att.fingerprint(arr)
+    z2 = att.fingerprint(Image.open(paths[0]))
+    z3 = att.fingerprint(str(paths[0]))
+    assert z1.shape == (1, 16)
+    np.testing.assert_allclose(z1, z[:1], atol=1e-5)
+    np.testing.assert_allclose(z2, z1, atol=1e-6)
+    np.testing.assert_allclose(z3, z1, atol=1e-6)
+    # batching does not change results
+    np.testing.assert_allclose(Attributor(model=att.bundle, batch_size=1).fingerprint(paths), z, atol=1e-5)
+    assert att.fingerprint([]).shape == (0, 16)
+
+
+def test_bad_inputs_never_lose_the_batch(att, tmp_path):
+    good = make_images(tmp_path, 3, 1)
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    items = [good[0], tmp_path / "bad.png", good[1], tmp_path / "missing.jpg", good[2]]
+    with pytest.raises(InputError) as ei:
+        att.fingerprint(items)
+    e = ei.value
+    assert [i for i, _, _ in e.errors] == [1, 3] and "bad.png" in str(e) and "missing.jpg" in str(e)
+    assert np.isnan(e.partial[[1, 3]]).all() and np.isfinite(e.partial[[0, 2, 4]]).all()
+    z = att.fingerprint(items, errors="nan")
+    np.testing.assert_allclose(z[[0, 2, 4]], att.fingerprint(good), atol=1e-5)
+    res = att.attribute(items)
+    assert [r.ok for r in res] == [True, False, True, False, True]
+    assert "not found" in res[3].error and res[3].source.endswith("missing.jpg")
+
+
+def test_enroll_verify_attribute_round_trip(att, tmp_path):
+    a = make_images(tmp_path / "a", 6, 2, kind="noise")
+    b = make_images(tmp_path / "b", 6, 3, kind="blocky")
+    pa = att.enroll("gen-a", a[:4])
+    att.enroll("gen-b", b[:4], metadata={"source": "test"})
+    assert pa.n_support == 4 and pa.support_part.shape == (4, 16)
+    s = att.verify(a[4:], "gen-a")
+    assert s.shape == (2,) and ((s >= 0) & (s <= 1)).all()
+    # the score is the paper's: mean pair-head probability over the support set
+    import torch
+    head = att.bundle.model.pair_head
+    zs = torch.from_numpy(att.fingerprint(a[:4]))
+    zq = torch.from_numpy(att.fingerprint(a[4:5]))
+    ref = torch.sigmoid(head(zs, zq.expand(4, -1))).mean().item()
+    assert s[0] == pytest.approx(ref, abs=1e-5)
+    res = att.attribute(a[4:] + b[4:])
+    assert all(set(r.scores) == {"gen-a", "gen-b"} for r in res)
+    for r in res:
+        best = max(r.scores, key=r.scores.get)
+        assert r.score == r.scores[best]
+        assert r.model == (best if r.score >= att.threshold else None)
+    none = att.attribute(a[4:], threshold=1.01)
+    assert all(r.model is None and r.label == "unknown" for r in none)
+    with pytest.raises(GalleryError, match="exists"):
+        att.enroll("gen-a", a[:2])
+    att.enroll("gen-a", a[:2], overwrite=True)
+    assert att.gallery.get("gen-a").n_support == 2
+    with pytest.raises(ProfileNotFound):
+        att.verify(a[4:], "nope")
+    p = att.same_source(a[0], b[0])
+    assert 0 <= p <= 1
+    assert att.same_source(a[0], b[0]) == pytest.approx(att.same_source(b[0], a[0]), abs=1e-6)
+
+
+def test_multi_crop_and_small_policy(tiny_model, tmp_path):
+    big = make_images(tmp_path / "big", 2, 4, size=80)
+    tiny = make_images(tmp_path / "tiny", 1, 5, size=20)
+    att = Attributor(model=tiny_model, crops=4)
+    prof = att.enroll("g", big)
+    assert prof.n_support == 8  # 4 crops per support image
+    assert att.verify(big[:1], "g").shape == (1,)
+    r = att.attribute(tiny)[0]
+    assert not r.ok and "smaller" in r.error
+    r = Attributor(model=tiny_model, small="pad", gallery=att.gallery).attribute(tiny)[0]
+    assert r.ok and "padded" in r.note
+
+
+def test_calibrate_threshold(att, tmp_path):
+    a = make_images(tmp_path / "a", 4, 6)
+    att.enroll("g", a)
+    neg = make_images(tmp_path / "n", 10, 7, kind="blocky")
+    thr = att.calibrate_threshold(neg, fpr=0.2)
+    accepted = sum(r.model is not None for r in att.attribute(neg))
+    assert accepted <= 3 and att.threshold == thr
+
+
+def test_backends_report_and_strict(tiny_model):
+    att = Attributor(model=tiny_model)
+    assert att.backend == "torch" and att.backend_note == ""
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        fb = Attributor(model=tiny_model, backend="onnxruntime")
+    assert fb.backend == "torch" and "not available" in fb.backend_note
+    with pytest.raises(BackendUnavailable):
+        Attributor(model=tiny_model, backend="tensorrt", strict=True)
+    with pytest.raises(ValueError, match="backend"):
+        Attributor(model=tiny_model, backend="cuda-magic")
+
+
+def test_gallery_persists_across_processes_and_refuses_other_models(tiny_model, tmp_path):
+    db = tmp_path / "g.db"
+    imgs = make_images(tmp_path / "a", 3, 8)
+    code = (f"from ofa_sdk import Attributor; a = Attributor(model={str(tiny_model)!r}, gallery={str(db)!r}); "
+            f"a.enroll('gen', {[str(p) for p in imgs]!r}); print(a.verify({str(imgs[0])!r}, 'gen')[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    att = Attributor(model=tiny_model, gallery=str(db))
+    assert att.gallery.names() == ["gen"]
+    assert att.verify(imgs[0], "gen")[0] == pytest.approx(float(out.stdout), abs=1e-5)
+    g = Gallery(db)
+    prof = g.get("gen")
+    prof.model_id = "someothermodel"
+    g.put(prof, overwrite=True)
+    with pytest.raises(ModelMismatch, match="re-enroll"):
+        Attributor(model=tiny_model, gallery=str(db)).verify(imgs[0], "gen")
+    (tmp_path / "bad.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(GalleryError, match="not a usable SQLite"):
+        Gallery(tmp_path / "bad.db")

@@ -1,0 +1,80 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_images
+
+
+def run(*args, gallery, model, expect=0):
+    cmd = [sys.executable, "-m", "ofa_sdk.cli", *args, "--gallery", str(gallery), "--model", str(model)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == expect, (out.stdout, out.stderr)
+    return out
+
+
+@pytest.fixture
+def folders(tmp_path):
+    a = make_images(tmp_path / "gen_a", 5, 10, kind="noise")
+    b = make_images(tmp_path / "gen_b", 5, 11, kind="blocky")
+    q = tmp_path / "queries"
+    make_images(q, 2, 12, kind="noise")
+    make_images(q, 2, 13, kind="blocky")
+    (q / "broken.png").write_bytes(b"\x89PNG broken")
+    return tmp_path, q
+
+
+def test_cli_end_to_end(tiny_model, folders):
+    tmp, q = folders
+    g = tmp / "gallery.db"
+    out = run("enroll", "gen-a", str(tmp / "gen_a"), "--json", gallery=g, model=tiny_model)
+    assert json.loads(out.stdout)["support"] == 5
+    run("enroll", "gen-b", str(tmp / "gen_b"), gallery=g, model=tiny_model)
+    run("enroll", "gen-b", str(tmp / "gen_b"), gallery=g, model=tiny_model, expect=2)  # exists
+    info = json.loads(run("info", "--json", gallery=g, model=tiny_model).stdout)
+    assert [p["name"] for p in info["profiles"]] == ["gen-a", "gen-b"] and info["backend"] == "torch"
+    text = run("info", gallery=g, model=tiny_model).stdout
+    assert "gen-a" in text and "backend" in text
+
+    out = run("verify", str(q), "--against", "gen-a", "--json", gallery=g, model=tiny_model, expect=1)
+    rows = json.loads(out.stdout)
+    assert len(rows) == 5
+    broken = [r for r in rows if r["source"].endswith("broken.png")][0]
+    assert broken["score"] is None and "unreadable" in broken["error"]
+    assert all(0 <= r["score"] <= 1 for r in rows if r["error"] is None)
+
+    out = run("attribute", str(q), gallery=g, model=tiny_model, expect=1)
+    assert "broken.png" in out.stdout and "threshold" in out.stdout
+    rows = json.loads(run("attribute", str(q), "--json", gallery=g, model=tiny_model, expect=1).stdout)
+    assert {r["label"] for r in rows} <= {"gen-a", "gen-b", "unknown", "error"}
+
+    run("verify", str(q), "--against", "nobody", gallery=g, model=tiny_model, expect=2)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_cli_scan_is_resumable(tiny_model, folders, fmt):
+    tmp, q = folders
+    g = tmp / "gallery.db"
+    run("enroll", "gen-a", str(tmp / "gen_a"), gallery=g, model=tiny_model)
+    res = tmp / f"results.{fmt}"
+    run("scan", str(q), "-o", str(res), "--no-progress", gallery=g, model=tiny_model, expect=1)
+
+    def rows():
+        if fmt == "csv":
+            with open(res, newline="") as f:
+                return list(csv.DictReader(f))
+        return [json.loads(l) for l in res.read_text().splitlines()]
+
+    first = rows()
+    assert len(first) == 5 and sum(1 for r in first if r["error"]) == 1
+    # simulate an interrupted scan: drop the last two rows, rerun, nothing duplicated or lost
+    lines = res.read_text().splitlines(keepends=True)
+    res.write_text("".join(lines[:-2]))
+    out = run("scan", str(q), "-o", str(res), "--no-progress", "--json", gallery=g,
+              model=tiny_model, expect=0 if "broken" not in "".join(lines[-2:]) else 1)
+    assert json.loads(out.stdout)["written"] == 2
+    again = rows()
+    assert sorted(r["source"] for r in again) == sorted(r["source"] for r in first)

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from ofa_sdk import images as imio
+
+
+def test_modes_are_converted(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    assert imio.to_rgb(rgb).shape == (50, 60, 3)
+    assert imio.to_rgb(rgb[..., 0]).shape == (50, 60, 3)
+    rgba = np.concatenate([rgb, np.full((50, 60, 1), 7, np.uint8)], axis=2)
+    assert np.array_equal(imio.to_rgb(rgba), rgb)
+    a16 = (rgb.astype(np.uint16) << 8) | 0xFF
+    assert np.array_equal(imio.to_rgb(a16), rgb)
+    for mode in ("L", "P", "RGBA", "CMYK", "LA"):
+        im = Image.fromarray(rgb).convert(mode)
+        out = imio.to_rgb(im)
+        assert out.shape == (50, 60, 3) and out.dtype == np.uint8, mode
+    g16 = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257))
+    g16.save(tmp_path / "g16.png")
+    out = imio.to_rgb(tmp_path / "g16.png")
+    assert np.array_equal(out[..., 0], rgb[..., 0])
+    with pytest.raises(ValueError, match="float64"):
+        imio.to_rgb(rgb.astype(float))
+
+
+def test_exif_orientation_applied(tmp_path):
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, :20] = 255  # left half white
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    im.save(tmp_path / "o.jpg", exif=exif, quality=100)
+    out = imio.to_rgb(tmp_path / "o.jpg")
+    assert out.shape == (40, 20, 3)
+    assert out[:20].mean() > 200 and out[20:].mean() < 50  # white moved to the top
+
+
+def test_crop_policies():
+    a = np.arange(100 * 120 * 3, dtype=np.uint32).reshape(100, 120, 3).astype(np.uint8)
+    p = imio.prepare(a, 64)
+    assert p.crops.shape == (1, 64, 64, 3)
+    assert imio.crop_offsets(100, 64, 1) == [16] and imio.crop_offsets(120, 64, 1) == [24]
+    p4 = imio.prepare(a, 64, crops=4)
+    assert p4.crops.shape == (4, 64, 64, 3)
+    small = np.zeros((30, 80, 3), np.uint8)
+    err = imio.prepare(small, 64)
+    assert isinstance(err, imio.ImageError) and "80x30" in err.reason and "reject" in err.reason
+    padded = imio.prepare(small, 64, small="pad")
+    assert padded.crops.shape == (1, 64, 64, 3) and "padded" in padded.note
+    up = imio.prepare(small, 64, small="upscale")
+    assert up.crops.shape == (1, 64, 64, 3) and "upscaled" in up.note
+
+
+def test_unreadable_inputs_become_errors(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
+    cases = {tmp_path / "empty.png": "empty", tmp_path / "junk.jpg": "unreadable",
+             tmp_path / "missing.png": "not found", tmp_path: "directory"}
+    for path, word in cases.items():
+        r = imio.prepare(path, 16)
+        assert isinstance(r, imio.ImageError) and word in r.reason and str(path) == r.source
+
+
+def test_expand_paths(tmp_path):
+    for n in ("b.png", "a.jpg", "c.txt", "sub/d.png"):
+        (tmp_path / n).parent.mkdir(exist_ok=True)
+        (tmp_path / n).write_bytes(b"x")
+    got = [p.name for p in imio.expand_paths(tmp_path)]
+    assert got == ["a.jpg", "b.png", "d.png"]
+    assert [p.name for p in imio.expand_paths(str(tmp_path / "*.png"))] == ["b.png"]
+    assert [p.name for p in imio.expand_paths([tmp_path / "nope.png"])] == ["nope.png"]
