@@ -17,7 +17,7 @@ setup(
     package_data={"ofa_sdk": ["weights/*.safetensors", "weights/*.json"]},
     install_requires=["torch>=2.4", "numpy>=1.24", "pillow>=10", "safetensors>=0.4", "tqdm>=4.60"],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "scikit-learn"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
         "triton": ["triton"],
         "tensorrt": ["tensorrt"],

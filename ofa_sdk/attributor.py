@@ -140,15 +140,26 @@ class Attributor:
             if chunk:
                 yield from pool.map(prep, chunk)
 
-    def _embedded(self, items: Iterable[Any]) -> Iterator[Tuple[str, Optional[np.ndarray], str, str]]:
-        """Yields (source, z of the crops (k,d) or None, error, note) per input, in order."""
+    def _embedded(self, items: Iterable[Any], spectrum_acc: Optional[Dict] = None
+                  ) -> Iterator[Tuple[str, Optional[np.ndarray], str, str]]:
+        """Yields (source, z of the crops (k,d) or None, error, note) per input, in order.
+        With ``spectrum_acc`` (a dict), also accumulates the sum and count of the crops'
+        residual log-spectra there (for profile pictures)."""
         pending: List[Union[imio.Prepared, imio.ImageError]] = []
         n_crops = 0
 
         def flush():
             nonlocal pending, n_crops
             good = [p for p in pending if isinstance(p, imio.Prepared)]
-            z = self._backend.embed(np.concatenate([p.crops for p in good])) if good else None
+            z = None
+            if good:
+                crops = np.concatenate([p.crops for p in good])
+                if spectrum_acc is None:
+                    z = self._backend.embed(crops)
+                else:
+                    z, spec = self._backend.embed_with_spectrum(crops)
+                    spectrum_acc["sum"] = spectrum_acc.get("sum", 0) + spec.sum(0)
+                    spectrum_acc["n"] = spectrum_acc.get("n", 0) + len(spec)
             k = 0
             for p in pending:
                 if isinstance(p, imio.ImageError):
@@ -201,7 +212,8 @@ class Attributor:
         zs, skipped, sources = [], [], 0
         items = imio.expand_paths(images) if isinstance(images, (str, Path)) and Path(images).is_dir() \
             else imio.iter_items(images)
-        for i, (src, z, err, _) in enumerate(self._embedded(items)):
+        acc: Dict = {}
+        for i, (src, z, err, _) in enumerate(self._embedded(items, acc)):
             sources += 1
             if z is None:
                 skipped.append((i, src, err))
@@ -216,8 +228,9 @@ class Attributor:
                 "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
                 "crops": self.crops, "crop": self.crop, "enrolled_at": time.time()}
         meta.update(metadata or {})
+        spectrum = (acc["sum"] / acc["n"]).astype(np.float32) if acc.get("n") else None
         prof = Profile(name, self.model_id, support, self._backend.support_part(support), meta,
-                       time.time())
+                       time.time(), spectrum)
         self.gallery.put(prof, overwrite=overwrite)
         return prof
 

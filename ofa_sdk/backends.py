@@ -40,6 +40,16 @@ class TorchBackend:
         with self._lock, torch.inference_mode():
             return self.model(x).float().cpu().numpy()
 
+    def embed_with_spectrum(self, crops: np.ndarray):
+        """Fingerprints plus the residual log-spectra they came from, (B,d) and (B,3,h,w)."""
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        with self._lock, torch.inference_mode():
+            spec = self.model.spectrum(x)
+            z = torch.nn.functional.normalize(self.model.extract(spec).float(), dim=-1)
+            return z.cpu().numpy(), spec.float().cpu().numpy()
+
     def pair_probs(self, query_z: np.ndarray, support_part: np.ndarray) -> np.ndarray:
         """(Q,d) fingerprints x (S,h) precomputed support parts -> (Q,S) probabilities."""
         torch = self.torch

@@ -6,6 +6,8 @@
     ofa-sdk scan DIR -o results.jsonl  streaming scan to JSONL or CSV (resumable)
     ofa-sdk info                       model, backend, gallery
     ofa-sdk remove NAME                delete a profile
+    ofa-sdk eval ROOT                  the paper's image-to-model table on a benchmark folder
+    ofa-sdk show NAME|DIR -o FILE.png  mean residual spectrum of a profile or a folder
 
 Every command takes --gallery PATH (default: $OFA_SDK_GALLERY, else
 ~/.cache/ofa-sdk/gallery.db) and --model FILE. Tables on a terminal; JSON with --json.
@@ -64,6 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _common(p)
     p = sub.add_parser("info", help="model, backend and gallery")
+    _common(p)
+    p = sub.add_parser("eval", help="image-to-model AUC table on a benchmark folder")
+    p.add_argument("root", help="benchmark root (one class per leaf folder)")
+    p.add_argument("--annotations", help="OSMA-style 'path<TAB>label' file (paths relative to ROOT)")
+    p.add_argument("--exclude-real", action="store_true", help="drop 0_real/nature/real folders")
+    p.add_argument("--include", help="keep leaf folders whose path matches this regex")
+    p.add_argument("--support", type=int, default=100)
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jpeg", type=int, default=None, help="re-compress every image at this quality")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--matrix", help="write the target x other AUC matrix as a PNG")
+    _common(p)
+    p = sub.add_parser("show", help="draw the mean residual spectrum of a profile or a folder")
+    p.add_argument("target", help="an enrolled profile name, or a folder of images")
+    p.add_argument("-o", "--output", required=True, help="PNG file")
     _common(p)
     p = sub.add_parser("remove", help="delete an enrolled profile")
     p.add_argument("name")
@@ -209,13 +227,66 @@ def cmd_remove(a, att) -> int:
     return 0
 
 
+def cmd_eval(a, att) -> int:
+    from .evaluation import datasets
+    from .evaluation.protocol import format_table
+    from .evaluation.runner import evaluate
+    if a.annotations:
+        classes = datasets.read_annotations(a.annotations, a.root)
+    else:
+        classes = datasets.discover(a.root, a.exclude_real, a.include)
+    if len(classes) < 2:
+        raise ValueError(f"evaluation needs at least 2 classes, found {sorted(classes)}")
+    res = evaluate(att, classes, a.support, a.queries, a.seed, a.jpeg, not a.no_baseline)
+    skipped = {c: len(v) for c, v in res["skipped"].items()}
+    if a.matrix:
+        from .evaluation.plots import auc_matrix_png
+        auc_matrix_png(res["ours"].matrix, a.matrix)
+    if a.json:
+        out = {"ours": res["ours"].to_dict(), "counts": res["counts"], "skipped": res["skipped"],
+               "support": a.support, "queries": a.queries, "seed": a.seed, "jpeg": a.jpeg,
+               "crops": att.crops, "model_id": att.model_id}
+        if "baseline" in res:
+            out["baseline"] = res["baseline"].to_dict()
+        print(json.dumps(out))
+    else:
+        print(format_table(res["ours"], f"image-to-model AUC (%), support {a.support}, "
+                                        f"queries {a.queries}, seed {a.seed}"))
+        if "baseline" in res:
+            b = res["baseline"]
+            print(f"baseline (residual-spectrum cosine): mean 1v1 {100 * b.mean_1v1:.2f}, "
+                  f"1-vs-rest {100 * b.mean_1vrest:.2f}")
+        print(f"images used: {res['counts']}; skipped (empty/corrupt/too small): {skipped or 0}")
+    return 0
+
+
+def cmd_show(a, att) -> int:
+    from .evaluation.plots import spectrum_png
+    target = Path(a.target)
+    if target.is_dir():
+        acc: Dict = {}
+        n_bad = sum(1 for _, z, _, _ in att._embedded(_paths([target]), acc) if z is None)
+        if not acc.get("n"):
+            raise ValueError(f"no usable images in {target}")
+        spec, title = acc["sum"] / acc["n"], f"{target.name}: {acc['n']} crops"
+    else:
+        prof = att.gallery.get(a.target, model_id=att.model_id)
+        if prof.spectrum is None:
+            raise ValueError(f"profile {a.target!r} has no stored spectrum; re-enroll it")
+        spec, title, n_bad = prof.spectrum, f"{prof.name}: {prof.metadata.get('used')} images", 0
+    spectrum_png(spec, a.output, title)
+    print(json.dumps({"output": a.output, "skipped": n_bad}) if a.json else f"wrote {a.output}")
+    return 0
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     from .gallery import GalleryError
     try:
         att = _attributor(a)
         return {"enroll": cmd_enroll, "verify": cmd_verify, "attribute": cmd_attribute,
-                "scan": cmd_scan, "info": cmd_info, "remove": cmd_remove}[a.cmd](a, att)
+                "scan": cmd_scan, "info": cmd_info, "remove": cmd_remove, "eval": cmd_eval,
+                "show": cmd_show}[a.cmd](a, att)
     except (GalleryError, FileNotFoundError, ValueError, RuntimeError) as e:
         msg = str(e)
         print(json.dumps({"error": msg}) if getattr(a, "json", False) else f"error: {msg}",

@@ -41,6 +41,7 @@ class Profile:
     support_part: np.ndarray     # (S, h) float32, pair-head first layer on the support
     metadata: Dict = field(default_factory=dict)
     created: float = 0.0
+    spectrum: Optional[np.ndarray] = None   # (3, h, w) mean residual log-spectrum of the support
 
     @property
     def n_support(self) -> int:
@@ -72,7 +73,8 @@ class Gallery:
                 CREATE TABLE IF NOT EXISTS profiles (
                     name TEXT PRIMARY KEY, model_id TEXT NOT NULL, created REAL NOT NULL,
                     dim INTEGER NOT NULL, hidden INTEGER NOT NULL, n_support INTEGER NOT NULL,
-                    support BLOB NOT NULL, support_part BLOB NOT NULL, metadata TEXT NOT NULL);
+                    support BLOB NOT NULL, support_part BLOB NOT NULL, metadata TEXT NOT NULL,
+                    spectrum BLOB, spectrum_shape TEXT);
             """)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError as e:
@@ -105,24 +107,29 @@ class Gallery:
             if not overwrite and profile.name in self:
                 raise GalleryError(f"profile {profile.name!r} exists; pass overwrite=True to replace it")
             self._db.execute(
-                "INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (profile.name, profile.model_id, profile.created or time.time(),
                  profile.support.shape[1], profile.support_part.shape[1], profile.n_support,
                  _blob(profile.support), _blob(profile.support_part),
-                 json.dumps(profile.metadata, default=str)))
+                 json.dumps(profile.metadata, default=str),
+                 None if profile.spectrum is None else _blob(profile.spectrum),
+                 None if profile.spectrum is None else json.dumps(list(profile.spectrum.shape))))
             self._cache.pop(profile.name, None)
 
     def get(self, name: str, model_id: Optional[str] = None) -> Profile:
         with self._lock:
             row = self._db.execute(
-                "SELECT name, model_id, created, dim, hidden, support, support_part, metadata "
+                "SELECT name, model_id, created, dim, hidden, support, support_part, metadata, "
+                "spectrum, spectrum_shape "
                 "FROM profiles WHERE name=?", (name,)).fetchone()
             if row is None:
                 raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
             cached = self._cache.get(name)
             if cached is None or cached.created != row[2]:
+                spec = None if row[8] is None else \
+                    np.frombuffer(row[8], np.float32).reshape(json.loads(row[9])).copy()
                 cached = Profile(row[0], row[1], _unblob(row[5], row[3]), _unblob(row[6], row[4]),
-                                 json.loads(row[7]), row[2])
+                                 json.loads(row[7]), row[2], spec)
                 self._cache[name] = cached
         if model_id is not None and cached.model_id != model_id:
             raise ModelMismatch(

@@ -1,0 +1,178 @@
+"""Build the project's "wild" development set: generators written here that are NOT in the
+simulator's space, all applied to the same held-out photo content at 256x256.
+
+    python benchmarks/wild.py --photos ../shared/data/real-photos --out benchmarks/data/wild
+
+Classes (one folder each, identical file names across folders = identical content):
+* classical upscaling: ``bicubic-x2``, ``lanczos-x3``, ``nearest-x2`` (PIL; downscale with a box
+  filter, upscale back);
+* autoencoders trained briefly on the *training* photos (never the held-out ones):
+  ``tconv4-ae-s0`` / ``tconv4-ae-s1`` (transposed-conv decoder, k4 s2; same architecture,
+  different seeds), ``tconv3-ae`` (k3 s2 transposed convs: uneven overlap), ``ps4-ae`` (one
+  pixel-shuffle x4 step), ``unet-tconv`` (U-Net with skips, transposed convs, ReLU+BatchNorm).
+
+Content: held-out photos (the training split excludes them), up to two non-overlapping 256
+crops each. Deterministic given --seed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from training.common import PhotoSet  # noqa: E402
+
+
+# -- classical upscalers -------------------------------------------------------------------------
+def _resample(a: np.ndarray, factor: float, up) -> np.ndarray:
+    h, w = a.shape[:2]
+    small = Image.fromarray(a).resize((round(w / factor), round(h / factor)), Image.BOX)
+    return np.asarray(small.resize((w, h), up))
+
+
+CLASSICAL = {
+    "bicubic-x2": lambda a: _resample(a, 2, Image.BICUBIC),
+    "lanczos-x3": lambda a: _resample(a, 3, Image.LANCZOS),
+    "nearest-x2": lambda a: _resample(a, 2, Image.NEAREST),
+}
+
+
+# -- small learned generators ----------------------------------------------------------------------
+def _down(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.LeakyReLU(0.2))
+
+
+class TConvAE(nn.Module):
+    def __init__(self, k: int = 4, ch=(32, 64, 96)):
+        super().__init__()
+        self.enc = nn.Sequential(_down(3, ch[0]), _down(ch[0], ch[1]), _down(ch[1], ch[2]))
+        pad, op = (1, 0) if k == 4 else (1, 1)
+        ups, cin = [], ch[2]
+        for c in (ch[1], ch[0], 16):
+            ups += [nn.ConvTranspose2d(cin, c, k, 2, pad, output_padding=op), nn.ReLU()]
+            cin = c
+        self.dec = nn.Sequential(*ups, nn.Conv2d(16, 3, 3, padding=1))
+
+    def forward(self, x):
+        return torch.sigmoid(self.dec(self.enc(x * 2 - 1)))
+
+
+class PS4AE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(_down(3, 32), _down(32, 64), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU())
+        self.dec = nn.Sequential(nn.Conv2d(64, 3 * 16, 3, padding=1), nn.PixelShuffle(4))
+
+    def forward(self, x):
+        return torch.sigmoid(self.dec(self.enc(x * 2 - 1)))
+
+
+class UNetTConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.d1, self.d2 = _down(3, 32), _down(32, 64)
+        self.mid = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
+        self.u2 = nn.Sequential(nn.ConvTranspose2d(128, 32, 4, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.u1 = nn.Sequential(nn.ConvTranspose2d(64, 16, 4, 2, 1), nn.ReLU())
+        self.out = nn.Conv2d(16 + 3, 3, 3, padding=1)
+
+    def forward(self, x):
+        x0 = x * 2 - 1
+        a = self.d1(x0)
+        b = self.d2(a)
+        m = self.mid(b)
+        u = self.u2(torch.cat([m, b], 1))
+        u = self.u1(torch.cat([u, a], 1))
+        return torch.sigmoid(self.out(torch.cat([u, x0], 1)))
+
+
+LEARNED = {
+    "tconv4-ae-s0": (lambda: TConvAE(4), 0),
+    "tconv4-ae-s1": (lambda: TConvAE(4), 1),
+    "tconv3-ae": (lambda: TConvAE(3), 2),
+    "ps4-ae": (PS4AE, 3),
+    "unet-tconv": (UNetTConv, 4),
+}
+
+
+def train_brief(make, seed: int, photos: PhotoSet, steps: int, log=print) -> nn.Module:
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(1000 + seed)
+    net = make()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    t0 = time.time()
+    for step in range(steps):
+        x = photos.batch(8, 64, g)
+        loss = F.l1_loss(net(x), x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    log(f"  trained {steps} steps in {time.time() - t0:.0f}s, final L1 {loss.item():.4f}")
+    return net.eval()
+
+
+def content_crops(photos: PhotoSet, size: int, per_photo: int):
+    for a in photos.photos:
+        h, w = a.shape[:2]
+        if min(h, w) < size:
+            continue
+        if per_photo >= 2 and max(h, w) >= 2 * size:
+            if w >= h:
+                offs = [((h - size) // 2, 0), ((h - size) // 2, w - size)]
+            else:
+                offs = [(0, (w - size) // 2), (h - size, (w - size) // 2)]
+        else:
+            offs = [((h - size) // 2, (w - size) // 2)]
+        for t, l in offs[:per_photo]:
+            yield np.ascontiguousarray(a[t:t + size, l:l + size])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", required=True)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "data" / "wild"))
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--per-photo", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=300, help="brief training steps per learned generator")
+    ap.add_argument("--limit", type=int, default=None, help="at most N content crops")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    out = Path(a.out)
+    held = PhotoSet(a.photos, split="holdout")
+    train = PhotoSet(a.photos, split="train")
+    content = list(content_crops(held, a.size, a.per_photo))[: a.limit]
+    print(f"{len(content)} content crops from {len(held)} held-out photos")
+    gens = dict(CLASSICAL)
+    for name, (make, seed) in LEARNED.items():
+        print(f"training {name}")
+        net = train_brief(make, seed, train, a.steps)
+
+        def run(arr, net=net):
+            with torch.inference_mode():
+                x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+                y = net(x)[0].permute(1, 2, 0).numpy()
+            return (y * 255).round().clip(0, 255).astype(np.uint8)
+        gens[name] = run
+    for name, fn in gens.items():
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i, arr in enumerate(content):
+            Image.fromarray(fn(arr)).save(d / f"content_{i:04d}.png")
+        print(f"wrote {len(content)} images to {d}")
+    (out / "MANIFEST.json").write_text(json.dumps({
+        "classes": sorted(gens), "images_per_class": len(content), "size": a.size,
+        "content": "held-out photos", "steps": a.steps}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
