@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from . import images as imio
+from .closed_set import OpenSetResult
 from .gallery import Gallery, GalleryError, Profile
 
 DEFAULT_THRESHOLD = 0.5
@@ -94,6 +95,7 @@ class Attributor:
         self.strict = strict
         self._backend, self.backend_note = select_backend(backend, self.bundle, device, strict)
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
+        self._heads: Dict[str, Any] = {}
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -320,3 +322,53 @@ class Attributor:
             raise ValueError("calibrate_threshold needs at least one usable negative image")
         self.threshold = float(np.quantile(best, 1 - fpr))
         return self.threshold
+
+    # -- closed/open-set head (paper Tables 4-5) -------------------------------------------------
+    def fit_closed_set(self, real_images, models: Optional[Sequence[str]] = None, *,
+                       name: str = "default", recon_per_image: int = 2, epochs: int = 300,
+                       seed: int = 0, hidden: int = 128) -> Dict:
+        """Fit a (T+1)-way head on the support fingerprints of T enrolled models (default: all)
+        plus a rejection class of simulator reconstructions of ``real_images``; store it in the
+        gallery under ``name``. Returns training statistics."""
+        from . import closed_set as cs
+        names = list(models) if models is not None else self.gallery.names()
+        if not names:
+            raise ValueError("fit_closed_set needs at least one enrolled model")
+        known = {n: self._profile(n).support for n in names}
+        preps = [p for p in self._prepared(imio.iter_items(real_images)) if isinstance(p, imio.Prepared)]
+        if not preps:
+            raise ValueError("fit_closed_set needs usable real photos for the rejection class")
+        recon = cs.reconstruct_real(self.bundle.simulator(), np.concatenate([p.crops for p in preps]),
+                                    recon_per_image, seed)
+        reject = np.concatenate([self._backend.embed(recon[i:i + self.batch_size])
+                                 for i in range(0, len(recon), self.batch_size)])
+        head, classes, stats = cs.fit_head(known, reject, epochs=epochs, hidden=hidden, seed=seed)
+        stats.update({"real_images": len(preps), "reconstructions": len(recon), "epochs": epochs,
+                      "seed": seed})
+        self.gallery.put_head(name, self.model_id, classes, self.dim, hidden, cs.head_to_bytes(head), stats)
+        self._heads.pop(name, None)
+        return stats
+
+    def open_set(self, images, name: str = "default",
+                 threshold: Optional[float] = None) -> List["OpenSetResult"]:
+        """Closed/open-set attribution with the head ``name``: per image the predicted known
+        model, the max known-class probability, and a label that is None (unknown) when the
+        rejection class wins or the probability is below ``threshold``."""
+        from . import closed_set as cs
+        if name not in self._heads:
+            h = self.gallery.get_head(name, self.model_id)
+            self._heads[name] = (cs.head_from_bytes(h["weights"], h["dim"], len(h["classes"]), h["hidden"]),
+                                 h["classes"])
+        head, classes = self._heads[name]
+        known = classes[:-1]
+        out = []
+        for src, z, err, _ in self._embedded(imio.iter_items(images)):
+            if z is None:
+                out.append(cs.OpenSetResult(src, None, None, float("nan"), {}, err))
+                continue
+            p = cs.predict(head, z).mean(0)
+            k = int(np.argmax(p[:-1]))
+            rejected = int(np.argmax(p)) == len(known) or (threshold is not None and p[k] < threshold)
+            out.append(cs.OpenSetResult(src, None if rejected else known[k], known[k], float(p[k]),
+                                        {c: float(v) for c, v in zip(classes, p)}))
+        return out

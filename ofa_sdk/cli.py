@@ -8,6 +8,8 @@
     ofa-sdk remove NAME                delete a profile
     ofa-sdk eval ROOT                  the paper's image-to-model table on a benchmark folder
     ofa-sdk show NAME|DIR -o FILE.png  mean residual spectrum of a profile or a folder
+    ofa-sdk fit-closed-set REAL_DIR    (T+1)-way head on enrolled models + reconstructed reals
+    ofa-sdk open-set DIR               closed/open-set attribution with that head
 
 Every command takes --gallery PATH (default: $OFA_SDK_GALLERY, else
 ~/.cache/ofa-sdk/gallery.db) and --model FILE. Tables on a terminal; JSON with --json.
@@ -82,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="draw the mean residual spectrum of a profile or a folder")
     p.add_argument("target", help="an enrolled profile name, or a folder of images")
     p.add_argument("-o", "--output", required=True, help="PNG file")
+    _common(p)
+    p = sub.add_parser("fit-closed-set", help="fit the (T+1)-way closed/open-set head")
+    p.add_argument("real", nargs="+", help="real photos (folders, globs or files) for the rejection class")
+    p.add_argument("--models", nargs="+", default=None, help="known models (default: all enrolled)")
+    p.add_argument("--name", default="default")
+    p.add_argument("--recon-per-image", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p = sub.add_parser("open-set", help="closed/open-set attribution with a fitted head")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("--name", default="default")
+    p.add_argument("--threshold", type=float, default=None, help="min known-class probability")
     _common(p)
     p = sub.add_parser("remove", help="delete an enrolled profile")
     p.add_argument("name")
@@ -279,6 +294,25 @@ def cmd_show(a, att) -> int:
     return 0
 
 
+def cmd_fit_closed_set(a, att) -> int:
+    stats = att.fit_closed_set(_paths(a.real), a.models, name=a.name,
+                               recon_per_image=a.recon_per_image, epochs=a.epochs, seed=a.seed)
+    print(json.dumps(stats) if a.json else
+          f"fit closed-set head {a.name!r}: {stats['counts']}, train accuracy {stats['train_acc']:.3f}")
+    return 0
+
+
+def cmd_open_set(a, att) -> int:
+    res = att.open_set(_paths(a.sources), a.name, a.threshold)
+    rows = [r.to_dict() for r in res]
+    if a.json:
+        print(json.dumps(rows))
+    else:
+        _table([{**r, "known_prob": float("nan") if r["known_prob"] is None else r["known_prob"]}
+                for r in rows], ["source", "label", "predicted", "known_prob", "error"])
+    return 1 if any(not r.ok for r in res) else 0
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     from .gallery import GalleryError
@@ -286,7 +320,8 @@ def main(argv=None) -> int:
         att = _attributor(a)
         return {"enroll": cmd_enroll, "verify": cmd_verify, "attribute": cmd_attribute,
                 "scan": cmd_scan, "info": cmd_info, "remove": cmd_remove, "eval": cmd_eval,
-                "show": cmd_show}[a.cmd](a, att)
+                "show": cmd_show, "fit-closed-set": cmd_fit_closed_set,
+                "open-set": cmd_open_set}[a.cmd](a, att)
     except (GalleryError, FileNotFoundError, ValueError, RuntimeError) as e:
         msg = str(e)
         print(json.dumps({"error": msg}) if getattr(a, "json", False) else f"error: {msg}",

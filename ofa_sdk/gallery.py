@@ -75,6 +75,10 @@ class Gallery:
                     dim INTEGER NOT NULL, hidden INTEGER NOT NULL, n_support INTEGER NOT NULL,
                     support BLOB NOT NULL, support_part BLOB NOT NULL, metadata TEXT NOT NULL,
                     spectrum BLOB, spectrum_shape TEXT);
+                CREATE TABLE IF NOT EXISTS heads (
+                    name TEXT PRIMARY KEY, model_id TEXT NOT NULL, created REAL NOT NULL,
+                    classes TEXT NOT NULL, dim INTEGER NOT NULL, hidden INTEGER NOT NULL,
+                    weights BLOB NOT NULL, metadata TEXT NOT NULL);
             """)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         except sqlite3.DatabaseError as e:
@@ -150,6 +154,27 @@ class Gallery:
                 "SELECT name, model_id, n_support, created, metadata FROM profiles ORDER BY name").fetchall()
         return [{"name": r[0], "model_id": r[1], "n_support": r[2], "created": r[3],
                  "metadata": json.loads(r[4])} for r in rows]
+
+    # -- closed/open-set heads (see closed_set.py) --------------------------------------------------
+    def put_head(self, name: str, model_id: str, classes: List[str], dim: int, hidden: int,
+                 weights: bytes, metadata: Dict) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO heads VALUES (?,?,?,?,?,?,?,?)",
+                             (name, model_id, time.time(), json.dumps(classes), dim, hidden,
+                              weights, json.dumps(metadata, default=str)))
+
+    def get_head(self, name: str, model_id: Optional[str] = None) -> Dict:
+        with self._lock:
+            row = self._db.execute("SELECT name, model_id, created, classes, dim, hidden, weights, "
+                                   "metadata FROM heads WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise ProfileNotFound(f"no closed-set head named {name!r} in {self!r}; fit one with "
+                                  f"fit_closed_set / 'ofa-sdk fit-closed-set'")
+        if model_id is not None and row[1] != model_id:
+            raise ModelMismatch(f"closed-set head {name!r} was fit on model {row[1]}, this "
+                                f"Attributor uses model {model_id}; fit it again")
+        return {"name": row[0], "model_id": row[1], "created": row[2], "classes": json.loads(row[3]),
+                "dim": row[4], "hidden": row[5], "weights": row[6], "metadata": json.loads(row[7])}
 
     def close(self):
         with self._lock:

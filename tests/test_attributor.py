@@ -139,3 +139,26 @@ def test_gallery_persists_across_processes_and_refuses_other_models(tiny_model, 
     (tmp_path / "bad.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(GalleryError, match="not a usable SQLite"):
         Gallery(tmp_path / "bad.db")
+
+
+def test_closed_open_set_head_round_trip(tiny_model, tmp_path):
+    db = tmp_path / "g.db"
+    att = Attributor(model=tiny_model, gallery=str(db))
+    a = make_images(tmp_path / "a", 6, 30, kind="noise")
+    b = make_images(tmp_path / "b", 6, 31, kind="blocky")
+    real = make_images(tmp_path / "real", 4, 32, size=48)
+    att.enroll("gen-a", a)
+    att.enroll("gen-b", b)
+    stats = att.fit_closed_set(real, epochs=200)
+    assert stats["counts"] == {"gen-a": 6, "gen-b": 6, "__reconstructed_real__": 8}
+    assert stats["train_acc"] > 0.5
+    res = Attributor(model=tiny_model, gallery=str(db)).open_set(a[:2] + b[:2] + [tmp_path / "nope.png"])
+    assert [r.ok for r in res] == [True] * 4 + [False]
+    for r in res[:4]:
+        assert r.predicted in ("gen-a", "gen-b") and 0 <= r.known_prob <= 1
+        assert abs(sum(r.probs.values()) - 1) < 1e-5
+        assert r.label in (None, r.predicted)
+    strict = att.open_set(a[:2], threshold=1.01)
+    assert all(r.label is None for r in strict)
+    with pytest.raises(ProfileNotFound):
+        att.open_set(a[:1], name="other")
