@@ -50,8 +50,6 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     real = [photos.photos[i] for i in rng.choice(len(photos), min(a.real, len(photos)), replace=False)]
     base = Attributor(model=a.model, crops=a.crops, batch_size=64)
-    # fingerprints once: the head and gallery change per fold, the extractor does not
-    z = {c: base.fingerprint([classes[c][i] for i in range(len(classes[c]))]) for c in names}
     folds = []
     for f in range(a.folds):
         known = sorted(np.random.default_rng(100 + f).choice(names, a.known, replace=False).tolist())

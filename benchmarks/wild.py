@@ -121,6 +121,35 @@ def train_brief(make, seed: int, photos: PhotoSet, steps: int, log=print) -> nn.
     return net.eval()
 
 
+def build_generators(names, train: PhotoSet, steps: int, log=print):
+    """name -> function(HxWx3 uint8) -> HxWx3 uint8, training the learned ones briefly."""
+    gens = {}
+    for name in names:
+        if name in CLASSICAL:
+            gens[name] = CLASSICAL[name]
+            continue
+        make, seed = LEARNED[name]
+        log(f"training {name}")
+        net = train_brief(make, seed, train, steps, log)
+
+        def run(arr, net=net):
+            with torch.inference_mode():
+                x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+                y = net(x)[0].permute(1, 2, 0).numpy()
+            return (y * 255).round().clip(0, 255).astype(np.uint8)
+        gens[name] = run
+    return gens
+
+
+def write_set(gens, content, out: Path, log=print):
+    for name, fn in gens.items():
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i, arr in enumerate(content):
+            Image.fromarray(fn(arr)).save(d / f"content_{i:04d}.png")
+        log(f"wrote {len(content)} images to {d}")
+
+
 def content_crops(photos: PhotoSet, size: int, per_photo: int):
     for a in photos.photos:
         h, w = a.shape[:2]
@@ -152,23 +181,8 @@ def main(argv=None):
     train = PhotoSet(a.photos, split="train")
     content = list(content_crops(held, a.size, a.per_photo))[: a.limit]
     print(f"{len(content)} content crops from {len(held)} held-out photos")
-    gens = dict(CLASSICAL)
-    for name, (make, seed) in LEARNED.items():
-        print(f"training {name}")
-        net = train_brief(make, seed, train, a.steps)
-
-        def run(arr, net=net):
-            with torch.inference_mode():
-                x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
-                y = net(x)[0].permute(1, 2, 0).numpy()
-            return (y * 255).round().clip(0, 255).astype(np.uint8)
-        gens[name] = run
-    for name, fn in gens.items():
-        d = out / name
-        d.mkdir(parents=True, exist_ok=True)
-        for i, arr in enumerate(content):
-            Image.fromarray(fn(arr)).save(d / f"content_{i:04d}.png")
-        print(f"wrote {len(content)} images to {d}")
+    gens = build_generators(list(CLASSICAL) + list(LEARNED), train, a.steps)
+    write_set(gens, content, out)
     (out / "MANIFEST.json").write_text(json.dumps({
         "classes": sorted(gens), "images_per_class": len(content), "size": a.size,
         "content": "held-out photos", "steps": a.steps}, indent=1))

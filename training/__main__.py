@@ -40,6 +40,8 @@ def main(argv=None):
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="stop each stage after this step (checkpointed; rerun to resume)")
     ap.add_argument("--lpips-vgg", help="VGG16 weights for real LPIPS (stage1.perceptual=lpips)")
     ap.add_argument("--lpips-lin", help="LPIPS linear-layer weights")
     ap.add_argument("--dest", default=None, help="export: model file to write")
@@ -72,14 +74,14 @@ def main(argv=None):
     for st in stages:
         if st == "stage0":
             from .stage0_denoiser import run
-            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet)
+            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at)
         elif st == "stage1":
             from .stage1_simulator import run
-            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet,
+            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at,
                 lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin)
         else:
             from .stage2_extractor import run
-            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet)
+            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at)
     return 0
 
 

@@ -15,7 +15,7 @@ from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
-        every: int = 100, quiet: bool = False) -> Path:
+        every: int = 100, quiet: bool = False, stop_at: int | None = None) -> Path:
     sc = cfg.stage0
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -39,8 +39,10 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
         lr = set_lr(opt, sc.lr, step, sc.steps)
         opt.step()
         log.step(step, sc.batch, loss=loss.item(), lr=lr)
-        if step % every == 0 or step == sc.steps:
+        if step % every == 0 or step == sc.steps or step == stop_at:
             save_checkpoint(ckpt, {"denoiser": net}, _meta(cfg, data, step, seed), opt, g)
+        if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
+            break
     log.close()
     return ckpt
 

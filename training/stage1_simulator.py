@@ -18,7 +18,8 @@ from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
-        every: int = 100, quiet: bool = False, lpips_vgg=None, lpips_lin=None) -> Path:
+        every: int = 100, quiet: bool = False, stop_at: int | None = None,
+        lpips_vgg=None, lpips_lin=None) -> Path:
     sc = cfg.stage1
     torch.manual_seed(seed + 1)
     g = torch.Generator().manual_seed(seed + 1)
@@ -50,11 +51,13 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
         opt.step()
         psnr = -10 * torch.log10(torch.tensor(max(tot["mse"], 1e-10))).item()
         log.step(step, sc.batch * sc.accum, **tot, psnr=psnr, start_scale=arch.start_scale)
-        if step % every == 0 or step == sc.steps:
+        if step % every == 0 or step == sc.steps or step == stop_at:
             meta = {"stage": 1, "step": step, "seed": seed, "config": cfg.to_dict(),
                     "data": data.describe(), "commit": git_commit(),
                     "perceptual": sc.perceptual if sc.perceptual == "ssim" else
                     {"kind": "lpips", "vgg": str(lpips_vgg), "lin": str(lpips_lin)}}
             save_checkpoint(ckpt, {"simulator": sim}, meta, opt, g)
+        if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
+            break
     log.close()
     return ckpt

@@ -64,7 +64,7 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
-        every: int = 50, quiet: bool = False) -> Path:
+        every: int = 50, quiet: bool = False, stop_at: int | None = None) -> Path:
     sc = cfg.stage2
     torch.manual_seed(seed + 2)
     g = torch.Generator().manual_seed(seed + 2)
@@ -108,10 +108,12 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
         bank.push(z.detach(), y)
         log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
                  cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
-        if step % every == 0 or step == sc.steps:
+        if step % every == 0 or step == sc.steps or step == stop_at:
             meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
                     "data": data.describe(), "commit": git_commit(),
                     "simulator_perceptual": s1meta.get("perceptual")}
             save_checkpoint(ckpt, trained, meta, opt, g)
+        if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
+            break
     log.close()
     return ckpt

@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY
+from ofa_sdk.config import compact
+from ofa_sdk.training import common
+from ofa_sdk.training.__main__ import main as train_main
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        a = (rng.random((70 + i, 80, 3)) * 255).astype(np.uint8)
+        Image.fromarray(a).save(d / f"p{i}.jpg", quality=90)
+    (d / "sub").mkdir()
+    Image.fromarray(np.zeros((70, 70), np.uint8)).save(d / "sub" / "gray.png")
+    (d / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return d
+
+
+def _args(photos, out, steps):
+    sets = [f"{k}={v!r}" if not isinstance(v, (int, float)) else f"{k}={v}" for k, v in TINY.items()]
+    sets += ["stage0.steps=%d" % steps, "stage0.batch=2", "stage0.crop=24",
+             "stage1.steps=%d" % steps, "stage1.batch=2", "stage1.crop=32",
+             "stage2.steps=%d" % steps, "stage2.n=2", "stage2.m=2", "stage2.crop=32",
+             "loss.bank_size=16"]
+    out_args = ["--data", str(photos), "--out", str(out), "--quiet"]
+    for s in sets:
+        out_args += ["--set", s]
+    return out_args
+
+
+def test_unreadable_photos_are_skipped_and_counted(photos):
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        ps = common.PhotoSet(photos, split="all")
+    assert len(ps) == 13 and ps.skipped == 1
+    b = ps.batch(3, 24, torch.Generator().manual_seed(0))
+    assert b.shape == (3, 3, 24, 24) and 0 <= b.min() and b.max() <= 1
+
+
+def test_all_stages_resume_deterministically_and_export(photos, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    with pytest.warns(UserWarning):
+        train = common.PhotoSet(photos, split="train")
+    assert train_main(["all"] + _args(photos, a, 4)) == 0
+    # b: each stage interrupted after step 2 (checkpointed), then resumed to 4
+    for st in ("stage0", "stage1", "stage2"):
+        assert train_main([st, "--stop-at", "2"] + _args(photos, b, 4)) == 0
+        assert common.read_metadata(b / f"{st}.safetensors")["step"] == 2
+        assert train_main([st] + _args(photos, b, 4)) == 0
+    for stage in ("stage0", "stage1", "stage2"):
+        ta = common.load_file(str(a / f"{stage}.safetensors"))
+        tb = common.load_file(str(b / f"{stage}.safetensors"))
+        for k in ta:
+            if k.startswith(("rng.", "optim.")) or "num_batches_tracked" in k:
+                continue
+            torch.testing.assert_close(ta[k], tb[k], msg=f"{stage} {k}")
+        meta = common.read_metadata(a / f"{stage}.safetensors")
+        assert meta["step"] == 4 and meta["config"]["name"] == "compact"
+        assert meta["data"]["images"] == len(train) and meta["data"]["skipped"] == train.skipped
+        log = [json.loads(l) for l in (a / f"{stage}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2, 3, 4] and all("loss" in r for r in log)
+    assert common.read_metadata(a / "stage1.safetensors")["perceptual"] == "ssim"
+    assert "archs" in json.loads((a / "stage2.jsonl").read_text().splitlines()[0])
+    # checkpoints are plain safetensors: no pickle anywhere
+    assert (a / "stage2.safetensors").read_bytes()[:8] != b"\x80\x04\x95"
+    dest = tmp_path / "model.safetensors"
+    assert train_main(["export", "--out", str(a), "--dest", str(dest)]) == 0
+    from ofa_sdk.weights import load_model
+    bundle = load_model(dest)
+    assert bundle.config.crop == 32 and len(bundle.model_id) == 16
+    assert bundle.simulator()(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    from ofa_sdk import Attributor
+    z = Attributor(model=bundle).fingerprint(np.zeros((40, 40, 3), np.uint8))
+    assert z.shape == (1, 16)
+
+
+def test_lpips_loads_user_weights(tmp_path):
+    from safetensors.torch import save_file
+    from ofa_sdk.perceptual import LPIPS, SSIMLoss, _CH, _VGG_CFG, make_perceptual
+    torch.manual_seed(0)
+    vgg, i, cin = {}, 0, 3
+    for v in _VGG_CFG:
+        if v == "M":
+            i += 1
+            continue
+        vgg[f"features.{i}.weight"] = torch.randn(v, cin, 3, 3) * 0.05
+        vgg[f"features.{i}.bias"] = torch.zeros(v)
+        cin, i = v, i + 2
+    lin = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1) for k, c in enumerate(_CH)}
+    save_file(vgg, str(tmp_path / "vgg.safetensors"))
+    torch.save(lin, tmp_path / "lin.pth")
+    lp = make_perceptual("lpips", tmp_path / "vgg.safetensors", tmp_path / "lin.pth")
+    assert isinstance(lp, LPIPS)
+    x = torch.rand(2, 3, 32, 32)
+    assert lp(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert lp(x, torch.rand(2, 3, 32, 32)).item() > 0
+    with pytest.raises(ValueError, match="lpips-vgg"):
+        make_perceptual("lpips")
+    s = SSIMLoss()
+    assert s(x, x).item() == pytest.approx(0.0, abs=1e-5)
+    assert s(x, x.flip(-1)).item() > 0.05
+
+
+def test_shipped_default_model_loads():
+    from ofa_sdk.weights import DEFAULT_MODEL, load_default_model
+    if not DEFAULT_MODEL.exists():
+        pytest.fail("the package ships no default model")
+    b = load_default_model()
+    assert b.config.name == "compact" and DEFAULT_MODEL.stat().st_size < 8_000_000
+    assert b.meta["training"]["stage2"]["step"] == compact().stage2.steps
