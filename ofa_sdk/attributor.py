@@ -212,8 +212,7 @@ class Attributor:
         if not overwrite and name in self.gallery:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it")
         zs, skipped, sources = [], [], 0
-        items = imio.expand_paths(images) if isinstance(images, (str, Path)) and Path(images).is_dir() \
-            else imio.iter_items(images)
+        items = imio.iter_items(images)
         acc: Dict = {}
         for i, (src, z, err, _) in enumerate(self._embedded(items, acc)):
             sources += 1

@@ -56,6 +56,10 @@ class ExtractorConfig:
     dim: int = 128
     stem_stride: int = 2                    # conv stride of the stem
     stem_pool: bool = True                  # max-pool after the stem
+    # BatchNorm1d on phi: removes the component common to every input (the residual spectra of
+    # all images share most of their structure), which otherwise dominates phi and collapses
+    # z = phi/|phi| to one direction before SupCon can separate generators.
+    head_bn: bool = True
 
 
 @dataclass(frozen=True)
@@ -180,12 +184,12 @@ def compact() -> OFAConfig:
         name="compact",
         crop=96,
         simulator=SimulatorConfig(enc_channels=(32, 64, 96), stem_channels=16, router_hidden=32),
-        denoiser=DenoiserConfig(depth=6, width=24, padding=False),
+        denoiser=DenoiserConfig(depth=6, width=24, padding=False, noise_sigma=3.0),
         extractor=ExtractorConfig(block="basic", layers=(1, 1, 1, 1), width=24,
                                   stem_stride=1, stem_pool=True),
         heads=HeadConfig(pair_hidden=(128, 128), real_hidden=(64,)),
         loss=LossConfig(bank_size=1024),
-        stage0=Stage0Config(steps=1500, batch=16, crop=64, lr=1e-3),
+        stage0=Stage0Config(steps=1500, batch=16, crop=64, lr=5e-4),
         stage1=Stage1Config(steps=2500, batch=8, accum=1, crop=96, lr=1e-3),
         stage2=Stage2Config(steps=2000, n=8, m=4, crop=96, lr=1e-3, jpeg_p=0.2),
     )

@@ -62,6 +62,10 @@ def is_single(images: Any) -> bool:
 
 
 def iter_items(images: Any) -> Iterator[Any]:
+    """One input, or an iterable of inputs; a directory path stands for the images inside."""
+    if isinstance(images, (str, Path)) and Path(images).is_dir():
+        yield from expand_paths(images)
+        return
     if is_single(images):
         yield images
         return

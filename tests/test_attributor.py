@@ -34,6 +34,7 @@ def test_fingerprint_shapes_types_and_inputs(att, tmp_path):
     # batching does not change results
     np.testing.assert_allclose(Attributor(model=att.bundle, batch_size=1).fingerprint(paths), z, atol=1e-5)
     assert att.fingerprint([]).shape == (0, 16)
+    np.testing.assert_allclose(att.fingerprint(tmp_path / "a"), z, atol=1e-5)  # a folder = its images
 
 
 def test_bad_inputs_never_lose_the_batch(att, tmp_path):

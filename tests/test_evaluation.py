@@ -128,3 +128,32 @@ def test_eval_and_show_cli(tiny_model, tmp_path):
     assert out.returncode == 0, out.stderr
     out = subprocess.run(cmd + ["show", "nobody", "-o", str(tmp_path / "x.png")] + base, capture_output=True, text=True)
     assert out.returncode == 2 and "nobody" in out.stderr
+
+
+def test_eval_cli_on_each_published_layout(tiny_model, tmp_path, capsys):
+    """`ofa-sdk eval` end to end on tiny copies of the AIGCDetectBenchmark, GenImage and OSMA
+    layouts (DMDetection is covered above)."""
+    from ofa_sdk.cli import main
+    aigc = tmp_path / "aigc" / "test"
+    for i, leaf in enumerate(["sdxl/1_fake", "sdxl/0_real", "gan/car/1_fake"]):
+        make_images(aigc / leaf, 6, 40 + i, kind="noise" if i % 2 else "blocky")
+    gi = tmp_path / "genimage"
+    for i, leaf in enumerate(["ADM/adm/val/ai", "ADM/adm/val/nature", "VQDM/vq/val/ai", "VQDM/vq/train/ai"]):
+        make_images(gi / leaf, 6, 50 + i, kind="blocky" if i % 2 else "noise")
+    osma = tmp_path / "osma"
+    lines = []
+    for i, label in enumerate(["stylegan", "biggan"]):
+        for p in make_images(osma / "imgs" / label, 6, 60 + i):
+            lines.append(f"imgs/{label}/{p.name}\t{label}")
+    (osma / "test.txt").write_text("\n".join(lines) + "\n")
+    base = ["--gallery", str(tmp_path / "g.db"), "--model", str(tiny_model), "--support", "2",
+            "--queries", "3", "--json"]
+    cases = [([str(aigc), "--exclude-real"], {"sdxl/1_fake", "gan/car/1_fake"}),
+             ([str(gi), "--include", "/val/"], {"ADM/adm/val/ai", "ADM/adm/val/nature", "VQDM/vq/val/ai"}),
+             ([str(osma), "--annotations", str(osma / "test.txt")], {"stylegan", "biggan"})]
+    for args, expected in cases:
+        assert main(["eval", *args, *base]) == 0
+        r = json.loads(capsys.readouterr().out)
+        assert set(r["ours"]["per_target"]) == expected
+        for v in r["ours"]["per_target"].values():
+            assert v["support"] == 2 and v["queries"] == 3 and 0 <= v["auc_1v1_mean"] <= 1

@@ -12,13 +12,13 @@ Loss: L = w_scl SupCon(+bank) + w_att pair BCE + w_cls real/reconstructed BCE (E
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ofa_sdk.config import OFAConfig
+from ofa_sdk.images import jpeg
 from ofa_sdk.losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 from ofa_sdk.models import FingerprintSimulator, OFAModel
 
@@ -28,7 +28,7 @@ REAL_LABEL = -1  # architecture ids are >= 0
 
 
 def _jpeg(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor:
-    from PIL import Image
+    """JPEG-compress each image with probability p at a quality drawn from qrange."""
     if p <= 0:
         return x
     out = x.clone()
@@ -36,10 +36,7 @@ def _jpeg(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor
         if float(torch.rand(1, generator=g)) < p:
             q = int(torch.randint(qrange[0], qrange[1] + 1, (1,), generator=g))
             a = (x[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(a).save(buf, format="JPEG", quality=q)
-            b = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-            out[k] = torch.from_numpy(b.copy()).permute(2, 0, 1).float() / 255
+            out[k] = torch.from_numpy(jpeg(a, q).copy()).permute(2, 0, 1).float() / 255
     return out
 
 

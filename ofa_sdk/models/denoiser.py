@@ -23,7 +23,13 @@ class DnCNN(nn.Module):
         for _ in range(cfg.depth - 2):
             layers += [nn.Conv2d(cfg.width, cfg.width, 3, padding=p, bias=False),
                        nn.BatchNorm2d(cfg.width), nn.ReLU(inplace=True)]
-        layers.append(nn.Conv2d(cfg.width, 3, 3, padding=p))
+        last = nn.Conv2d(cfg.width, 3, 3, padding=p)
+        # Start as the zero predictor (MSE = sigma^2) and improve from there: a random last layer
+        # starts far worse than predicting no noise at all, and at sigma = 1 grey level the
+        # network can spend its whole budget just getting back to that baseline.
+        nn.init.normal_(last.weight, std=1e-3)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
         self.body = nn.Sequential(*layers)
 
     @property
