@@ -191,7 +191,7 @@ def compact() -> OFAConfig:
         loss=LossConfig(bank_size=1024),
         stage0=Stage0Config(steps=1500, batch=16, crop=64, lr=5e-4),
         stage1=Stage1Config(steps=2500, batch=8, accum=1, crop=96, lr=1e-3),
-        stage2=Stage2Config(steps=2000, n=8, m=4, crop=96, lr=1e-3, jpeg_p=0.2),
+        stage2=Stage2Config(steps=3000, n=8, m=4, crop=96, lr=1e-3, jpeg_p=0.2),
     )
 
 

@@ -53,6 +53,8 @@ def test_all_stages_resume_deterministically_and_export(photos, tmp_path):
     for st in ("stage0", "stage1", "stage2"):
         assert train_main([st, "--stop-at", "2"] + _args(photos, b, 4)) == 0
         assert common.read_metadata(b / f"{st}.safetensors")["step"] == 2
+        with open(b / f"{st}.jsonl", "a") as f:  # a step logged after the last checkpoint (a crash)
+            f.write(json.dumps({"step": 3, "loss": 0.0}) + "\n")
         assert train_main([st] + _args(photos, b, 4)) == 0
     for stage in ("stage0", "stage1", "stage2"):
         ta = common.load_file(str(a / f"{stage}.safetensors"))
@@ -64,8 +66,9 @@ def test_all_stages_resume_deterministically_and_export(photos, tmp_path):
         meta = common.read_metadata(a / f"{stage}.safetensors")
         assert meta["step"] == 4 and meta["config"]["name"] == "compact"
         assert meta["data"]["images"] == len(train) and meta["data"]["skipped"] == train.skipped
-        log = [json.loads(l) for l in (a / f"{stage}.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in log] == [1, 2, 3, 4] and all("loss" in r for r in log)
+        for run in (a, b):  # b's log was cut at its checkpoint and continued: no duplicates
+            log = [json.loads(l) for l in (run / f"{stage}.jsonl").read_text().splitlines()]
+            assert [r["step"] for r in log] == [1, 2, 3, 4] and all("loss" in r for r in log)
     assert common.read_metadata(a / "stage1.safetensors")["perceptual"] == "ssim"
     assert "archs" in json.loads((a / "stage2.jsonl").read_text().splitlines()[0])
     # checkpoints are plain safetensors: no pickle anywhere

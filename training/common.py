@@ -216,6 +216,10 @@ class RunLog:
     def __init__(self, path: Path, total: int, start: int, desc: str, quiet: bool = False):
         from tqdm import tqdm
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():  # a resumed run: drop records past the checkpoint it resumes from
+            keep = [l for l in path.read_text().splitlines(keepends=True)
+                    if l.strip() and json.loads(l).get("step", 0) <= start]
+            path.write_text("".join(keep))
         self.f = open(path, "a", buffering=1)
         self.bar = tqdm(total=total, initial=start, desc=desc, disable=quiet,
                         dynamic_ncols=True, file=sys.stderr, mininterval=2.0)
@@ -231,9 +235,6 @@ class RunLog:
                               if isinstance(v, float)} | {"img/s": f"{rec['img_per_s']:.1f}"},
                              refresh=False)
         self.bar.update(1)
-
-    def event(self, **values) -> None:
-        self.f.write(json.dumps({"event": True, "time": round(time.time(), 3), **values}) + "\n")
 
     def close(self):
         self.bar.close()

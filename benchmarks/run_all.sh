@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every figure in benchmarks/RESULTS.md, in one go (CPU, about 15 minutes on 2 cores).
+# Needs: the shipped model (or MODEL=file), the real photos (PHOTOS=dir), a venv at .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+PHOTOS=${PHOTOS:-../shared/data/real-photos}
+MODEL_ARG=${MODEL:+--model $MODEL}
+mkdir -p benchmarks/results
+[ -f benchmarks/data/wild/MANIFEST.json ] || $PY benchmarks/wild.py --photos "$PHOTOS"
+$PY benchmarks/eval_wild.py --photos "$PHOTOS" --crops 1 4 9 $MODEL_ARG | tee benchmarks/results/eval_wild.txt
+$PY benchmarks/open_set.py --photos "$PHOTOS" $MODEL_ARG | tee benchmarks/results/open_set.txt
+$PY -m ofa_sdk.cli eval benchmarks/data/wild --support 75 --queries 100 --crops 4 --gallery /tmp/ofa-eval.db \
+    --matrix benchmarks/results/wild_matrix_crops4.png $MODEL_ARG | tee benchmarks/results/cli_eval.txt
+$PY benchmarks/residual_probe.py --photos "$PHOTOS" --simulator runs/compact/stage1.safetensors \
+    --denoiser sigma1=runs/failed-2/stage0.safetensors --denoiser sigma3=runs/compact/stage0.safetensors \
+    | tee benchmarks/results/residual_probe.txt
+$PY benchmarks/sizing.py | tee benchmarks/results/sizing.txt
