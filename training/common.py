@@ -42,12 +42,10 @@ def split_of(path: Path, root: Path, holdout: float = 0.15) -> str:
 
 
 def load_photo(path: Path) -> Optional[np.ndarray]:
-    """HxWx3 uint8, or None (with a warning) when unreadable."""
-    from PIL import Image, ImageOps
+    """HxWx3 uint8 (the SDK's own decoding: EXIF, modes, 16-bit), or None with a warning."""
+    from ofa_sdk.images import to_rgb
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            arr = np.asarray(im.convert("RGB"))
+        arr = to_rgb(path)
     except Exception as e:  # corrupt, truncated, unsupported: skip and count
         warnings.warn(f"skipping unreadable image {path}: {e}")
         return None
