@@ -23,7 +23,6 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -142,33 +141,32 @@ class Attributor:
             if chunk:
                 yield from pool.map(prep, chunk)
 
-    def _embedded(self, items: Iterable[Any], spectrum_acc: Optional[Dict] = None
-                  ) -> Iterator[Tuple[str, Optional[np.ndarray], str, str]]:
-        """Yields (source, z of the crops (k,d) or None, error, note) per input, in order.
-        With ``spectrum_acc`` (a dict), also accumulates the sum and count of the crops'
-        residual log-spectra there (for profile pictures)."""
+    def _embedded(self, items: Iterable[Any], spectra: bool = False
+                  ) -> Iterator[Tuple[str, Optional[np.ndarray], str, str, Optional[np.ndarray]]]:
+        """Yields (source, z of the crops (k,d) or None, error, note, spectrum) per input, in
+        order. With ``spectra=True`` the spectrum is the input's mean residual log-spectrum over
+        its crops, (3,h,w), computed in the same pass as z (None otherwise)."""
         pending: List[Union[imio.Prepared, imio.ImageError]] = []
         n_crops = 0
 
         def flush():
             nonlocal pending, n_crops
             good = [p for p in pending if isinstance(p, imio.Prepared)]
-            z = None
+            z = spec = None
             if good:
                 crops = np.concatenate([p.crops for p in good])
-                if spectrum_acc is None:
-                    z = self._backend.embed(crops)
-                else:
+                if spectra:
                     z, spec = self._backend.embed_with_spectrum(crops)
-                    spectrum_acc["sum"] = spectrum_acc.get("sum", 0) + spec.sum(0)
-                    spectrum_acc["n"] = spectrum_acc.get("n", 0) + len(spec)
+                else:
+                    z = self._backend.embed(crops)
             k = 0
             for p in pending:
                 if isinstance(p, imio.ImageError):
-                    yield p.source, None, p.reason, ""
+                    yield p.source, None, p.reason, "", None
                 else:
                     n = len(p.crops)
-                    yield p.source, z[k:k + n], "", p.note
+                    yield (p.source, z[k:k + n], "", p.note,
+                           spec[k:k + n].mean(0) if spectra else None)
                     k += n
             pending, n_crops = [], 0
 
@@ -185,7 +183,7 @@ class Attributor:
         A bad input raises :class:`InputError` (with every other row in ``.partial``), or gives
         a NaN row with ``errors='nan'``."""
         rows, errs = [], []
-        for i, (src, z, err, _) in enumerate(self._embedded(imio.iter_items(images))):
+        for i, (src, z, err, _, _) in enumerate(self._embedded(imio.iter_items(images))):
             if z is None:
                 errs.append((i, src, err))
                 rows.append(np.full(self.dim, np.nan, np.float32))
@@ -213,13 +211,14 @@ class Attributor:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it")
         zs, skipped, sources = [], [], 0
         items = imio.iter_items(images)
-        acc: Dict = {}
-        for i, (src, z, err, _) in enumerate(self._embedded(items, acc)):
+        specs = []
+        for i, (src, z, err, _, spec) in enumerate(self._embedded(items, spectra=True)):
             sources += 1
             if z is None:
                 skipped.append((i, src, err))
             else:
                 zs.append(z)
+                specs.append(spec)
         if len(zs) < max(1, min_images):
             if skipped:
                 raise InputError(skipped)
@@ -229,7 +228,7 @@ class Attributor:
                 "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
                 "crops": self.crops, "crop": self.crop, "enrolled_at": time.time()}
         meta.update(metadata or {})
-        spectrum = (acc["sum"] / acc["n"]).astype(np.float32) if acc.get("n") else None
+        spectrum = np.mean(specs, axis=0).astype(np.float32)  # every image has the same crops
         prof = Profile(name, self.model_id, support, self._backend.support_part(support), meta,
                        time.time(), spectrum)
         self.gallery.put(prof, overwrite=overwrite)
@@ -249,7 +248,7 @@ class Attributor:
         """(N,) probability that each image was made by the enrolled model ``name``."""
         prof = self._profile(name)
         out, errs = [], []
-        for i, (src, z, err, _) in enumerate(self._embedded(imio.iter_items(images))):
+        for i, (src, z, err, _, _) in enumerate(self._embedded(imio.iter_items(images))):
             if z is None:
                 errs.append((i, src, err))
                 out.append(np.nan)
@@ -268,7 +267,7 @@ class Attributor:
     def _one(self, x) -> np.ndarray:
         if not imio.is_single(x):
             raise TypeError("same_source takes one image for each argument")
-        src, z, err, _ = next(self._embedded([x]))
+        src, z, err, _, _ = next(self._embedded([x]))
         if z is None:
             raise InputError([(0, src, err)])
         return z
@@ -283,7 +282,7 @@ class Attributor:
         thr = self.threshold if threshold is None else float(threshold)
         names = list(models) if models is not None else self.gallery.names()
         profiles = [self._profile(n) for n in names]
-        for src, z, err, note in self._embedded(items):
+        for src, z, err, note, _ in self._embedded(items):
             if z is None:
                 yield Attribution(src, None, float("nan"), {}, err, note)
                 continue
@@ -361,7 +360,7 @@ class Attributor:
         head, classes = self._heads[name]
         known = classes[:-1]
         out = []
-        for src, z, err, _ in self._embedded(imio.iter_items(images)):
+        for src, z, err, _, _ in self._embedded(imio.iter_items(images)):
             if z is None:
                 out.append(cs.OpenSetResult(src, None, None, float("nan"), {}, err))
                 continue

@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
+
 DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
                                       Path.home() / ".cache" / "ofa-sdk" / "gallery.db"))
 SCAN_FIELDS = ["source", "label", "model", "score", "error", "note", "scores"]
@@ -279,11 +281,12 @@ def cmd_show(a, att) -> int:
     from .evaluation.plots import spectrum_png
     target = Path(a.target)
     if target.is_dir():
-        acc: Dict = {}
-        n_bad = sum(1 for _, z, _, _ in att._embedded(_paths([target]), acc) if z is None)
-        if not acc.get("n"):
+        rows = list(att._embedded(_paths([target]), spectra=True))
+        good = [r[4] for r in rows if r[1] is not None]
+        n_bad = len(rows) - len(good)
+        if not good:
             raise ValueError(f"no usable images in {target}")
-        spec, title = acc["sum"] / acc["n"], f"{target.name}: {acc['n']} crops"
+        spec, title = np.mean(good, axis=0), f"{target.name}: {len(good)} images"
     else:
         prof = att.gallery.get(a.target, model_id=att.model_id)
         if prof.spectrum is None:

@@ -10,7 +10,7 @@ a CPU. The head is persisted in the gallery with the classes and the model id it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 

@@ -1,6 +1,5 @@
 import csv
 import json
-import os
 import subprocess
 import sys
 
@@ -18,8 +17,8 @@ def run(*args, gallery, model, expect=0):
 
 @pytest.fixture
 def folders(tmp_path):
-    a = make_images(tmp_path / "gen_a", 5, 10, kind="noise")
-    b = make_images(tmp_path / "gen_b", 5, 11, kind="blocky")
+    make_images(tmp_path / "gen_a", 5, 10, kind="noise")
+    make_images(tmp_path / "gen_b", 5, 11, kind="blocky")
     q = tmp_path / "queries"
     make_images(q, 2, 12, kind="noise")
     make_images(q, 2, 13, kind="blocky")

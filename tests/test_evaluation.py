@@ -8,7 +8,7 @@ import pytest
 from conftest import make_images
 from ofa_sdk.evaluation import datasets
 from ofa_sdk.evaluation.metrics import ccr_at_fpr, closed_set_accuracy, oscr, roc_auc, roc_auc_labels
-from ofa_sdk.evaluation.protocol import Split, image_to_model, split_support_query
+from ofa_sdk.evaluation.protocol import image_to_model, split_support_query
 
 
 def test_roc_auc_hand_cases():

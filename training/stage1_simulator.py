@@ -50,7 +50,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
         lr = set_lr(opt, sc.lr, step, sc.steps)
         opt.step()
         psnr = -10 * torch.log10(torch.tensor(max(tot["mse"], 1e-10))).item()
-        log.step(step, sc.batch * sc.accum, **tot, psnr=psnr, start_scale=arch.start_scale)
+        log.step(step, sc.batch * sc.accum, **tot, psnr=psnr, lr=lr, start_scale=arch.start_scale)
         if step % every == 0 or step == sc.steps or step == stop_at:
             meta = {"stage": 1, "step": step, "seed": seed, "config": cfg.to_dict(),
                     "data": data.describe(), "commit": git_commit(),

@@ -9,7 +9,7 @@ mean over targets. 1-vs-rest (the authors' script): all other models' queries po
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, Sequence
 
 import numpy as np
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .. import images as imio
-from .protocol import ImageToModelResult, Split, image_to_model, split_support_query
+from .protocol import image_to_model, split_support_query
 
 
 @dataclass
@@ -26,43 +26,23 @@ class Embedded:
 
 def embed_items(att, items: Sequence[Any], jpeg_quality: Optional[int] = None,
                 with_spectra: bool = True) -> Embedded:
-    import torch
+    """Fingerprints (and mean residual spectra, from the same forward pass) of the usable
+    items; ``jpeg_quality`` re-compresses every image first."""
+    def source(it):
+        if jpeg_quality is None:
+            return it
+        try:
+            return imio.jpeg(imio.to_rgb(it), jpeg_quality)
+        except Exception:
+            return it  # unreadable: prepare() reports it with its reason
     zs, specs, skipped = [], [], []
-    model = att.bundle.model
-    batch: List[imio.Prepared] = []
-
-    def flush():
-        crops = np.concatenate([p.crops for p in batch])
-        z = att._backend.embed(crops)
-        if with_spectra:
-            with torch.inference_mode():
-                x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255)
-                s = model.spectrum(x).flatten(1).numpy()
-        k = 0
-        for p in batch:
-            n = len(p.crops)
-            zs.append(z[k:k + n])
-            if with_spectra:
-                specs.append(s[k:k + n].mean(0))
-            k += n
-        batch.clear()
-
-    for it in items:
-        if jpeg_quality is not None:
-            try:
-                it = imio.jpeg(imio.to_rgb(it), jpeg_quality)
-            except Exception as e:
-                skipped.append(f"{imio.describe(it)}: unreadable: {e}")
-                continue
-        p = imio.prepare(it, att.crop, att.crops, att.small)
-        if isinstance(p, imio.ImageError):
-            skipped.append(str(p))
+    for src, z, err, _, spec in att._embedded(map(source, items), spectra=with_spectra):
+        if z is None:
+            skipped.append(f"{src}: {err}")
             continue
-        batch.append(p)
-        if sum(len(b.crops) for b in batch) >= att.batch_size:
-            flush()
-    if batch:
-        flush()
+        zs.append(z)
+        if with_spectra:
+            specs.append(spec.ravel())
     return Embedded(zs, specs, skipped)
 
 
