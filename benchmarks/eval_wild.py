@@ -107,10 +107,14 @@ def main(argv=None):
         report["model"] = att.model_id
         for q in (None, a.jpeg):
             key = f"crops{crops}" + (f"_jpeg{q}" if q else "")
-            res = evaluate(att, classes, a.support, a.queries, seed=0, jpeg_quality=q, aligned=True)
+            res = evaluate(att, classes, a.support, a.queries, seed=0, jpeg_quality=q, aligned=True,
+                           also=["pair"])
             report["runs"][key] = {"ours": res["ours"].to_dict(), "baseline": res["baseline"].to_dict(),
-                                   "skipped": res["skipped"]}
-            print(format_table(res["ours"], f"\n== ours, {key}"))
+                                   "skipped": res["skipped"], "score": att.score}
+            if "ours:pair" in res:
+                report["runs"][key]["ours_pair"] = res["ours:pair"].to_dict()
+                print(format_table(res["ours:pair"], f"\n== ours, paper's pair score, {key}"))
+            print(format_table(res["ours"], f"\n== ours, score {att.score}, {key}"))
             print(format_table(res["baseline"], f"-- baseline (residual spectrum cosine), {key}"))
             print(f"[{time.time() - t0:.0f}s]", flush=True)
     if a.photos:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure in benchmarks/RESULTS.md, in one go (CPU, about 15 minutes on 2 cores).
+# Every figure in benchmarks/RESULTS.md, in one go (CPU, about 25 minutes on 2 cores).
 # Needs: the shipped model (or MODEL=file), the real photos (PHOTOS=dir), a venv at .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,12 @@ PHOTOS=${PHOTOS:-../shared/data/real-photos}
 MODEL_ARG=${MODEL:+--model $MODEL}
 mkdir -p benchmarks/results
 [ -f benchmarks/data/wild/MANIFEST.json ] || $PY benchmarks/wild.py --photos "$PHOTOS"
+[ -f benchmarks/data/dev-sim/MANIFEST.json ] || $PY benchmarks/dev_sim.py --photos "$PHOTOS" $MODEL_ARG
+# score rules: chosen on the development set (unseen simulator architectures), then the wild set
+$PY benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 --photos "$PHOTOS" $MODEL_ARG \
+    --out benchmarks/results/scoring_dev.json | tee benchmarks/results/scoring_dev.txt
+$PY benchmarks/scoring.py --set benchmarks/data/wild --support 75 --queries 100 --crops 1 4 9 $MODEL_ARG \
+    --out benchmarks/results/scoring_wild.json | tee benchmarks/results/scoring_wild.txt
 $PY benchmarks/eval_wild.py --photos "$PHOTOS" --crops 1 4 9 $MODEL_ARG | tee benchmarks/results/eval_wild.txt
 $PY benchmarks/open_set.py --photos "$PHOTOS" $MODEL_ARG | tee benchmarks/results/open_set.txt
 $PY -m ofa_sdk.cli eval benchmarks/data/wild --support 75 --queries 100 --crops 4 --gallery /tmp/ofa-eval.db \

@@ -7,15 +7,20 @@
     att.attribute(["q1.png", "q2.png"])                  # best enrolled model or unknown
     for r in att.scan("incoming/"): ...                 # streaming, bounded memory
 
-Score (paper, Sec. 4.1): a query's score for a model is the mean pair-head probability
-g([z_s; z_q]) over the model's support set S; with several crops per image, the mean over crops.
-The support half of g's first layer is computed once at enroll time and stored in the gallery.
+Scores (see :mod:`ofa_sdk.scoring`): ``score="prototype"`` (the default when the model file
+carries a calibration, as the shipped one does) is the calibrated cosine between the query's
+crop-averaged fingerprint and the support's mean fingerprint. ``score="pair"`` is the paper's
+score (Sec. 4.1): the mean pair-head probability g([z_s; z_q]) over the support set and over
+crops; the support half of g's first layer is computed once at enroll time and stored in the
+gallery. Both give a probability-like score in [0, 1]. The prototype rule was chosen on a
+development set of unseen simulator architectures (benchmarks/RESULTS.md).
 
 Open set: ``attribute`` answers "unknown" when the best score is below ``threshold``. The
-default, 0.5, is the pair head's own decision point (it is trained with balanced BCE, so 0.5 is
-where "same generator" and "different generator" are equally likely a priori). For a target
-false-positive rate on your traffic, call ``calibrate_threshold(images_from_other_sources,
-fpr=0.05)``, which sets the threshold to the (1 - fpr) quantile of their best scores.
+default, 0.5, is each rule's own decision point (balanced BCE for the pair head; a class-balanced
+logistic fit for the prototype rule), where "same generator" and "different generator" are
+equally likely a priori. For a target false-positive rate on your traffic, call
+``calibrate_threshold(images_from_other_sources, fpr=0.05)``, which sets the threshold to the
+(1 - fpr) quantile of their best scores.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from . import images as imio
+from . import scoring
 from .closed_set import OpenSetResult
 from .gallery import Gallery, GalleryError, Profile
 
@@ -74,7 +80,8 @@ class Attribution:
 class Attributor:
     def __init__(self, model=None, backend: str = "auto", device: Optional[str] = None,
                  gallery=None, strict: bool = False, *, batch_size: int = 32, crops: int = 1,
-                 small: str = "reject", threshold: Optional[float] = None, workers: int = 2):
+                 small: str = "reject", threshold: Optional[float] = None, workers: int = 2,
+                 score: Optional[str] = None):
         from .backends import select_backend
         from .weights import ModelBundle, load_default_model, load_model
 
@@ -91,6 +98,15 @@ class Attributor:
         self.crop = self.bundle.config.crop
         self.crops, self.small, self.batch_size, self.workers = crops, small, batch_size, workers
         self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self.calibration = scoring.Calibration.from_meta(self.bundle.meta)
+        if score is None:
+            score = "prototype" if self.calibration is not None else "pair"
+        if score not in scoring.SCORES:
+            raise ValueError(f"score must be one of {scoring.SCORES}, got {score!r}")
+        if score == "prototype" and self.calibration is None:
+            raise ValueError(f"score='prototype' needs a calibrated model: {self.bundle.path} has no "
+                             "calibration (run 'ofa-train calibrate'), or use score='pair'")
+        self.score = score
         self.strict = strict
         self._backend, self.backend_note = select_backend(backend, self.bundle, device, strict)
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
@@ -114,7 +130,7 @@ class Attributor:
         return {"model_id": self.model_id, "model_path": str(self.bundle.path),
                 "config": self.bundle.config.name, "crop": self.crop, "dim": self.dim,
                 "backend": self.backend, "backend_note": self.backend_note,
-                "threshold": self.threshold, "crops": self.crops, "small": self.small,
+                "score": self.score, "threshold": self.threshold, "crops": self.crops, "small": self.small,
                 "gallery": str(self.gallery.path) if self.gallery.path else "memory",
                 "profiles": self.gallery.names()}
 
@@ -241,25 +257,58 @@ class Attributor:
         return self.gallery.get(name, model_id=self.model_id)
 
     def _scores(self, z: np.ndarray, profiles: Sequence[Profile]) -> List[float]:
-        """Mean pair probability over each profile's support (and over the query's crops)."""
-        return [float(self._backend.pair_probs(z, p.support_part).mean()) for p in profiles]
+        """One image's crop fingerprints (k, d) against each profile, with ``self.score``."""
+        return self._scorer(profiles)(z)
+
+    def _scorer(self, profiles: Sequence[Profile]):
+        """A function (k, d) crop fingerprints -> scores against ``profiles``, with the
+        per-profile work (prototypes) done once."""
+        if self.score == "pair":
+            return lambda z: [float(self._backend.pair_probs(z, p.support_part).mean())
+                              for p in profiles]
+        if not profiles:
+            return lambda z: []
+        protos = np.stack([p.prototype for p in profiles])
+        return lambda z: [float(v) for v in self.calibration(protos @ scoring.prototype(z))]
+
+    def support_scores(self, query_z: Sequence[np.ndarray], support_z: np.ndarray,
+                       chunk: int = 256, score: Optional[str] = None) -> np.ndarray:
+        """Scores of many queries against one support set, with ``self.score`` (or ``score``):
+        ``query_z`` is a list of (k, d) crop fingerprints (one per image, as ``_embedded``
+        yields them), ``support_z`` the (S, d) support fingerprints. Used by the evaluation
+        runner."""
+        score = score or self.score
+        if score == "prototype":
+            if self.calibration is None:
+                raise ValueError("score='prototype' needs a calibrated model")
+            q = np.stack([scoring.prototype(z) for z in query_z])
+            return self.calibration(q @ scoring.prototype(support_z))
+        sp = self._backend.support_part(support_z)
+        flat = np.concatenate(query_z)
+        owner = np.repeat(np.arange(len(query_z)), [len(q) for q in query_z])
+        per_crop = np.concatenate([self._backend.pair_probs(flat[i:i + chunk], sp).mean(1)
+                                   for i in range(0, len(flat), chunk)])
+        return np.bincount(owner, per_crop) / np.bincount(owner)
 
     def verify(self, images, name: str, errors: str = "raise") -> np.ndarray:
         """(N,) probability that each image was made by the enrolled model ``name``."""
-        prof = self._profile(name)
+        score_of = self._scorer([self._profile(name)])
         out, errs = [], []
         for i, (src, z, err, _, _) in enumerate(self._embedded(imio.iter_items(images))):
             if z is None:
                 errs.append((i, src, err))
                 out.append(np.nan)
             else:
-                out.append(self._scores(z, [prof])[0])
+                out.append(score_of(z)[0])
         return self._finish(np.asarray(out, dtype=np.float32), errs, errors)
 
     def same_source(self, a, b) -> float:
-        """Probability that images a and b come from the same generator (g averaged over both
-        orders and over crops)."""
+        """Probability that images a and b come from the same generator: with ``score='pair'``
+        g averaged over both orders and over crops, with ``'prototype'`` the calibrated cosine
+        of their crop-averaged fingerprints."""
         za, zb = [self._one(x) for x in (a, b)]
+        if self.score == "prototype":
+            return float(self.calibration(scoring.prototype(za) @ scoring.prototype(zb)))
         pa = self._backend.support_part(za)
         pb = self._backend.support_part(zb)
         return float((self._backend.pair_probs(zb, pa).mean() + self._backend.pair_probs(za, pb).mean()) / 2)
@@ -282,11 +331,12 @@ class Attributor:
         thr = self.threshold if threshold is None else float(threshold)
         names = list(models) if models is not None else self.gallery.names()
         profiles = [self._profile(n) for n in names]
+        score_of = self._scorer(profiles)
         for src, z, err, note, _ in self._embedded(items):
             if z is None:
                 yield Attribution(src, None, float("nan"), {}, err, note)
                 continue
-            scores = dict(zip(names, self._scores(z, profiles)))
+            scores = dict(zip(names, score_of(z)))
             best = max(scores, key=scores.get) if scores else None
             score = scores[best] if best else float("nan")
             yield Attribution(src, best if best and score >= thr else None, score,

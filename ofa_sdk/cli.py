@@ -42,6 +42,8 @@ def _common(p: argparse.ArgumentParser):
     p.add_argument("--small", default="reject", choices=["reject", "pad", "upscale"],
                    help="policy for images smaller than the model's crop")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--score", default=None, choices=["prototype", "pair"],
+                   help="scoring rule (default: prototype for a calibrated model, else pair)")
     p.add_argument("--json", action="store_true", help="JSON output")
 
 
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _attributor(a):
     from .attributor import Attributor
     return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
-                      batch_size=a.batch_size, crops=a.crops, small=a.small)
+                      batch_size=a.batch_size, crops=a.crops, small=a.small, score=a.score)
 
 
 def _fmt(v) -> str:
@@ -262,13 +264,13 @@ def cmd_eval(a, att) -> int:
     if a.json:
         out = {"ours": res["ours"].to_dict(), "counts": res["counts"], "skipped": res["skipped"],
                "support": a.support, "queries": a.queries, "seed": a.seed, "jpeg": a.jpeg,
-               "crops": att.crops, "model_id": att.model_id}
+               "crops": att.crops, "score": att.score, "model_id": att.model_id}
         if "baseline" in res:
             out["baseline"] = res["baseline"].to_dict()
         print(json.dumps(out))
     else:
-        print(format_table(res["ours"], f"image-to-model AUC (%), support {a.support}, "
-                                        f"queries {a.queries}, seed {a.seed}"))
+        print(format_table(res["ours"], f"image-to-model AUC (%), score {att.score}, support "
+                                        f"{a.support}, queries {a.queries}, seed {a.seed}"))
         if "baseline" in res:
             b = res["baseline"]
             print(f"baseline (residual-spectrum cosine): mean 1v1 {100 * b.mean_1v1:.2f}, "

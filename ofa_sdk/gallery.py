@@ -7,6 +7,8 @@ fingerprints of different model versions live in different spaces.
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import sqlite3
 import threading
@@ -42,6 +44,12 @@ class Profile:
     metadata: Dict = field(default_factory=dict)
     created: float = 0.0
     spectrum: Optional[np.ndarray] = None   # (3, h, w) mean residual log-spectrum of the support
+
+    @functools.cached_property
+    def prototype(self) -> np.ndarray:
+        """(d,) unit mean of the support fingerprints (the ``prototype`` score's reference)."""
+        from .scoring import prototype
+        return prototype(self.support)
 
     @property
     def n_support(self) -> int:

@@ -106,3 +106,17 @@ def save_model(path, model, simulator, meta: Dict, dtype="float16") -> str:
     save_file(tensors, str(tmp), metadata={"ofa": json.dumps(meta, default=str)})
     tmp.replace(path)
     return file_id(path)
+
+
+def update_meta(path, updates: Dict) -> str:
+    """Merge ``updates`` into a model file's metadata, tensors untouched (used by
+    ``ofa-train calibrate``). The file's bytes change, so its model id changes. Returns it."""
+    from safetensors.torch import load_file, save_file
+    path = Path(path)
+    meta = read_meta(path)
+    meta.update(updates)
+    tensors = load_file(str(path))
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"ofa": json.dumps(meta, default=str)})
+    tmp.replace(path)
+    return file_id(path)

@@ -35,6 +35,8 @@ def test_cli_end_to_end(tiny_model, folders):
     run("enroll", "gen-b", str(tmp / "gen_b"), gallery=g, model=tiny_model, expect=2)  # exists
     info = json.loads(run("info", "--json", gallery=g, model=tiny_model).stdout)
     assert [p["name"] for p in info["profiles"]] == ["gen-a", "gen-b"] and info["backend"] == "torch"
+    assert info["score"] == "pair"  # the tiny model is not calibrated
+    run("info", "--score", "prototype", gallery=g, model=tiny_model, expect=2)  # clear refusal
     text = run("info", gallery=g, model=tiny_model).stdout
     assert "gen-a" in text and "backend" in text
 

@@ -2,6 +2,7 @@
 
     ofa-train stage0|stage1|stage2|all --config compact --data DIR [--out runs/compact]
     ofa-train export [--out runs/compact] [--dest FILE]
+    ofa-train calibrate --data DIR [--dest FILE]     (prototype-score calibration, after export)
 
 Runs resume from their checkpoints in --out unless --fresh is given. Overrides use dotted
 names: --set stage2.steps=2000 --set loss.tau=0.05.
@@ -31,7 +32,7 @@ def _parse_set(items):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="ofa-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["stage0", "stage1", "stage2", "all", "export"])
+    ap.add_argument("command", choices=["stage0", "stage1", "stage2", "all", "export", "calibrate"])
     ap.add_argument("--config", default="compact", help="paper or compact")
     ap.add_argument("--data", help="folder tree of real photos")
     ap.add_argument("--out", default=None, help="run folder (default runs/CONFIG)")
@@ -44,7 +45,7 @@ def main(argv=None):
                     help="stop each stage after this step (checkpointed; rerun to resume)")
     ap.add_argument("--lpips-vgg", help="VGG16 weights for real LPIPS (stage1.perceptual=lpips)")
     ap.add_argument("--lpips-lin", help="LPIPS linear-layer weights")
-    ap.add_argument("--dest", default=None, help="export: model file to write")
+    ap.add_argument("--dest", default=None, help="export/calibrate: model file (default: shipped)")
     a = ap.parse_args(argv)
 
     import torch
@@ -67,8 +68,15 @@ def main(argv=None):
         print(json.dumps({"model": str(dest), "model_id": mid, "bytes": dest.stat().st_size}))
         return 0
     if not a.data:
-        ap.error("--data is required for training")
+        ap.error(f"--data is required for {a.command}")
     data = common.PhotoSet(a.data, split="train")
+    if a.command == "calibrate":
+        from . import calibrate
+        from ofa_sdk.weights import DEFAULT_MODEL
+        cal = calibrate.run(Path(a.dest) if a.dest else DEFAULT_MODEL, data, a.seed,
+                            log=None if a.quiet else (lambda m: print(m, file=sys.stderr)))
+        print(json.dumps(cal))
+        return 0
     print(json.dumps({"data": data.describe(), "config": cfg.name}), file=sys.stderr)
     stages = ["stage0", "stage1", "stage2"] if a.command == "all" else [a.command]
     for st in stages:

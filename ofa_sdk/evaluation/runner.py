@@ -1,7 +1,8 @@
 """Run the image-to-model protocol with an Attributor, side by side with a non-learned baseline.
 
-Ours: a query's score for target t is the mean pair-head probability over t's support set
-(and over crops), exactly what ``Attributor.verify`` returns.
+Ours: a query's score for target t is exactly what ``Attributor.verify`` returns with the
+Attributor's score rule (``att.score``: the calibrated prototype cosine, or the paper's mean
+pair-head probability over t's support set and over crops).
 Baseline (non-learned): cosine similarity between the query's residual log-spectrum and the mean
 residual log-spectrum of t's support set -- the same denoiser residual and crops as ours, with
 no learned extractor or head.
@@ -46,16 +47,6 @@ def embed_items(att, items: Sequence[Any], jpeg_quality: Optional[int] = None,
     return Embedded(zs, specs, skipped)
 
 
-def pair_scores(att, support_z: np.ndarray, query_z: List[np.ndarray], chunk: int = 256) -> np.ndarray:
-    """Mean pair probability over the support for each query (crops averaged)."""
-    sp = att._backend.support_part(support_z)
-    flat = np.concatenate(query_z)
-    owner = np.repeat(np.arange(len(query_z)), [len(q) for q in query_z])
-    per_crop = np.concatenate([att._backend.pair_probs(flat[i:i + chunk], sp).mean(1)
-                               for i in range(0, len(flat), chunk)])
-    return np.bincount(owner, per_crop) / np.bincount(owner)
-
-
 def cosine_to_mean(support: np.ndarray, queries: np.ndarray) -> np.ndarray:
     m = support.mean(0)
     m = m / max(np.linalg.norm(m), 1e-12)
@@ -65,8 +56,9 @@ def cosine_to_mean(support: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries: int = 100,
              seed: int = 0, jpeg_quality: Optional[int] = None, baseline: bool = True,
-             aligned: bool = False) -> Dict:
-    """Returns {"ours": ImageToModelResult, "baseline": ..., "skipped": {...}, "split": ...}."""
+             aligned: bool = False, also: Sequence[str] = ()) -> Dict:
+    """Returns {"ours": ImageToModelResult, "baseline": ..., "skipped": {...}, "counts": ...}.
+    ``also``: other score rules to report from the same embeddings, as out["ours:RULE"]."""
     emb = {c: embed_items(att, items, jpeg_quality, baseline) for c, items in classes.items()}
     counts = {c: len(e.z) for c, e in emb.items()}
     empty = [c for c, n in counts.items() if n < 2]
@@ -76,11 +68,11 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
     names = sorted(classes)
     cache: Dict = {}
 
-    def ours(t, c):
-        key = ("o", t, c)
+    def ours(t, c, rule=None):
+        key = ("o", rule, t, c)
         if key not in cache:
             sz = np.concatenate([emb[t].z[i] for i in split.support[t]])
-            cache[key] = pair_scores(att, sz, [emb[c].z[i] for i in split.query[c]])
+            cache[key] = att.support_scores([emb[c].z[i] for i in split.query[c]], sz, score=rule)
         return cache[key]
 
     def base(t, c):
@@ -90,6 +82,9 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
     out = {"ours": image_to_model(names, split, ours),
            "skipped": {c: e.skipped for c, e in emb.items() if e.skipped},
            "counts": counts}
+    for rule in also:
+        if rule != att.score:
+            out[f"ours:{rule}"] = image_to_model(names, split, lambda t, c, r=rule: ours(t, c, r))
     if baseline:
         out["baseline"] = image_to_model(names, split, base)
     return out
