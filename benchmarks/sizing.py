@@ -2,7 +2,7 @@
 reported as ratios to the shipped ``compact`` configuration measured in the same run (shared,
 noisy machines: absolute numbers drift, ratios much less).
 
-    python benchmarks/sizing.py [--threads 2] [--repeats 3]
+    python benchmarks/sizing.py [--threads 2] [--rounds 5] [--batch 64]
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,63 +33,87 @@ def candidates():
     }
 
 
-def bench(fn, repeats):
-    fn()  # warm-up
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
-
-
-def measure(cfg, repeats, batch=16, train=True):
+def build(cfg, batch: int, train: bool):
+    """The two workloads of one configuration as zero-argument callables."""
     torch.manual_seed(0)
     model = OFAModel(cfg).eval()
     x = torch.rand(batch, 3, cfg.crop, cfg.crop)
-    with torch.inference_mode():
-        t_inf = bench(lambda: model(x), repeats)
-    if not train:  # the paper's step (272 images at 256 px, ResNet-50) is GPU-sized
-        return {"infer_img_per_s": batch / t_inf, "train_step_s": None, "train_img_per_s": None,
-                "params": sum(p.numel() for p in model.parameters()), "crop": cfg.crop}
-    # one stage-2 step's compute: simulator draws + denoiser/spectrum (no grad) + extractor fwd/bwd
-    sim = FingerprintSimulator(cfg.simulator).eval()
-    sc = cfg.stage2
-    n_img = 2 * sc.m * sc.n + sc.n
-    model.extractor.train()
-    xs = torch.rand(sc.n, 3, sc.crop, sc.crop)
-    g = torch.Generator().manual_seed(0)
 
-    def step():
-        with torch.no_grad():
-            recon = [sim(xs, sim.sample(g)) for _ in range(2 * sc.m)]
-            spec = model.spectrum(torch.cat(recon + [xs]).clamp(0, 1))
-        phi = model.extract(spec)
-        phi.square().mean().backward()
-    t_step = bench(step, max(1, repeats - 1))
-    params = sum(p.numel() for p in model.parameters())
-    return {"infer_img_per_s": batch / t_inf, "train_step_s": t_step, "train_img_per_s": n_img / t_step,
-            "params": params, "crop": cfg.crop}
+    def infer():
+        with torch.inference_mode():
+            model(x)
+    out = {"infer": infer, "infer_images": batch, "params": sum(p.numel() for p in model.parameters()),
+           "crop": cfg.crop}
+    if train:  # one stage-2 step: simulator draws + denoiser/spectrum (no grad) + extractor fwd/bwd
+        sim = FingerprintSimulator(cfg.simulator).eval()
+        sc = cfg.stage2
+        xs = torch.rand(sc.n, 3, sc.crop, sc.crop)
+        g = torch.Generator().manual_seed(0)
+        extractor = model.extractor
+
+        def step():
+            extractor.train()
+            with torch.no_grad():
+                recon = [sim(xs, sim.sample(g)) for _ in range(2 * sc.m)]
+                spec = model.spectrum(torch.cat(recon + [xs]).clamp(0, 1))
+            model.extract(spec).square().mean().backward()
+            extractor.eval()
+        out.update(step=step, step_images=2 * sc.m * sc.n + sc.n)
+    return out
+
+
+def timed(fn, iters: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) / iters
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    ap.add_argument("--batch", type=int, default=64, help="inference batch (paper config: 4)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sizing.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    res = {name: measure(cfg, a.repeats, batch=4 if cfg.name == "paper" else 16,
-                         train=cfg.name != "paper") for name, cfg in candidates().items()}
-    base = res["compact (shipped)"]
-    print(f"{'configuration':40s} {'params':>10s} {'infer x':>8s} {'train-step x':>13s}")
-    for name, r in res.items():
-        r["infer_ratio"] = r["infer_img_per_s"] / base["infer_img_per_s"]
-        r["train_ratio"] = r["train_img_per_s"] / base["train_img_per_s"] if r["train_img_per_s"] else None
-        tr = f"{r['train_ratio']:13.3f}" if r["train_ratio"] else f"{'(GPU-sized)':>13s}"
-        print(f"{name:40s} {r['params']:10d} {r['infer_ratio']:8.3f} {tr}")
-    print(f"(compact absolute, this run: {base['infer_img_per_s']:.1f} img/s inference, "
-          f"{base['train_step_s']:.2f} s per stage-2 step)")
+    work = {name: build(cfg, 4 if cfg.name == "paper" else a.batch, cfg.name != "paper")
+            for name, cfg in candidates().items()}
+    for w in work.values():  # warm-up
+        w["infer"]()
+        if "step" in w:
+            w["step"]()
+    base = "compact (shipped)"
+    ratios = {n: {"infer": [], "step": []} for n in work}
+    abs_base = {"infer": [], "step": []}
+    # Rounds interleave the configurations, so drift on a shared machine hits all of them alike;
+    # each round gives a ratio to the shipped configuration measured in that same round.
+    for _ in range(a.rounds):
+        t = {n: {"infer": timed(w["infer"], 3) / w["infer_images"],
+                 "step": timed(w["step"], 1) / w["step_images"] if "step" in w else None}
+             for n, w in work.items()}
+        for kind in ("infer", "step"):
+            abs_base[kind].append(t[base][kind])
+            for n in work:
+                if t[n][kind] is not None:
+                    ratios[n][kind].append(t[base][kind] / t[n][kind])
+    res = {}
+    print(f"{'configuration':40s} {'params':>10s} {'inference x (min-max)':>24s} {'stage-2 step x (min-max)':>26s}")
+    for n, w in work.items():
+        r = {"params": w["params"], "crop": w["crop"]}
+        cols = []
+        for kind in ("infer", "step"):
+            v = ratios[n][kind]
+            r[f"{kind}_ratio_median"] = float(np.median(v)) if v else None
+            r[f"{kind}_ratio_rounds"] = v
+            cols.append(f"{np.median(v):.3f} ({min(v):.2f}-{max(v):.2f})" if v else "(GPU-sized)")
+        res[n] = r
+        print(f"{n:40s} {w['params']:10d} {cols[0]:>24s} {cols[1]:>26s}")
+    res["compact_absolute"] = {"infer_img_per_s": 1 / float(np.median(abs_base["infer"])),
+                               "step_s": float(np.median(abs_base["step"])) * work[base]["step_images"]}
+    print(f"(median of {a.rounds} interleaved rounds; compact absolute in this run: "
+          f"{res['compact_absolute']['infer_img_per_s']:.1f} img/s inference at batch {a.batch}, "
+          f"{res['compact_absolute']['step_s']:.2f} s per stage-2 step)")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
 

@@ -129,4 +129,6 @@ def test_shipped_default_model_loads():
         pytest.fail("the package ships no default model")
     b = load_default_model()
     assert b.config.name == "compact" and DEFAULT_MODEL.stat().st_size < 8_000_000
-    assert b.meta["training"]["stage2"]["step"] == compact().stage2.steps
+    # trained to the end of its own recorded schedule, and its prototype score calibrated
+    assert b.meta["training"]["stage2"]["step"] == b.config.stage2.steps >= compact().stage2.steps
+    assert b.meta["calibration"]["prototype"]["a"] > 0
