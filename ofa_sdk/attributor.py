@@ -3,7 +3,7 @@
     from ofa_sdk import Attributor
     att = Attributor(gallery="gallery.db")
     att.enroll("model-a", "samples/model-a/")          # support set (paper: 100 images)
-    att.verify("query.png", "model-a")                  # P(made by model-a), paper's score
+    att.verify("query.png", "model-a")                  # P(made by model-a)
     att.attribute(["q1.png", "q2.png"])                  # best enrolled model or unknown
     for r in att.scan("incoming/"): ...                 # streaming, bounded memory
 
