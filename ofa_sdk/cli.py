@@ -233,7 +233,7 @@ def cmd_info(a, att) -> int:
         print(json.dumps(info, default=str))
     else:
         for k in ("model_id", "model_path", "config", "crop", "backend", "backend_note",
-                  "threshold", "gallery"):
+                  "score", "threshold", "gallery"):
             print(f"{k:12s} {info[k]}")
         _table([{"name": p["name"], "support": p["n_support"], "model_id": p["model_id"]}
                 for p in info["profiles"]], ["name", "support", "model_id"])

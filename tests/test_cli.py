@@ -38,7 +38,7 @@ def test_cli_end_to_end(tiny_model, folders):
     assert info["score"] == "pair"  # the tiny model is not calibrated
     run("info", "--score", "prototype", gallery=g, model=tiny_model, expect=2)  # clear refusal
     text = run("info", gallery=g, model=tiny_model).stdout
-    assert "gen-a" in text and "backend" in text
+    assert "gen-a" in text and "backend" in text and "score" in text
 
     out = run("verify", str(q), "--against", "gen-a", "--json", gallery=g, model=tiny_model, expect=1)
     rows = json.loads(out.stdout)

@@ -94,6 +94,10 @@ def test_all_stages_resume_deterministically_and_export(photos, tmp_path):
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     att = Attributor(model=after)
     assert att.score == "prototype" and att.info()["score"] == "prototype"
+    from ofa_sdk.training import calibrate  # deterministic given the seed
+    fits = [calibrate.fit(after, common.PhotoSet(photos), archs=4, support=3, queries=2, log=None)
+            for _ in range(2)]
+    assert fits[0]["a"] == fits[1]["a"] and fits[0]["b"] == fits[1]["b"]
 
 
 def test_lpips_loads_user_weights(tmp_path):
