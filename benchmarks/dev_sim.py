@@ -37,15 +37,25 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--limit", type=int, default=120, help="content crops per architecture")
     ap.add_argument("--seed", type=int, default=777)
+    ap.add_argument("--ids", type=int, nargs="+", default=None,
+                    help="rebuild these architecture ids instead of drawing (no training log needed)")
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     bundle = load_model(a.model) if a.model else load_default_model()
     sim = bundle.simulator().eval()
+    from ofa_sdk.models.simulator import Architecture
     seen = seen_architectures(Path(a.train_log))
-    if not seen:
-        raise SystemExit(f"no training log at {a.train_log}: cannot exclude seen architectures")
+    if a.ids:
+        archs = [Architecture.from_id(i) for i in a.ids]
+        hit = [b.id for b in archs if b.id in seen]
+        if hit:
+            print(f"warning: ids {hit} were sampled in training", file=sys.stderr)
+    elif not seen:
+        raise SystemExit(f"no training log at {a.train_log}: cannot exclude seen architectures "
+                         "(pass --ids to rebuild a known set)")
+    else:
+        archs = []
     g = torch.Generator().manual_seed(a.seed)
-    archs = []
     while len(archs) < a.archs:
         arch = sim.sample(g)
         if arch.id not in seen and arch.id not in {b.id for b in archs}:
