@@ -7,7 +7,8 @@
 3. attribute held-out images of all three (``ofa-sdk attribute``); the third was never
    enrolled, so the right answer for it is "unknown";
 4. print the per-image table and a summary (true generator x answer), then the summary again
-   with the threshold calibrated on real photos (``Attributor.calibrate_threshold``).
+   with the threshold calibrated on real photos (``Attributor.calibrate_threshold``) and with
+   per-profile thresholds (``threshold="profile"``).
 
     python benchmarks/demo.py --photos ../shared/data/real-photos
 """
@@ -104,6 +105,14 @@ def main(argv=None):
     print(f"\nthreshold calibrated on 60 held-out real photos at 5% FPR: {thr:.3f}")
     for truth in ENROLLED + [NEVER_ENROLLED]:
         c = collections.Counter(r.label for r in att.attribute(out / "queries" / truth))
+        print(f"{truth:16s}" + "".join(f"{c[x]:14d}" for x in labels))
+
+    # Per-profile thresholds: each profile's own leave-one-out score quantile (5%).
+    print("\nper-profile thresholds (threshold='profile'): " +
+          ", ".join(f"{n} {att.profile_threshold(n):.3f}" for n in ENROLLED))
+    for truth in ENROLLED + [NEVER_ENROLLED]:
+        c = collections.Counter(r.label for r in att.attribute(out / "queries" / truth,
+                                                               threshold="profile"))
         print(f"{truth:16s}" + "".join(f"{c[x]:14d}" for x in labels))
 
 

@@ -7,6 +7,12 @@ Test: the known models' query images (closed-set accuracy, known scores) and eve
 model's query images (unknown scores). Metrics: closed-set accuracy, AUC (known vs unknown, max
 known-class probability), OSCR, CCR at 5% FPR; mean over folds.
 
+The same folds are also scored with the gallery alone, no head (``Attributor.attribute``, the
+SDK's default score): open-set score = best profile score ("gallery"), or that score minus the
+best profile's own threshold ("gallery-margin", ``threshold="profile"``). For each, the
+operating point is reported too: the share of known queries attributed correctly and of
+unknown queries attributed to anything, at threshold 0.5 and with per-profile thresholds.
+
     python benchmarks/open_set.py --wild benchmarks/data/wild --photos ../shared/data/real-photos
 """
 from __future__ import annotations
@@ -68,11 +74,27 @@ def main(argv=None):
         fold = {"known": known, "unknown": unknown, "closed_acc": float(kc.mean()),
                 "auc": roc_auc(ks, us), "oscr": oscr(ks, kc, us), "ccr_at_5fpr": ccr_at_fpr(ks, kc, us, 0.05),
                 "head_train_acc": stats["train_acc"]}
+        ka = att.attribute([p for _, p in kq], threshold=0.0)
+        ua = att.attribute(uq, threshold=0.0)
+        thr = {c: att.profile_threshold(c) for c in known}
+        kcorr = np.array([r.model == c for r, (c, _) in zip(ka, kq)])
+        for name, f in (("gallery", lambda r: r.score),
+                        ("gallery-margin", lambda r: r.score - thr[r.model])):
+            ksc, usc = np.array([f(r) for r in ka]), np.array([f(r) for r in ua])
+            fold[name] = {"closed_acc": float(kcorr.mean()), "auc": roc_auc(ksc, usc),
+                          "oscr": oscr(ksc, kcorr, usc), "ccr_at_5fpr": ccr_at_fpr(ksc, kcorr, usc, 0.05)}
+        for name, cut in (("at_0.5", lambda r: 0.5), ("at_profile", lambda r: thr[r.model])):
+            fold[name] = {"known_correct": float(np.mean([r.model == c and r.score >= cut(r)
+                                                          for r, (c, _) in zip(ka, kq)])),
+                          "unknown_accepted": float(np.mean([r.score >= cut(r) for r in ua]))}
+        fold["profile_thresholds"] = thr
         folds.append(fold)
         print(json.dumps(fold), flush=True)
     summary = {k: float(np.mean([f[k] for f in folds])) for k in ("closed_acc", "auc", "oscr", "ccr_at_5fpr")}
+    for name in ("gallery", "gallery-margin", "at_0.5", "at_profile"):
+        summary[name] = {k: float(np.mean([f[name][k] for f in folds])) for k in folds[0][name]}
     out = {"model": base.model_id, "folds": folds, "mean": summary, "support": a.support,
-           "queries": a.queries, "crops": a.crops}
+           "queries": a.queries, "crops": a.crops, "score": base.score}
     print("mean:", json.dumps(summary))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

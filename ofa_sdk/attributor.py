@@ -20,7 +20,10 @@ default, 0.5, is each rule's own decision point (balanced BCE for the pair head;
 logistic fit for the prototype rule), where "same generator" and "different generator" are
 equally likely a priori. For a target false-positive rate on your traffic, call
 ``calibrate_threshold(images_from_other_sources, fpr=0.05)``, which sets the threshold to the
-(1 - fpr) quantile of their best scores.
+(1 - fpr) quantile of their best scores. ``threshold="profile"`` gives each profile its own
+threshold instead: the 5% quantile (``profile_quantile``) of its support images' leave-one-out
+scores, so about 5% of a generator's own images are answered "unknown" by construction, and
+images scoring below what the generator's own images reach are rejected.
 """
 from __future__ import annotations
 
@@ -38,6 +41,18 @@ from .closed_set import OpenSetResult
 from .gallery import Gallery, GalleryError, Profile
 
 DEFAULT_THRESHOLD = 0.5
+
+
+def _check_threshold(t):
+    """A threshold is a number or "profile" (per-profile thresholds, see profile_threshold)."""
+    if isinstance(t, str):
+        if t == "profile":
+            return t
+        try:
+            return float(t)
+        except ValueError:
+            raise ValueError(f"threshold must be a number or 'profile', got {t!r}") from None
+    return float(t)
 
 
 class InputError(ValueError):
@@ -80,8 +95,8 @@ class Attribution:
 class Attributor:
     def __init__(self, model=None, backend: str = "auto", device: Optional[str] = None,
                  gallery=None, strict: bool = False, *, batch_size: int = 32, crops: int = 1,
-                 small: str = "reject", threshold: Optional[float] = None, workers: int = 2,
-                 score: Optional[str] = None):
+                 small: str = "reject", threshold: Union[float, str, None] = None,
+                 workers: int = 2, score: Optional[str] = None, profile_quantile: float = 0.05):
         from .backends import select_backend
         from .weights import ModelBundle, load_default_model, load_model
 
@@ -97,7 +112,11 @@ class Attributor:
             raise ValueError("crops and batch_size must be >= 1")
         self.crop = self.bundle.config.crop
         self.crops, self.small, self.batch_size, self.workers = crops, small, batch_size, workers
-        self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        self.threshold = _check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
+        if not 0 < profile_quantile < 1:
+            raise ValueError(f"profile_quantile must be in (0, 1), got {profile_quantile!r}")
+        self.profile_quantile = float(profile_quantile)
+        self._self_thresholds: Dict[Tuple, float] = {}
         self.calibration = scoring.Calibration.from_meta(self.bundle.meta)
         if score is None:
             score = "prototype" if self.calibration is not None else "pair"
@@ -321,17 +340,48 @@ class Attributor:
             raise InputError([(0, src, err)])
         return z
 
-    def attribute(self, images, threshold: Optional[float] = None,
+    def attribute(self, images, threshold: Union[float, str, None] = None,
                   models: Optional[Sequence[str]] = None) -> List[Attribution]:
         """Per image: the best enrolled model and its score, or unknown (None) below the
         threshold. Bad inputs give results with ``error`` set; nothing raises per item."""
         return list(self._attribute_stream(imio.iter_items(images), threshold, models))
 
+    def profile_threshold(self, name: str) -> float:
+        """The per-profile threshold used with ``threshold="profile"``: the ``profile_quantile``
+        quantile of the profile's own leave-one-out scores (each support image scored, with
+        ``self.score``, against the rest of the support). About that fraction of the
+        generator's own images fall below it. Profiles with one support image get the default
+        threshold, 0.5."""
+        prof = self._profile(name)
+        key = (name, prof.created, self.score, self.profile_quantile)
+        if key not in self._self_thresholds:
+            self._self_thresholds[key] = self._leave_one_out_threshold(prof)
+        return self._self_thresholds[key]
+
+    def _leave_one_out_threshold(self, prof: Profile) -> float:
+        k = int(prof.metadata.get("crops", 1))
+        n = prof.n_support // max(k, 1)
+        if n < 2 or prof.n_support % k:
+            return DEFAULT_THRESHOLD
+        if self.score == "prototype":
+            own = self.calibration(scoring.leave_one_out_cosines(prof.support, k))
+        else:
+            p = self._backend.pair_probs(prof.support, prof.support_part)     # (S*k, S*k)
+            img = np.arange(prof.n_support) // k
+            other = img[:, None] != img[None, :]
+            per_crop = (p * other).sum(1) / other.sum(1)
+            own = np.bincount(img, per_crop) / k
+        return float(np.quantile(own, self.profile_quantile))
+
     def _attribute_stream(self, items, threshold, models) -> Iterator[Attribution]:
-        thr = self.threshold if threshold is None else float(threshold)
+        thr = self.threshold if threshold is None else _check_threshold(threshold)
         names = list(models) if models is not None else self.gallery.names()
         profiles = [self._profile(n) for n in names]
         score_of = self._scorer(profiles)
+        if thr == "profile":
+            per_name = {n: self.profile_threshold(n) for n in names}
+        else:
+            per_name = dict.fromkeys(names, thr)
         for src, z, err, note, _ in self._embedded(items):
             if z is None:
                 yield Attribution(src, None, float("nan"), {}, err, note)
@@ -339,10 +389,10 @@ class Attributor:
             scores = dict(zip(names, score_of(z)))
             best = max(scores, key=scores.get) if scores else None
             score = scores[best] if best else float("nan")
-            yield Attribution(src, best if best and score >= thr else None, score,
+            yield Attribution(src, best if best and score >= per_name[best] else None, score,
                               scores, None, note)
 
-    def scan(self, sources, threshold: Optional[float] = None, *, progress: bool = True,
+    def scan(self, sources, threshold: Union[float, str, None] = None, *, progress: bool = True,
              skip: Optional[set] = None, models: Optional[Sequence[str]] = None,
              recursive: bool = True) -> Iterator[Attribution]:
         """Stream attributions for directories, globs or file lists with bounded memory.

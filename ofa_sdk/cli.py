@@ -33,6 +33,18 @@ DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
 SCAN_FIELDS = ["source", "label", "model", "score", "error", "note", "scores"]
 
 
+THRESHOLD_HELP = "a score in [0, 1], or 'profile' for per-profile thresholds (default 0.5)"
+
+
+def _threshold(v: str):
+    if v == "profile":
+        return v
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'profile', got {v!r}") from None
+
+
 def _common(p: argparse.ArgumentParser):
     p.add_argument("--gallery", default=str(DEFAULT_GALLERY), help="gallery SQLite file")
     p.add_argument("--model", default=None, help="model file (default: the shipped model)")
@@ -63,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("attribute", help="best enrolled generator per image, or unknown")
     p.add_argument("sources", nargs="+")
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--threshold", type=_threshold, default=None, help=THRESHOLD_HELP)
     _common(p)
     p = sub.add_parser("scan", help="stream attributions to a JSONL or CSV file (resumable)")
     p.add_argument("sources", nargs="+")
     p.add_argument("-o", "--output", required=True, help="results.jsonl or results.csv")
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--threshold", type=_threshold, default=None, help=THRESHOLD_HELP)
     p.add_argument("--no-progress", action="store_true")
     _common(p)
     p = sub.add_parser("info", help="model, backend and gallery")
@@ -178,8 +190,13 @@ def cmd_attribute(a, att) -> int:
     else:
         _table([{**r, "score": r["score"] if r["score"] is not None else float("nan")} for r in rows],
                ["source", "label", "score", "error"])
-        print(f"threshold {att.threshold if a.threshold is None else a.threshold:.3f}; "
-              f"profiles: {', '.join(att.gallery.names()) or '(none)'}")
+        thr = att.threshold if a.threshold is None else a.threshold
+        if thr == "profile":
+            thr = "per profile (" + ", ".join(f"{n} {att.profile_threshold(n):.3f}"
+                                              for n in att.gallery.names()) + ")"
+        else:
+            thr = f"{thr:.3f}"
+        print(f"threshold {thr}; profiles: {', '.join(att.gallery.names()) or '(none)'}")
     return 1 if any(not r.ok for r in res) else 0
 
 

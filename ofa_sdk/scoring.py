@@ -76,3 +76,16 @@ def fit_logistic(pos: Sequence[float], neg: Sequence[float], iters: int = 100,
         if np.abs(step).max() < 1e-10:
             break
     return float(theta[0]), float(theta[1])
+
+
+def leave_one_out_cosines(support: np.ndarray, crops: int) -> np.ndarray:
+    """(S*k, d) support crop fingerprints, k crops per image -> (S,) cosine of each support
+    image's crop-averaged fingerprint to the prototype of the *other* images."""
+    z = np.asarray(support, np.float64)
+    if crops < 1 or len(z) % crops:
+        raise ValueError(f"support of {len(z)} fingerprints is not a whole number of {crops}-crop images")
+    per_image = z.reshape(-1, crops, z.shape[-1]).sum(1)          # (S, d) crop sums
+    if len(per_image) < 2:
+        raise ValueError("leave-one-out needs at least 2 support images")
+    rest = unit(per_image.sum(0, keepdims=True) - per_image)     # prototype without image i
+    return np.einsum("sd,sd->s", unit(per_image), rest)

@@ -52,6 +52,10 @@ def test_cli_end_to_end(tiny_model, folders):
     rows = json.loads(run("attribute", str(q), "--json", gallery=g, model=tiny_model, expect=1).stdout)
     assert {r["label"] for r in rows} <= {"gen-a", "gen-b", "unknown", "error"}
 
+    out = run("attribute", str(q), "--threshold", "profile", gallery=g, model=tiny_model, expect=1)
+    assert "per profile (gen-a" in out.stdout
+    run("attribute", str(q), "--threshold", "bogus", gallery=g, model=tiny_model, expect=2)
+
     run("verify", str(q), "--against", "nobody", gallery=g, model=tiny_model, expect=2)
 
 

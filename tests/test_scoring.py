@@ -71,3 +71,49 @@ def test_score_rules_by_hand(tiny_model, calibrated, tmp_path):
     s = att.same_source(a[3], b[3])
     za, zb = att.fingerprint([a[3], b[3]])
     assert abs(s - 1 / (1 + np.exp(-(8 * float(za @ zb) - 4)))) < 1e-5
+
+
+def test_leave_one_out_cosines_by_hand():
+    from ofa_sdk.scoring import leave_one_out_cosines, unit
+    rng = np.random.default_rng(1)
+    z = unit(rng.normal(size=(3 * 2, 5)))  # 3 images x 2 crops
+    got = leave_one_out_cosines(z, 2)
+    for i in range(3):
+        mine = unit(z[2 * i:2 * i + 2].mean(0))
+        rest = unit(np.delete(z, [2 * i, 2 * i + 1], 0).mean(0))
+        assert abs(got[i] - mine @ rest) < 1e-12
+    with pytest.raises(ValueError):
+        leave_one_out_cosines(z[:5], 2)   # not whole images
+    with pytest.raises(ValueError):
+        leave_one_out_cosines(z[:2], 2)   # one image
+
+
+@pytest.mark.parametrize("rule", ["prototype", "pair"])
+def test_profile_thresholds(calibrated, tmp_path, rule):
+    from ofa_sdk.scoring import leave_one_out_cosines
+    a = make_images(tmp_path / "a", 8, 2, kind="noise")
+    b = make_images(tmp_path / "b", 8, 3, kind="blocky")
+    att = Attributor(model=calibrated, crops=2, score=rule, profile_quantile=0.25)
+    att.enroll("gen-a", a[:5])
+    att.enroll("gen-b", b[:5])
+    att.enroll("single", b[5:6])
+    prof = att.gallery.get("gen-a")
+    if rule == "prototype":
+        own = att.calibration(leave_one_out_cosines(prof.support, 2))
+    else:  # by hand: each support image against the other images' crops, mean pair probability
+        own = []
+        for i in range(5):
+            q = prof.support[2 * i:2 * i + 2]
+            rest = np.delete(np.arange(10), [2 * i, 2 * i + 1])
+            own.append(att._backend.pair_probs(q, prof.support_part[rest]).mean())
+    assert abs(att.profile_threshold("gen-a") - np.quantile(own, 0.25)) < 1e-6
+    assert att.profile_threshold("single") == 0.5  # one support image: the default
+    res = att.attribute(a[5:] + b[6:], threshold="profile")
+    for r in res:
+        assert r.ok
+        thr = att.profile_threshold(max(r.scores, key=r.scores.get))
+        assert (r.model is not None) == (r.score >= thr)
+    with pytest.raises(ValueError, match="profile"):
+        att.attribute(a[5:], threshold="auto")
+    with pytest.raises(ValueError):
+        Attributor(model=calibrated, profile_quantile=1.5)
