@@ -53,12 +53,12 @@ def unseen_arch_pairwise(att, photos: str, n_archs: int, per_arch: int, seen: se
         for k, a in enumerate(archs):
             r = torch.round(sim(content, a).clamp(0, 1) * 255) / 255
             crops = (r.permute(0, 2, 3, 1) * 255).round().byte().numpy()
-            zs.append(att._backend.embed(crops))
+            zs.append(att.engine.embed(crops))
             labels += [k] * per_arch
     z = np.concatenate(zs)
     y = np.array(labels)
-    sp = att._backend.support_part(z)
-    p = att._backend.pair_probs(z, sp)
+    sp = att.engine.support_part(z)
+    p = att.engine.pair_probs(z, sp)
     p = (p + p.T) / 2
     iu = np.triu_indices(len(z), 1)
     same = (y[:, None] == y[None, :])[iu]

@@ -47,12 +47,12 @@ def background_mean(att, photos: str, n: int = 256, seed: int = 99) -> np.ndarra
     with torch.inference_mode():
         for _ in range(n // 8):
             r = sim(data.batch(8, att.crop, g), sim.sample(g)).clamp(0, 1)
-            zs.append(att._backend.embed((r.permute(0, 2, 3, 1) * 255).round().byte().numpy()))
+            zs.append(att.engine.embed((r.permute(0, 2, 3, 1) * 255).round().byte().numpy()))
     return np.concatenate(zs).mean(0)
 
 
 def rules(att, emb, split, centre=None):
-    head = att._backend.model.pair_head
+    head = att.engine.model.pair_head
 
     def logits(sz, qz):
         with torch.inference_mode():

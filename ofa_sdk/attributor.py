@@ -31,7 +31,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -41,6 +41,14 @@ from .closed_set import OpenSetResult
 from .gallery import Gallery, GalleryError, Profile
 
 DEFAULT_THRESHOLD = 0.5
+
+
+class EmbeddedItem(NamedTuple):
+    source: str
+    z: Optional[np.ndarray]          # (k, d) crop fingerprints, None when unusable
+    error: str                       # "" when usable
+    note: str                        # e.g. the small-image policy applied
+    spectrum: Optional[np.ndarray]   # (3, h, w) mean residual log-spectrum (spectra=True)
 
 
 def _check_threshold(t):
@@ -176,11 +184,19 @@ class Attributor:
             if chunk:
                 yield from pool.map(prep, chunk)
 
-    def _embedded(self, items: Iterable[Any], spectra: bool = False
-                  ) -> Iterator[Tuple[str, Optional[np.ndarray], str, str, Optional[np.ndarray]]]:
-        """Yields (source, z of the crops (k,d) or None, error, note, spectrum) per input, in
-        order. With ``spectra=True`` the spectrum is the input's mean residual log-spectrum over
-        its crops, (3,h,w), computed in the same pass as z (None otherwise)."""
+    @property
+    def engine(self):
+        """The execution backend (the seam a compiled engine replaces): ``embed(crops)``,
+        ``embed_with_spectrum(crops)``, ``support_part(z)``, ``pair_probs(z, support_part)``
+        on uint8 crops / float32 fingerprints. See :mod:`ofa_sdk.backends`."""
+        return self._backend
+
+    def embed_stream(self, items: Iterable[Any], spectra: bool = False) -> Iterator["EmbeddedItem"]:
+        """Yields one :class:`EmbeddedItem` (source, z of the crops (k,d) or None, error, note,
+        spectrum) per input, in order, batching crops across inputs. With ``spectra=True`` the
+        spectrum is the input's mean residual log-spectrum over its crops, (3,h,w), computed in
+        the same pass as z (None otherwise). Unusable inputs have z None and the reason in
+        ``error``; they never stop the stream."""
         pending: List[Union[imio.Prepared, imio.ImageError]] = []
         n_crops = 0
 
@@ -197,11 +213,11 @@ class Attributor:
             k = 0
             for p in pending:
                 if isinstance(p, imio.ImageError):
-                    yield p.source, None, p.reason, "", None
+                    yield EmbeddedItem(p.source, None, p.reason, "", None)
                 else:
                     n = len(p.crops)
-                    yield (p.source, z[k:k + n], "", p.note,
-                           spec[k:k + n].mean(0) if spectra else None)
+                    yield EmbeddedItem(p.source, z[k:k + n], "", p.note,
+                                       spec[k:k + n].mean(0) if spectra else None)
                     k += n
             pending, n_crops = [], 0
 
@@ -218,7 +234,7 @@ class Attributor:
         A bad input raises :class:`InputError` (with every other row in ``.partial``), or gives
         a NaN row with ``errors='nan'``."""
         rows, errs = [], []
-        for i, (src, z, err, _, _) in enumerate(self._embedded(imio.iter_items(images))):
+        for i, (src, z, err, _, _) in enumerate(self.embed_stream(imio.iter_items(images))):
             if z is None:
                 errs.append((i, src, err))
                 rows.append(np.full(self.dim, np.nan, np.float32))
@@ -247,7 +263,7 @@ class Attributor:
         zs, skipped, sources = [], [], 0
         items = imio.iter_items(images)
         specs = []
-        for i, (src, z, err, _, spec) in enumerate(self._embedded(items, spectra=True)):
+        for i, (src, z, err, _, spec) in enumerate(self.embed_stream(items, spectra=True)):
             sources += 1
             if z is None:
                 skipped.append((i, src, err))
@@ -293,7 +309,7 @@ class Attributor:
     def support_scores(self, query_z: Sequence[np.ndarray], support_z: np.ndarray,
                        chunk: int = 256, score: Optional[str] = None) -> np.ndarray:
         """Scores of many queries against one support set, with ``self.score`` (or ``score``):
-        ``query_z`` is a list of (k, d) crop fingerprints (one per image, as ``_embedded``
+        ``query_z`` is a list of (k, d) crop fingerprints (one per image, as ``embed_stream``
         yields them), ``support_z`` the (S, d) support fingerprints. Used by the evaluation
         runner."""
         score = score or self.score
@@ -313,7 +329,7 @@ class Attributor:
         """(N,) probability that each image was made by the enrolled model ``name``."""
         score_of = self._scorer([self._profile(name)])
         out, errs = [], []
-        for i, (src, z, err, _, _) in enumerate(self._embedded(imio.iter_items(images))):
+        for i, (src, z, err, _, _) in enumerate(self.embed_stream(imio.iter_items(images))):
             if z is None:
                 errs.append((i, src, err))
                 out.append(np.nan)
@@ -335,7 +351,7 @@ class Attributor:
     def _one(self, x) -> np.ndarray:
         if not imio.is_single(x):
             raise TypeError("same_source takes one image for each argument")
-        src, z, err, _, _ = next(self._embedded([x]))
+        src, z, err, _, _ = next(self.embed_stream([x]))
         if z is None:
             raise InputError([(0, src, err)])
         return z
@@ -382,7 +398,7 @@ class Attributor:
             per_name = {n: self.profile_threshold(n) for n in names}
         else:
             per_name = dict.fromkeys(names, thr)
-        for src, z, err, note, _ in self._embedded(items):
+        for src, z, err, note, _ in self.embed_stream(items):
             if z is None:
                 yield Attribution(src, None, float("nan"), {}, err, note)
                 continue
@@ -460,7 +476,7 @@ class Attributor:
         head, classes = self._heads[name]
         known = classes[:-1]
         out = []
-        for src, z, err, _, _ in self._embedded(imio.iter_items(images)):
+        for src, z, err, _, _ in self.embed_stream(imio.iter_items(images)):
             if z is None:
                 out.append(cs.OpenSetResult(src, None, None, float("nan"), {}, err))
                 continue

@@ -300,7 +300,7 @@ def cmd_show(a, att) -> int:
     from .evaluation.plots import spectrum_png
     target = Path(a.target)
     if target.is_dir():
-        rows = list(att._embedded(_paths([target]), spectra=True))
+        rows = list(att.embed_stream(_paths([target]), spectra=True))
         good = [r[4] for r in rows if r[1] is not None]
         n_bad = len(rows) - len(good)
         if not good:

@@ -49,6 +49,11 @@ def test_bad_inputs_never_lose_the_batch(att, tmp_path):
     np.testing.assert_allclose(z[[0, 2, 4]], att.fingerprint(good), atol=1e-5)
     res = att.attribute(items)
     assert [r.ok for r in res] == [True, False, True, False, True]
+    stream = list(att.embed_stream(items, spectra=True))  # the public embedding seam
+    assert [e.z is None for e in stream] == [False, True, False, True, False]
+    assert "unreadable" in stream[1].error and stream[0].error == ""
+    assert stream[0].z.shape == (1, 16) and stream[0].spectrum.ndim == 3
+    np.testing.assert_allclose(att.engine.embed(np.zeros((2, 32, 32, 3), np.uint8)).shape, (2, 16))
     assert "not found" in res[3].error and res[3].source.endswith("missing.jpg")
 
 

@@ -63,7 +63,7 @@ def test_score_rules_by_hand(tiny_model, calibrated, tmp_path):
     for r, w in zip(res, want):
         assert abs(r.scores["gen-a"] - w) < 1e-5
     # the runner's batch path agrees with verify, for both rules
-    embedded = [z for _, z, _, _, _ in att._embedded(a[3:] + b[3:])]
+    embedded = [z for _, z, _, _, _ in att.embed_stream(a[3:] + b[3:])]
     np.testing.assert_allclose(att.support_scores(embedded, crops_a), want, atol=1e-5)
     pair = Attributor(model=load_model(calibrated), crops=4, score="pair", gallery=att.gallery)
     np.testing.assert_allclose(pair.support_scores(embedded, crops_a),
@@ -105,7 +105,7 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
         for i in range(5):
             q = prof.support[2 * i:2 * i + 2]
             rest = np.delete(np.arange(10), [2 * i, 2 * i + 1])
-            own.append(att._backend.pair_probs(q, prof.support_part[rest]).mean())
+            own.append(att.engine.pair_probs(q, prof.support_part[rest]).mean())
     assert abs(att.profile_threshold("gen-a") - np.quantile(own, 0.25)) < 1e-6
     assert att.profile_threshold("single") == 0.5  # one support image: the default
     res = att.attribute(a[5:] + b[6:], threshold="profile")

@@ -37,7 +37,7 @@ def embed_items(att, items: Sequence[Any], jpeg_quality: Optional[int] = None,
         except Exception:
             return it  # unreadable: prepare() reports it with its reason
     zs, specs, skipped = [], [], []
-    for src, z, err, _, spec in att._embedded(map(source, items), spectra=with_spectra):
+    for src, z, err, _, spec in att.embed_stream(map(source, items), spectra=with_spectra):
         if z is None:
             skipped.append(f"{src}: {err}")
             continue
