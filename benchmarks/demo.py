@@ -6,9 +6,9 @@
 2. enroll the first two through the CLI (``ofa-sdk enroll``) from folders of their images;
 3. attribute held-out images of all three (``ofa-sdk attribute``); the third was never
    enrolled, so the right answer for it is "unknown";
-4. print the per-image table and a summary (true generator x answer), then the summary again
-   with the threshold calibrated on real photos (``Attributor.calibrate_threshold``) and with
-   per-profile thresholds (``threshold="profile"``).
+4. print the per-image table and a summary (true generator x answer) with the default
+   per-profile thresholds, then the summary again with a fixed threshold of 0.5 and with one
+   calibrated on real photos (``Attributor.calibrate_threshold``).
 
     python benchmarks/demo.py --photos ../shared/data/real-photos
 """
@@ -95,26 +95,27 @@ def main(argv=None):
     correct = sum(summary[t][t] for t in ENROLLED) + summary[NEVER_ENROLLED]["unknown"]
     print(f"correct: {correct}/{len(rows)}")
 
-    # The same queries with the threshold calibrated on real photos (a source known not to be
-    # any enrolled generator) at 5% false positives: Attributor.calibrate_threshold.
     from ofa_sdk import Attributor
     from training.common import PhotoSet
     att = Attributor(gallery=str(gallery), crops=a.crops)
+    print("per-profile thresholds (the default, threshold='profile'): " +
+          ", ".join(f"{n} {att.profile_threshold(n):.3f}" for n in ENROLLED))
+
+    def table(threshold):
+        for truth in ENROLLED + [NEVER_ENROLLED]:
+            c = collections.Counter(r.label for r in att.attribute(out / "queries" / truth,
+                                                                   threshold=threshold))
+            print(f"{truth:16s}" + "".join(f"{c[x]:14d}" for x in labels))
+
+    # The same queries with one fixed threshold for every profile: 0.5, the score's own
+    # decision point, then one calibrated on real photos (a source known not to be any enrolled
+    # generator) at 5% false positives: Attributor.calibrate_threshold.
+    print("\nfixed threshold 0.5:")
+    table(0.5)
     held = PhotoSet(a.photos, split="holdout")
     thr = att.calibrate_threshold(held.photos[:60], fpr=0.05)
     print(f"\nthreshold calibrated on 60 held-out real photos at 5% FPR: {thr:.3f}")
-    for truth in ENROLLED + [NEVER_ENROLLED]:
-        c = collections.Counter(r.label for r in att.attribute(out / "queries" / truth))
-        print(f"{truth:16s}" + "".join(f"{c[x]:14d}" for x in labels))
-
-    # Per-profile thresholds: each profile's own leave-one-out score quantile (5%).
-    print("\nper-profile thresholds (threshold='profile'): " +
-          ", ".join(f"{n} {att.profile_threshold(n):.3f}" for n in ENROLLED))
-    for truth in ENROLLED + [NEVER_ENROLLED]:
-        c = collections.Counter(r.label for r in att.attribute(out / "queries" / truth,
-                                                               threshold="profile"))
-        print(f"{truth:16s}" + "".join(f"{c[x]:14d}" for x in labels))
-
+    table(thr)
 
 if __name__ == "__main__":
     main()

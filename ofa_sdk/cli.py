@@ -33,7 +33,7 @@ DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
 SCAN_FIELDS = ["source", "label", "model", "score", "error", "note", "scores"]
 
 
-THRESHOLD_HELP = "a score in [0, 1], or 'profile' for per-profile thresholds (default 0.5)"
+THRESHOLD_HELP = "a score in [0, 1], or 'profile' for per-profile thresholds (the default)"
 
 
 def _threshold(v: str):

@@ -77,7 +77,10 @@ def test_enroll_verify_attribute_round_trip(att, tmp_path):
     for r in res:
         best = max(r.scores, key=r.scores.get)
         assert r.score == r.scores[best]
-        assert r.model == (best if r.score >= att.threshold else None)
+        assert att.threshold == "profile"  # the default: each profile's own threshold
+        assert r.model == (best if r.score >= att.profile_threshold(best) else None)
+    fixed = att.attribute(a[4:] + b[4:], threshold=0.5)
+    assert all(r.model == (max(r.scores, key=r.scores.get) if r.score >= 0.5 else None) for r in fixed)
     none = att.attribute(a[4:], threshold=1.01)
     assert all(r.model is None and r.label == "unknown" for r in none)
     with pytest.raises(GalleryError, match="exists"):
