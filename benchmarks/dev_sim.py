@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.eval_wild import seen_architectures  # noqa: E402
 from benchmarks.wild import content_crops  # noqa: E402
+from ofa_sdk.images import from_tensor  # noqa: E402
 from ofa_sdk.weights import load_default_model, load_model  # noqa: E402
 from training.common import PhotoSet  # noqa: E402
 
@@ -68,8 +69,7 @@ def main(argv=None):
         d.mkdir(parents=True, exist_ok=True)
         with torch.inference_mode():
             for i in range(0, len(x), 16):
-                r = (sim(x[i:i + 16], arch).clamp(0, 1) * 255).round().byte()
-                for k, img in enumerate(r.permute(0, 2, 3, 1).numpy()):
+                for k, img in enumerate(from_tensor(sim(x[i:i + 16], arch))):
                     Image.fromarray(img).save(d / f"content_{i + k:04d}.png")
         print(f"wrote {len(x)} images to {d} ({arch.describe()})", flush=True)
     (out / "MANIFEST.json").write_text(json.dumps({

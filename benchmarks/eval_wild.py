@@ -23,7 +23,7 @@ from ofa_sdk import Attributor  # noqa: E402
 from ofa_sdk.evaluation.metrics import roc_auc  # noqa: E402
 from ofa_sdk.evaluation.protocol import format_table  # noqa: E402
 from ofa_sdk.evaluation.runner import evaluate  # noqa: E402
-from ofa_sdk.images import IMAGE_SUFFIXES  # noqa: E402
+from ofa_sdk.images import IMAGE_SUFFIXES, from_tensor  # noqa: E402
 
 
 def seen_architectures(log: Path) -> set:
@@ -51,9 +51,7 @@ def unseen_arch_pairwise(att, photos: str, n_archs: int, per_arch: int, seen: se
     zs, labels = [], []
     with torch.inference_mode():
         for k, a in enumerate(archs):
-            r = torch.round(sim(content, a).clamp(0, 1) * 255) / 255
-            crops = (r.permute(0, 2, 3, 1) * 255).round().byte().numpy()
-            zs.append(att.engine.embed(crops))
+            zs.append(att.engine.embed(from_tensor(sim(content, a))))
             labels += [k] * per_arch
     z = np.concatenate(zs)
     y = np.array(labels)

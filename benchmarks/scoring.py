@@ -4,10 +4,12 @@ embedding pass (fingerprints and residual spectra of every crop).
     python benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 9 [--jpeg 90]
 
 Rules (score of a query q against a target's support S; q and each s have k crop fingerprints):
-* ``pair-prob``   mean over crops and support of sigmoid(g(z_s, z_q)) -- the paper's score;
+* ``pair-prob``   mean over crops and support of sigmoid(g(z_s, z_q)) -- the paper's score
+  (``pair-prob`` and ``proto-cos`` are computed by ``Attributor.support_scores`` itself);
 * ``pair-logit``  the same mean taken over logits (before the sigmoid);
 * ``pair-zmean``  sigmoid(g) on crop-averaged fingerprints, mean over the support images;
-* ``proto-cos``   cosine of the crop-averaged query fingerprint to the mean support fingerprint;
+* ``proto-cos``   cosine of the crop-averaged query fingerprint to the mean support fingerprint
+  (calibrated, the SDK's default; the calibration is monotone, so AUCs are the cosine's);
 * ``proto-cos-centred`` the same after subtracting a background mean fingerprint (simulator
   reconstructions of training photos; needs --photos);
 * ``baseline``    (not learned) cosine of the query's residual log-spectrum to the support mean.
@@ -30,10 +32,8 @@ from benchmarks.eval_wild import load_classes  # noqa: E402
 from ofa_sdk import Attributor  # noqa: E402
 from ofa_sdk.evaluation.protocol import image_to_model, split_support_query  # noqa: E402
 from ofa_sdk.evaluation.runner import cosine_to_mean, embed_items  # noqa: E402
-
-
-def _unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from ofa_sdk.images import from_tensor  # noqa: E402
+from ofa_sdk.scoring import unit  # noqa: E402
 
 
 def background_mean(att, photos: str, n: int = 256, seed: int = 99) -> np.ndarray:
@@ -46,8 +46,7 @@ def background_mean(att, photos: str, n: int = 256, seed: int = 99) -> np.ndarra
     zs = []
     with torch.inference_mode():
         for _ in range(n // 8):
-            r = sim(data.batch(8, att.crop, g), sim.sample(g)).clamp(0, 1)
-            zs.append(att.engine.embed((r.permute(0, 2, 3, 1) * 255).round().byte().numpy()))
+            zs.append(att.engine.embed(from_tensor(sim(data.batch(8, att.crop, g), sim.sample(g)))))
     return np.concatenate(zs).mean(0)
 
 
@@ -56,42 +55,39 @@ def rules(att, emb, split, centre=None):
 
     def logits(sz, qz):
         with torch.inference_mode():
-            sp = head.support_part(torch.from_numpy(sz))
-            qp = head.query_part(torch.from_numpy(qz))
+            sp = head.support_part(torch.from_numpy(sz.astype(np.float32)))
+            qp = head.query_part(torch.from_numpy(qz.astype(np.float32)))
             return head.pair_logits(qp, sp).numpy()
 
     def crop_owner(zs):
         return np.repeat(np.arange(len(zs)), [len(z) for z in zs])
 
-    def pair(t, c, prob):
+    def sdk(t, c, rule):  # exactly what Attributor.verify returns with that rule
+        sz = np.concatenate([emb[t].z[i] for i in split.support[t]])
+        return att.support_scores([emb[c].z[i] for i in split.query[c]], sz, score=rule)
+
+    def pair_logit(t, c):
         sz = np.concatenate([emb[t].z[i] for i in split.support[t]])
         qs = [emb[c].z[i] for i in split.query[c]]
-        lg = logits(sz, np.concatenate(qs))
-        v = (1 / (1 + np.exp(-lg))) if prob else lg
-        per_crop = v.mean(1)
         own = crop_owner(qs)
-        return np.bincount(own, per_crop) / np.bincount(own)
+        return np.bincount(own, logits(sz, np.concatenate(qs)).mean(1)) / np.bincount(own)
 
     def zmean(t, c):
-        sz = _unit(np.stack([emb[t].z[i].mean(0) for i in split.support[t]]))
-        qz = _unit(np.stack([emb[c].z[i].mean(0) for i in split.query[c]]))
+        sz = unit(np.stack([emb[t].z[i].mean(0) for i in split.support[t]]))
+        qz = unit(np.stack([emb[c].z[i].mean(0) for i in split.query[c]]))
         return (1 / (1 + np.exp(-logits(sz, qz)))).mean(1)
 
-    def proto(t, c):
-        s = np.stack([emb[t].z[i].mean(0) for i in split.support[t]])
-        return cosine_to_mean(s, np.stack([emb[c].z[i].mean(0) for i in split.query[c]]))
-
     def proto_c(t, c):
-        s = _unit(_unit(np.stack([emb[t].z[i].mean(0) for i in split.support[t]])).mean(0) - centre)
-        q = _unit(_unit(np.stack([emb[c].z[i].mean(0) for i in split.query[c]])) - centre)
+        s = unit(unit(np.stack([emb[t].z[i].mean(0) for i in split.support[t]])).mean(0) - centre)
+        q = unit(unit(np.stack([emb[c].z[i].mean(0) for i in split.query[c]])) - centre)
         return q @ s
 
     def base(t, c):
         s = np.stack([emb[t].spec[i] for i in split.support[t]])
         return cosine_to_mean(s, np.stack([emb[c].spec[i] for i in split.query[c]]))
 
-    return {"pair-prob": lambda t, c: pair(t, c, True), "pair-logit": lambda t, c: pair(t, c, False),
-            "pair-zmean": zmean, "proto-cos": proto,
+    return {"pair-prob": lambda t, c: sdk(t, c, "pair"), "pair-logit": pair_logit,
+            "pair-zmean": zmean, "proto-cos": lambda t, c: sdk(t, c, "prototype"),
             **({"proto-cos-centred": proto_c} if centre is not None else {}), "baseline": base}
 
 

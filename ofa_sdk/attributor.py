@@ -54,18 +54,6 @@ class EmbeddedItem(NamedTuple):
     spectrum: Optional[np.ndarray]   # (3, h, w) mean residual log-spectrum (spectra=True)
 
 
-def _check_threshold(t):
-    """A threshold is a number or "profile" (per-profile thresholds, see profile_threshold)."""
-    if isinstance(t, str):
-        if t == "profile":
-            return t
-        try:
-            return float(t)
-        except ValueError:
-            raise ValueError(f"threshold must be a number or 'profile', got {t!r}") from None
-    return float(t)
-
-
 class InputError(ValueError):
     """Some inputs could not be used. Nothing else was lost: ``partial`` holds the result for
     every input (NaN rows where an input failed) and ``errors`` lists (index, source, reason)."""
@@ -123,7 +111,7 @@ class Attributor:
             raise ValueError("crops and batch_size must be >= 1")
         self.crop = self.bundle.config.crop
         self.crops, self.small, self.batch_size, self.workers = crops, small, batch_size, workers
-        self.threshold = _check_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
+        self.threshold = scoring.parse_threshold(DEFAULT_THRESHOLD if threshold is None else threshold)
         if not 0 < profile_quantile < 1:
             raise ValueError(f"profile_quantile must be in (0, 1), got {profile_quantile!r}")
         self.profile_quantile = float(profile_quantile)
@@ -242,8 +230,7 @@ class Attributor:
                 errs.append((i, src, err))
                 rows.append(np.full(self.dim, np.nan, np.float32))
             else:
-                m = z.mean(0)
-                rows.append((m / max(np.linalg.norm(m), 1e-12)).astype(np.float32))
+                rows.append(scoring.prototype(z).astype(np.float32))
         out = np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
         return self._finish(out, errs, errors)
 
@@ -294,16 +281,11 @@ class Attributor:
     def _profile(self, name: str) -> Profile:
         return self.gallery.get(name, model_id=self.model_id)
 
-    def _scores(self, z: np.ndarray, profiles: Sequence[Profile]) -> List[float]:
-        """One image's crop fingerprints (k, d) against each profile, with ``self.score``."""
-        return self._scorer(profiles)(z)
-
     def _scorer(self, profiles: Sequence[Profile]):
         """A function (k, d) crop fingerprints -> scores against ``profiles``, with the
         per-profile work (prototypes) done once."""
         if self.score == "pair":
-            return lambda z: [float(self._backend.pair_probs(z, p.support_part).mean())
-                              for p in profiles]
+            return lambda z: [float(self._pair_scores([z], p.support_part)[0]) for p in profiles]
         if not profiles:
             return lambda z: []
         protos = np.stack([p.prototype for p in profiles])
@@ -321,10 +303,15 @@ class Attributor:
                 raise ValueError("score='prototype' needs a calibrated model")
             q = np.stack([scoring.prototype(z) for z in query_z])
             return self.calibration(q @ scoring.prototype(support_z))
-        sp = self._backend.support_part(support_z)
+        return self._pair_scores(query_z, self._backend.support_part(support_z), chunk)
+
+    def _pair_scores(self, query_z: Sequence[np.ndarray], support_part: np.ndarray,
+                     chunk: int = 256) -> np.ndarray:
+        """The paper's rule: per query image, the mean pair probability over its crops and the
+        support, queries batched ``chunk`` crops at a time."""
         flat = np.concatenate(query_z)
         owner = np.repeat(np.arange(len(query_z)), [len(q) for q in query_z])
-        per_crop = np.concatenate([self._backend.pair_probs(flat[i:i + chunk], sp).mean(1)
+        per_crop = np.concatenate([self._backend.pair_probs(flat[i:i + chunk], support_part).mean(1)
                                    for i in range(0, len(flat), chunk)])
         return np.bincount(owner, per_crop) / np.bincount(owner)
 
@@ -371,8 +358,11 @@ class Attributor:
         ``self.score``, against the rest of the support). About that fraction of the
         generator's own images fall below it. Profiles with one support image get
         0.5."""
-        prof = self._profile(name)
-        key = (name, prof.created, self.score, self.profile_quantile)
+        return self._threshold_of(self._profile(name))
+
+    def _threshold_of(self, prof: Profile) -> float:
+        """``profile_threshold`` for a loaded profile, cached per (name, enrollment time)."""
+        key = (prof.name, prof.created, self.score, self.profile_quantile)
         if key not in self._self_thresholds:
             self._self_thresholds[key] = self._leave_one_out_threshold(prof)
         return self._self_thresholds[key]
@@ -393,12 +383,12 @@ class Attributor:
         return float(np.quantile(own, self.profile_quantile))
 
     def _attribute_stream(self, items, threshold, models) -> Iterator[Attribution]:
-        thr = self.threshold if threshold is None else _check_threshold(threshold)
+        thr = self.threshold if threshold is None else scoring.parse_threshold(threshold)
         names = list(models) if models is not None else self.gallery.names()
         profiles = [self._profile(n) for n in names]
         score_of = self._scorer(profiles)
         if thr == "profile":
-            per_name = {n: self.profile_threshold(n) for n in names}
+            per_name = {p.name: self._threshold_of(p) for p in profiles}
         else:
             per_name = dict.fromkeys(names, thr)
         for src, z, err, note, _ in self.embed_stream(items):

@@ -37,12 +37,11 @@ THRESHOLD_HELP = "a score in [0, 1], or 'profile' for per-profile thresholds (th
 
 
 def _threshold(v: str):
-    if v == "profile":
-        return v
+    from .scoring import parse_threshold
     try:
-        return float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'profile', got {v!r}") from None
+        return parse_threshold(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _common(p: argparse.ArgumentParser):

@@ -14,6 +14,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from .images import from_tensor
+
 REJECT = "__reconstructed_real__"
 
 
@@ -99,6 +101,5 @@ def reconstruct_real(simulator, crops: np.ndarray, per_image: int, seed: int, gr
     with torch.inference_mode():
         for _ in range(per_image):
             for i in range(0, len(x), group):
-                r = simulator(x[i:i + group], simulator.sample(g)).clamp(0, 1)
-                out.append((r * 255).round().byte().permute(0, 2, 3, 1).numpy())
+                out.append(from_tensor(simulator(x[i:i + group], simulator.sample(g))))
     return np.concatenate(out)

@@ -212,3 +212,9 @@ def expand_paths(sources: Union[str, Path, Iterable[Union[str, Path]]],
                     yield Path(f)
         else:
             yield p
+
+
+def from_tensor(x) -> np.ndarray:
+    """(B, 3, H, W) float tensor in [0, 1] -> (B, H, W, 3) uint8, clamped and rounded as a saved
+    8-bit image is (how simulator reconstructions become generator outputs)."""
+    return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -44,6 +44,17 @@ class Calibration:
         return cls(float(d["a"]), float(d["b"]), d.get("fitted_on", {})) if d else None
 
 
+def parse_threshold(t):
+    """A threshold is a number or "profile" (per-profile thresholds, see
+    ``Attributor.profile_threshold``). Strings of numbers are accepted (command line)."""
+    if isinstance(t, str) and t != "profile":
+        try:
+            return float(t)
+        except ValueError:
+            raise ValueError(f"threshold must be a number or 'profile', got {t!r}") from None
+    return t if t == "profile" else float(t)
+
+
 def unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

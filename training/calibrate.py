@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ofa_sdk.scoring import fit_logistic, prototype, unit
+from ofa_sdk.images import from_tensor
+from ofa_sdk.scoring import Calibration, fit_logistic, prototype, unit
 from ofa_sdk.weights import load_model, update_meta
 
 from .common import PhotoSet
@@ -31,17 +32,16 @@ def fit(bundle, data: PhotoSet, archs: int = 32, support: int = 25, queries: int
         for k in range(archs):
             arch = sim.sample(g)
             x = data.batch(support + queries, crop, g)
-            r = (sim(x, arch).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-            z = backend.embed(r)
+            z = backend.embed(from_tensor(sim(x, arch)))
             protos.append(prototype(z[:support]))
             qs.append(unit(z[support:]))
             if log and (k + 1) % 8 == 0:
                 log(f"calibrate: {k + 1}/{archs} architectures")
-    cos = np.stack([q @ np.stack(protos).T for q in qs])          # (archs, queries, archs)
+    cos = np.stack(qs) @ np.stack(protos).T                        # (archs, queries, archs)
     same = np.eye(archs, dtype=bool)[:, None, :].repeat(queries, 1)
     pos, neg = cos[same], cos[~same]
     a, b = fit_logistic(pos, neg)
-    p = lambda c: 1 / (1 + np.exp(-(a * c + b)))  # noqa: E731
+    p = Calibration(a, b)
     return {"a": a, "b": b, "fitted_on": {
         "architectures": archs, "support": support, "queries": queries, "seed": seed,
         "photos": data.describe(), "positives": int(pos.size), "negatives": int(neg.size),
