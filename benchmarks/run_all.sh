@@ -18,6 +18,11 @@ $PY benchmarks/eval_wild.py --photos "$PHOTOS" --crops 1 4 9 $MODEL_ARG | tee be
 $PY benchmarks/open_set.py --photos "$PHOTOS" $MODEL_ARG | tee benchmarks/results/open_set.txt
 $PY benchmarks/open_set.py --wild benchmarks/data/dev-sim --photos "$PHOTOS" --known 5 --support 50 --queries 70 \
     --out benchmarks/results/open_set_dev.json $MODEL_ARG | tee benchmarks/results/open_set_dev.txt
+# per-profile threshold estimators at small support sizes (chosen on the development set)
+$PY benchmarks/thresholds.py --set benchmarks/data/dev-sim $MODEL_ARG \
+    --out benchmarks/results/thresholds_dev.json | tee benchmarks/results/thresholds_dev.txt
+$PY benchmarks/thresholds.py --set benchmarks/data/wild $MODEL_ARG \
+    --out benchmarks/results/thresholds_wild.json | tee benchmarks/results/thresholds_wild.txt
 $PY -m ofa_sdk.cli eval benchmarks/data/wild --support 75 --queries 100 --crops 4 --gallery /tmp/ofa-eval.db \
     --matrix benchmarks/results/wild_matrix_crops4.png $MODEL_ARG | tee benchmarks/results/cli_eval.txt
 $PY benchmarks/residual_probe.py --photos "$PHOTOS" --simulator runs/compact/stage1.safetensors \

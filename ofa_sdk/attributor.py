@@ -16,12 +16,13 @@ gallery. Both give a probability-like score in [0, 1]. The prototype rule was ch
 development set of unseen simulator architectures (benchmarks/RESULTS.md).
 
 Open set: ``attribute`` answers "unknown" when the best score is below the best profile's
-threshold. The default, ``threshold="profile"``, gives each profile its own: the 5% quantile
-(``profile_quantile``) of its support images' leave-one-out scores, so about 5% of a generator's
-own images are answered "unknown" by construction, and images scoring below what the
-generator's own images reach are rejected (a profile with one support image gets 0.5). It was
+threshold. The default, ``threshold="profile"``, gives each profile its own, set so that about
+5% (``profile_quantile``) of the generator's own new images fall below it: a normal prediction
+bound on the log-distances of its support images' leave-one-out scores
+(:func:`ofa_sdk.scoring.self_threshold`; a profile with fewer than 3 support images gets 0.5).
+Images scoring below what the generator's own images reach are rejected. It was
 chosen over a fixed 0.5 on the development set of unseen simulator architectures (unknown
-generators accepted: 24% against 61%, known ones correct: 90.4% against 90.8%;
+generators accepted: 21% against 61%, known ones correct: 90.4% against 90.8%;
 benchmarks/RESULTS.md). A number sets one threshold for every profile: 0.5 is each score rule's
 own decision point (balanced BCE for the pair head, a class-balanced logistic fit for the
 prototype rule); ``calibrate_threshold(images_from_other_sources, fpr=0.05)`` sets it to the
@@ -43,7 +44,8 @@ from .closed_set import OpenSetResult
 from .gallery import Gallery, GalleryError, Profile
 
 DEFAULT_THRESHOLD = "profile"   # per-profile thresholds (see Attributor.profile_threshold)
-FALLBACK_THRESHOLD = 0.5        # for profiles with a single support image
+FALLBACK_THRESHOLD = 0.5        # for profiles with fewer than MIN_PROFILE_IMAGES support images
+MIN_PROFILE_IMAGES = 3
 
 
 class EmbeddedItem(NamedTuple):
@@ -353,11 +355,11 @@ class Attributor:
         return list(self._attribute_stream(imio.iter_items(images), threshold, models))
 
     def profile_threshold(self, name: str) -> float:
-        """The per-profile threshold used with ``threshold="profile"``: the ``profile_quantile``
-        quantile of the profile's own leave-one-out scores (each support image scored, with
-        ``self.score``, against the rest of the support). About that fraction of the
-        generator's own images fall below it. Profiles with one support image get
-        0.5."""
+        """The per-profile threshold used with ``threshold="profile"``: a threshold below which
+        about ``profile_quantile`` of the generator's new images should fall, estimated from
+        its support images' leave-one-out scores (:func:`ofa_sdk.scoring.self_threshold`: a
+        normal prediction bound on their log-distance, which stays near its target for small
+        support sets). Profiles with fewer than 3 support images get 0.5."""
         return self._threshold_of(self._profile(name))
 
     def _threshold_of(self, prof: Profile) -> float:
@@ -368,19 +370,37 @@ class Attributor:
         return self._self_thresholds[key]
 
     def _leave_one_out_threshold(self, prof: Profile) -> float:
-        k = int(prof.metadata.get("crops", 1))
-        n = prof.n_support // max(k, 1)
-        if n < 2 or prof.n_support % k:
+        return self.support_threshold(prof.support, int(prof.metadata.get("crops", 1)),
+                                      support_part=prof.support_part)
+
+    def support_threshold(self, support_z: np.ndarray, crops: int,
+                          support_part: Optional[np.ndarray] = None) -> float:
+        """What :meth:`profile_threshold` returns for a support set of (S * crops, d)
+        fingerprints, on the score scale of ``self.score``."""
+        n = len(support_z) // crops if crops >= 1 else 0
+        if crops < 1 or len(support_z) % crops or n < MIN_PROFILE_IMAGES:
             return FALLBACK_THRESHOLD
+        own = self.leave_one_out_scores(support_z, crops, support_part=support_part)
+        raw = scoring.self_threshold(own, self.profile_quantile)
+        return float(self.calibration(raw)) if self.score == "prototype" else raw
+
+    def leave_one_out_scores(self, support_z: np.ndarray, crops: int,
+                             support_part: Optional[np.ndarray] = None) -> np.ndarray:
+        """(S,) each support image scored against the *other* S - 1, on the rule's raw scale
+        (``self.score``): the cosine to their prototype, or the mean pair probability over
+        their crops. ``support_z`` is (S * crops, d), image by image. ``support_part`` (the
+        pair head's support half, as stored in a profile) saves recomputing it."""
         if self.score == "prototype":
-            own = self.calibration(scoring.leave_one_out_cosines(prof.support, k))
-        else:
-            p = self._backend.pair_probs(prof.support, prof.support_part)     # (S*k, S*k)
-            img = np.arange(prof.n_support) // k
-            other = img[:, None] != img[None, :]
-            per_crop = (p * other).sum(1) / other.sum(1)
-            own = np.bincount(img, per_crop) / k
-        return float(np.quantile(own, self.profile_quantile))
+            return scoring.leave_one_out_cosines(support_z, crops)
+        z = np.asarray(support_z, np.float32)
+        if crops < 1 or len(z) % crops or len(z) // crops < 2:
+            raise ValueError(f"leave-one-out needs at least 2 whole {crops}-crop images, got {len(z)} fingerprints")
+        part = self._backend.support_part(z) if support_part is None else support_part
+        p = self._backend.pair_probs(z, part)                              # (S*k, S*k)
+        img = np.arange(len(z)) // crops
+        other = img[:, None] != img[None, :]
+        per_crop = (p * other).sum(1) / other.sum(1)
+        return np.bincount(img, per_crop) / crops
 
     def _attribute_stream(self, items, threshold, models) -> Iterator[Attribution]:
         thr = self.threshold if threshold is None else scoring.parse_threshold(threshold)

@@ -99,15 +99,23 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
     att.enroll("single", b[5:6])
     prof = att.gallery.get("gen-a")
     if rule == "prototype":
-        own = att.calibration(leave_one_out_cosines(prof.support, 2))
+        own = leave_one_out_cosines(prof.support, 2)
     else:  # by hand: each support image against the other images' crops, mean pair probability
         own = []
         for i in range(5):
             q = prof.support[2 * i:2 * i + 2]
             rest = np.delete(np.arange(10), [2 * i, 2 * i + 1])
             own.append(att.engine.pair_probs(q, prof.support_part[rest]).mean())
-    assert abs(att.profile_threshold("gen-a") - np.quantile(own, 0.25)) < 1e-6
-    assert att.profile_threshold("single") == 0.5  # one support image: the default
+    assert np.allclose(att.leave_one_out_scores(prof.support, 2), own, atol=1e-6)
+    # by hand: the 75% one-sided normal prediction bound on log(1 - s), n = 5
+    from scipy.stats import t
+    d = np.log(1 - np.asarray(own, np.float64))
+    raw = 1 - np.exp(d.mean() + t.ppf(0.75, 4) * d.std(ddof=1) * np.sqrt(1 + 1 / 5))
+    want = att.calibration(raw) if rule == "prototype" else raw
+    assert abs(att.profile_threshold("gen-a") - want) < 1e-6
+    assert att.profile_threshold("single") == 0.5  # fewer than 3 support images: the default
+    att.enroll("pair-of-two", b[5:7])
+    assert att.profile_threshold("pair-of-two") == 0.5
     res = att.attribute(a[5:] + b[6:], threshold="profile")
     for r in res:
         assert r.ok
@@ -117,3 +125,36 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
         att.attribute(a[5:], threshold="auto")
     with pytest.raises(ValueError):
         Attributor(model=calibrated, profile_quantile=1.5)
+
+
+def test_student_t_quantile_matches_scipy():
+    from scipy.stats import t
+    from ofa_sdk.scoring import student_t_quantile
+    for p in (0.05, 0.5, 0.75, 0.95, 0.99, 0.999):
+        for dof in (1, 2, 3, 4, 9, 49, 500):
+            assert abs(student_t_quantile(p, dof) - t.ppf(p, dof)) < 1e-5 * max(1, abs(t.ppf(p, dof)))
+    with pytest.raises(ValueError):
+        student_t_quantile(1.0, 3)
+    with pytest.raises(ValueError):
+        student_t_quantile(0.9, 0)
+
+
+@pytest.mark.parametrize("n", [3, 5, 20])
+def test_self_threshold_rejects_the_target_fraction_of_new_images(n):
+    """Coverage under its own model (log-normal distances to the prototype): over many support
+    draws, the share of new images below the threshold is the target. The empirical quantile
+    of the same scores misses it at small n, which is why it was replaced."""
+    from ofa_sdk.scoring import self_threshold
+    rng = np.random.default_rng(n)
+    trials, fraction = 4000, 0.05
+    own = 1 - np.exp(rng.normal(-4.0, 0.7, size=(trials, n)))
+    new = 1 - np.exp(rng.normal(-4.0, 0.7, size=trials))
+    bound = np.array([self_threshold(o, fraction) for o in own])
+    assert abs((new < bound).mean() - fraction) < 0.012
+    quantile = np.quantile(own, fraction, axis=1)
+    if n <= 5:
+        assert (new < quantile).mean() > 2 * fraction
+    with pytest.raises(ValueError):
+        self_threshold(own[0, :2], fraction)
+    with pytest.raises(ValueError):
+        self_threshold(own[0], 1.0)
