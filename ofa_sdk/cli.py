@@ -33,6 +33,7 @@ DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
 SCAN_FIELDS = ["source", "label", "model", "score", "error", "note", "scores"]
 
 
+RECOMMENDED_SUPPORT = 20  # support images per profile for a tight per-profile threshold (RESULTS §5.2)
 THRESHOLD_HELP = "a score in [0, 1], or 'profile' for per-profile thresholds (the default)"
 
 
@@ -157,13 +158,20 @@ def cmd_enroll(a, att) -> int:
         return 2
     prof = att.enroll(a.name, paths, overwrite=a.overwrite)
     m = prof.metadata
+    thr = att.profile_threshold(prof.name)
     res = {"name": prof.name, "support": prof.n_support, "images": m["images"],
-           "skipped": m["skipped"], "model_id": prof.model_id, "skipped_examples": m["skipped_examples"]}
+           "skipped": m["skipped"], "model_id": prof.model_id, "threshold": thr,
+           "skipped_examples": m["skipped_examples"]}
     if a.json:
         print(json.dumps(res))
     else:
         print(f"enrolled {prof.name!r}: {m['used']} images ({prof.n_support} fingerprints), "
-              f"{m['skipped']} skipped, model {prof.model_id}")
+              f"{m['skipped']} skipped, model {prof.model_id}, threshold {thr:.3f}")
+        if m["used"] < RECOMMENDED_SUPPORT:
+            print(f"note: {m['used']} support images; its threshold is "
+                  + ("a fixed 0.5 below 3 images" if m["used"] < 3 else "loose")
+                  + f" (unknown generators are accepted more often); {RECOMMENDED_SUPPORT}+ recommended",
+                  file=sys.stderr)
         for s in m["skipped_examples"]:
             print(f"  skipped {s}", file=sys.stderr)
     return 1 if m["skipped"] else 0

@@ -30,8 +30,10 @@ def test_cli_end_to_end(tiny_model, folders):
     tmp, q = folders
     g = tmp / "gallery.db"
     out = run("enroll", "gen-a", str(tmp / "gen_a"), "--json", gallery=g, model=tiny_model)
-    assert json.loads(out.stdout)["support"] == 5
-    run("enroll", "gen-b", str(tmp / "gen_b"), gallery=g, model=tiny_model)
+    res = json.loads(out.stdout)
+    assert res["support"] == 5 and 0 <= res["threshold"] <= 1
+    out = run("enroll", "gen-b", str(tmp / "gen_b"), gallery=g, model=tiny_model)
+    assert "threshold" in out.stdout and "5 support images" in out.stderr  # below the recommended 20
     run("enroll", "gen-b", str(tmp / "gen_b"), gallery=g, model=tiny_model, expect=2)  # exists
     info = json.loads(run("info", "--json", gallery=g, model=tiny_model).stdout)
     assert [p["name"] for p in info["profiles"]] == ["gen-a", "gen-b"] and info["backend"] == "torch"
