@@ -1,6 +1,7 @@
 """Evaluate a model before shipping: (a) pairwise AUC on simulator architectures never sampled in
 training; (b) image-to-model 1-vs-1 AUC on the wild set; (c) the same after JPEG q90 -- each side
-by side with the non-learned baseline (cosine of residual log-spectra to the support mean).
+by side with two non-learned baselines (cosine of residual log-spectra to the support mean: the
+residual of the model's denoiser, and a fixed Laplacian high-pass residual).
 
     python benchmarks/eval_wild.py --wild benchmarks/data/wild --photos ../shared/data/real-photos \
         [--model FILE] [--crops 1 4] [--train-log runs/compact/stage2.jsonl] [--out benchmarks/results/wild.json]
@@ -108,12 +109,15 @@ def main(argv=None):
             res = evaluate(att, classes, a.support, a.queries, seed=0, jpeg_quality=q, aligned=True,
                            also=["pair"])
             report["runs"][key] = {"ours": res["ours"].to_dict(), "baseline": res["baseline"].to_dict(),
+                                   "baseline_highpass": res["baseline:highpass"].to_dict(),
                                    "skipped": res["skipped"], "score": att.score}
             if "ours:pair" in res:
                 report["runs"][key]["ours_pair"] = res["ours:pair"].to_dict()
                 print(format_table(res["ours:pair"], f"\n== ours, paper's pair score, {key}"))
             print(format_table(res["ours"], f"\n== ours, score {att.score}, {key}"))
-            print(format_table(res["baseline"], f"-- baseline (residual spectrum cosine), {key}"))
+            print(format_table(res["baseline"], f"-- baseline (denoiser-residual spectrum cosine), {key}"))
+            print(format_table(res["baseline:highpass"],
+                               f"-- baseline (fixed high-pass residual spectrum cosine), {key}"))
             print(f"[{time.time() - t0:.0f}s]", flush=True)
     if a.photos:
         att = Attributor(model=a.model)

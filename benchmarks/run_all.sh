@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure in benchmarks/RESULTS.md, in one go (CPU, about 25 minutes on 2 cores).
+# Every figure in benchmarks/RESULTS.md, in one go (CPU, about 45 minutes on 2 cores).
 # Needs: the shipped model (or MODEL=file), the real photos (PHOTOS=dir), a venv at .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,13 @@ mkdir -p benchmarks/results
 # score rules: chosen on the development set (unseen simulator architectures), then the wild set
 $PY benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 --photos "$PHOTOS" $MODEL_ARG \
     --out benchmarks/results/scoring_dev.json | tee benchmarks/results/scoring_dev.txt
+$PY benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 --jpeg 90 $MODEL_ARG \
+    --out benchmarks/results/scoring_dev_jpeg90.json | tee benchmarks/results/scoring_dev_jpeg90.txt
+# fusing the fingerprint with the fixed high-pass spectrum (a measurement, not shipped)
+$PY benchmarks/fusion.py --set benchmarks/data/dev-sim $MODEL_ARG --out benchmarks/results/fusion_dev.json \
+    | tee benchmarks/results/fusion_dev.txt
+$PY benchmarks/fusion.py --set benchmarks/data/wild --support 75 --queries 100 --crops 1 4 9 $MODEL_ARG \
+    --out benchmarks/results/fusion_wild.json | tee benchmarks/results/fusion_wild.txt
 $PY benchmarks/scoring.py --set benchmarks/data/wild --support 75 --queries 100 --crops 1 4 9 $MODEL_ARG \
     --out benchmarks/results/scoring_wild.json | tee benchmarks/results/scoring_wild.txt
 $PY benchmarks/eval_wild.py --photos "$PHOTOS" --crops 1 4 9 $MODEL_ARG | tee benchmarks/results/eval_wild.txt

@@ -12,12 +12,12 @@ Rules (score of a query q against a target's support S; q and each s have k crop
   (calibrated, the SDK's default; the calibration is monotone, so AUCs are the cosine's);
 * ``proto-cos-centred`` the same after subtracting a background mean fingerprint (simulator
   reconstructions of training photos; needs --photos);
-* ``baseline``    (not learned) cosine of the query's residual log-spectrum to the support mean.
+* ``baseline``    (no learned extractor) cosine of the query's denoiser-residual log-spectrum to the
+  support mean;
+* ``baseline-highpass`` (nothing learned) the same with a fixed Laplacian high-pass residual.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,10 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import embed_split, record, set_parser, write  # noqa: E402
 from benchmarks.eval_wild import load_classes  # noqa: E402
 from ofa_sdk import Attributor  # noqa: E402
-from ofa_sdk.evaluation.protocol import image_to_model, split_support_query  # noqa: E402
-from ofa_sdk.evaluation.runner import cosine_to_mean, embed_items  # noqa: E402
+from ofa_sdk.evaluation.protocol import image_to_model  # noqa: E402
+from ofa_sdk.evaluation.runner import cosine_to_mean  # noqa: E402
 from ofa_sdk.images import from_tensor  # noqa: E402
 from ofa_sdk.scoring import unit  # noqa: E402
 
@@ -82,25 +83,22 @@ def rules(att, emb, split, centre=None):
         q = unit(unit(np.stack([emb[c].z[i].mean(0) for i in split.query[c]])) - centre)
         return q @ s
 
-    def base(t, c):
-        s = np.stack([emb[t].spec[i] for i in split.support[t]])
-        return cosine_to_mean(s, np.stack([emb[c].spec[i] for i in split.query[c]]))
+    def base(t, c, kind="spec"):
+        s = np.stack([getattr(emb[t], kind)[i] for i in split.support[t]])
+        return cosine_to_mean(s, np.stack([getattr(emb[c], kind)[i] for i in split.query[c]]))
 
     return {"pair-prob": lambda t, c: sdk(t, c, "pair"), "pair-logit": pair_logit,
             "pair-zmean": zmean, "proto-cos": lambda t, c: sdk(t, c, "prototype"),
-            **({"proto-cos-centred": proto_c} if centre is not None else {}), "baseline": base}
+            **({"proto-cos-centred": proto_c} if centre is not None else {}), "baseline": base,
+            "baseline-highpass": lambda t, c: base(t, c, "highpass")}
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", required=True)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--crops", type=int, nargs="+", default=[1, 4, 9])
+    ap = set_parser(__doc__, crops=(1, 4, 9))
     ap.add_argument("--support", type=int, default=50)
     ap.add_argument("--queries", type=int, default=70)
     ap.add_argument("--jpeg", type=int, default=None)
     ap.add_argument("--photos", default=None, help="real photos: adds proto-cos-centred")
-    ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     classes = load_classes(Path(a.set))
@@ -108,18 +106,10 @@ def main(argv=None):
     for k in a.crops:
         att = Attributor(model=a.model, crops=k, batch_size=64)
         centre = background_mean(att, a.photos) if a.photos else None
-        emb = {c: embed_items(att, items, a.jpeg, True) for c, items in classes.items()}
-        split = split_support_query({c: len(e.z) for c, e in emb.items()}, a.support, a.queries,
-                                    seed=0, aligned=True)
-        row = {name: image_to_model(sorted(classes), split, fn).mean_1v1
-               for name, fn in rules(att, emb, split, centre).items()}
-        report["runs"][f"crops{k}"] = row
-        print(f"crops {k}: " + "  ".join(f"{n} {100 * v:.2f}" for n, v in row.items())
-              + f"  [{time.time() - t0:.0f}s]", flush=True)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1))
-
+        emb, split = embed_split(att, classes, a.jpeg, a.support, a.queries)
+        record(report, f"crops{k}", {name: image_to_model(sorted(classes), split, fn).mean_1v1
+                                     for name, fn in rules(att, emb, split, centre).items()}, t0)
+    write(report, a.out)
 
 if __name__ == "__main__":
     main()

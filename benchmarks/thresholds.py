@@ -13,8 +13,6 @@ images of every other class, all scored by ``Attributor.support_scores``.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import set_parser, write  # noqa: E402
 from benchmarks.eval_wild import load_classes  # noqa: E402
 from ofa_sdk import Attributor  # noqa: E402
 from ofa_sdk.evaluation.runner import embed_items  # noqa: E402
@@ -57,16 +56,12 @@ def run(att, emb, ns, draws, queries, fraction, seed=0):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", required=True)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--crops", type=int, nargs="+", default=[1, 4])
+    ap = set_parser(__doc__)
     ap.add_argument("--scores", nargs="+", default=["prototype", "pair"])
     ap.add_argument("--support", type=int, nargs="+", default=[3, 5, 10, 20, 50])
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--queries", type=int, default=60)
     ap.add_argument("--fraction", type=float, default=0.05)
-    ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(2)
     classes = load_classes(Path(a.set))
@@ -82,9 +77,7 @@ def main(argv=None):
                 print(f"{rule:9s} crops {k} n={n:3d}  " + "  ".join(
                     f"{m}: FRR {100 * v['frr']:5.1f} (sd {100 * v['frr_sd']:4.1f}) FAR {100 * v['far']:5.1f}"
                     for m, v in r.items()) + f"  [{time.time() - t0:.0f}s]", flush=True)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1))
+    write(report, a.out)
 
 
 if __name__ == "__main__":

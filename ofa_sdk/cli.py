@@ -291,14 +291,17 @@ def cmd_eval(a, att) -> int:
                "crops": att.crops, "score": att.score, "model_id": att.model_id}
         if "baseline" in res:
             out["baseline"] = res["baseline"].to_dict()
+            out["baseline_highpass"] = res["baseline:highpass"].to_dict()
         print(json.dumps(out))
     else:
         print(format_table(res["ours"], f"image-to-model AUC (%), score {att.score}, support "
                                         f"{a.support}, queries {a.queries}, seed {a.seed}"))
-        if "baseline" in res:
-            b = res["baseline"]
-            print(f"baseline (residual-spectrum cosine): mean 1v1 {100 * b.mean_1v1:.2f}, "
-                  f"1-vs-rest {100 * b.mean_1vrest:.2f}")
+        for key, what in (("baseline", "denoiser-residual spectrum cosine, no learned extractor"),
+                          ("baseline:highpass", "fixed high-pass residual spectrum cosine, nothing learned")):
+            if key in res:
+                b = res[key]
+                print(f"baseline ({what}): mean 1v1 "
+                      f"{100 * b.mean_1v1:.2f}, 1-vs-rest {100 * b.mean_1vrest:.2f}")
         print(f"images used: {res['counts']}; skipped (empty/corrupt/too small): {skipped or 0}")
     return 0
 

@@ -114,6 +114,7 @@ def test_eval_and_show_cli(tiny_model, tmp_path):
     assert set(r["ours"]["per_target"]) == {"gen_a", "gen_b", "gen_c"}
     assert r["counts"]["gen_c"] == 8 and len(r["skipped"]["gen_c"]) == 2
     assert 0 <= r["ours"]["mean_auc_1v1"] <= 1 and "baseline" in r
+    assert 0 <= r["baseline_highpass"]["mean_auc_1v1"] <= 1
     assert (tmp_path / "m.png").stat().st_size > 0
     out = subprocess.run(cmd + ["eval", str(root), "--support", "3", "--queries", "4", "--jpeg", "90"] + base,
                          capture_output=True, text=True)
@@ -157,3 +158,42 @@ def test_eval_cli_on_each_published_layout(tiny_model, tmp_path, capsys):
         assert set(r["ours"]["per_target"]) == expected
         for v in r["ours"]["per_target"].values():
             assert v["support"] == 2 and v["queries"] == 3 and 0 <= v["auc_1v1_mean"] <= 1
+
+
+def test_highpass_spectrum_by_hand():
+    from ofa_sdk.evaluation.runner import highpass_spectrum
+    rng = np.random.default_rng(3)
+    crops = rng.integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)
+    want = []
+    for c in crops.astype(np.float64):
+        per_channel = []
+        for ch in range(3):
+            x = c[..., ch]
+            r = np.zeros((7, 9))
+            for i in range(1, 8):
+                for j in range(1, 10):
+                    r[i - 1, j - 1] = 4 * x[i, j] - x[i - 1, j] - x[i + 1, j] - x[i, j - 1] - x[i, j + 1]
+            per_channel.append(np.log1p(np.abs(np.fft.fft2(r))))
+        want.append(per_channel)
+    assert np.allclose(highpass_spectrum(crops), np.mean(want, 0).ravel(), atol=1e-4)
+    flat = np.full((1, 9, 11, 3), 77, np.uint8)   # a constant image has no high-pass content
+    assert np.allclose(highpass_spectrum(flat), 0)
+
+
+def test_embed_items_keeps_highpass_spectra_aligned(tiny_model, tmp_path):
+    """A bad item in the middle drops out of every list at once."""
+    from ofa_sdk import Attributor
+    from ofa_sdk.evaluation.runner import embed_items, highpass_spectrum
+    from ofa_sdk.images import make_crops, to_rgb
+    good = make_images(tmp_path / "g", 3, 5, kind="noise")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    att = Attributor(model=tiny_model, crops=2)
+    items = [good[0], bad, good[1], good[2]]
+    for q in (None, 90):
+        e = embed_items(att, items, q, True, highpass=True)
+        assert len(e.z) == len(e.spec) == len(e.highpass) == 3 and len(e.skipped) == 1
+        assert "bad.png" in e.skipped[0]
+    e = embed_items(att, items, None, True, highpass=True)
+    for path, hp in zip(good, e.highpass):
+        assert np.allclose(hp, highpass_spectrum(make_crops(to_rgb(path), att.crop, 2)))

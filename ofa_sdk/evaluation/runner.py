@@ -3,13 +3,15 @@
 Ours: a query's score for target t is exactly what ``Attributor.verify`` returns with the
 Attributor's score rule (``att.score``: the calibrated prototype cosine, or the paper's mean
 pair-head probability over t's support set and over crops).
-Baseline (non-learned): cosine similarity between the query's residual log-spectrum and the mean
-residual log-spectrum of t's support set -- the same denoiser residual and crops as ours, with
-no learned extractor or head.
+Baselines, cosine similarity between the query's residual log-spectrum and the mean residual
+log-spectrum of t's support set, on the same crops as ours, with no learned extractor or head:
+* ``baseline``: the residual of the model's own (trained) denoiser;
+* ``baseline:highpass``: a fixed 3x3 Laplacian high-pass residual -- nothing learned at all
+  (:func:`highpass_spectrum`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -23,28 +25,55 @@ class Embedded:
     z: List[np.ndarray]          # per usable item: (k, d) crop fingerprints
     spec: List[np.ndarray]       # per usable item: flattened mean residual log-spectrum
     skipped: List[str]           # "source: reason" for unusable items
+    highpass: List[np.ndarray] = field(default_factory=list)  # per usable item, with highpass=True
+
+
+def highpass_spectrum(crops: np.ndarray) -> np.ndarray:
+    """(k, h, w, 3) uint8 crops -> flattened (3 * (h-2) * (w-2),) mean over the crops of
+    log(1 + |FFT2|) of a fixed Laplacian high-pass residual (kernel [[0,-1,0],[-1,4,-1],[0,-1,0]],
+    valid part, grey levels), per channel: the representation of the fully non-learned
+    baseline."""
+    x = np.asarray(crops, np.float64).transpose(0, 3, 1, 2)           # (k, 3, h, w)
+    r = (4 * x[..., 1:-1, 1:-1] - x[..., :-2, 1:-1] - x[..., 2:, 1:-1]
+         - x[..., 1:-1, :-2] - x[..., 1:-1, 2:])
+    return np.log1p(np.abs(np.fft.fft2(r))).mean(0).astype(np.float32).ravel()
 
 
 def embed_items(att, items: Sequence[Any], jpeg_quality: Optional[int] = None,
-                with_spectra: bool = True) -> Embedded:
+                with_spectra: bool = True, highpass: bool = False) -> Embedded:
     """Fingerprints (and mean residual spectra, from the same forward pass) of the usable
-    items; ``jpeg_quality`` re-compresses every image first."""
+    items; ``jpeg_quality`` re-compresses every image first; ``highpass`` adds
+    :func:`highpass_spectrum` of the same crops."""
+    hp: Dict[int, np.ndarray] = {}
+    counter = iter(range(1 << 62))
+
     def source(it):
-        if jpeg_quality is None:
+        i = next(counter)
+        if jpeg_quality is None and not highpass:
             return it
         try:
-            return imio.jpeg(imio.to_rgb(it), jpeg_quality)
+            a = imio.to_rgb(it)
+            if jpeg_quality is not None:
+                a = imio.jpeg(a, jpeg_quality)
         except Exception:
             return it  # unreadable: prepare() reports it with its reason
-    zs, specs, skipped = [], [], []
-    for src, z, err, _, spec in att.embed_stream(map(source, items), spectra=with_spectra):
+        if highpass:
+            p = imio.prepare(a, att.crop, att.crops, att.small)
+            if not isinstance(p, imio.Prepared):
+                return it
+            hp[i] = highpass_spectrum(p.crops)
+        return a
+    zs, specs, skipped, hps = [], [], [], []
+    for i, (src, z, err, _, spec) in enumerate(att.embed_stream(map(source, items), spectra=with_spectra)):
         if z is None:
             skipped.append(f"{src}: {err}")
             continue
         zs.append(z)
         if with_spectra:
             specs.append(spec.ravel())
-    return Embedded(zs, specs, skipped)
+        if highpass:
+            hps.append(hp.pop(i))
+    return Embedded(zs, specs, skipped, hps)
 
 
 def cosine_to_mean(support: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -57,9 +86,11 @@ def cosine_to_mean(support: np.ndarray, queries: np.ndarray) -> np.ndarray:
 def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries: int = 100,
              seed: int = 0, jpeg_quality: Optional[int] = None, baseline: bool = True,
              aligned: bool = False, also: Sequence[str] = ()) -> Dict:
-    """Returns {"ours": ImageToModelResult, "baseline": ..., "skipped": {...}, "counts": ...}.
+    """Returns {"ours": ImageToModelResult, "baseline": ..., "baseline:highpass": ...,
+    "skipped": {...}, "counts": ...}.
     ``also``: other score rules to report from the same embeddings, as out["ours:RULE"]."""
-    emb = {c: embed_items(att, items, jpeg_quality, baseline) for c, items in classes.items()}
+    emb = {c: embed_items(att, items, jpeg_quality, baseline, highpass=baseline)
+           for c, items in classes.items()}
     counts = {c: len(e.z) for c, e in emb.items()}
     empty = [c for c, n in counts.items() if n < 2]
     if empty:
@@ -75,9 +106,9 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
             cache[key] = att.support_scores([emb[c].z[i] for i in split.query[c]], sz, score=rule)
         return cache[key]
 
-    def base(t, c):
-        s = np.stack([emb[t].spec[i] for i in split.support[t]])
-        return cosine_to_mean(s, np.stack([emb[c].spec[i] for i in split.query[c]]))
+    def base(t, c, kind="spec"):
+        s = np.stack([getattr(emb[t], kind)[i] for i in split.support[t]])
+        return cosine_to_mean(s, np.stack([getattr(emb[c], kind)[i] for i in split.query[c]]))
 
     out = {"ours": image_to_model(names, split, ours),
            "skipped": {c: e.skipped for c, e in emb.items() if e.skipped},
@@ -87,4 +118,5 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
             out[f"ours:{rule}"] = image_to_model(names, split, lambda t, c, r=rule: ours(t, c, r))
     if baseline:
         out["baseline"] = image_to_model(names, split, base)
+        out["baseline:highpass"] = image_to_model(names, split, lambda t, c: base(t, c, "highpass"))
     return out

@@ -1,0 +1,41 @@
+"""Shared plumbing of the scoring benchmarks (scoring.py, thresholds.py, fusion.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ofa_sdk.evaluation.protocol import split_support_query
+from ofa_sdk.evaluation.runner import embed_items
+
+
+def set_parser(doc: str, crops=(1, 4)) -> argparse.ArgumentParser:
+    """--set (class-per-folder), --model, --crops, --out; the script adds its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", required=True)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--crops", type=int, nargs="+", default=list(crops))
+    ap.add_argument("--out", default=None)
+    return ap
+
+
+def embed_split(att, classes, jpeg, support, queries, spectra=True):
+    """Every class embedded once (fingerprints, spectra, high-pass spectra), and the fixed
+    support/query split with the same content indices in every class."""
+    emb = {c: embed_items(att, items, jpeg, spectra, highpass=True) for c, items in classes.items()}
+    split = split_support_query({c: len(e.z) for c, e in emb.items()}, support, queries,
+                                seed=0, aligned=True)
+    return emb, split
+
+
+def record(report: dict, key: str, row: dict, t0: float) -> None:
+    report["runs"][key] = row
+    print(f"{key}: " + "  ".join(f"{n} {100 * v:.2f}" for n, v in row.items())
+          + f"  [{time.time() - t0:.0f}s]", flush=True)
+
+
+def write(report: dict, out) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=1))
