@@ -45,6 +45,10 @@ class SpectrumConfig:
     # The residual is expressed in grey levels (x255) before the FFT, so the log compresses a
     # useful dynamic range; with [0,1] units log1p would be almost linear.
     residual_scale: float = 255.0
+    # Where the residual comes from: "denoiser" (the paper: x minus its denoised version, here
+    # the DnCNN's predicted noise) or "highpass" (a fixed 3x3 Laplacian, nothing learned; an
+    # ablation, see benchmarks/RESULTS.md). Models trained with one must be run with it.
+    residual: str = "denoiser"
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,27 @@ def test_full_model_gradient_flow_and_normalisation():
     for name, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert m.denoiser.body[0].weight.grad.abs().sum() > 0
+
+
+def test_highpass_residual_option():
+    """spectrum.residual="highpass" (the fixed-Laplacian ablation) gives exactly the spectrum the
+    non-learned baseline uses; the default stays the denoiser; old configs load as denoiser."""
+    import dataclasses
+    import numpy as np
+    from ofa_sdk.config import OFAConfig
+    from ofa_sdk.evaluation.runner import highpass_spectrum
+    cfg = compact()
+    assert cfg.spectrum.residual == "denoiser"
+    hp = dataclasses.replace(cfg, spectrum=dataclasses.replace(cfg.spectrum, residual="highpass"))
+    assert OFAConfig.from_dict(hp.to_dict()).spectrum.residual == "highpass"
+    old = cfg.to_dict()
+    del old["spectrum"]["residual"]
+    assert OFAConfig.from_dict(old).spectrum.residual == "denoiser"
+    crops = np.random.default_rng(0).integers(0, 256, (2, 20, 18, 3), dtype=np.uint8)
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        spec = OFAModel(hp).eval().spectrum(x).numpy()
+    assert np.allclose(spec.mean(0).ravel(), highpass_spectrum(crops), atol=1e-4)
+    bad = dataclasses.replace(cfg, spectrum=dataclasses.replace(cfg.spectrum, residual="sobel"))
+    with pytest.raises(ValueError, match="residual"):
+        OFAModel(bad)

@@ -17,9 +17,14 @@ from .resnet import ResNet
 from .spectrum import log_spectrum
 
 
+RESIDUALS = ("denoiser", "highpass")
+
+
 class OFAModel(nn.Module):
     def __init__(self, cfg: OFAConfig):
         super().__init__()
+        if cfg.spectrum.residual not in RESIDUALS:
+            raise ValueError(f"spectrum.residual must be one of {RESIDUALS}, got {cfg.spectrum.residual!r}")
         self.cfg = cfg
         self.denoiser = DnCNN(cfg.denoiser)
         self.extractor = ResNet(cfg.extractor)
@@ -27,8 +32,15 @@ class OFAModel(nn.Module):
         self.real_head = RealHead(cfg.extractor.dim, cfg.heads.real_hidden)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0,1] -> noise residual in grey levels (x residual_scale)."""
-        return self.denoiser(x) * self.cfg.spectrum.residual_scale
+        """Images in [0,1] -> noise residual in grey levels (x residual_scale): the denoiser's,
+        or with ``spectrum.residual="highpass"`` a fixed 3x3 Laplacian (valid part)."""
+        kind = self.cfg.spectrum.residual
+        if kind == "denoiser":
+            return self.denoiser(x) * self.cfg.spectrum.residual_scale
+        if kind == "highpass":
+            k = x.new_tensor([[0., -1., 0.], [-1., 4., -1.], [0., -1., 0.]]).expand(x.shape[1], 1, 3, 3)
+            return F.conv2d(x, k, groups=x.shape[1]) * self.cfg.spectrum.residual_scale
+        raise ValueError(f"spectrum.residual must be one of {RESIDUALS}, got {kind!r}")
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
         return log_spectrum(self.residual(x))
