@@ -366,19 +366,15 @@ class Attributor:
         """``profile_threshold`` for a loaded profile, cached per (name, enrollment time)."""
         key = (prof.name, prof.created, self.score, self.profile_quantile)
         if key not in self._self_thresholds:
-            self._self_thresholds[key] = self._leave_one_out_threshold(prof)
+            self._self_thresholds[key] = self.support_threshold(
+                prof.support, int(prof.metadata.get("crops", 1)), support_part=prof.support_part)
         return self._self_thresholds[key]
-
-    def _leave_one_out_threshold(self, prof: Profile) -> float:
-        return self.support_threshold(prof.support, int(prof.metadata.get("crops", 1)),
-                                      support_part=prof.support_part)
 
     def support_threshold(self, support_z: np.ndarray, crops: int,
                           support_part: Optional[np.ndarray] = None) -> float:
         """What :meth:`profile_threshold` returns for a support set of (S * crops, d)
         fingerprints, on the score scale of ``self.score``."""
-        n = len(support_z) // crops if crops >= 1 else 0
-        if crops < 1 or len(support_z) % crops or n < MIN_PROFILE_IMAGES:
+        if crops < 1 or len(support_z) % crops or len(support_z) // crops < MIN_PROFILE_IMAGES:
             return FALLBACK_THRESHOLD
         own = self.leave_one_out_scores(support_z, crops, support_part=support_part)
         raw = scoring.self_threshold(own, self.profile_quantile)

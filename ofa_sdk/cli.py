@@ -168,8 +168,10 @@ def cmd_enroll(a, att) -> int:
         print(f"enrolled {prof.name!r}: {m['used']} images ({prof.n_support} fingerprints), "
               f"{m['skipped']} skipped, model {prof.model_id}, threshold {thr:.3f}")
         if m["used"] < RECOMMENDED_SUPPORT:
+            from .attributor import FALLBACK_THRESHOLD, MIN_PROFILE_IMAGES
             print(f"note: {m['used']} support images; its threshold is "
-                  + ("a fixed 0.5 below 3 images" if m["used"] < 3 else "loose")
+                  + (f"a fixed {FALLBACK_THRESHOLD} below {MIN_PROFILE_IMAGES} images"
+                     if m["used"] < MIN_PROFILE_IMAGES else "loose")
                   + f" (unknown generators are accepted more often); {RECOMMENDED_SUPPORT}+ recommended",
                   file=sys.stderr)
         for s in m["skipped_examples"]:

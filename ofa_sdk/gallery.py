@@ -8,7 +8,6 @@ fingerprints of different model versions live in different spaces.
 from __future__ import annotations
 
 import functools
-
 import json
 import sqlite3
 import threading

@@ -141,9 +141,11 @@ def self_threshold(own: Sequence[float], fraction: float) -> float:
     the one-sided (1 - fraction) prediction bound for one new image:
     mean + t_{1-fraction, n-1} * sd * sqrt(1 + 1/n), mapped back to the similarity scale.
     Unlike the empirical ``fraction`` quantile of n scores, it does not sit near the minimum
-    of a small support set: on the development set (benchmarks/thresholds.py) the share of a
-    generator's own images it rejects stays near ``fraction`` from n = 3 to 50, where the
-    empirical quantile rejected 19% at n = 5 and 11% at n = 10 for a 5% target."""
+    of a small support set: on the development set (benchmarks/thresholds.py), with the
+    prototype score, the share of a generator's own images it rejects stays near ``fraction``
+    from n = 3 to 50 (5.6-7.3% for a 5% target), where the empirical quantile rejected 19% at
+    n = 5 and 11% at n = 10. The pair score's probabilities fit this model less well (15-18%
+    at n = 3)."""
     s = np.asarray(own, np.float64)
     if s.ndim != 1 or len(s) < 3:
         raise ValueError(f"self_threshold needs at least 3 leave-one-out scores, got {s.shape}")

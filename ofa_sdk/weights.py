@@ -93,13 +93,18 @@ def load_default_model(device=None) -> ModelBundle:
 def save_model(path, model, simulator, meta: Dict, dtype="float16") -> str:
     """Write an inference model file (used by ``ofa-train export``). Returns its id."""
     import torch
-    from safetensors.torch import save_file
     dt = getattr(torch, dtype)
     tensors = {f"model.{k}": (v.to(dt) if v.is_floating_point() else v).contiguous()
                for k, v in model.state_dict().items()}
     if simulator is not None:
         tensors.update({f"simulator.{k}": (v.to(dt) if v.is_floating_point() else v).contiguous()
                         for k, v in simulator.state_dict().items()})
+    return _write(path, tensors, meta)
+
+
+def _write(path, tensors: Dict, meta: Dict) -> str:
+    """Atomically write a model file (tensors + JSON metadata). Returns its id."""
+    from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -111,12 +116,7 @@ def save_model(path, model, simulator, meta: Dict, dtype="float16") -> str:
 def update_meta(path, updates: Dict) -> str:
     """Merge ``updates`` into a model file's metadata, tensors untouched (used by
     ``ofa-train calibrate``). The file's bytes change, so its model id changes. Returns it."""
-    from safetensors.torch import load_file, save_file
-    path = Path(path)
+    from safetensors.torch import load_file
     meta = read_meta(path)
     meta.update(updates)
-    tensors = load_file(str(path))
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"ofa": json.dumps(meta, default=str)})
-    tmp.replace(path)
-    return file_id(path)
+    return _write(path, load_file(str(path)), meta)

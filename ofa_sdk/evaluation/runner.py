@@ -44,11 +44,9 @@ def embed_items(att, items: Sequence[Any], jpeg_quality: Optional[int] = None,
     """Fingerprints (and mean residual spectra, from the same forward pass) of the usable
     items; ``jpeg_quality`` re-compresses every image first; ``highpass`` adds
     :func:`highpass_spectrum` of the same crops."""
-    hp: Dict[int, np.ndarray] = {}
-    counter = iter(range(1 << 62))
+    hp: Dict[int, np.ndarray] = {}   # item index -> high-pass spectrum, filled as items decode
 
-    def source(it):
-        i = next(counter)
+    def source(i, it):
         if jpeg_quality is None and not highpass:
             return it
         try:
@@ -64,7 +62,8 @@ def embed_items(att, items: Sequence[Any], jpeg_quality: Optional[int] = None,
             hp[i] = highpass_spectrum(p.crops)
         return a
     zs, specs, skipped, hps = [], [], [], []
-    for i, (src, z, err, _, spec) in enumerate(att.embed_stream(map(source, items), spectra=with_spectra)):
+    sources = (source(i, it) for i, it in enumerate(items))
+    for i, (src, z, err, _, spec) in enumerate(att.embed_stream(sources, spectra=with_spectra)):
         if z is None:
             skipped.append(f"{src}: {err}")
             continue
