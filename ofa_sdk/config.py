@@ -114,6 +114,10 @@ class Stage2Config:
     quantize: bool = True       # reconstructions rounded to 8 bit, as generators save them
     jpeg_p: float = 0.0         # probability an image is JPEG-compressed (q in jpeg_q)
     jpeg_q: Tuple[int, int] = (70, 100)
+    # Probability that a whole class (one decoder draw's images, or the real batch) is
+    # JPEG-compressed at one shared quality drawn from jpeg_q, as a generator's images arrive
+    # after one platform's re-encoding; applied before the per-image jpeg_p.
+    jpeg_class_p: float = 0.0
 
 
 @dataclass(frozen=True)

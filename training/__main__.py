@@ -3,6 +3,7 @@
     ofa-train stage0|stage1|stage2|all --config compact --data DIR [--out runs/compact]
     ofa-train export [--out runs/compact] [--dest FILE]
     ofa-train calibrate --data DIR [--dest FILE]     (prototype-score calibration, after export)
+    ofa-train unpack --model FILE [--out DIR]        (stage 0/1 checkpoints from a model file)
 
 Runs resume from their checkpoints in --out unless --fresh is given. Overrides use dotted
 names: --set stage2.steps=2000 --set loss.tau=0.05.
@@ -32,7 +33,7 @@ def _parse_set(items):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="ofa-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["stage0", "stage1", "stage2", "all", "export", "calibrate"])
+    ap.add_argument("command", choices=["stage0", "stage1", "stage2", "all", "export", "calibrate", "unpack"])
     ap.add_argument("--config", default="compact", help="paper or compact")
     ap.add_argument("--data", help="folder tree of real photos")
     ap.add_argument("--out", default=None, help="run folder (default runs/CONFIG)")
@@ -46,6 +47,7 @@ def main(argv=None):
     ap.add_argument("--lpips-vgg", help="VGG16 weights for real LPIPS (stage1.perceptual=lpips)")
     ap.add_argument("--lpips-lin", help="LPIPS linear-layer weights")
     ap.add_argument("--dest", default=None, help="export/calibrate: model file (default: shipped)")
+    ap.add_argument("--model", default=None, help="unpack: model file (default: shipped)")
     a = ap.parse_args(argv)
 
     import torch
@@ -66,6 +68,12 @@ def main(argv=None):
         dest = Path(a.dest) if a.dest else DEFAULT_MODEL
         mid = export.run(out, dest)
         print(json.dumps({"model": str(dest), "model_id": mid, "bytes": dest.stat().st_size}))
+        return 0
+    if a.command == "unpack":
+        from . import export
+        from ofa_sdk.weights import DEFAULT_MODEL
+        export.unpack(Path(a.model) if a.model else DEFAULT_MODEL, out)
+        print(json.dumps({"out": str(out), "written": ["stage0.safetensors", "stage1.safetensors"]}))
         return 0
     if not a.data:
         ap.error(f"--data is required for {a.command}")

@@ -24,3 +24,21 @@ def run(out: Path, dest: Path, dtype: str = "float16") -> str:
                          for i, m in enumerate((m0, m1, m2))},
             "perceptual": m1.get("perceptual")}
     return save_model(dest, model, sim, meta, dtype)
+
+
+def unpack(model_path: Path, out: Path) -> None:
+    """The inverse for the frozen stages: write ``stage0`` (denoiser) and ``stage1`` (simulator)
+    checkpoints into ``out`` from a model file, so stage 2 can be retrained on them (e.g. from
+    the shipped model, whose run folder is not in the repository)."""
+    from ofa_sdk.weights import load_model
+
+    from .common import save_checkpoint
+    bundle = load_model(model_path)
+    training = bundle.meta.get("training", {})
+    for stage, name, module in ((0, "denoiser", bundle.model.denoiser),
+                                (1, "simulator", bundle.simulator())):
+        meta = {"stage": stage, "config": bundle.config.to_dict(), "unpacked_from": str(model_path),
+                **{k: v for k, v in training.get(f"stage{stage}", {}).items()}}
+        if stage == 1:
+            meta["perceptual"] = bundle.meta.get("perceptual")
+        save_checkpoint(out / f"stage{stage}.safetensors", {name: module}, meta)

@@ -40,6 +40,14 @@ def _jpeg(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor
     return out
 
 
+def _jpeg_class(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor:
+    """With probability p, JPEG-compress every image of one class at one shared quality."""
+    if p <= 0 or float(torch.rand(1, generator=g)) >= p:
+        return x
+    q = int(torch.randint(qrange[0], qrange[1] + 1, (1,), generator=g))
+    return _jpeg(x, g, 1.0, (q, q))
+
+
 def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator):
     """Images (B,3,c,c) in [0,1], labels (B,) and the architecture ids drawn, for one step."""
     sc = cfg.stage2
@@ -48,13 +56,15 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
     shared = data.batch(sc.n, sc.crop, g)              # single set content
     with torch.no_grad():
         for a in archs:
+            pair = []
             for content in (data.batch(sc.n, sc.crop, g), shared):
                 r = sim(content, a).clamp(0, 1)
                 if sc.quantize:
                     r = torch.round(r * 255) / 255
-                xs.append(r)
-                ys.append(torch.full((sc.n,), a.id, dtype=torch.long))
-    xs.append(data.batch(sc.n, sc.crop, g))            # real photos, their own class
+                pair.append(r)
+            xs.extend(torch.split(_jpeg_class(torch.cat(pair), g, sc.jpeg_class_p, sc.jpeg_q), sc.n))
+            ys.extend(torch.full((sc.n,), a.id, dtype=torch.long) for _ in pair)
+    xs.append(_jpeg_class(data.batch(sc.n, sc.crop, g), g, sc.jpeg_class_p, sc.jpeg_q))  # real photos
     ys.append(torch.full((sc.n,), REAL_LABEL, dtype=torch.long))
     x = _jpeg(torch.cat(xs), g, sc.jpeg_p, sc.jpeg_q)
     return x, torch.cat(ys), [a.id for a in archs]
