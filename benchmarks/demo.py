@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 ENROLLED = ["tconv4-ae-s0", "lanczos-x3"]
 NEVER_ENROLLED = "ps4-ae"
@@ -31,8 +30,8 @@ NEVER_ENROLLED = "ps4-ae"
 
 def build(photos: str, out: Path, n: int, steps: int):
     import torch
-    from benchmarks.wild import build_generators, content_crops, write_set
-    from training.common import PhotoSet
+    from wild import build_generators, content_crops, write_set
+    from ofa_sdk.training.common import PhotoSet
     torch.set_num_threads(2)
     held = PhotoSet(photos, split="holdout")
     train = PhotoSet(photos, split="train")
@@ -96,7 +95,7 @@ def main(argv=None):
     print(f"correct: {correct}/{len(rows)}")
 
     from ofa_sdk import Attributor
-    from training.common import PhotoSet
+    from ofa_sdk.training.common import PhotoSet
     att = Attributor(gallery=str(gallery), crops=a.crops)
     print("per-profile thresholds (the default, threshold='profile'): " +
           ", ".join(f"{n} {att.profile_threshold(n):.3f}" for n in ENROLLED))

@@ -19,13 +19,12 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.eval_wild import seen_architectures  # noqa: E402
-from benchmarks.wild import content_crops  # noqa: E402
-from ofa_sdk.images import from_tensor  # noqa: E402
-from ofa_sdk.weights import load_default_model, load_model  # noqa: E402
-from training.common import PhotoSet  # noqa: E402
+from eval_wild import seen_architectures
+from wild import content_crops
+from ofa_sdk.images import from_tensor
+from ofa_sdk.weights import load_default_model, load_model
+from ofa_sdk.training.common import PhotoSet
 
 
 def main(argv=None):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -18,13 +17,13 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ofa_sdk import Attributor  # noqa: E402
-from ofa_sdk.evaluation.metrics import roc_auc  # noqa: E402
-from ofa_sdk.evaluation.protocol import format_table  # noqa: E402
-from ofa_sdk.evaluation.runner import evaluate  # noqa: E402
-from ofa_sdk.images import IMAGE_SUFFIXES, from_tensor  # noqa: E402
+from ofa_sdk import Attributor
+from ofa_sdk.scoring import PairHeadWeights
+from ofa_sdk.evaluation.metrics import roc_auc
+from ofa_sdk.evaluation.protocol import format_table
+from ofa_sdk.evaluation.runner import evaluate
+from ofa_sdk.images import IMAGE_SUFFIXES, from_tensor
 
 
 def seen_architectures(log: Path) -> set:
@@ -38,7 +37,7 @@ def seen_architectures(log: Path) -> set:
 
 def unseen_arch_pairwise(att, photos: str, n_archs: int, per_arch: int, seen: set, seed: int) -> dict:
     """Pairwise AUC of the pair head on reconstructions by architectures absent from training."""
-    from training.common import PhotoSet
+    from ofa_sdk.training.common import PhotoSet
     sim = att.bundle.simulator()
     g = torch.Generator().manual_seed(seed)
     held = PhotoSet(photos, split="holdout")
@@ -56,8 +55,8 @@ def unseen_arch_pairwise(att, photos: str, n_archs: int, per_arch: int, seen: se
             labels += [k] * per_arch
     z = np.concatenate(zs)
     y = np.array(labels)
-    sp = att.engine.support_part(z)
-    p = att.engine.pair_probs(z, sp)
+    head = PairHeadWeights.from_module(att.bundle.model.pair_head)
+    p = head.probs(head.query_part(z), head.support_part(z))
     p = (p + p.T) / 2
     iu = np.triu_indices(len(z), 1)
     same = (y[:, None] == y[None, :])[iu]
@@ -110,11 +109,11 @@ def main(argv=None):
                            also=["pair"])
             report["runs"][key] = {"ours": res["ours"].to_dict(), "baseline": res["baseline"].to_dict(),
                                    "baseline_highpass": res["baseline:highpass"].to_dict(),
-                                   "skipped": res["skipped"], "score": att.score}
+                                   "skipped": res["skipped"], "score": att.rule.name}
             if "ours:pair" in res:
                 report["runs"][key]["ours_pair"] = res["ours:pair"].to_dict()
                 print(format_table(res["ours:pair"], f"\n== ours, paper's pair score, {key}"))
-            print(format_table(res["ours"], f"\n== ours, score {att.score}, {key}"))
+            print(format_table(res["ours"], f"\n== ours, score {att.rule.name}, {key}"))
             print(format_table(res["baseline"], f"-- baseline (denoiser-residual spectrum cosine), {key}"))
             print(format_table(res["baseline:highpass"],
                                f"-- baseline (fixed high-pass residual spectrum cosine), {key}"))

@@ -13,7 +13,6 @@ on the evaluated queries.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -21,13 +20,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import embed_split, record, set_parser, write  # noqa: E402
-from benchmarks.eval_wild import load_classes  # noqa: E402
-from ofa_sdk import Attributor  # noqa: E402
-from ofa_sdk.evaluation.protocol import image_to_model  # noqa: E402
-from ofa_sdk.scoring import leave_one_out_cosines, unit  # noqa: E402
+from common import embed_split, record, set_parser, write
+from eval_wild import load_classes
+from ofa_sdk import Attributor
+from ofa_sdk.evaluation.protocol import image_to_model
+from ofa_sdk.scoring import leave_one_out_cosines, unit
 
 
 def rules(emb, split):

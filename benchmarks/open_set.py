@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.eval_wild import load_classes  # noqa: E402
-from ofa_sdk import Attributor  # noqa: E402
-from ofa_sdk.evaluation.metrics import ccr_at_fpr, oscr, roc_auc  # noqa: E402
-from ofa_sdk.evaluation.protocol import split_support_query  # noqa: E402
-from training.common import PhotoSet  # noqa: E402
+from eval_wild import load_classes
+from ofa_sdk import Attributor
+from ofa_sdk.closed_set import fit_closed_set, open_set
+from ofa_sdk.evaluation.metrics import ccr_at_fpr, oscr, roc_auc
+from ofa_sdk.evaluation.protocol import split_support_query
+from ofa_sdk.training.common import PhotoSet
 
 
 def main(argv=None):
@@ -63,11 +62,11 @@ def main(argv=None):
         att = Attributor(model=base.bundle, crops=a.crops, batch_size=64)
         for c in known:
             att.enroll(c, [classes[c][i] for i in split.support[c]])
-        stats = att.fit_closed_set(real, seed=f)
+        stats = fit_closed_set(att, real, seed=f)
         kq = [(c, classes[c][i]) for c in known for i in split.query[c]]
         uq = [classes[c][i] for c in unknown for i in split.query[c]]
-        kr = att.open_set([p for _, p in kq])
-        ur = att.open_set(uq)
+        kr = open_set(att, [p for _, p in kq])
+        ur = open_set(att, uq)
         ks = np.array([r.known_prob for r in kr])
         kc = np.array([r.predicted == c for r, (c, _) in zip(kr, kq)])
         us = np.array([r.known_prob for r in ur])
@@ -77,14 +76,14 @@ def main(argv=None):
         ka = att.attribute([p for _, p in kq], threshold=0.0)
         ua = att.attribute(uq, threshold=0.0)
         thr = {c: att.profile_threshold(c) for c in known}
-        kcorr = np.array([r.model == c for r, (c, _) in zip(ka, kq)])
+        kcorr = np.array([r.profile == c for r, (c, _) in zip(ka, kq)])
         for name, f in (("gallery", lambda r: r.score),
-                        ("gallery-margin", lambda r: r.score - thr[r.model])):
+                        ("gallery-margin", lambda r: r.score - thr[r.profile])):
             ksc, usc = np.array([f(r) for r in ka]), np.array([f(r) for r in ua])
             fold[name] = {"closed_acc": float(kcorr.mean()), "auc": roc_auc(ksc, usc),
                           "oscr": oscr(ksc, kcorr, usc), "ccr_at_5fpr": ccr_at_fpr(ksc, kcorr, usc, 0.05)}
-        for name, cut in (("at_0.5", lambda r: 0.5), ("at_profile", lambda r: thr[r.model])):
-            fold[name] = {"known_correct": float(np.mean([r.model == c and r.score >= cut(r)
+        for name, cut in (("at_0.5", lambda r: 0.5), ("at_profile", lambda r: thr[r.profile])):
+            fold[name] = {"known_correct": float(np.mean([r.profile == c and r.score >= cut(r)
                                                           for r, (c, _) in zip(ka, kq)])),
                           "unknown_accepted": float(np.mean([r.score >= cut(r) for r in ua]))}
         fold["profile_thresholds"] = thr
@@ -94,7 +93,7 @@ def main(argv=None):
     for name in ("gallery", "gallery-margin", "at_0.5", "at_profile"):
         summary[name] = {k: float(np.mean([f[name][k] for f in folds])) for k in folds[0][name]}
     out = {"model": base.model_id, "folds": folds, "mean": summary, "support": a.support,
-           "queries": a.queries, "crops": a.crops, "score": base.score}
+           "queries": a.queries, "crops": a.crops, "rule": base.rule.name}
     print("mean:", json.dumps(summary))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ofa_sdk.config import OFAConfig  # noqa: E402
-from ofa_sdk.models import DnCNN, FingerprintSimulator  # noqa: E402
-from ofa_sdk.models.spectrum import log_spectrum  # noqa: E402
-from training.common import PhotoSet, load_checkpoint, read_metadata  # noqa: E402
+from ofa_sdk.config import OFAConfig
+from ofa_sdk.models import DnCNN, FingerprintSimulator
+from ofa_sdk.models.spectrum import log_spectrum
+from ofa_sdk.models.highpass import highpass
+from ofa_sdk.training.common import PhotoSet, load_checkpoint, read_metadata
 
 
 def nearest_centroid_acc(specs: torch.Tensor) -> float:
@@ -49,8 +48,7 @@ def main(argv=None):
     sim = FingerprintSimulator(cfg.simulator)
     load_checkpoint(Path(a.simulator), {"simulator": sim})
     sim.eval()
-    lap = torch.tensor([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=torch.float32).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-    residuals = {"image itself": lambda x: x * 255, "laplacian high-pass": lambda x: F.conv2d(x, lap, groups=3) * 255}
+    residuals = {"image itself": lambda x: x * 255, "laplacian high-pass": lambda x: highpass(x) * 255}
     for spec in a.denoiser:
         name, path = spec.split("=", 1)
         dcfg = OFAConfig.from_dict(read_metadata(Path(path))["config"])

@@ -18,7 +18,6 @@ Rules (score of a query q against a target's support S; q and each s have k crop
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -26,21 +25,20 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import embed_split, record, set_parser, write  # noqa: E402
-from benchmarks.eval_wild import load_classes  # noqa: E402
-from ofa_sdk import Attributor  # noqa: E402
-from ofa_sdk.evaluation.protocol import image_to_model  # noqa: E402
-from ofa_sdk.evaluation.runner import cosine_to_mean  # noqa: E402
-from ofa_sdk.images import from_tensor  # noqa: E402
-from ofa_sdk.scoring import unit  # noqa: E402
+from common import embed_split, record, set_parser, write
+from eval_wild import load_classes
+from ofa_sdk import Attributor
+from ofa_sdk.evaluation.protocol import image_to_model
+from ofa_sdk.evaluation.runner import cosine_to_mean
+from ofa_sdk.images import from_tensor
+from ofa_sdk.scoring import unit
 
 
 def background_mean(att, photos: str, n: int = 256, seed: int = 99) -> np.ndarray:
     """Mean fingerprint of simulator reconstructions of *training* photos by random architectures
     (one draw per 8 photos): a generator-agnostic centre for cosine scoring."""
-    from training.common import PhotoSet
+    from ofa_sdk.training.common import PhotoSet
     sim = att.bundle.simulator().eval()
     g = torch.Generator().manual_seed(seed)
     data = PhotoSet(photos, split="train")
@@ -52,7 +50,7 @@ def background_mean(att, photos: str, n: int = 256, seed: int = 99) -> np.ndarra
 
 
 def rules(att, emb, split, centre=None):
-    head = att.engine.model.pair_head
+    head = att.bundle.model.pair_head
 
     def logits(sz, qz):
         with torch.inference_mode():
@@ -65,7 +63,7 @@ def rules(att, emb, split, centre=None):
 
     def sdk(t, c, rule):  # exactly what Attributor.verify returns with that rule
         sz = np.concatenate([emb[t].z[i] for i in split.support[t]])
-        return att.support_scores([emb[c].z[i] for i in split.query[c]], sz, score=rule)
+        return att.support_scores([emb[c].z[i] for i in split.query[c]], sz, rule=rule)
 
     def pair_logit(t, c):
         sz = np.concatenate([emb[t].z[i] for i in split.support[t]])

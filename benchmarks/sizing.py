@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ofa_sdk.config import compact, paper  # noqa: E402
-from ofa_sdk.models import FingerprintSimulator, OFAModel  # noqa: E402
+from ofa_sdk.config import compact, paper
+from ofa_sdk.models import FingerprintSimulator, OFAModel
 
 
 def candidates():

@@ -13,7 +13,6 @@ images of every other class, all scored by ``Attributor.support_scores``.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -21,12 +20,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import set_parser, write  # noqa: E402
-from benchmarks.eval_wild import load_classes  # noqa: E402
-from ofa_sdk import Attributor  # noqa: E402
-from ofa_sdk.evaluation.runner import embed_items  # noqa: E402
+from common import set_parser, write
+from eval_wild import load_classes
+from ofa_sdk import Attributor
+from ofa_sdk.evaluation.runner import embed_items
 
 
 def run(att, emb, ns, draws, queries, fraction, seed=0):
@@ -44,8 +42,7 @@ def run(att, emb, ns, draws, queries, fraction, seed=0):
                 oth = np.concatenate([att.support_scores([emb[c][i] for i in rng.permutation(len(emb[c]))[:queries]], sup)
                                       for c in classes if c != t])
                 loo = att.leave_one_out_scores(sup, k)
-                if att.score == "prototype":
-                    loo = att.calibration(loo)
+                loo = att.rule.to_prob(loo)
                 for name, thr in (("quantile", float(np.quantile(loo, fraction))),
                                   ("bound", att.support_threshold(sup, k))):
                     rows[name].append(((own < thr).mean(), (oth >= thr).mean()))
@@ -70,7 +67,7 @@ def main(argv=None):
         base = Attributor(model=a.model, crops=k, batch_size=64)
         emb = {c: embed_items(base, items, None, False).z for c, items in classes.items()}
         for rule in a.scores:
-            att = Attributor(model=a.model, crops=k, batch_size=64, score=rule, profile_quantile=a.fraction)
+            att = Attributor(model=a.model, crops=k, batch_size=64, rule=rule, profile_quantile=a.fraction)
             res = run(att, emb, a.support, a.draws, a.queries, a.fraction)
             report["runs"][f"{rule}-crops{k}"] = res
             for n, r in res.items():

@@ -9,7 +9,10 @@ Classes (one folder each, identical file names across folders = identical conten
 * autoencoders trained briefly on the *training* photos (never the held-out ones):
   ``tconv4-ae-s0`` / ``tconv4-ae-s1`` (transposed-conv decoder, k4 s2; same architecture,
   different seeds), ``tconv3-ae`` (k3 s2 transposed convs: uneven overlap), ``ps4-ae`` (one
-  pixel-shuffle x4 step), ``unet-tconv`` (U-Net with skips, transposed convs, ReLU+BatchNorm).
+  pixel-shuffle x4 step), ``unet-tconv`` (U-Net with skips, transposed convs, ReLU+BatchNorm);
+* generators trained with the losses real ones use, not only a pixel loss: ``tconv4-ssim``
+  (L1 + multi-scale SSIM, a perceptual loss), ``unet-gan-s0`` / ``unet-gan-s1`` (L1 + a
+  patch-discriminator hinge loss, the adversarial setting; same architecture, two seeds).
 
 Content: held-out photos (the training split excludes them), up to two non-overlapping 256
 crops each. Deterministic given --seed.
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,8 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from training.common import PhotoSet  # noqa: E402
+from ofa_sdk.images import from_tensor, to_tensor
+from ofa_sdk.training.common import PhotoSet
 
 
 # -- classical upscalers -------------------------------------------------------------------------
@@ -96,28 +98,58 @@ class UNetTConv(nn.Module):
         return torch.sigmoid(self.out(torch.cat([u, x0], 1)))
 
 
+class PatchD(nn.Module):
+    """A small patch discriminator (the adversarial loss's critic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(_down(3, 32), _down(32, 64), nn.Conv2d(64, 1, 3, padding=1))
+
+    def forward(self, x):
+        return self.net(x * 2 - 1)
+
+
+# name -> (constructor, seed, loss): "l1", "ssim" (L1 + MS-SSIM) or "gan" (L1 + hinge GAN)
 LEARNED = {
-    "tconv4-ae-s0": (lambda: TConvAE(4), 0),
-    "tconv4-ae-s1": (lambda: TConvAE(4), 1),
-    "tconv3-ae": (lambda: TConvAE(3), 2),
-    "ps4-ae": (PS4AE, 3),
-    "unet-tconv": (UNetTConv, 4),
+    "tconv4-ae-s0": (lambda: TConvAE(4), 0, "l1"),
+    "tconv4-ae-s1": (lambda: TConvAE(4), 1, "l1"),
+    "tconv3-ae": (lambda: TConvAE(3), 2, "l1"),
+    "ps4-ae": (PS4AE, 3, "l1"),
+    "unet-tconv": (UNetTConv, 4, "l1"),
+    "tconv4-ssim": (lambda: TConvAE(4), 5, "ssim"),
+    "unet-gan-s0": (UNetTConv, 6, "gan"),
+    "unet-gan-s1": (UNetTConv, 7, "gan"),
 }
+GAN_WEIGHT = 0.05
+SSIM_WEIGHT = 0.5
 
 
-def train_brief(make, seed: int, photos: PhotoSet, steps: int, log=print) -> nn.Module:
+def train_brief(make, seed: int, photos: PhotoSet, steps: int, log=print, loss_kind: str = "l1") -> nn.Module:
+    from ofa_sdk.perceptual import SSIMLoss
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(1000 + seed)
     net = make()
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    ssim = SSIMLoss(scales=2) if loss_kind == "ssim" else None
+    disc = PatchD() if loss_kind == "gan" else None
+    opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999)) if disc else None
     t0 = time.time()
     for step in range(steps):
         x = photos.batch(8, 64, g)
-        loss = F.l1_loss(net(x), x)
+        y = net(x)
+        loss = F.l1_loss(y, x)
+        if ssim is not None:
+            loss = loss + SSIM_WEIGHT * ssim(y, x)
+        if disc is not None:
+            d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(y.detach())).mean()
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()
+            loss = loss - GAN_WEIGHT * disc(y).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    log(f"  trained {steps} steps in {time.time() - t0:.0f}s, final L1 {loss.item():.4f}")
+    log(f"  trained {steps} steps ({loss_kind}) in {time.time() - t0:.0f}s, final loss {loss.item():.4f}")
     return net.eval()
 
 
@@ -128,15 +160,13 @@ def build_generators(names, train: PhotoSet, steps: int, log=print):
         if name in CLASSICAL:
             gens[name] = CLASSICAL[name]
             continue
-        make, seed = LEARNED[name]
+        make, seed, kind = LEARNED[name]
         log(f"training {name}")
-        net = train_brief(make, seed, train, steps, log)
+        net = train_brief(make, seed, train, steps, log, kind)
 
         def run(arr, net=net):
             with torch.inference_mode():
-                x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
-                y = net(x)[0].permute(1, 2, 0).numpy()
-            return (y * 255).round().clip(0, 255).astype(np.uint8)
+                return from_tensor(net(to_tensor(arr[None])))[0]
         gens[name] = run
     return gens
 

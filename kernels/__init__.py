@@ -1,8 +1,16 @@
 """Fused kernels (Triton), installed as ``ofa_sdk.kernels``.
 
-Nothing is implemented here yet: the reference paths in ``ofa_sdk.models`` (MoKConv mixing,
-``log_spectrum``) are what the kernels will replace and be tested against. ``available()`` is
-the one guard that decides whether Triton is usable; it never touches a GPU at import time.
+* ``spectrum``: ``log1p(scale * |FFT2(r)|)`` as two DFT GEMMs (Hermitian half + mirror), with an
+  optional fused 3x3 Laplacian front end;
+* ``mokconv``: implicit-GEMM 3x3 convolution mixing the K base kernels in the weight load,
+  forward and backward (``torch.autograd.Function``);
+* ``gallery``: the pair-rule gallery score (mean sigmoid of the pair head over each profile's
+  supports) without materialising query x support x hidden;
+* ``dispatch``: the one switch deciding kernel or PyTorch reference per call (the model code in
+  ``ofa_sdk.models`` calls it). Each kernel file holds its PyTorch reference.
+
+Importing this package (or ``dispatch``) imports no Triton and touches no GPU; the kernel modules
+import Triton when first used. ``available()`` answers whether Triton is usable at all.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@
     ofa-sdk show NAME|DIR -o FILE.png  mean residual spectrum of a profile or a folder
     ofa-sdk fit-closed-set REAL_DIR    (T+1)-way head on enrolled models + reconstructed reals
     ofa-sdk open-set DIR               closed/open-set attribution with that head
+    ofa-sdk export --format onnx|engine  inference graphs (ONNX) or TensorRT engines
 
 Every command takes --gallery PATH (default: $OFA_SDK_GALLERY, else
 ~/.cache/ofa-sdk/gallery.db) and --model FILE. Tables on a terminal; JSON with --json.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -28,9 +30,15 @@ from typing import Dict, List
 
 import numpy as np
 
+from .backends import backend_names
+from .images import AUTO, MAX_AUTO_CROPS, SMALL_POLICIES
+from .scoring import RULES
+
 DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
                                       Path.home() / ".cache" / "ofa-sdk" / "gallery.db"))
-SCAN_FIELDS = ["source", "label", "model", "score", "error", "note", "scores"]
+from .decision import JSON_FIELDS, RESULT_FIELDS  # noqa: E402
+
+SCAN_FIELDS = list(RESULT_FIELDS)
 
 
 RECOMMENDED_SUPPORT = 20  # support images per profile for a tight per-profile threshold (RESULTS §5.2)
@@ -38,24 +46,38 @@ THRESHOLD_HELP = "a score in [0, 1], or 'profile' for per-profile thresholds (th
 
 
 def _threshold(v: str):
-    from .scoring import parse_threshold
+    from .decision import parse_threshold
     try:
         return parse_threshold(v)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _crops(v: str):
+    if v == AUTO:
+        return v
+    try:
+        k = int(v)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"--crops takes an integer >= 1 or {AUTO!r}, got {v!r}")
+    return k
+
+
 def _common(p: argparse.ArgumentParser):
     p.add_argument("--gallery", default=str(DEFAULT_GALLERY), help="gallery SQLite file")
     p.add_argument("--model", default=None, help="model file (default: the shipped model)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--backend", default="auto", choices=backend_names())
     p.add_argument("--strict", action="store_true", help="fail instead of falling back")
-    p.add_argument("--crops", type=int, default=1, help="crops per image (scores averaged)")
-    p.add_argument("--small", default="reject", choices=["reject", "pad", "upscale"],
+    p.add_argument("--crops", type=_crops, default=AUTO,
+                   help="crops per image (scores averaged), or 'auto' (the default): tiles "
+                        "covering the image, at most %d" % MAX_AUTO_CROPS)
+    p.add_argument("--small", default="reject", choices=SMALL_POLICIES,
                    help="policy for images smaller than the model's crop")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--score", default=None, choices=["prototype", "pair"],
-                   help="scoring rule (default: prototype for a calibrated model, else pair)")
+    p.add_argument("--rule", default=None, choices=RULES,
+                   help="score rule (default: prototype for a calibrated model, else pair)")
     p.add_argument("--json", action="store_true", help="JSON output")
 
 
@@ -82,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="results.jsonl or results.csv")
     p.add_argument("--threshold", type=_threshold, default=None, help=THRESHOLD_HELP)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--summary", action="store_true",
+                   help="count where declared provenance and the attributed profile agree")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: a Ray cluster (pip install 'ofa-sdk[ray]')")
+    p.add_argument("--address", default=None, help="Ray cluster address (--engine ray)")
+    p.add_argument("--concurrency", type=int, default=None, help="Ray actors (--engine ray)")
+    p.add_argument("--num-gpus", type=float, default=0, help="GPUs per Ray actor (--engine ray)")
     _common(p)
     p = sub.add_parser("info", help="model, backend and gallery")
     _common(p)
@@ -103,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("fit-closed-set", help="fit the (T+1)-way closed/open-set head")
     p.add_argument("real", nargs="+", help="real photos (folders, globs or files) for the rejection class")
-    p.add_argument("--models", nargs="+", default=None, help="known models (default: all enrolled)")
+    p.add_argument("--profiles", nargs="+", default=None, help="known profiles (default: all enrolled)")
     p.add_argument("--name", default="default")
     p.add_argument("--recon-per-image", type=int, default=2)
     p.add_argument("--epochs", type=int, default=300)
@@ -114,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="default")
     p.add_argument("--threshold", type=float, default=None, help="min known-class probability")
     _common(p)
+    p = sub.add_parser("export", help="write the model's inference graphs (onnx) or TensorRT engines")
+    p.add_argument("--format", choices=["onnx", "engine"], default="onnx")
+    p.add_argument("-o", "--output", default=None,
+                   help="folder (default: onnx beside the model file in engines/<model id>/, "
+                        "engine in the TensorRT cache)")
+    _common(p)
     p = sub.add_parser("remove", help="delete an enrolled profile")
     p.add_argument("name")
     _common(p)
@@ -123,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _attributor(a):
     from .attributor import Attributor
     return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
-                      batch_size=a.batch_size, crops=a.crops, small=a.small, score=a.score)
+                      batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule)
 
 
 def _fmt(v) -> str:
@@ -168,7 +203,7 @@ def cmd_enroll(a, att) -> int:
         print(f"enrolled {prof.name!r}: {m['used']} images ({prof.n_support} fingerprints), "
               f"{m['skipped']} skipped, model {prof.model_id}, threshold {thr:.3f}")
         if m["used"] < RECOMMENDED_SUPPORT:
-            from .attributor import FALLBACK_THRESHOLD, MIN_PROFILE_IMAGES
+            from .decision import FALLBACK_THRESHOLD, MIN_PROFILE_IMAGES
             print(f"note: {m['used']} support images; its threshold is "
                   + (f"a fixed {FALLBACK_THRESHOLD} below {MIN_PROFILE_IMAGES} images"
                      if m["used"] < MIN_PROFILE_IMAGES else "loose")
@@ -179,15 +214,27 @@ def cmd_enroll(a, att) -> int:
     return 1 if m["skipped"] else 0
 
 
+def _declared(r) -> str:
+    """A table cell for what a file declares about its origin ("" when nothing)."""
+    p = r.provenance or {}
+    bits = [p.get("generator") or "", p.get("source_type") or ""]
+    if p.get("c2pa"):
+        bits.append("C2PA " + {True: "valid", False: "INVALID", None: "unchecked"}[p["c2pa"].get("valid")])
+    return ", ".join(b for b in bits if b)
+
+
 def cmd_verify(a, att) -> int:
-    res = att.attribute(_paths(a.sources), threshold=0.0, models=[a.against])
+    # the per-item view of verify: each image's score for one profile, no decision applied
+    res = att.attribute(_paths(a.sources), profiles=[a.against])
     rows = [{"source": r.source, "score": r.scores.get(a.against) if r.ok else None,
-             "error": r.error, "note": r.note} for r in res]
+             "typicality": r.typicality, "error": r.error, "note": r.note,
+             "provenance": r.provenance} for r in res]
     if a.json:
         print(json.dumps(rows))
     else:
-        _table([{**r, "score": float("nan") if r["score"] is None else r["score"]} for r in rows],
-               ["source", "score", "error"])
+        _table([{**r, "score": float("nan") if r["score"] is None else r["score"],
+                 "declared": _declared(x)} for r, x in zip(rows, res)],
+               ["source", "score", "typicality", "declared", "error"])
     return 1 if any(r["error"] for r in rows) else 0
 
 
@@ -197,8 +244,9 @@ def cmd_attribute(a, att) -> int:
     if a.json:
         print(json.dumps(rows))
     else:
-        _table([{**r, "score": r["score"] if r["score"] is not None else float("nan")} for r in rows],
-               ["source", "label", "score", "error"])
+        _table([{**r, "score": r["score"] if r["score"] is not None else float("nan"),
+                 "declared": _declared(x)} for r, x in zip(rows, res)],
+               ["source", "label", "score", "typicality", "declared", "error"])
         thr = att.threshold if a.threshold is None else a.threshold
         if thr == "profile":
             thr = "per profile (" + ", ".join(f"{n} {att.profile_threshold(n):.3f}"
@@ -209,46 +257,145 @@ def cmd_attribute(a, att) -> int:
     return 1 if any(not r.ok for r in res) else 0
 
 
-def _done_sources(path: Path) -> set:
+def _read_output(path: Path, is_csv: bool):
+    """Read a scan's output file in one streaming pass: (sources of its complete rows, CSV
+    header or None, byte offset where its last complete row ends). A row is complete when its
+    line ends with a newline (for CSV: outside a quoted field, i.e. after an even number of
+    quote characters, as the csv module doubles quotes inside fields). Bytes after that offset
+    are a torn row, left by a write cut short (a full disk, a power loss)."""
+    done, header, good, buf, quotes = set(), None, 0, b"", 0
     if not path.exists():
-        return set()
-    done = set()
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                done.add(row["source"])
-    else:
-        with open(path) as f:
-            for line in f:
+        return done, header, good
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break                                   # torn: no newline at the end
+            if not is_csv:
+                good += len(line)
                 try:
-                    done.add(json.loads(line)["source"])
-                except (ValueError, KeyError):
-                    continue  # a torn last line from an interrupted run is redone
+                    row = json.loads(line)
+                    done.add(row["source"])
+                except (ValueError, KeyError, TypeError):
+                    continue                            # not a row of ours: ignored, kept
+                continue
+            buf += line
+            quotes += line.count(b'"')
+            if quotes % 2:
+                continue                                # a newline inside a quoted field
+            good += len(buf)
+            rec = next(csv.reader(io.StringIO(buf.decode("utf-8", "surrogateescape"))), [])
+            buf, quotes = b"", 0
+            if header is None:
+                header = rec
+            elif "source" in header and len(rec) == len(header):
+                done.add(rec[header.index("source")])
+    return done, header, good
+
+
+def _done_sources(path: Path, repair: bool = False) -> set:
+    """Sources already in a scan's output file (rows are skipped by a resumed scan). With
+    ``repair``, a torn last row (an incomplete line) is cut off first, so that appended rows
+    start on a line of their own; that row's source is scanned again."""
+    is_csv = path.suffix.lower() == ".csv"
+    done, _, good = _read_output(path, is_csv)
+    if repair and path.exists() and path.stat().st_size > good:
+        with open(path, "r+b") as f:
+            f.truncate(good)
     return done
 
 
+def _append(f, data: bytes) -> None:
+    """Append ``data`` with one write call (a raw, unbuffered file: a row is written whole or,
+    on a kill in the middle of a short write, cut off and repaired by the next run)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        view = view[n:]
+
+
+def _csv_line(values: List) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _scan_ray(a) -> int:
+    from .distributed import scan_dataset
+    s = scan_dataset(a.sources, a.output, model=a.model, gallery=a.gallery, threshold=a.threshold,
+                     crops=a.crops, small=a.small, backend=a.backend, address=a.address,
+                     batch_size=a.batch_size, concurrency=a.concurrency, num_gpus=a.num_gpus,
+                     rule=a.rule)
+    print(json.dumps(s) if a.json else f"wrote {s['written']} rows to {s['output']} "
+          f"({s['errors']} errors; {s['skipped_already_done']} already done)")
+    return 1 if s["errors"] else 0
+
+
 def cmd_scan(a, att) -> int:
+    """Stream attributions to a JSONL or CSV file. Resumable: rows already in the file are
+    skipped, a torn last row is cut off and redone; each row is one complete line written with
+    one unbuffered write, so an interrupted scan (Ctrl-C, SIGTERM, SIGKILL) loses no written row
+    and leaves no partial one. Ctrl-C or SIGTERM ends it cleanly with exit status 130."""
+    import signal
+    import threading
+    if a.engine == "ray":
+        return _scan_ray(a)
     out = Path(a.output)
-    done = _done_sources(out)
     is_csv = out.suffix.lower() == ".csv"
-    new_file = not out.exists() or out.stat().st_size == 0
+    done = _done_sources(out, repair=True)
+    header = _read_output(out, is_csv)[1] if is_csv else None
+    if is_csv and header is not None and "source" not in header:
+        raise ValueError(f"{out} is a CSV file without a 'source' column, not a scan's output; "
+                         f"write the scan to another file")
+    cols = header or SCAN_FIELDS      # resuming a file of another version: keep its columns
+    from .provenance import agreement
     n = bad = 0
-    with open(out, "a", newline="") as f:
-        writer = csv.DictWriter(f, SCAN_FIELDS) if is_csv else None
-        if writer and new_file:
-            writer.writeheader()
-        for r in att.scan(a.sources, a.threshold, progress=not a.no_progress, skip=done):
-            d = r.to_dict()
-            if writer:
-                writer.writerow({k: (json.dumps(d[k]) if k == "scores" else d[k]) for k in SCAN_FIELDS})
-            else:
-                f.write(json.dumps({k: d[k] for k in SCAN_FIELDS}) + "\n")
-            f.flush()
-            n += 1
-            bad += 0 if r.ok else 1
-    summary = {"output": str(out), "written": n, "errors": bad, "skipped_already_done": len(done)}
-    print(json.dumps(summary) if a.json else
-          f"wrote {n} rows to {out} ({bad} errors; {len(done)} rows already there were kept)")
+    declared = {"declared": 0, "agree": 0, "disagree": 0}
+    interrupted = False
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
+        old_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with open(out, "ab", buffering=0) as f:
+            try:
+                if is_csv and header is None:
+                    _append(f, _csv_line(SCAN_FIELDS))
+                for r in att.scan(a.sources, a.threshold, progress=not a.no_progress, skip=done):
+                    d = r.to_dict()
+                    if is_csv:
+                        line = _csv_line([json.dumps(d[k]) if k in JSON_FIELDS else d.get(k)
+                                          for k in cols])
+                    else:
+                        line = (json.dumps({k: d[k] for k in SCAN_FIELDS}) + "\n").encode()
+                    _append(f, line)
+                    n += 1
+                    bad += 0 if r.ok else 1
+                    verdict = agreement(r.provenance, r.profile)
+                    if verdict:
+                        declared[verdict] += 1
+                    declared["declared"] += bool(r.provenance.get("generator"))
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                os.fsync(f.fileno())
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    summary = {"output": str(out), "written": n, "errors": bad, "skipped_already_done": len(done),
+               "interrupted": interrupted}
+    if a.summary:
+        summary["provenance"] = declared
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {n} rows to {out} ({bad} errors; {len(done)} rows already there were kept)"
+              + ("; interrupted: rerun the same command to resume" if interrupted else ""))
+        if a.summary:
+            print(f"provenance: {declared['declared']} rows declare a generator; where a profile "
+                  f"was attributed too, {declared['agree']} agree and {declared['disagree']} disagree")
+    if interrupted:
+        return 130
     return 1 if bad else 0
 
 
@@ -259,7 +406,7 @@ def cmd_info(a, att) -> int:
         print(json.dumps(info, default=str))
     else:
         for k in ("model_id", "model_path", "config", "crop", "backend", "backend_note",
-                  "score", "threshold", "gallery"):
+                  "rule", "threshold", "gallery"):
             print(f"{k:12s} {info[k]}")
         _table([{"name": p["name"], "support": p["n_support"], "model_id": p["model_id"]}
                 for p in info["profiles"]], ["name", "support", "model_id"])
@@ -290,13 +437,13 @@ def cmd_eval(a, att) -> int:
     if a.json:
         out = {"ours": res["ours"].to_dict(), "counts": res["counts"], "skipped": res["skipped"],
                "support": a.support, "queries": a.queries, "seed": a.seed, "jpeg": a.jpeg,
-               "crops": att.crops, "score": att.score, "model_id": att.model_id}
+               "crops": att.crops, "rule": att.rule.name, "model_id": att.model_id}
         if "baseline" in res:
             out["baseline"] = res["baseline"].to_dict()
             out["baseline_highpass"] = res["baseline:highpass"].to_dict()
         print(json.dumps(out))
     else:
-        print(format_table(res["ours"], f"image-to-model AUC (%), score {att.score}, support "
+        print(format_table(res["ours"], f"image-to-model AUC (%), rule {att.rule.name}, support "
                                         f"{a.support}, queries {a.queries}, seed {a.seed}"))
         for key, what in (("baseline", "denoiser-residual spectrum cosine, no learned extractor"),
                           ("baseline:highpass", "fixed high-pass residual spectrum cosine, nothing learned")):
@@ -313,13 +460,13 @@ def cmd_show(a, att) -> int:
     target = Path(a.target)
     if target.is_dir():
         rows = list(att.embed_stream(_paths([target]), spectra=True))
-        good = [r[4] for r in rows if r[1] is not None]
+        good = [e.spectrum for e in rows if e.ok]
         n_bad = len(rows) - len(good)
         if not good:
             raise ValueError(f"no usable images in {target}")
         spec, title = np.mean(good, axis=0), f"{target.name}: {len(good)} images"
     else:
-        prof = att.gallery.get(a.target, model_id=att.model_id)
+        prof = att.gallery.get(a.target, model_id=att.bundle.ids)
         if prof.spectrum is None:
             raise ValueError(f"profile {a.target!r} has no stored spectrum; re-enroll it")
         spec, title, n_bad = prof.spectrum, f"{prof.name}: {prof.metadata.get('used')} images", 0
@@ -329,15 +476,17 @@ def cmd_show(a, att) -> int:
 
 
 def cmd_fit_closed_set(a, att) -> int:
-    stats = att.fit_closed_set(_paths(a.real), a.models, name=a.name,
-                               recon_per_image=a.recon_per_image, epochs=a.epochs, seed=a.seed)
+    from .closed_set import fit_closed_set
+    stats = fit_closed_set(att, _paths(a.real), a.profiles, name=a.name,
+                           recon_per_image=a.recon_per_image, epochs=a.epochs, seed=a.seed)
     print(json.dumps(stats) if a.json else
           f"fit closed-set head {a.name!r}: {stats['counts']}, train accuracy {stats['train_acc']:.3f}")
     return 0
 
 
 def cmd_open_set(a, att) -> int:
-    res = att.open_set(_paths(a.sources), a.name, a.threshold)
+    from .closed_set import open_set
+    res = open_set(att, _paths(a.sources), a.name, a.threshold)
     rows = [r.to_dict() for r in res]
     if a.json:
         print(json.dumps(rows))
@@ -347,15 +496,31 @@ def cmd_open_set(a, att) -> int:
     return 1 if any(not r.ok for r in res) else 0
 
 
+def cmd_export(a, att) -> int:
+    if a.format == "onnx":
+        from .backends.graphs import export_graphs
+        out = Path(a.output) if a.output else Path(att.bundle.path).parent / "engines" / att.model_id
+        paths = {k: str(v) for k, v in export_graphs(att.bundle, out).items()}
+    else:
+        from .backends.tensorrt import TensorRTEngine
+        eng = TensorRTEngine(att.bundle, cache_dir=a.output)
+        paths = {k: str(v) for k, v in getattr(eng, "paths", {}).items()}
+    res = {"format": a.format, "model_id": att.model_id, "files": paths}
+    print(json.dumps(res) if a.json else "\n".join(f"{k}: {v}" for k, v in paths.items()))
+    return 0
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     from .gallery import GalleryError
+    if a.cmd == "export":
+        a.backend = "torch"   # exporting needs the reference model, not a compiled engine
     try:
-        att = _attributor(a)
+        att = None if getattr(a, "engine", "local") == "ray" else _attributor(a)
         return {"enroll": cmd_enroll, "verify": cmd_verify, "attribute": cmd_attribute,
                 "scan": cmd_scan, "info": cmd_info, "remove": cmd_remove, "eval": cmd_eval,
                 "show": cmd_show, "fit-closed-set": cmd_fit_closed_set,
-                "open-set": cmd_open_set}[a.cmd](a, att)
+                "open-set": cmd_open_set, "export": cmd_export}[a.cmd](a, att)
     except (GalleryError, FileNotFoundError, ValueError, RuntimeError) as e:
         msg = str(e)
         print(json.dumps({"error": msg}) if getattr(a, "json", False) else f"error: {msg}",

@@ -6,15 +6,17 @@ is none of the known ones"). Open-set score: the maximum known-class probability
 
 Training is full-batch Adam on cached fingerprints with class-balanced cross-entropy: seconds on
 a CPU. The head is persisted in the gallery with the classes and the model id it was fit on.
+:func:`fit_closed_set` and :func:`open_set` run it with an Attributor's engine and gallery.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .images import from_tensor
+from . import images as imio
+from .images import from_tensor, to_tensor
 
 REJECT = "__reconstructed_real__"
 
@@ -96,10 +98,55 @@ def reconstruct_real(simulator, crops: np.ndarray, per_image: int, seed: int, gr
     8 bit. Returns (k*per_image, c, c, 3) uint8."""
     import torch
     g = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    x = to_tensor(crops)
     out = []
     with torch.inference_mode():
         for _ in range(per_image):
             for i in range(0, len(x), group):
                 out.append(from_tensor(simulator(x[i:i + group], simulator.sample(g))))
     return np.concatenate(out)
+
+
+def fit_closed_set(att, real_images, profiles: Optional[Sequence[str]] = None, *,
+                   name: str = "default", recon_per_image: int = 2, epochs: int = 300,
+                   seed: int = 0, hidden: int = 128) -> Dict:
+    """Fit a (T+1)-way head on the support fingerprints of T enrolled profiles (default: all)
+    plus a rejection class of simulator reconstructions of ``real_images``; store it in the
+    Attributor's gallery under ``name``. Returns training statistics."""
+    names = list(profiles) if profiles is not None else att.gallery.names()
+    if not names:
+        raise ValueError("fit_closed_set needs at least one enrolled profile")
+    known = {n: att.gallery.get(n, model_id=att.bundle.ids).support for n in names}
+    preps = [p for p in map(att.policy, imio.iter_items(real_images)) if isinstance(p, imio.Prepared)]
+    if not preps:
+        raise ValueError("fit_closed_set needs usable real photos for the rejection class")
+    recon = reconstruct_real(att.bundle.simulator(), np.concatenate([p.crops for p in preps]),
+                             recon_per_image, seed)
+    reject = np.concatenate([att.engine.embed(recon[i:i + att.batch_size])
+                             for i in range(0, len(recon), att.batch_size)])
+    head, classes, stats = fit_head(known, reject, epochs=epochs, hidden=hidden, seed=seed)
+    stats.update({"real_images": len(preps), "reconstructions": len(recon), "epochs": epochs,
+                  "seed": seed})
+    att.gallery.put_head(name, att.model_id, classes, att.dim, hidden, head_to_bytes(head), stats)
+    return stats
+
+
+def open_set(att, images, name: str = "default",
+             threshold: Optional[float] = None) -> List[OpenSetResult]:
+    """Closed/open-set attribution with the head ``name``: per image the predicted known
+    profile, the max known-class probability, and a label that is None (unknown) when the
+    rejection class wins or the probability is below ``threshold``."""
+    h = att.gallery.get_head(name, att.bundle.ids)
+    head, classes = head_from_bytes(h["weights"], h["dim"], len(h["classes"]), h["hidden"]), h["classes"]
+    known = classes[:-1]
+    out = []
+    for e in att.embed_stream(imio.iter_items(images)):
+        if not e.ok:
+            out.append(OpenSetResult(e.source, None, None, float("nan"), {}, e.error))
+            continue
+        p = predict(head, e.z).mean(0)
+        k = int(np.argmax(p[:-1]))
+        rejected = int(np.argmax(p)) == len(known) or (threshold is not None and p[k] < threshold)
+        out.append(OpenSetResult(e.source, None if rejected else known[k], known[k], float(p[k]),
+                                 {c: float(v) for c, v in zip(classes, p)}))
+    return out

@@ -4,6 +4,12 @@ A profile holds the support fingerprints z_s (S x d, float32), their precomputed
 support part W_s z_s + b (S x h, float32; see ``PairHead.support_part``), metadata, and the id
 of the model that made them. A profile made with another model is refused with a clear error:
 fingerprints of different model versions live in different spaces.
+
+Several threads and several processes may use one gallery file at once: WAL journal, a busy
+timeout instead of "database is locked", and every write one explicit ``BEGIN IMMEDIATE`` ...
+``COMMIT`` transaction, so a process killed in the middle of an enroll leaves the previous
+profile intact. The schema version lives in the ``meta`` table: a gallery written by a newer
+SDK is refused with a clear message, an older one is migrated (``MIGRATIONS``) when opened.
 """
 from __future__ import annotations
 
@@ -14,11 +20,47 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1   # the layout this SDK writes; galleries of a higher version are refused
+BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's write lock
+
+# Migrations of older galleries: MIGRATIONS[v] turns a schema-v gallery into schema v + 1. They
+# run in order, inside the one write transaction that opens the gallery (all or nothing), when
+# a gallery older than SCHEMA_VERSION is opened. Schema 1 is the first version with a meta
+# table, so the list is empty; the next layout change adds MIGRATIONS[1] and bumps
+# SCHEMA_VERSION. Columns added to schema 1 after its first release (the spectrum) are repaired
+# in place by ``_repair_v1``.
+MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+# Test hook: called inside every write transaction, after its statements and before COMMIT
+# (tests make it block so that a real process can be killed with the transaction open).
+_before_commit: Optional[Callable[[str], None]] = None
+
+_TABLES = """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+    CREATE TABLE IF NOT EXISTS profiles (
+        name TEXT PRIMARY KEY, model_id TEXT NOT NULL, created REAL NOT NULL,
+        dim INTEGER NOT NULL, hidden INTEGER NOT NULL, n_support INTEGER NOT NULL,
+        support BLOB NOT NULL, support_part BLOB NOT NULL, metadata TEXT NOT NULL,
+        spectrum BLOB, spectrum_shape TEXT);
+    CREATE TABLE IF NOT EXISTS heads (
+        name TEXT PRIMARY KEY, model_id TEXT NOT NULL, created REAL NOT NULL,
+        classes TEXT NOT NULL, dim INTEGER NOT NULL, hidden INTEGER NOT NULL,
+        weights BLOB NOT NULL, metadata TEXT NOT NULL);
+"""
+
+
+def _repair_v1(db: sqlite3.Connection) -> None:
+    """Galleries written by the first 0.1 snapshots carry schema 1 without the spectrum
+    columns; add them (NULL: no stored spectrum, which every reader accepts)."""
+    cols = {r[1] for r in db.execute("PRAGMA table_info(profiles)")}
+    for col, typ in (("spectrum", "BLOB"), ("spectrum_shape", "TEXT")):
+        if col not in cols:
+            db.execute(f"ALTER TABLE profiles ADD COLUMN {col} {typ}")
 
 
 class GalleryError(Exception):
@@ -63,6 +105,10 @@ def _unblob(b: bytes, cols: int) -> np.ndarray:
     return np.frombuffer(b, dtype=np.float32).reshape(-1, cols).copy()
 
 
+def _ids(model_id: Union[str, Sequence[str], None]) -> tuple:
+    return (model_id,) if isinstance(model_id, str) else tuple(model_id or ())
+
+
 class Gallery:
     """Thread-safe SQLite store. ``Gallery(None)`` is in memory; ``Gallery("g.db")`` persists."""
 
@@ -71,30 +117,129 @@ class Gallery:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(str(self.path) if self.path else ":memory:",
-                                       check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL" if self.path else "PRAGMA journal_mode=MEMORY")
-            self._db.executescript("""
-                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-                CREATE TABLE IF NOT EXISTS profiles (
-                    name TEXT PRIMARY KEY, model_id TEXT NOT NULL, created REAL NOT NULL,
-                    dim INTEGER NOT NULL, hidden INTEGER NOT NULL, n_support INTEGER NOT NULL,
-                    support BLOB NOT NULL, support_part BLOB NOT NULL, metadata TEXT NOT NULL,
-                    spectrum BLOB, spectrum_shape TEXT);
-                CREATE TABLE IF NOT EXISTS heads (
-                    name TEXT PRIMARY KEY, model_id TEXT NOT NULL, created REAL NOT NULL,
-                    classes TEXT NOT NULL, dim INTEGER NOT NULL, hidden INTEGER NOT NULL,
-                    weights BLOB NOT NULL, metadata TEXT NOT NULL);
-            """)
-            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        except sqlite3.DatabaseError as e:
-            raise GalleryError(f"gallery {str(self.path)!r} is not a usable SQLite file: {e}") from None
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise GalleryError(f"gallery {self.path} has schema {row[0]}, this SDK reads {SCHEMA_VERSION}")
         self._cache: Dict[str, Profile] = {}
+        where = str(self.path) if self.path else ":memory:"
+        try:
+            # isolation_level=None: no implicit transactions; every write below is an explicit
+            # BEGIN IMMEDIATE ... COMMIT (``_write``), so a killed process leaves either the old
+            # or the new row, never half of one. timeout= installs SQLite's busy handler: a
+            # statement that meets another process's write lock waits up to BUSY_TIMEOUT_S
+            # instead of failing with "database is locked".
+            self._db = sqlite3.connect(where, check_same_thread=False, isolation_level=None,
+                                       timeout=BUSY_TIMEOUT_S)
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            if self.path:
+                # WAL: readers never block the writer and the writer never blocks readers, so
+                # several processes can enroll and attribute at once.
+                self._pragma("PRAGMA journal_mode=WAL")
+                # synchronous=FULL, not NORMAL: in WAL mode NORMAL survives a killed process
+                # but may roll back the last commits on a power loss or OS crash; FULL syncs
+                # the WAL at every commit, so an enroll that returned is on disk. Writes are
+                # rare (one per enroll, which costs seconds of model time), so the fsync is
+                # free in practice.
+                self._db.execute("PRAGMA synchronous=FULL")
+            else:
+                self._db.execute("PRAGMA journal_mode=MEMORY")
+            self._open_schema()
+        except BaseException as e:
+            db = getattr(self, "_db", None)
+            if db is not None:
+                db.close()
+            if isinstance(e, sqlite3.DatabaseError):
+                raise GalleryError(f"gallery {where!r} is not a usable SQLite file: {e}") from None
+            raise
+
+    def _pragma(self, sql: str) -> None:
+        """A pragma that may meet a lock that the busy handler does not wait on (switching a
+        brand-new file to WAL while another process does the same): retried until the timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute(sql).fetchall()
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _schema(self) -> Optional[int]:
+        """The gallery's schema version; None for a new (empty) file."""
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return None
+            raise
+        if row is None:
+            return None
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise GalleryError(f"gallery {self._where} has an unreadable schema version "
+                               f"{row[0]!r}") from None
+
+    @property
+    def _where(self) -> str:
+        return str(self.path) if self.path else "memory"
+
+    def _check_future(self, version: Optional[int]) -> None:
+        if version is not None and version > SCHEMA_VERSION:
+            raise GalleryError(
+                f"gallery {self._where} was written by a newer ofa-sdk (schema {version}); "
+                f"this SDK reads up to {SCHEMA_VERSION}; upgrade ofa-sdk")
+
+    def _open_schema(self) -> None:
+        """Create a new gallery, refuse one from a newer SDK, migrate an older one. Reads first,
+        so opening an up-to-date gallery takes no write lock."""
+        version = self._schema()
+        self._check_future(version)
+        if version == SCHEMA_VERSION and self._complete():
+            return
+        with self._write("open"):
+            version = self._schema()        # another process may have created or migrated it
+            self._check_future(version)
+            for stmt in _TABLES.split(";"):
+                if stmt.strip():
+                    self._db.execute(stmt)
+            if version is None:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
+                                 (str(SCHEMA_VERSION),))
+                version = SCHEMA_VERSION
+            if version < 1:
+                raise GalleryError(f"gallery {self._where} has schema {version}, which no "
+                                   f"ofa-sdk wrote; it cannot be migrated")
+            _repair_v1(self._db)
+            while version < SCHEMA_VERSION:
+                if version not in MIGRATIONS:
+                    raise GalleryError(f"gallery {self._where} has schema {version} and this SDK "
+                                       f"has no migration from it (reads {SCHEMA_VERSION})")
+                MIGRATIONS[version](self._db)
+                version += 1
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version),))
+
+    def _complete(self) -> bool:
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"meta", "profiles", "heads"} <= tables:
+            return False
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(profiles)")}
+        return {"spectrum", "spectrum_shape"} <= cols
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE takes the write lock up front (waiting on the
+        busy handler if another process holds it, so no deadlock between two readers that both
+        want to write), COMMIT on success, ROLLBACK on any error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                if _before_commit is not None:
+                    _before_commit(what)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def __repr__(self):
         return f"Gallery({str(self.path) if self.path else 'memory'!s}, {len(self)} profiles)"
@@ -114,20 +259,24 @@ class Gallery:
     def put(self, profile: Profile, overwrite: bool = False) -> None:
         if not profile.name or not isinstance(profile.name, str):
             raise ValueError("a profile needs a non-empty name")
-        with self._lock:
-            if not overwrite and profile.name in self:
+        row = (profile.name, profile.model_id, profile.created or time.time(),
+               profile.support.shape[1], profile.support_part.shape[1], profile.n_support,
+               _blob(profile.support), _blob(profile.support_part),
+               json.dumps(profile.metadata, default=str),
+               None if profile.spectrum is None else _blob(profile.spectrum),
+               None if profile.spectrum is None else json.dumps(list(profile.spectrum.shape)))
+        with self._write("put") as db:
+            # checked inside the transaction: another process cannot slip a profile of the same
+            # name in between the check and the insert
+            if not overwrite and db.execute("SELECT 1 FROM profiles WHERE name=?",
+                                            (profile.name,)).fetchone() is not None:
                 raise GalleryError(f"profile {profile.name!r} exists; pass overwrite=True to replace it")
-            self._db.execute(
-                "INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (profile.name, profile.model_id, profile.created or time.time(),
-                 profile.support.shape[1], profile.support_part.shape[1], profile.n_support,
-                 _blob(profile.support), _blob(profile.support_part),
-                 json.dumps(profile.metadata, default=str),
-                 None if profile.spectrum is None else _blob(profile.spectrum),
-                 None if profile.spectrum is None else json.dumps(list(profile.spectrum.shape))))
+            db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
             self._cache.pop(profile.name, None)
 
-    def get(self, name: str, model_id: Optional[str] = None) -> Profile:
+    def get(self, name: str, model_id: Union[str, Sequence[str], None] = None) -> Profile:
+        """The profile ``name``; with ``model_id`` (one id or the ids a model answers to, see
+        ``ModelBundle.ids``), a profile made with another model raises :class:`ModelMismatch`."""
         with self._lock:
             row = self._db.execute(
                 "SELECT name, model_id, created, dim, hidden, support, support_part, metadata, "
@@ -142,16 +291,17 @@ class Gallery:
                 cached = Profile(row[0], row[1], _unblob(row[5], row[3]), _unblob(row[6], row[4]),
                                  json.loads(row[7]), row[2], spec)
                 self._cache[name] = cached
-        if model_id is not None and cached.model_id != model_id:
+        ids = _ids(model_id)
+        if ids and cached.model_id not in ids:
             raise ModelMismatch(
                 f"profile {name!r} was enrolled with model {cached.model_id}, but this Attributor "
-                f"uses model {model_id}; fingerprints of different models are not comparable -- "
+                f"uses model {ids[0]}; fingerprints of different models are not comparable -- "
                 f"re-enroll {name!r} with this model")
         return cached
 
     def remove(self, name: str) -> None:
-        with self._lock:
-            if self._db.execute("DELETE FROM profiles WHERE name=?", (name,)).rowcount == 0:
+        with self._write("remove") as db:
+            if db.execute("DELETE FROM profiles WHERE name=?", (name,)).rowcount == 0:
                 raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
             self._cache.pop(name, None)
 
@@ -165,21 +315,22 @@ class Gallery:
     # -- closed/open-set heads (see closed_set.py) --------------------------------------------------
     def put_head(self, name: str, model_id: str, classes: List[str], dim: int, hidden: int,
                  weights: bytes, metadata: Dict) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO heads VALUES (?,?,?,?,?,?,?,?)",
-                             (name, model_id, time.time(), json.dumps(classes), dim, hidden,
-                              weights, json.dumps(metadata, default=str)))
+        with self._write("put_head") as db:
+            db.execute("INSERT OR REPLACE INTO heads VALUES (?,?,?,?,?,?,?,?)",
+                       (name, model_id, time.time(), json.dumps(classes), dim, hidden,
+                        weights, json.dumps(metadata, default=str)))
 
-    def get_head(self, name: str, model_id: Optional[str] = None) -> Dict:
+    def get_head(self, name: str, model_id: Union[str, Sequence[str], None] = None) -> Dict:
         with self._lock:
             row = self._db.execute("SELECT name, model_id, created, classes, dim, hidden, weights, "
                                    "metadata FROM heads WHERE name=?", (name,)).fetchone()
         if row is None:
             raise ProfileNotFound(f"no closed-set head named {name!r} in {self!r}; fit one with "
                                   f"fit_closed_set / 'ofa-sdk fit-closed-set'")
-        if model_id is not None and row[1] != model_id:
+        ids = _ids(model_id)
+        if ids and row[1] not in ids:
             raise ModelMismatch(f"closed-set head {name!r} was fit on model {row[1]}, this "
-                                f"Attributor uses model {model_id}; fit it again")
+                                f"Attributor uses model {ids[0]}; fit it again")
         return {"name": row[0], "model_id": row[1], "created": row[2], "classes": json.loads(row[3]),
                 "dim": row[4], "hidden": row[5], "weights": row[6], "metadata": json.loads(row[7])}
 

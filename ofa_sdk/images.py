@@ -13,7 +13,17 @@ uint8 or uint16). Everything becomes HxWx3 uint8 RGB:
   the size), "pad" (reflect padding; the result says so) or "upscale" (explicit bicubic
   resampling; the result says so). Nothing is ever resampled silently.
 
-Decoding failures never raise out of a batch: :func:`load` returns an :class:`ImageError`
+* encoded bytes (``bytes``, ``bytearray``, ``memoryview``) are decoded like a file's contents;
+  a file is read once and its bytes serve both decoding and the provenance metadata reader
+  (:mod:`ofa_sdk.provenance`);
+* a decompression bomb is refused from the header's dimensions, before any pixel is decoded:
+  images above ``max_pixels`` (default :data:`MAX_PIXELS`, configurable per Attributor) are an
+  error, whatever Pillow's own limit is set to;
+* animated images (GIF, APNG, WebP) use their first frame, and the result's note says so;
+* a dangling or looping symbolic link, an unreadable file, an empty file, a non-image with an
+  image suffix: each is a per-item error naming the reason.
+
+Decoding failures never raise out of a batch: :func:`prepare` returns an :class:`ImageError`
 naming the input and the reason.
 """
 from __future__ import annotations
@@ -21,12 +31,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Union
+from typing import Any, Iterable, Iterator, List, Optional, Union
 
 import numpy as np
 
 SMALL_POLICIES = ("reject", "pad", "upscale")
-MAX_PIXELS = 200_000_000  # decompression-bomb guard: larger inputs are refused
+MAX_PIXELS = 100_000_000  # decompression-bomb guard: larger inputs are refused from their header
+ENCODED = (bytes, bytearray, memoryview)
 
 
 @dataclass
@@ -43,11 +54,23 @@ class Prepared:
     source: str
     crops: np.ndarray          # (k, crop, crop, 3) uint8
     note: str = ""             # e.g. "padded from 64x80"
+    provenance: Optional[dict] = None   # what the file declares about its origin (encoded inputs)
+
+
+@dataclass
+class Decoded:
+    """One decoded input: HxWx3 uint8 pixels, a note on any conversion, and the encoded bytes
+    it came from (None for arrays and PIL images)."""
+    rgb: np.ndarray
+    note: str = ""
+    data: Optional[bytes] = None
 
 
 def describe(item: Any) -> str:
     if isinstance(item, (str, Path)):
         return str(item)
+    if isinstance(item, ENCODED):
+        return f"<{len(item)} bytes>"
     if isinstance(item, np.ndarray):
         return f"<array {item.shape} {item.dtype}>"
     name = getattr(item, "filename", "") or ""
@@ -56,7 +79,7 @@ def describe(item: Any) -> str:
 
 def is_single(images: Any) -> bool:
     from PIL import Image
-    if isinstance(images, (str, Path, Image.Image)):
+    if isinstance(images, (str, Path, Image.Image, *ENCODED)):
         return True
     return isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object
 
@@ -107,27 +130,72 @@ def _array_to_rgb(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def to_rgb(item: Any) -> np.ndarray:
-    """Decode one input to HxWx3 uint8; raises with the reason on failure."""
-    from PIL import Image
-    if isinstance(item, np.ndarray):
-        return _array_to_rgb(item)
-    if isinstance(item, Image.Image):
-        return _pil_to_rgb(item)
-    if isinstance(item, (str, Path)):
-        p = Path(item)
+def read_file(p: Path) -> bytes:
+    """A file's bytes, with the reason in the error when it cannot be read."""
+    if p.is_symlink() and not p.exists():
+        raise FileNotFoundError("broken symbolic link (its target does not exist)")
+    try:
         if not p.exists():
             raise FileNotFoundError("file not found")
         if p.is_dir():
             raise IsADirectoryError("is a directory")
-        if p.stat().st_size == 0:
-            raise ValueError("empty file")
-        with Image.open(p) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise ValueError(f"{im.width}x{im.height} exceeds the {MAX_PIXELS} pixel limit")
+        data = p.read_bytes()
+    except PermissionError:
+        raise PermissionError("permission denied") from None
+    except OSError as e:
+        if e.errno == 40:  # ELOOP
+            raise OSError("symbolic link loop") from None
+        raise
+    if not data:
+        raise ValueError("empty file")
+    return data
+
+
+def _decode_bytes(data: bytes, max_pixels: int) -> Decoded:
+    import io
+    import warnings
+    from PIL import Image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:   # Pillow's own hard limit, above ours
+            raise ValueError(f"over the {max_pixels} pixel limit (decompression-bomb guard): "
+                             f"refused from its header") from None
+        except Image.UnidentifiedImageError:
+            raise ValueError("not an image Pillow can decode") from None
+        with im:
+            if im.width * im.height > max_pixels:
+                raise ValueError(f"{im.width}x{im.height} exceeds the {max_pixels} pixel limit "
+                                 f"(decompression-bomb guard; set max_pixels to change it)")
+            frames = getattr(im, "n_frames", 1)
+            note = f"animated ({frames} frames): first frame used" if frames > 1 else ""
+            im.seek(0)
             im.load()
-            return _pil_to_rgb(im)
+            return Decoded(_pil_to_rgb(im), note, bytes(data))
+
+
+def decode(item: Any, max_pixels: int = MAX_PIXELS) -> Decoded:
+    """Decode one input; raises with the reason on failure."""
+    from PIL import Image
+    if isinstance(item, np.ndarray):
+        return Decoded(_array_to_rgb(item))
+    if isinstance(item, Image.Image):
+        if item.width * item.height > max_pixels:
+            raise ValueError(f"{item.width}x{item.height} exceeds the {max_pixels} pixel limit")
+        return Decoded(_pil_to_rgb(item))
+    if isinstance(item, ENCODED):
+        if not len(item):
+            raise ValueError("empty bytes")
+        return _decode_bytes(bytes(item), max_pixels)
+    if isinstance(item, (str, Path)):
+        return _decode_bytes(read_file(Path(item)), max_pixels)
     raise TypeError(f"unsupported input type {type(item).__name__}")
+
+
+def to_rgb(item: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode one input to HxWx3 uint8; raises with the reason on failure."""
+    return decode(item, max_pixels).rgb
 
 
 def crop_offsets(size: int, crop: int, k: int) -> List[int]:
@@ -138,9 +206,24 @@ def crop_offsets(size: int, crop: int, k: int) -> List[int]:
     return sorted({int(round(span * i / (k - 1))) // 8 * 8 for i in range(k)})
 
 
-def make_crops(a: np.ndarray, crop: int, crops: int = 1) -> np.ndarray:
-    """(k, crop, crop, 3): the centre crop, or ``crops`` crops on a grid nearest the centre."""
+AUTO = "auto"
+MAX_AUTO_CROPS = 4   # the "auto" policy's cap on crops per image (its cost: benchmarks/RESULTS.md)
+
+
+def crop_count(h: int, w: int, crop: int, crops) -> int:
+    """How many crops ``crops`` asks of an h x w image: an int as given, or "auto": enough
+    crops to tile the image (ceil(h/crop) x ceil(w/crop)), at most :data:`MAX_AUTO_CROPS`."""
+    if crops == AUTO:
+        return max(1, min(MAX_AUTO_CROPS, math.ceil(h / crop) * math.ceil(w / crop)))
+    return int(crops)
+
+
+def make_crops(a: np.ndarray, crop: int, crops=1) -> np.ndarray:
+    """(k, crop, crop, 3): the centre crop, or ``crops`` crops on a grid nearest the centre
+    (``crops="auto"``: see :func:`crop_count`). An image too small for distinct grid positions
+    gives fewer crops than asked (each position once)."""
     h, w = a.shape[:2]
+    crops = crop_count(h, w, crop, crops)
     if crops == 1:
         t, l = crop_offsets(h, crop, 1)[0], crop_offsets(w, crop, 1)[0]
         return a[None, t:t + crop, l:l + crop]
@@ -151,33 +234,40 @@ def make_crops(a: np.ndarray, crop: int, crops: int = 1) -> np.ndarray:
     return np.stack([a[t:t + crop, l:l + crop] for t, l in cands[:crops]])
 
 
-def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject") -> Union[Prepared, ImageError]:
-    """Decode + crop one input; never raises for a bad input (returns an ImageError)."""
+def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
+            max_pixels: int = MAX_PIXELS, provenance: bool = False) -> Union[Prepared, ImageError]:
+    """Decode + crop one input; never raises for a bad input (returns an ImageError). With
+    ``provenance``, encoded inputs also get their declared origin read from the same bytes."""
     src = describe(item)
     try:
-        a = to_rgb(item)
+        d = decode(item, max_pixels)
     except Exception as e:  # the reason goes into the per-item error
         reason = str(e) or type(e).__name__
         return ImageError(src, f"unreadable: {reason}")
+    a, notes = d.rgb, [d.note] if d.note else []
     h, w = a.shape[:2]
-    note = ""
     if h < crop or w < crop:
         if small == "reject":
             return ImageError(src, f"image is {w}x{h}, smaller than the model's {crop}x{crop} "
                                    f"crop (policy small='reject'; use 'pad' or 'upscale')")
-        if small == "pad":
-            a = np.pad(a, ((0, max(0, crop - h)), (0, max(0, crop - w)), (0, 0)), mode="reflect")
-            note = f"reflect-padded from {w}x{h}"
+        if small == "pad":    # reflect; a 1-pixel side can only repeat its edge
+            mode = "reflect" if min(h, w) > 1 else "edge"
+            a = np.pad(a, ((0, max(0, crop - h)), (0, max(0, crop - w)), (0, 0)), mode=mode)
+            notes.append(f"reflect-padded from {w}x{h}")
         elif small == "upscale":
             from PIL import Image
             s = crop / min(h, w)
             im = Image.fromarray(a).resize((max(crop, round(w * s)), max(crop, round(h * s))),
                                            Image.BICUBIC)
             a = np.asarray(im)
-            note = f"upscaled from {w}x{h}"
+            notes.append(f"upscaled from {w}x{h}")
         else:
             raise ValueError(f"small must be one of {SMALL_POLICIES}, got {small!r}")
-    return Prepared(src, make_crops(a, crop, crops), note)
+    prov = None
+    if provenance and d.data is not None:
+        from .provenance import read_provenance
+        prov = read_provenance(d.data, src).to_dict()
+    return Prepared(src, make_crops(a, crop, crops), "; ".join(notes), prov)
 
 
 def jpeg(a: np.ndarray, quality: int) -> np.ndarray:
@@ -189,7 +279,21 @@ def jpeg(a: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+
+
+def is_image_file(p: Path) -> bool:
+    """An image by its suffix: a file, or a symbolic link (even a broken one, so that it
+    becomes an error result instead of vanishing from a scan)."""
+    return p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or p.is_file())
+
+
+def list_images(folder: Union[str, Path], recursive: bool = True) -> Iterator[Path]:
+    """The image files in a folder (by suffix), sorted, streamed: the one folder listing of
+    the SDK, its training and its benchmarks."""
+    folder = Path(folder)
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return (f for f in sorted(it) if is_image_file(f))
 
 
 def expand_paths(sources: Union[str, Path, Iterable[Union[str, Path]]],
@@ -202,10 +306,7 @@ def expand_paths(sources: Union[str, Path, Iterable[Union[str, Path]]],
     for s in sources:
         p = Path(s)
         if p.is_dir():
-            it = p.rglob("*") if recursive else p.iterdir()
-            for f in sorted(it):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    yield f
+            yield from list_images(p, recursive)
         elif any(ch in str(s) for ch in "*?["):
             for f in sorted(glob.glob(str(s), recursive=True)):
                 if Path(f).is_file():
@@ -214,7 +315,22 @@ def expand_paths(sources: Union[str, Path, Iterable[Union[str, Path]]],
             yield p
 
 
+# uint8 <-> float: the one home of the conversion between saved 8-bit images (NHWC uint8) and
+# the model's input (NCHW float in [0, 1]).
+def to_tensor(crops: np.ndarray):
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 torch tensor in [0, 1]."""
+    import torch
+    a = np.require(crops, requirements=["C_CONTIGUOUS", "WRITEABLE"])   # copies only when needed
+    return torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def from_tensor(x) -> np.ndarray:
     """(B, 3, H, W) float tensor in [0, 1] -> (B, H, W, 3) uint8, clamped and rounded as a saved
     8-bit image is (how simulator reconstructions become generator outputs)."""
     return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def quantize(x):
+    """Float images in [0, 1] rounded to the 8-bit grid, kept as float (``from_tensor`` without
+    the layout change)."""
+    return (x.clamp(0, 1) * 255).round() / 255

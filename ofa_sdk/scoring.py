@@ -1,30 +1,38 @@
-"""Gallery scoring: how a query's fingerprints are scored against an enrolled support set.
+"""Score rules: how a query's crop fingerprints are scored against enrolled support sets.
 
-Two rules, both returning a probability-like score in [0, 1] where higher means "made by this
-model":
+A rule is an object with one contract, so the facade, workers and kernels treat both alike:
 
-* ``"pair"`` -- the paper's score (Sec. 4.1): the mean over the support (and over crops) of the
-  pair head's probability g([z_s; z_q]).
-* ``"prototype"`` -- the cosine between the query's crop-averaged fingerprint and the support's
-  mean fingerprint (its prototype), mapped to a probability by a logistic calibration
-  ``sigmoid(a * cos + b)`` stored in the model file. The calibration is fitted by
-  ``ofa-train calibrate`` on simulator architectures reconstructing *training* photos, with
-  positives and negatives weighted equally, so 0.5 is the point where the two are equally
-  likely on that data. It is not calibrated on real generators: for a target false-positive
-  rate on your traffic, use ``Attributor.calibrate_threshold``.
+* ``prepare(supports, parts=None)`` -> a plain state (numpy arrays) computed once per gallery;
+* ``scores(state, queries)`` -> (B, P) scores of B query images (each (k, d) crop fingerprints)
+  against the P prepared profiles, in one call, on the probability scale;
+* ``leave_one_out(support, crops, part=None)`` -> (S,) raw scores of each support image
+  against the others (what per-profile thresholds are estimated from);
+* ``to_prob(raw)`` -> the probability scale.
 
-The rule is a seam: a compiled engine only has to produce fingerprints; both rules run on them.
-The prototype rule costs one dot product per (query, profile), whatever the support size.
+Two rules, both in [0, 1], higher meaning "made by this generator":
+
+* :class:`PrototypeRule` (``"prototype"``) -- the cosine between the query's crop-averaged
+  fingerprint and the support's mean fingerprint (its prototype), mapped to a probability by a
+  logistic calibration ``sigmoid(a * cos + b)`` stored in the model file (``ofa-train
+  calibrate``: simulator architectures reconstructing *training* photos, positives and
+  negatives weighted equally, so 0.5 is where the two are equally likely on that data; not
+  calibrated on real generators). One dot product per (query, profile).
+* :class:`PairRule` (``"pair"``) -- the paper's score (Sec. 4.1): the mean over the support and
+  over crops of the pair head's probability g([z_s; z_q]). The head runs here, from its weights
+  (:class:`PairHeadWeights`), not in the engine: an engine only produces fingerprints.
+
+Rules hold only numpy arrays and floats, so they pickle (workers, Ray actors). Which rule won
+on the development set, and by how much, is in benchmarks/RESULTS.md (section 3.1).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-SCORES = ("prototype", "pair")
+RULES = ("prototype", "pair")
 
 
 @dataclass(frozen=True)
@@ -43,17 +51,6 @@ class Calibration:
     def from_meta(cls, meta: Dict) -> Optional["Calibration"]:
         d = (meta or {}).get("calibration", {}).get("prototype")
         return cls(float(d["a"]), float(d["b"]), d.get("fitted_on", {})) if d else None
-
-
-def parse_threshold(t):
-    """A threshold is a number or "profile" (per-profile thresholds, see
-    ``Attributor.profile_threshold``). Strings of numbers are accepted (command line)."""
-    if isinstance(t, str) and t != "profile":
-        try:
-            return float(t)
-        except ValueError:
-            raise ValueError(f"threshold must be a number or 'profile', got {t!r}") from None
-    return t if t == "profile" else float(t)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -90,68 +87,292 @@ def fit_logistic(pos: Sequence[float], neg: Sequence[float], iters: int = 100,
     return float(theta[0]), float(theta[1])
 
 
-def leave_one_out_cosines(support: np.ndarray, crops: int) -> np.ndarray:
-    """(S*k, d) support crop fingerprints, k crops per image -> (S,) cosine of each support
-    image's crop-averaged fingerprint to the prototype of the *other* images."""
+def image_ids(n: int, crops) -> np.ndarray:
+    """The image each of ``n`` support rows belongs to: ``crops`` is the number of crops of
+    every image (an int) or each image's own count (a sequence, in order)."""
+    if isinstance(crops, (int, np.integer)):
+        counts = np.full(n // crops if crops >= 1 else 0, crops)
+    else:
+        counts = np.asarray(list(crops), int)
+    if counts.sum() != n or (counts < 1).any():
+        raise ValueError(f"support of {n} fingerprints is not a whole number of images of {crops} crops")
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def leave_one_out_cosines(support: np.ndarray, crops) -> np.ndarray:
+    """(sum k_i, d) support crop fingerprints, image by image (``crops``: k for every image, or
+    each image's k_i) -> (S,) cosine of each support image's crop-averaged fingerprint to the
+    prototype of the *other* images."""
     z = np.asarray(support, np.float64)
-    if crops < 1 or len(z) % crops:
-        raise ValueError(f"support of {len(z)} fingerprints is not a whole number of {crops}-crop images")
-    per_image = z.reshape(-1, crops, z.shape[-1]).sum(1)          # (S, d) crop sums
+    img = image_ids(len(z), crops)
+    per_image = np.zeros((img.max() + 1 if len(img) else 0, z.shape[-1]))
+    np.add.at(per_image, img, z)                                  # (S, d) crop sums
     if len(per_image) < 2:
         raise ValueError("leave-one-out needs at least 2 support images")
     rest = unit(per_image.sum(0, keepdims=True) - per_image)     # prototype without image i
     return np.einsum("sd,sd->s", unit(per_image), rest)
 
 
+def _t_cdf_nonneg(x: float, dof: int, log_c: float) -> float:
+    """Student's t CDF for x >= 0: Simpson's rule on the density after x = tan(theta), which
+    keeps the heavy tails of small ``dof`` on a finite interval."""
+    th = np.linspace(0.0, math.atan(x), 2049)
+    t = np.tan(th)
+    f = np.exp(log_c - (dof + 1) / 2 * np.log1p(t * t / dof)) / np.cos(th) ** 2
+    h = th[1] - th[0]
+    return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+
+def _t_log_c(dof: int) -> float:
+    return math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+
+
+def student_t_cdf(x: float, dof: int) -> float:
+    """CDF of Student's t distribution (numpy only; accurate to about 1e-6)."""
+    if dof < 1:
+        raise ValueError(f"student_t_cdf needs dof >= 1, got {dof!r}")
+    v = _t_cdf_nonneg(abs(float(x)), dof, _t_log_c(dof))
+    return v if x >= 0 else 1.0 - v
+
+
 def student_t_quantile(p: float, dof: int) -> float:
-    """Quantile of Student's t distribution (numpy only: bisection on the CDF, the CDF by
-    Simpson's rule on the density after the substitution x = tan(theta), which keeps the
-    heavy tails of small ``dof`` on a finite interval). Accurate to about 1e-6."""
+    """Quantile of Student's t distribution (numpy only: bisection on :func:`student_t_cdf`).
+    Accurate to about 1e-6."""
     if not 0 < p < 1 or dof < 1:
         raise ValueError(f"student_t_quantile needs 0 < p < 1 and dof >= 1, got {p!r}, {dof!r}")
     if p < 0.5:
         return -student_t_quantile(1 - p, dof)
-    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
-
-    def cdf(x: float) -> float:                       # x >= 0
-        th = np.linspace(0.0, math.atan(x), 2049)
-        t = np.tan(th)
-        f = np.exp(log_c - (dof + 1) / 2 * np.log1p(t * t / dof)) / np.cos(th) ** 2
-        h = th[1] - th[0]
-        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
-
+    log_c = _t_log_c(dof)
     lo, hi = 0.0, 1.0
-    while cdf(hi) < p:
+    while _t_cdf_nonneg(hi, dof, log_c) < p:
         lo, hi = hi, hi * 2
     for _ in range(60):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+        lo, hi = (mid, hi) if _t_cdf_nonneg(mid, dof, log_c) < p else (lo, mid)
     return (lo + hi) / 2
 
 
 MIN_DISTANCE = 1e-6
 
 
+@dataclass(frozen=True)
+class OwnScores:
+    """How a generator's own images score against its profile, from the leave-one-out scores
+    of its n >= 3 support images (raw scale, at most 1): the log-distance log(1 - s) is taken as
+    normal, and a new image's log-distance then follows a Student t with n - 1 degrees of
+    freedom, centred on their mean, scaled by sd * sqrt(1 + 1/n) (the prediction interval)."""
+    mean: float
+    sd: float
+    n: int
+
+    @classmethod
+    def from_scores(cls, own: Sequence[float]) -> "OwnScores":
+        s = np.asarray(own, np.float64)
+        if s.ndim != 1 or len(s) < 3:
+            raise ValueError(f"self_threshold needs at least 3 leave-one-out scores, got {s.shape}")
+        d = np.log(np.maximum(1.0 - s, MIN_DISTANCE))
+        return cls(float(d.mean()), float(d.std(ddof=1)), len(d))
+
+    @property
+    def _scale(self) -> float:
+        return self.sd * math.sqrt(1 + 1 / self.n)
+
+    def threshold(self, fraction: float) -> float:
+        """The raw score below which about ``fraction`` of the generator's new images fall."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        bound = self.mean + student_t_quantile(1 - fraction, self.n - 1) * self._scale
+        return float(1.0 - math.exp(bound))
+
+    def typicality(self, raw: float) -> float:
+        """The share of the generator's own new images expected to score *below* ``raw``: 0.5
+        for a typical image of it, ``fraction`` exactly at :meth:`threshold`, near 0 for an
+        image unlike any it makes. The per-profile threshold and this read on one scale."""
+        d = math.log(max(1.0 - float(raw), MIN_DISTANCE))
+        if self._scale <= 0:
+            return 1.0 if d <= self.mean else 0.0
+        return 1.0 - student_t_cdf((d - self.mean) / self._scale, self.n - 1)
+
+
 def self_threshold(own: Sequence[float], fraction: float) -> float:
     """A threshold below which about ``fraction`` of a generator's *new* images fall, from the
     leave-one-out similarities ``own`` of its n >= 3 support images (raw scale: cosine for the
-    prototype rule, mean pair probability for the pair rule; at most 1).
-
-    The log-distance log(1 - s) of each support image is taken as normal, and the threshold is
-    the one-sided (1 - fraction) prediction bound for one new image:
-    mean + t_{1-fraction, n-1} * sd * sqrt(1 + 1/n), mapped back to the similarity scale.
-    Unlike the empirical ``fraction`` quantile of n scores, it does not sit near the minimum
-    of a small support set: on the development set (benchmarks/thresholds.py), with the
-    prototype score, the share of a generator's own images it rejects stays near ``fraction``
-    from n = 3 to 50 (5.6-7.3% for a 5% target), where the empirical quantile rejected 19% at
-    n = 5 and 11% at n = 10. The pair score's probabilities fit this model less well (15-18%
-    at n = 3)."""
-    s = np.asarray(own, np.float64)
-    if s.ndim != 1 or len(s) < 3:
-        raise ValueError(f"self_threshold needs at least 3 leave-one-out scores, got {s.shape}")
+    prototype rule, mean pair probability for the pair rule): :meth:`OwnScores.threshold`, the
+    one-sided (1 - fraction) prediction bound mean + t_{1-fraction, n-1} * sd * sqrt(1 + 1/n)
+    on the log-distance, mapped back to the similarity scale. Unlike the empirical ``fraction``
+    quantile of n scores, it does not sit near the minimum of a small support set (measured in
+    benchmarks/RESULTS.md, section 5.2)."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
-    d = np.log(np.maximum(1.0 - s, MIN_DISTANCE))
-    n = len(d)
-    bound = d.mean() + student_t_quantile(1 - fraction, n - 1) * d.std(ddof=1) * math.sqrt(1 + 1 / n)
-    return float(1.0 - math.exp(bound))
+    return OwnScores.from_scores(own).threshold(fraction)
+
+
+# -- the rules -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PairHeadWeights:
+    """The pair head g as numpy arrays: first layer W [z_s; z_q] + b split into its support
+    half (``support_part``: W_s z_s + b, stored per profile at enroll time) and query half
+    (W_q z_q), then the rest of the MLP (ReLU between linear layers, sigmoid at the end)."""
+    w_support: np.ndarray                 # (h, d)
+    w_query: np.ndarray                   # (h, d)
+    bias: np.ndarray                      # (h,)
+    rest: Tuple[Tuple[np.ndarray, np.ndarray], ...]   # (W (out, in), b (out,)) per layer
+
+    @classmethod
+    def from_module(cls, head) -> "PairHeadWeights":
+        """From :class:`ofa_sdk.models.PairHead`."""
+        import torch.nn as nn
+        w = head.first.weight.detach().float().cpu().numpy()
+        layers = tuple((m.weight.detach().float().cpu().numpy(), m.bias.detach().float().cpu().numpy())
+                       for m in head.rest if isinstance(m, nn.Linear))
+        return cls(np.ascontiguousarray(w[:, :head.dim]), np.ascontiguousarray(w[:, head.dim:]),
+                   head.first.bias.detach().float().cpu().numpy(), layers)
+
+    def support_part(self, z: np.ndarray) -> np.ndarray:
+        """(S, d) -> (S, h) float32."""
+        return (np.asarray(z, np.float32) @ self.w_support.T + self.bias).astype(np.float32)
+
+    def query_part(self, z: np.ndarray) -> np.ndarray:
+        return (np.asarray(z, np.float32) @ self.w_query.T).astype(np.float32)
+
+    def probs(self, query_part: np.ndarray, support_part: np.ndarray) -> np.ndarray:
+        """(Q, h), (S, h) -> (Q, S) pair probabilities."""
+        h = np.maximum(query_part[:, None, :] + support_part[None, :, :], 0)
+        for i, (w, b) in enumerate(self.rest):
+            h = h @ w.T + b
+            if i < len(self.rest) - 1:
+                np.maximum(h, 0, out=h)
+        return (1.0 / (1.0 + np.exp(-h[..., 0]))).astype(np.float32)
+
+
+def _owners(queries: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Flattened (sum k, d) crop fingerprints of B query images and the image of each row."""
+    flat = np.concatenate([np.asarray(q, np.float32) for q in queries])
+    return flat, np.repeat(np.arange(len(queries)), [len(q) for q in queries])
+
+
+@dataclass(frozen=True)
+class PrototypeRule:
+    calibration: Calibration
+    name: str = "prototype"
+
+    def prepare(self, supports: Sequence[np.ndarray], parts=None) -> np.ndarray:
+        """(P, d) unit prototypes."""
+        return np.stack([prototype(s) for s in supports]) if len(supports) else np.zeros((0, 0))
+
+    def select(self, state: np.ndarray, idx: Sequence[int]) -> np.ndarray:
+        return state[list(idx)]
+
+    def raw_scores(self, state: np.ndarray, queries: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, P) cosines of the queries' crop-averaged fingerprints to the prototypes."""
+        if not len(queries) or not len(state):
+            return np.zeros((len(queries), len(state)))
+        return np.stack([prototype(q) for q in queries]) @ state.T
+
+    def scores(self, state: np.ndarray, queries: Sequence[np.ndarray]) -> np.ndarray:
+        return self.to_prob(self.raw_scores(state, queries))
+
+    def leave_one_out(self, support: np.ndarray, crops, part=None) -> np.ndarray:
+        return leave_one_out_cosines(support, crops)
+
+    def to_prob(self, raw):
+        return self.calibration(raw)
+
+    def from_prob(self, p: float) -> float:
+        """The raw cosine of a calibrated score (the inverse of :meth:`to_prob`)."""
+        p = min(max(float(p), 1e-15), 1 - 1e-15)
+        return (math.log(p / (1 - p)) - self.calibration.b) / self.calibration.a
+
+
+@dataclass(frozen=True)
+class PairState:
+    parts: Tuple[np.ndarray, ...]     # per profile, (S, h) support parts
+    prototypes: np.ndarray            # (P, d), for the prefilter
+
+    def __len__(self):
+        return len(self.parts)
+
+
+@dataclass(frozen=True)
+class PairRule:
+    head: PairHeadWeights
+    name: str = "pair"
+    chunk: int = 256            # query crops per block (bounds the (chunk, S, h) temporary)
+    # With prefilter=K > 0, each query image is pair-scored only against the K profiles whose
+    # prototypes are nearest its fingerprint (cosine); the others get 0.0 ("not scored"). An
+    # approximation for large galleries: its top-1 agreement with exhaustive scoring is
+    # measured by benchmarks/harness.py.
+    prefilter: int = 0
+
+    def prepare(self, supports: Sequence[np.ndarray], parts: Optional[Sequence[np.ndarray]] = None
+                ) -> PairState:
+        """Per profile, the (S, h) support part (the stored one when given), and prototypes."""
+        if parts is None:
+            parts = [self.head.support_part(s) for s in supports]
+        protos = np.stack([prototype(s) for s in supports]) if len(supports) else np.zeros((0, 0))
+        return PairState(tuple(np.asarray(p, np.float32) for p in parts), protos)
+
+    def select(self, state: PairState, idx: Sequence[int]) -> PairState:
+        return PairState(tuple(state.parts[i] for i in idx), state.prototypes[list(idx)])
+
+    def _per_crop(self, qpart: np.ndarray, part: np.ndarray) -> np.ndarray:
+        return np.concatenate([self.head.probs(qpart[i:i + self.chunk], part).mean(1)
+                               for i in range(0, len(qpart), self.chunk)])
+
+    def scores(self, state: PairState, queries: Sequence[np.ndarray]) -> np.ndarray:
+        """Per query image: the mean pair probability over its crops and each support set."""
+        P = len(state)
+        if not len(queries) or not P:
+            return np.zeros((len(queries), P))
+        if 0 < self.prefilter < P:
+            return self._prefiltered(state, queries)
+        flat, owner = _owners(queries)
+        qpart = self.head.query_part(flat)
+        per_crop = np.stack([self._per_crop(qpart, part) for part in state.parts], 1)   # (sum k, P)
+        counts = np.bincount(owner)
+        return np.stack([np.bincount(owner, per_crop[:, p]) / counts for p in range(P)], 1)
+
+    def _prefiltered(self, state: PairState, queries: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(queries), len(state)))
+        cos = np.stack([prototype(q) for q in queries]) @ state.prototypes.T
+        for b, q in enumerate(queries):
+            qpart = self.head.query_part(q)
+            for p in np.argpartition(-cos[b], self.prefilter)[:self.prefilter]:
+                out[b, p] = self._per_crop(qpart, state.parts[p]).mean()
+        return out
+
+    def leave_one_out(self, support: np.ndarray, crops, part=None) -> np.ndarray:
+        """(S,) each support image's mean pair probability against the other images' crops
+        (``crops`` as in :func:`image_ids`)."""
+        z = np.asarray(support, np.float32)
+        img = image_ids(len(z), crops)
+        if len(img) == 0 or img.max() < 1:
+            raise ValueError(f"leave-one-out needs at least 2 support images, got {len(z)} fingerprints")
+        part = self.head.support_part(z) if part is None else part
+        p = self.head.probs(self.head.query_part(z), part)                  # (sum k, sum k)
+        other = img[:, None] != img[None, :]
+        per_crop = (p * other).sum(1) / other.sum(1)
+        return np.bincount(img, per_crop) / np.bincount(img)
+
+    def to_prob(self, raw):
+        return np.asarray(raw, np.float64) if np.ndim(raw) else float(raw)
+
+    def from_prob(self, p: float) -> float:
+        return float(p)
+
+
+def make_rule(name: Optional[str], bundle):
+    """The rule ``name`` for a loaded model (``None``: prototype when the model is calibrated,
+    else pair)."""
+    cal = Calibration.from_meta(bundle.meta)
+    if name is None:
+        name = "prototype" if cal is not None else "pair"
+    if name not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {name!r}")
+    if name == "prototype":
+        if cal is None:
+            raise ValueError(f"rule='prototype' needs a calibrated model: {bundle.path} has no "
+                             "calibration (run 'ofa-train calibrate'), or use rule='pair'")
+        return PrototypeRule(cal)
+    return PairRule(PairHeadWeights.from_module(bundle.model.pair_head))

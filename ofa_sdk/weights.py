@@ -1,29 +1,57 @@
 """Model files: one safetensors file holding the inference model (denoiser, extractor, heads)
-and the frozen simulator, stored in fp16, with JSON metadata (configuration, training record).
+and the frozen simulator, stored in fp16, with JSON metadata (configuration, training record,
+calibration). No pickle anywhere: :func:`write_file` / :func:`read_meta` are the one home of the
+safetensors-plus-JSON format, for model files and training checkpoints alike.
 
 ``load_default_model()`` loads the model shipped inside the package; ``load_model(path)`` any
-file written by ``ofa-train export``. A model's id is a hash of its file: gallery profiles record
-it, so fingerprints from different model versions are never compared.
+file written by ``ofa-train export``.
+
+A model's id (:func:`inference_id`) is a hash of what decides its fingerprints: the inference
+tensors (``model.*``, as stored) and the configuration that shapes inference (everything but the
+training stages and losses). The calibration, the training record and the file's other bytes are
+left out, so ``ofa-train calibrate`` keeps the id and an ONNX export of the same weights carries
+the same id. Gallery profiles record it; fingerprints of different models are never compared.
+Profiles enrolled before this id existed recorded a hash of the file's bytes: that hash is the
+bundle's legacy id and is still accepted for the same file (:attr:`ModelBundle.ids`).
+
+Integrity: a folder of model files may carry ``MANIFEST.json`` (``{name: {"sha256", "bytes"}}``;
+the package ships one for ``weights/``). :func:`load_model` of a file listed in the manifest of
+its own folder checks its size and sha256 on the very bytes it then loads, and refuses a
+truncated or tampered file naming what mismatched; an unlisted file (a user's own model) loads
+as before, and a truncated or corrupt one raises a ``ValueError`` naming it. Files are never
+unpickled. :func:`write_manifest` (re)writes a manifest.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "compact.safetensors"
+META_KEY = "ofa"                     # the safetensors metadata key holding the JSON
+MANIFEST_NAME = "MANIFEST.json"      # {file name: {"sha256": hex, "bytes": size}} of a folder
+TRAINING_SECTIONS = ("stage0", "stage1", "stage2", "loss", "name")  # not part of the model id
 
 
 @dataclass
 class ModelBundle:
-    model: "object"            # OFAModel, eval mode, float32
+    """A loaded model: the torch module (float32, eval, frozen; engines never mutate it), its
+    configuration, id, file and metadata."""
+    model: "object"            # OFAModel
     config: "object"           # OFAConfig
     model_id: str
     path: Path
     meta: Dict = field(default_factory=dict)
+    legacy_id: str = ""        # hash of the file's bytes: the id profiles recorded before 0.2
     _simulator: Optional[object] = None
+
+    @property
+    def ids(self) -> Tuple[str, ...]:
+        """Every id a profile made with this model may carry."""
+        return (self.model_id, self.legacy_id) if self.legacy_id else (self.model_id,)
 
     def simulator(self):
         """The frozen fingerprint simulator stored with the model (loaded on first use)."""
@@ -41,6 +69,7 @@ class ModelBundle:
 
 
 def file_id(path: Path) -> str:
+    """Hash of a file's bytes (the legacy model id)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -48,18 +77,157 @@ def file_id(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_meta(path: Path) -> Dict:
+def inference_config(config: Dict) -> Dict:
+    """The part of a configuration dict that shapes inference (what the model id covers)."""
+    return {k: v for k, v in config.items() if k not in TRAINING_SECTIONS}
+
+
+def inference_id(tensors: Dict, config: Dict) -> str:
+    """The model id: sha256 over the ``model.*`` tensors (name, dtype, shape, bytes, in name
+    order) and :func:`inference_config` of ``config``, as JSON with sorted keys."""
+    import torch
+    h = hashlib.sha256()
+    h.update(json.dumps(inference_config(config), sort_keys=True).encode())
+    for name in sorted(k for k in tensors if k.startswith("model.")):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def read_meta(path) -> Dict:
+    """The JSON metadata of a model file or training checkpoint."""
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
         md = f.metadata() or {}
-    if "ofa" not in md:
-        raise ValueError(f"{path} is not an ofa-sdk model file (no 'ofa' metadata)")
-    return json.loads(md["ofa"])
+    if META_KEY not in md:
+        raise ValueError(f"{path} is not an ofa-sdk file (no {META_KEY!r} metadata)")
+    return json.loads(md[META_KEY])
+
+
+def write_file(path, tensors: Dict, meta: Dict) -> None:
+    """Atomically write tensors + JSON metadata (a temporary file renamed over ``path``)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, default=str)})
+    os.replace(tmp, path)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(folder) -> Dict[str, Dict]:
+    """The manifest of ``folder`` (``{}`` when it has none)."""
+    mf = Path(folder) / MANIFEST_NAME
+    if not mf.is_file():
+        return {}
+    try:
+        entries = json.loads(mf.read_text())
+        if not isinstance(entries, dict) or not all(
+                isinstance(v, dict) and {"sha256", "bytes"} <= set(v) for v in entries.values()):
+            raise ValueError("expected {name: {'sha256': ..., 'bytes': ...}}")
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"model manifest {mf} is unreadable ({e}); restore it, or rewrite it "
+                         f"with ofa_sdk.weights.write_manifest({str(mf.parent)!r})") from None
+    return entries
+
+
+def write_manifest(folder, patterns=("*.safetensors",)) -> Path:
+    """(Re)write ``folder/MANIFEST.json``: size and sha256 of every file of ``folder`` matching
+    ``patterns`` (globs relative to ``folder``; e.g. add ``"engines/*/*.onnx"``). Returns its path.
+
+    The package ships one for ``ofa_sdk/weights/``, and :func:`load_model` refuses a listed file
+    whose bytes do not match it. ``ofa-train export`` / ``ofa-train calibrate`` write model files
+    through :func:`save_model` / :func:`update_meta`, which refresh the entry of a file already
+    listed in its folder's manifest; any other way of putting a model file into the package
+    (a first export of a new file name, a copy) must be followed by
+    ``write_manifest("ofa_sdk/weights")``, or loading it fails (listed file) or is unchecked
+    (new file)."""
+    folder = Path(folder)
+    files = sorted({p for pat in patterns for p in folder.glob(pat)
+                    if p.is_file() and p.name != MANIFEST_NAME})
+    entries = {}
+    for p in files:
+        data = p.read_bytes()
+        entries[p.relative_to(folder).as_posix()] = {"sha256": _sha256(data), "bytes": len(data)}
+    return _write_manifest(folder, entries)
+
+
+def _write_manifest(folder: Path, entries: Dict) -> Path:
+    mf = folder / MANIFEST_NAME
+    tmp = mf.with_name(mf.name + ".tmp")
+    tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, mf)
+    return mf
+
+
+def _refresh_manifest_entry(path: Path) -> None:
+    """After this module rewrote ``path``: update its entry if its folder's manifest lists it."""
+    try:
+        entries = read_manifest(path.parent)
+    except ValueError:
+        return  # an unreadable manifest is reported when the file is loaded, not here
+    if path.name in entries:
+        data = path.read_bytes()
+        entries[path.name] = {"sha256": _sha256(data), "bytes": len(data)}
+        _write_manifest(path.parent, entries)
+
+
+def check_manifest(path, data: Optional[bytes] = None) -> bool:
+    """Check a model file (or its bytes ``data``) against the manifest of its own folder.
+    True: listed and matching; False: not listed; a mismatch raises ``ValueError``."""
+    path = Path(path)
+    entry = read_manifest(path.parent).get(path.name)
+    if entry is None:
+        return False
+    data = path.read_bytes() if data is None else data
+    fix = (f"the file was truncated, corrupted or replaced: reinstall ofa-sdk (or restore the "
+           f"file); if it was re-exported on purpose, run "
+           f"ofa_sdk.weights.write_manifest({str(path.parent)!r})")
+    if len(data) != int(entry["bytes"]):
+        raise ValueError(f"model file {path} failed its integrity check: size {len(data)} bytes, "
+                         f"{MANIFEST_NAME} lists {entry['bytes']}; {fix}")
+    digest = _sha256(data)
+    if digest != entry["sha256"]:
+        raise ValueError(f"model file {path} failed its integrity check: sha256 {digest}, "
+                         f"{MANIFEST_NAME} lists {entry['sha256']}; {fix}")
+    return True
+
+
+def _parse(path: Path, data: bytes):
+    """(metadata, tensors) of a safetensors file's bytes; ValueError naming the file when they
+    are not a complete ofa-sdk model file."""
+    from safetensors.torch import load as load_bytes
+    bad = f"model file {path} is truncated or corrupt (not a complete safetensors file)"
+    if len(data) < 8:
+        raise ValueError(f"{bad}: {len(data)} bytes")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"{bad}: its header claims {n} bytes, the file has {len(data)}")
+    try:
+        header = json.loads(data[8:8 + n])
+        md = (header.get("__metadata__") or {}) if isinstance(header, dict) else None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{bad}: unreadable header ({e})") from None
+    if md is None or META_KEY not in md:
+        raise ValueError(f"{path} is not an ofa-sdk file (no {META_KEY!r} metadata)")
+    try:
+        meta = json.loads(md[META_KEY])
+        config = meta["config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"model file {path} has unreadable ofa-sdk metadata ({e!r})") from None
+    try:
+        tensors = load_bytes(data)
+    except Exception as e:  # safetensors' own error type; never a raw one to the caller
+        raise ValueError(f"{bad}: {e}") from None
+    return meta, config, tensors
 
 
 def load_model(path, device=None) -> ModelBundle:
     import torch
-    from safetensors.torch import load_file
 
     from .config import OFAConfig
     from .models import OFAModel
@@ -67,18 +235,26 @@ def load_model(path, device=None) -> ModelBundle:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {str(path)!r} not found")
-    meta = read_meta(path)
-    cfg = OFAConfig.from_dict(meta["config"])
-    model = OFAModel(cfg)
-    sd = {k[len("model."):]: v.float() for k, v in load_file(str(path)).items()
-          if k.startswith("model.")}
-    model.load_state_dict(sd)
+    # one read: the bytes checked against the manifest are the bytes loaded
+    data = path.read_bytes()
+    check_manifest(path, data)
+    meta, config, tensors = _parse(path, data)
+    legacy = _sha256(data)[:16]            # == file_id(path)
+    del data
+    try:
+        cfg = OFAConfig.from_dict(config)
+        model = OFAModel(cfg)
+        model.load_state_dict({k[len("model."):]: v.float() for k, v in tensors.items()
+                               if k.startswith("model.")})
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"model file {path} does not hold a model of its own configuration: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     if device is not None:
         model.to(torch.device(device))
-    return ModelBundle(model, cfg, file_id(path), path, meta)
+    return ModelBundle(model, cfg, inference_id(tensors, config), path, meta, legacy)
 
 
 def load_default_model(device=None) -> ModelBundle:
@@ -91,7 +267,7 @@ def load_default_model(device=None) -> ModelBundle:
 
 
 def save_model(path, model, simulator, meta: Dict, dtype="float16") -> str:
-    """Write an inference model file (used by ``ofa-train export``). Returns its id."""
+    """Write an inference model file (used by ``ofa-train export``). Returns its model id."""
     import torch
     dt = getattr(torch, dtype)
     tensors = {f"model.{k}": (v.to(dt) if v.is_floating_point() else v).contiguous()
@@ -99,24 +275,18 @@ def save_model(path, model, simulator, meta: Dict, dtype="float16") -> str:
     if simulator is not None:
         tensors.update({f"simulator.{k}": (v.to(dt) if v.is_floating_point() else v).contiguous()
                         for k, v in simulator.state_dict().items()})
-    return _write(path, tensors, meta)
-
-
-def _write(path, tensors: Dict, meta: Dict) -> str:
-    """Atomically write a model file (tensors + JSON metadata). Returns its id."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"ofa": json.dumps(meta, default=str)})
-    tmp.replace(path)
-    return file_id(path)
+    write_file(path, tensors, meta)
+    _refresh_manifest_entry(Path(path))
+    return inference_id(tensors, meta["config"])
 
 
 def update_meta(path, updates: Dict) -> str:
     """Merge ``updates`` into a model file's metadata, tensors untouched (used by
-    ``ofa-train calibrate``). The file's bytes change, so its model id changes. Returns it."""
+    ``ofa-train calibrate``). The model id does not change; it is returned."""
     from safetensors.torch import load_file
     meta = read_meta(path)
     meta.update(updates)
-    return _write(path, load_file(str(path)), meta)
+    tensors = load_file(str(path))
+    write_file(path, tensors, meta)
+    _refresh_manifest_entry(Path(path))
+    return inference_id(tensors, meta["config"])

@@ -5,6 +5,25 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Kernel tests: without CUDA, Triton kernels run in its interpreter on CPU tensors; the variable
+# must be set before anything imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory):
+    """Exported engine graphs go to a folder of this test session, not the user's cache."""
+    old = os.environ.get("OFA_SDK_CACHE")
+    os.environ["OFA_SDK_CACHE"] = str(tmp_path_factory.mktemp("ofa-cache"))
+    yield
+    if old is None:
+        os.environ.pop("OFA_SDK_CACHE")
+    else:
+        os.environ["OFA_SDK_CACHE"] = old
+
 
 @pytest.fixture
 def gen():

@@ -7,13 +7,13 @@ import pytest
 from conftest import make_images
 from ofa_sdk import Attributor
 from ofa_sdk.attributor import InputError
-from ofa_sdk.backends import BackendUnavailable
+from ofa_sdk.backends import EngineUnavailable
 from ofa_sdk.gallery import Gallery, GalleryError, ModelMismatch, ProfileNotFound
 
 
 @pytest.fixture
 def att(tiny_model):
-    return Attributor(model=tiny_model, batch_size=5)
+    return Attributor(model=tiny_model, batch_size=5, crops=1)
 
 
 def test_fingerprint_shapes_types_and_inputs(att, tmp_path):
@@ -31,7 +31,7 @@ def test_fingerprint_shapes_types_and_inputs(att, tmp_path):
     np.testing.assert_allclose(z2, z1, atol=1e-6)
     np.testing.assert_allclose(z3, z1, atol=1e-6)
     # batching does not change results
-    np.testing.assert_allclose(Attributor(model=att.bundle, batch_size=1).fingerprint(paths), z, atol=1e-5)
+    np.testing.assert_allclose(Attributor(model=att.bundle, batch_size=1, crops=1).fingerprint(paths), z, atol=1e-5)
     assert att.fingerprint([]).shape == (0, 16)
     np.testing.assert_allclose(att.fingerprint(tmp_path / "a"), z, atol=1e-5)  # a folder = its images
 
@@ -78,11 +78,11 @@ def test_enroll_verify_attribute_round_trip(att, tmp_path):
         best = max(r.scores, key=r.scores.get)
         assert r.score == r.scores[best]
         assert att.threshold == "profile"  # the default: each profile's own threshold
-        assert r.model == (best if r.score >= att.profile_threshold(best) else None)
+        assert r.profile == (best if r.score >= att.profile_threshold(best) else None)
     fixed = att.attribute(a[4:] + b[4:], threshold=0.5)
-    assert all(r.model == (max(r.scores, key=r.scores.get) if r.score >= 0.5 else None) for r in fixed)
+    assert all(r.profile == (max(r.scores, key=r.scores.get) if r.score >= 0.5 else None) for r in fixed)
     none = att.attribute(a[4:], threshold=1.01)
-    assert all(r.model is None and r.label == "unknown" for r in none)
+    assert all(r.profile is None and r.label == "unknown" for r in none)
     with pytest.raises(GalleryError, match="exists"):
         att.enroll("gen-a", a[:2])
     att.enroll("gen-a", a[:2], overwrite=True)
@@ -107,23 +107,46 @@ def test_multi_crop_and_small_policy(tiny_model, tmp_path):
     assert r.ok and "padded" in r.note
 
 
+def test_auto_crops_cover_the_image_up_to_the_cap(tiny_model, tmp_path):
+    from ofa_sdk.images import MAX_AUTO_CROPS, crop_count, make_crops
+    assert crop_count(32, 32, 32, "auto") == 1 and crop_count(64, 32, 32, "auto") == 2
+    assert crop_count(256, 256, 32, "auto") == MAX_AUTO_CROPS and crop_count(40, 40, 32, 3) == 3
+    rng = np.random.default_rng(0)
+    sizes = [(32, 32), (32, 64), (96, 96), (96, 96), (64, 64)]
+    ims = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    assert [len(make_crops(a, 32, "auto")) for a in ims] == [1, 2, 4, 4, 4]
+    att = Attributor(model=tiny_model)                    # crops="auto" is the default
+    assert att.crops == "auto"
+    prof = att.enroll("mixed", ims)
+    assert prof.metadata["crop_counts"] == [1, 2, 4, 4, 4] and prof.n_support == 15
+    thr = att.profile_threshold("mixed")                   # leave-one-out over unequal images
+    assert 0 < thr < 1 and thr != 0.5
+    with pytest.raises(ValueError, match="crops"):
+        Attributor(model=tiny_model, crops=0)
+
+
 def test_calibrate_threshold(att, tmp_path):
     a = make_images(tmp_path / "a", 4, 6)
     att.enroll("g", a)
     neg = make_images(tmp_path / "n", 10, 7, kind="blocky")
     thr = att.calibrate_threshold(neg, fpr=0.2)
-    accepted = sum(r.model is not None for r in att.attribute(neg))
+    accepted = sum(r.profile is not None for r in att.attribute(neg))
     assert accepted <= 3 and att.threshold == thr
 
 
 def test_backends_report_and_strict(tiny_model):
-    att = Attributor(model=tiny_model)
+    from ofa_sdk.backends import ENGINES, register
+    att = Attributor(model=tiny_model, backend="torch")
     assert att.backend == "torch" and att.backend_note == ""
-    with pytest.warns(RuntimeWarning, match="falling back"):
-        fb = Attributor(model=tiny_model, backend="onnxruntime")
-    assert fb.backend == "torch" and "not available" in fb.backend_note
-    with pytest.raises(BackendUnavailable):
-        Attributor(model=tiny_model, backend="tensorrt", strict=True)
+    register("absent", "ofa_sdk_no_such_module:Engine")   # an engine that cannot import here
+    try:
+        with pytest.warns(RuntimeWarning, match="falling back"):
+            fb = Attributor(model=tiny_model, backend="absent")
+        assert fb.backend == "torch" and "cannot be imported" in fb.backend_note
+        with pytest.raises(EngineUnavailable):
+            Attributor(model=tiny_model, backend="absent", strict=True)
+    finally:
+        ENGINES.pop("absent")
     with pytest.raises(ValueError, match="backend"):
         Attributor(model=tiny_model, backend="cuda-magic")
 
@@ -151,25 +174,26 @@ def test_gallery_persists_across_processes_and_refuses_other_models(tiny_model, 
 
 def test_closed_open_set_head_round_trip(tiny_model, tmp_path):
     db = tmp_path / "g.db"
-    att = Attributor(model=tiny_model, gallery=str(db))
+    att = Attributor(model=tiny_model, gallery=str(db), crops=1)
     a = make_images(tmp_path / "a", 6, 30, kind="noise")
     b = make_images(tmp_path / "b", 6, 31, kind="blocky")
     real = make_images(tmp_path / "real", 4, 32, size=48)
     att.enroll("gen-a", a)
     att.enroll("gen-b", b)
-    stats = att.fit_closed_set(real, epochs=200)
+    from ofa_sdk.closed_set import fit_closed_set, open_set
+    stats = fit_closed_set(att, real, epochs=200)
     assert stats["counts"] == {"gen-a": 6, "gen-b": 6, "__reconstructed_real__": 8}
     assert stats["train_acc"] > 0.5
-    res = Attributor(model=tiny_model, gallery=str(db)).open_set(a[:2] + b[:2] + [tmp_path / "nope.png"])
+    res = open_set(Attributor(model=tiny_model, gallery=str(db)), a[:2] + b[:2] + [tmp_path / "nope.png"])
     assert [r.ok for r in res] == [True] * 4 + [False]
     for r in res[:4]:
         assert r.predicted in ("gen-a", "gen-b") and 0 <= r.known_prob <= 1
         assert abs(sum(r.probs.values()) - 1) < 1e-5
         assert r.label in (None, r.predicted)
-    strict = att.open_set(a[:2], threshold=1.01)
+    strict = open_set(att, a[:2], threshold=1.01)
     assert all(r.label is None for r in strict)
     with pytest.raises(ProfileNotFound):
-        att.open_set(a[:1], name="other")
+        open_set(att, a[:1], name="other")
 
 
 def test_shipped_model_tells_two_upscalers_apart():

@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -9,7 +10,9 @@ from conftest import make_images
 
 
 def run(*args, gallery, model, expect=0):
-    cmd = [sys.executable, "-m", "ofa_sdk.cli", *args, "--gallery", str(gallery), "--model", str(model)]
+    crops = [] if "--crops" in args else ["--crops", "1"]     # one crop: counts stay per image
+    cmd = [sys.executable, "-m", "ofa_sdk.cli", *args, "--gallery", str(gallery), "--model", str(model),
+           *crops]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == expect, (out.stdout, out.stderr)
     return out
@@ -36,11 +39,11 @@ def test_cli_end_to_end(tiny_model, folders):
     assert "threshold" in out.stdout and "5 support images" in out.stderr  # below the recommended 20
     run("enroll", "gen-b", str(tmp / "gen_b"), gallery=g, model=tiny_model, expect=2)  # exists
     info = json.loads(run("info", "--json", gallery=g, model=tiny_model).stdout)
-    assert [p["name"] for p in info["profiles"]] == ["gen-a", "gen-b"] and info["backend"] == "torch"
-    assert info["score"] == "pair"  # the tiny model is not calibrated
-    run("info", "--score", "prototype", gallery=g, model=tiny_model, expect=2)  # clear refusal
+    assert [p["name"] for p in info["profiles"]] == ["gen-a", "gen-b"] and info["backend"] == "onnxruntime"
+    assert info["rule"] == "pair"  # the tiny model is not calibrated
+    run("info", "--rule", "prototype", gallery=g, model=tiny_model, expect=2)  # clear refusal
     text = run("info", gallery=g, model=tiny_model).stdout
-    assert "gen-a" in text and "backend" in text and "score" in text
+    assert "gen-a" in text and "backend" in text and "rule" in text
 
     out = run("verify", str(q), "--against", "gen-a", "--json", gallery=g, model=tiny_model, expect=1)
     rows = json.loads(out.stdout)
@@ -85,3 +88,28 @@ def test_cli_scan_is_resumable(tiny_model, folders, fmt):
     assert json.loads(out.stdout)["written"] == 2
     again = rows()
     assert sorted(r["source"] for r in again) == sorted(r["source"] for r in first)
+
+
+def test_cli_reports_provenance_beside_the_verdict(tiny_model, tmp_path):
+    import numpy as np
+    from PIL import Image, PngImagePlugin
+    make_images(tmp_path / "gen", 4, 40)
+    q = tmp_path / "q"
+    q.mkdir()
+    rng = np.random.default_rng(3)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a photo\nSteps: 20, Sampler: Euler a, Model: gen")
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(q / "tagged.png", pnginfo=info)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(q / "plain.png")
+    g = tmp_path / "g.db"
+    run("enroll", "gen", str(tmp_path / "gen"), gallery=g, model=tiny_model)
+    out = tmp_path / "scan.jsonl"
+    res = run("scan", str(q), "-o", str(out), "--summary", "--json", "--no-progress", gallery=g,
+              model=tiny_model)
+    summary = json.loads(res.stdout)["provenance"]
+    assert summary["declared"] == 1 and summary["agree"] + summary["disagree"] <= 1
+    rows = {Path(r["source"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["plain.png"]["provenance"] == {}
+    assert "Stable Diffusion" in rows["tagged.png"]["provenance"]["generator"]
+    table = run("attribute", str(q), gallery=g, model=tiny_model).stdout
+    assert "declared" in table and "Stable Diffusion" in table

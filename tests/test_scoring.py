@@ -42,14 +42,14 @@ def calibrated(tiny_model, tmp_path):
 
 def test_score_rules_by_hand(tiny_model, calibrated, tmp_path):
     with pytest.raises(ValueError, match="calibrat"):
-        Attributor(model=tiny_model, score="prototype")
-    with pytest.raises(ValueError, match="score must be"):
-        Attributor(model=tiny_model, score="knn")
+        Attributor(model=tiny_model, rule="prototype")
+    with pytest.raises(ValueError, match="rule must be"):
+        Attributor(model=tiny_model, rule="knn")
     assert read_meta(calibrated)["config"] == read_meta(tiny_model)["config"]
     a = make_images(tmp_path / "a", 6, 2, kind="noise")
     b = make_images(tmp_path / "b", 6, 3, kind="blocky")
     att = Attributor(model=calibrated, crops=4)
-    assert att.score == "prototype"
+    assert att.rule.name == "prototype"
     att.enroll("gen-a", a[:3])
     att.enroll("gen-b", b[:3])
     # by hand: calibrated cosine of crop-mean fingerprints against the support's mean
@@ -63,9 +63,9 @@ def test_score_rules_by_hand(tiny_model, calibrated, tmp_path):
     for r, w in zip(res, want):
         assert abs(r.scores["gen-a"] - w) < 1e-5
     # the runner's batch path agrees with verify, for both rules
-    embedded = [z for _, z, _, _, _ in att.embed_stream(a[3:] + b[3:])]
+    embedded = [e.z for e in att.embed_stream(a[3:] + b[3:])]
     np.testing.assert_allclose(att.support_scores(embedded, crops_a), want, atol=1e-5)
-    pair = Attributor(model=load_model(calibrated), crops=4, score="pair", gallery=att.gallery)
+    pair = Attributor(model=load_model(calibrated), crops=4, rule="pair", gallery=att.gallery)
     np.testing.assert_allclose(pair.support_scores(embedded, crops_a),
                                pair.verify(a[3:] + b[3:], "gen-a"), atol=1e-5)
     s = att.same_source(a[3], b[3])
@@ -93,7 +93,7 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
     from ofa_sdk.scoring import leave_one_out_cosines
     a = make_images(tmp_path / "a", 8, 2, kind="noise")
     b = make_images(tmp_path / "b", 8, 3, kind="blocky")
-    att = Attributor(model=calibrated, crops=2, score=rule, profile_quantile=0.25)
+    att = Attributor(model=calibrated, crops=2, rule=rule, profile_quantile=0.25)
     att.enroll("gen-a", a[:5])
     att.enroll("gen-b", b[:5])
     att.enroll("single", b[5:6])
@@ -105,13 +105,13 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
         for i in range(5):
             q = prof.support[2 * i:2 * i + 2]
             rest = np.delete(np.arange(10), [2 * i, 2 * i + 1])
-            own.append(att.engine.pair_probs(q, prof.support_part[rest]).mean())
+            own.append(att.rule.head.probs(att.rule.head.query_part(q), prof.support_part[rest]).mean())
     assert np.allclose(att.leave_one_out_scores(prof.support, 2), own, atol=1e-6)
     # by hand: the 75% one-sided normal prediction bound on log(1 - s), n = 5
     from scipy.stats import t
     d = np.log(1 - np.asarray(own, np.float64))
     raw = 1 - np.exp(d.mean() + t.ppf(0.75, 4) * d.std(ddof=1) * np.sqrt(1 + 1 / 5))
-    want = att.calibration(raw) if rule == "prototype" else raw
+    want = att.rule.to_prob(raw)
     assert abs(att.profile_threshold("gen-a") - want) < 1e-6
     assert att.profile_threshold("single") == 0.5  # fewer than 3 support images: the default
     att.enroll("pair-of-two", b[5:7])
@@ -120,7 +120,7 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
     for r in res:
         assert r.ok
         thr = att.profile_threshold(max(r.scores, key=r.scores.get))
-        assert (r.model is not None) == (r.score >= thr)
+        assert (r.profile is not None) == (r.score >= thr)
     with pytest.raises(ValueError, match="profile"):
         att.attribute(a[5:], threshold="auto")
     with pytest.raises(ValueError):

@@ -82,18 +82,18 @@ def test_all_stages_resume_deterministically_and_export(photos, tmp_path):
     from ofa_sdk import Attributor
     z = Attributor(model=bundle).fingerprint(np.zeros((40, 40, 3), np.uint8))
     assert z.shape == (1, 16)
-    assert Attributor(model=bundle).score == "pair"  # not calibrated yet
-    # calibrate: the metadata gains (a, b), the tensors are untouched, the id changes
+    assert Attributor(model=bundle).rule.name == "pair"  # not calibrated yet
+    # calibrate: the metadata gains (a, b), the tensors are untouched, the id is kept
     before = common.load_file(str(dest))
     assert train_main(["calibrate", "--data", str(photos), "--dest", str(dest), "--quiet"]) == 0
     after = load_model(dest)
     cal = after.meta["calibration"]["prototype"]
-    assert after.model_id != bundle.model_id
+    assert after.model_id == bundle.model_id and after.legacy_id != bundle.legacy_id
     assert np.isfinite([cal["a"], cal["b"]]).all() and cal["fitted_on"]["architectures"] == 32
     for k, v in common.load_file(str(dest)).items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     att = Attributor(model=after)
-    assert att.score == "prototype" and att.info()["score"] == "prototype"
+    assert att.rule.name == "prototype" and att.info()["rule"] == "prototype"
     from ofa_sdk.training import calibrate  # deterministic given the seed
     fits = [calibrate.fit(after, common.PhotoSet(photos), archs=4, support=3, queries=2, log=None)
             for _ in range(2)]

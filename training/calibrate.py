@@ -22,9 +22,9 @@ from .common import PhotoSet
 
 def fit(bundle, data: PhotoSet, archs: int = 32, support: int = 25, queries: int = 20,
         seed: int = 0, log=print) -> dict:
-    from ofa_sdk.backends import TorchBackend
+    from ofa_sdk.backends.torch import TorchEngine
     sim = bundle.simulator()
-    backend = TorchBackend(bundle)
+    engine = TorchEngine(bundle)
     g = torch.Generator().manual_seed(seed)
     crop = bundle.config.crop
     protos, qs = [], []
@@ -32,7 +32,7 @@ def fit(bundle, data: PhotoSet, archs: int = 32, support: int = 25, queries: int
         for k in range(archs):
             arch = sim.sample(g)
             x = data.batch(support + queries, crop, g)
-            z = backend.embed(from_tensor(sim(x, arch)))
+            z = engine.embed(from_tensor(sim(x, arch)))
             protos.append(prototype(z[:support]))
             qs.append(unit(z[support:]))
             if log and (k + 1) % 8 == 0:

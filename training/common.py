@@ -17,9 +17,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from ofa_sdk import images
+from ofa_sdk.weights import read_meta, write_file
+
 MAX_SIDE = 1024  # larger photos are centre-cropped (never resampled) to bound memory
 
 
@@ -31,7 +33,7 @@ def list_images(root: str | os.PathLike) -> List[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training data folder {str(root)!r} does not exist")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    return list(images.list_images(root))
 
 
 def split_of(path: Path, root: Path, holdout: float = 0.15) -> str:
@@ -92,10 +94,10 @@ class PhotoSet:
                 h, w = a.shape[:2]
             t = int(torch.randint(h - crop + 1, (1,), generator=g))
             l = int(torch.randint(w - crop + 1, (1,), generator=g))
-            x = torch.from_numpy(a[t:t + crop, l:l + crop].copy()).permute(2, 0, 1)
+            x = images.to_tensor(a[None, t:t + crop, l:l + crop])[0]
             if flip and bool(torch.rand(1, generator=g) < 0.5):
                 x = x.flip(-1)
-            out[k] = x.float() / 255.0
+            out[k] = x
         return out
 
     def describe(self) -> Dict:
@@ -159,16 +161,10 @@ def save_checkpoint(path: Path, modules: Dict[str, torch.nn.Module], meta: Dict,
     tensors["rng.torch"] = torch.get_rng_state()
     for k, v in (extra or {}).items():
         tensors[f"extra.{k}"] = v.detach().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata={"ofa": json.dumps(meta, default=str)})
-    os.replace(tmp, path)
+    write_file(path, tensors, meta)
 
 
-def read_metadata(path: Path) -> Dict:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        return json.loads(f.metadata()["ofa"])
+read_metadata = read_meta  # checkpoints and model files share one format (ofa_sdk.weights)
 
 
 def load_checkpoint(path: Path, modules: Dict[str, torch.nn.Module],

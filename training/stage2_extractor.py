@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ofa_sdk.config import OFAConfig
-from ofa_sdk.images import jpeg
+from ofa_sdk.images import from_tensor, jpeg, quantize, to_tensor
 from ofa_sdk.losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 from ofa_sdk.models import FingerprintSimulator, OFAModel
 
@@ -35,8 +34,7 @@ def _jpeg(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor
     for k in range(len(x)):
         if float(torch.rand(1, generator=g)) < p:
             q = int(torch.randint(qrange[0], qrange[1] + 1, (1,), generator=g))
-            a = (x[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            out[k] = torch.from_numpy(jpeg(a, q).copy()).permute(2, 0, 1).float() / 255
+            out[k] = to_tensor(jpeg(from_tensor(x[k:k + 1])[0], q)[None])[0]
     return out
 
 
@@ -60,7 +58,7 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
             for content in (data.batch(sc.n, sc.crop, g), shared):
                 r = sim(content, a).clamp(0, 1)
                 if sc.quantize:
-                    r = torch.round(r * 255) / 255
+                    r = quantize(r)
                 pair.append(r)
             xs.extend(torch.split(_jpeg_class(torch.cat(pair), g, sc.jpeg_class_p, sc.jpeg_q), sc.n))
             ys.extend(torch.full((sc.n,), a.id, dtype=torch.long) for _ in pair)

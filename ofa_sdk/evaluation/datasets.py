@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..images import IMAGE_SUFFIXES
+from ..images import list_images
 
 REAL_NAMES = {"0_real", "nature", "real", "reals"}
 
@@ -28,7 +28,7 @@ def discover(root, exclude_real: bool = False, include: Optional[str] = None) ->
     classes: Dict[str, List[Path]] = {}
     pat = re.compile(include) if include else None
     for d in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
-        files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = list(list_images(d, recursive=False))
         if not files:
             continue
         name = d.relative_to(root).as_posix() if d != root else root.name

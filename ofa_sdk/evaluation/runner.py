@@ -1,7 +1,7 @@
 """Run the image-to-model protocol with an Attributor, side by side with a non-learned baseline.
 
 Ours: a query's score for target t is exactly what ``Attributor.verify`` returns with the
-Attributor's score rule (``att.score``: the calibrated prototype cosine, or the paper's mean
+Attributor's score rule (``att.rule``: the calibrated prototype cosine, or the paper's mean
 pair-head probability over t's support set and over crops).
 Baselines, cosine similarity between the query's residual log-spectrum and the mean residual
 log-spectrum of t's support set, on the same crops as ours, with no learned extractor or head:
@@ -30,13 +30,14 @@ class Embedded:
 
 def highpass_spectrum(crops: np.ndarray) -> np.ndarray:
     """(k, h, w, 3) uint8 crops -> flattened (3 * (h-2) * (w-2),) mean over the crops of
-    log(1 + |FFT2|) of a fixed Laplacian high-pass residual (kernel [[0,-1,0],[-1,4,-1],[0,-1,0]],
+    log(1 + |FFT2|) of the fixed Laplacian high-pass residual (:mod:`ofa_sdk.models.highpass`,
     valid part, grey levels), per channel: the representation of the fully non-learned
     baseline."""
-    x = np.asarray(crops, np.float64).transpose(0, 3, 1, 2)           # (k, 3, h, w)
-    r = (4 * x[..., 1:-1, 1:-1] - x[..., :-2, 1:-1] - x[..., 2:, 1:-1]
-         - x[..., 1:-1, :-2] - x[..., 1:-1, 2:])
-    return np.log1p(np.abs(np.fft.fft2(r))).mean(0).astype(np.float32).ravel()
+    import torch
+    from ..models.highpass import highpass
+    x = torch.from_numpy(np.asarray(crops, np.float64)).permute(0, 3, 1, 2)   # (k, 3, h, w)
+    spec = torch.log1p(torch.fft.fft2(highpass(x)).abs()).mean(0)
+    return spec.numpy().astype(np.float32).ravel()
 
 
 def embed_items(att, items: Sequence[Any], jpeg_quality: Optional[int] = None,
@@ -56,20 +57,20 @@ def embed_items(att, items: Sequence[Any], jpeg_quality: Optional[int] = None,
         except Exception:
             return it  # unreadable: prepare() reports it with its reason
         if highpass:
-            p = imio.prepare(a, att.crop, att.crops, att.small)
+            p = att.policy(a)
             if not isinstance(p, imio.Prepared):
                 return it
             hp[i] = highpass_spectrum(p.crops)
         return a
     zs, specs, skipped, hps = [], [], [], []
     sources = (source(i, it) for i, it in enumerate(items))
-    for i, (src, z, err, _, spec) in enumerate(att.embed_stream(sources, spectra=with_spectra)):
-        if z is None:
-            skipped.append(f"{src}: {err}")
+    for i, e in enumerate(att.embed_stream(sources, spectra=with_spectra)):
+        if not e.ok:
+            skipped.append(f"{e.source}: {e.error}")
             continue
-        zs.append(z)
+        zs.append(e.z)
         if with_spectra:
-            specs.append(spec.ravel())
+            specs.append(e.spectrum.ravel())
         if highpass:
             hps.append(hp.pop(i))
     return Embedded(zs, specs, skipped, hps)
@@ -102,7 +103,7 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
         key = ("o", rule, t, c)
         if key not in cache:
             sz = np.concatenate([emb[t].z[i] for i in split.support[t]])
-            cache[key] = att.support_scores([emb[c].z[i] for i in split.query[c]], sz, score=rule)
+            cache[key] = att.support_scores([emb[c].z[i] for i in split.query[c]], sz, rule=rule)
         return cache[key]
 
     def base(t, c, kind="spec"):
@@ -113,7 +114,7 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
            "skipped": {c: e.skipped for c, e in emb.items() if e.skipped},
            "counts": counts}
     for rule in also:
-        if rule != att.score:
+        if rule != att.rule.name:
             out[f"ours:{rule}"] = image_to_model(names, split, lambda t, c, r=rule: ours(t, c, r))
     if baseline:
         out["baseline"] = image_to_model(names, split, base)

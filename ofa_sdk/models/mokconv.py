@@ -10,8 +10,11 @@ K base 3x3 kernels W_k (with biases); a router psi(h) gives per-sample coefficie
 * output mixing: K dense convs, outputs summed with per-sample, per-channel weights. K x FLOPs,
   as the authors' scripts compute it.
 
-Biases mix with the same coefficients, so both paths are the same function. ``mix_weights`` and
-``output_mix`` are the seams a fused kernel replaces later.
+Biases mix with the same coefficients, so both paths are the same function. ``MoKConv`` in
+weight mode goes through ``ofa_sdk.kernels.dispatch.mokconv``: the fused Triton kernel (mixing
+inside the weight load, forward and backward) on CUDA, ``mokconv_weight_mixing`` otherwise (on CPU
+by default, so CPU results are bit-identical to it). Output mode always runs
+``mokconv_output_mixing``.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..kernels import dispatch
 
 
 class Router(nn.Module):
@@ -86,5 +91,6 @@ class MoKConv(nn.Module):
 
     def forward(self, h: torch.Tensor, mode: str | None = None) -> torch.Tensor:
         coef = self.router(h)
-        fn = mokconv_weight_mixing if (mode or self.mode) == "weight" else mokconv_output_mixing
-        return fn(h, coef, self.weight, self.bias)
+        if (mode or self.mode) == "weight":
+            return dispatch.mokconv(h, coef, self.weight, self.bias)
+        return mokconv_output_mixing(h, coef, self.weight, self.bias)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ..config import OFAConfig
 from .denoiser import DnCNN
 from .heads import PairHead, RealHead
+from .highpass import highpass
 from .resnet import ResNet
 from .spectrum import log_spectrum
 
@@ -38,8 +39,7 @@ class OFAModel(nn.Module):
         if kind == "denoiser":
             return self.denoiser(x) * self.cfg.spectrum.residual_scale
         if kind == "highpass":
-            k = x.new_tensor([[0., -1., 0.], [-1., 4., -1.], [0., -1., 0.]]).expand(x.shape[1], 1, 3, 3)
-            return F.conv2d(x, k, groups=x.shape[1]) * self.cfg.spectrum.residual_scale
+            return highpass(x) * self.cfg.spectrum.residual_scale
         raise ValueError(f"spectrum.residual must be one of {RESIDUALS}, got {kind!r}")
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:

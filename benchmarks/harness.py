@@ -1,0 +1,322 @@
+"""The performance harness (issue 14): what users care about, each figure a ratio against a
+baseline measured in the same run (these machines are shared and noisy).
+
+    python benchmarks/harness.py [--quick] [--out benchmarks/results/harness.json] \
+        [--plot benchmarks/results/throughput.png] [--sections e2e gallery scan mokconv]
+
+Sections:
+* ``e2e``: end-to-end images/s (decode -> crops -> residual -> spectrum -> fingerprint ->
+  scores against 10 profiles) and peak RSS growth per backend at batch 1, 16, 64, for the
+  shipped model with its default crop policy ("auto") and with 1 crop, against the *eager
+  baseline*: the same model as a researcher would run it -- fp32 torch, ``fft2`` (no Hermitian
+  shortcut, no fused kernel), decoding and inference taking turns in one thread. Also the
+  paper configuration (random weights; its cost, not its accuracy) on torch. The fraction of
+  the CPU's peak FLOP rate reached uses ``torch.utils.flop_counter`` on the reference model
+  and the peak given by ``--peak-gflops``.
+* ``gallery``: attribution cost beyond the fingerprint against 10, 100, 1,000, 10,000 profiles
+  of 100 supports, for both rules, per query image (batch of 16 queries); for the pair rule
+  also the prototype prefilter (``PairRule(prefilter=K)``) and its top-1 agreement with
+  exhaustive scoring.
+* ``scan``: a folder scan (files on disk, PNG decode, the SDK's prefetch) against pure
+  inference on the same images already in memory, and the RSS over a 1,000- and a
+  larger-file scan.
+* ``mokconv``: simulator training steps/s per MoKConv implementation (weight mixing, output
+  mixing; the Triton kernel only on CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class PeakRSS:
+    """Peak resident memory during a block, sampled every 5 ms (growth over the start)."""
+
+    def __enter__(self):
+        self.start, self.peak, self._stop = rss_mb(), rss_mb(), False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop:
+            self.peak = max(self.peak, rss_mb())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._t.join()
+        self.growth = self.peak - self.start
+
+
+def images(n: int, size: int = 256, seed: int = 0):
+    """Photo-like test images: smoothed noise with edges (content is irrelevant to speed)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        base = rng.integers(0, 256, (size // 4, size // 4, 3)).astype(np.uint8)
+        from PIL import Image
+        out.append(np.asarray(Image.fromarray(base).resize((size, size), Image.BICUBIC)))
+    return out
+
+
+def encoded(arrs):
+    import io
+    from PIL import Image
+    bufs = []
+    for a in arrs:
+        b = io.BytesIO()
+        Image.fromarray(a).save(b, format="PNG")
+        bufs.append(b.getvalue())
+    return bufs
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+# -- the eager baseline ------------------------------------------------------------------------
+def eager_baseline(bundle, crops_of):
+    """A researcher's pipeline of the same model: decode, crop, torch fp32, full fft2, then the
+    ResNet, one image batch at a time with decoding and inference taking turns."""
+    import io
+    from PIL import Image
+    model = bundle.model
+
+    def run(blobs, batch):
+        zs = []
+        for i in range(0, len(blobs), batch):
+            crops = np.concatenate([crops_of(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")))
+                                    for b in blobs[i:i + batch]])
+            x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+            with torch.no_grad():
+                r = model.residual(x)
+                spec = torch.log1p(torch.fft.fft2(r).abs())
+                zs.append(torch.nn.functional.normalize(model.extract(spec), dim=-1).numpy())
+        return np.concatenate(zs)
+    return run
+
+
+def flops_per_crop(bundle) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.rand(1, 3, bundle.config.crop, bundle.config.crop)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        bundle.model(x)
+    return fc.get_total_flops()
+
+
+def section_e2e(a, report):
+    from ofa_sdk import Attributor
+    from ofa_sdk.images import make_crops
+    from ofa_sdk.weights import load_default_model
+    bundle = load_default_model()
+    n = 32 if a.quick else 64
+    blobs = encoded(images(n))
+    backends = ["torch", "onnxruntime"]
+    rows = {}
+    for policy in ("auto", 1):
+        k = len(make_crops(images(1)[0], bundle.config.crop, policy))
+        base = eager_baseline(bundle, lambda arr: make_crops(arr, bundle.config.crop, policy))
+        for batch in (1, 16, 64):
+            b_img = max(1, batch // k)             # images per call so a call has ~batch crops
+            t_base = median_time(lambda: base(blobs, b_img), a.repeats)
+            row = {"crops_per_image": k, "baseline_images_per_s": n / t_base}
+            for be in backends:
+                att = Attributor(model=bundle, backend=be, crops=policy, batch_size=batch,
+                                 strict=True)
+                for i in range(10):
+                    att.enroll(f"p{i}", images(3, seed=100 + i), overwrite=True)
+                with PeakRSS() as pk:
+                    t = median_time(lambda: att.attribute(blobs), a.repeats)
+                row[be] = {"images_per_s": n / t, "ratio_to_baseline": t_base / t,
+                           "peak_rss_growth_mb": pk.growth}
+            rows[f"crops={policy} batch={batch}"] = row
+            print(f"e2e crops={policy} batch={batch}: " + json.dumps(row), flush=True)
+    fl = flops_per_crop(bundle)
+    best = max(r["onnxruntime"]["images_per_s"] * r["crops_per_image"] for r in rows.values())
+    report["e2e"] = {"images": n, "rows": rows, "flops_per_crop": fl,
+                     "best_crops_per_s": best, "gflops_reached": best * fl / 1e9,
+                     "peak_gflops": a.peak_gflops,
+                     "fraction_of_peak": best * fl / 1e9 / a.peak_gflops}
+    # the paper configuration: cost only (random weights), torch vs the eager baseline
+    from ofa_sdk.config import paper
+    from ofa_sdk.models import OFAModel
+    torch.manual_seed(0)
+    pm = OFAModel(paper()).eval()
+    x = torch.rand(4, 3, 256, 256)
+
+    def paper_ref():
+        with torch.inference_mode():
+            pm(x)
+
+    def paper_eager():
+        with torch.no_grad():
+            spec = torch.log1p(torch.fft.fft2(pm.residual(x)).abs())
+            pm.extract(spec)
+    tr, te = median_time(paper_ref, 2), median_time(paper_eager, 2)
+    report["e2e"]["paper_config_torch_vs_eager"] = {"images_per_s_torch": 4 / tr,
+                                                    "images_per_s_eager": 4 / te, "ratio": te / tr}
+    print("paper config:", report["e2e"]["paper_config_torch_vs_eager"], flush=True)
+
+
+def section_gallery(a, report):
+    from ofa_sdk.scoring import Calibration, PairHeadWeights, PairRule, PrototypeRule, unit
+    from ofa_sdk.weights import load_default_model
+    bundle = load_default_model()
+    d = bundle.config.extractor.dim
+    rng = np.random.default_rng(0)
+    head = PairHeadWeights.from_module(bundle.model.pair_head)
+    proto = PrototypeRule(Calibration(28.0, -27.0))
+    sizes = (10, 100, 1000) if a.quick else (10, 100, 1000, 10000)
+    queries = [unit(rng.normal(size=(4, d))).astype(np.float32) for _ in range(16)]
+    out = {}
+    for P in sizes:
+        centres = unit(rng.normal(size=(P, d)))
+        supports = [unit(c + 0.3 * rng.normal(size=(100, d))).astype(np.float32) for c in centres]
+        row = {}
+        st = proto.prepare(supports)
+        row["prototype_ms_per_image"] = 1e3 * median_time(lambda: proto.scores(st, queries), a.repeats) / len(queries)
+        pair = PairRule(head)
+        ps = pair.prepare(supports)
+        reps = 1 if P >= 1000 else a.repeats
+        if P <= (1000 if a.quick else 10000):
+            t = median_time(lambda: pair.scores(ps, queries[:4]), reps) / 4
+            row["pair_ms_per_image"] = 1e3 * t
+            exact = pair.scores(ps, queries[:4]).argmax(1)
+            for k in (10, 50):
+                pre = PairRule(head, prefilter=k)
+                pst = pre.prepare(supports)
+                row[f"pair_prefilter{k}_ms_per_image"] = 1e3 * median_time(
+                    lambda: pre.scores(pst, queries[:4]), reps) / 4
+                row[f"pair_prefilter{k}_top1_agreement"] = float(
+                    (pre.scores(pst, queries[:4]).argmax(1) == exact).mean())
+        out[str(P)] = row
+        print(f"gallery P={P}: {json.dumps(row)}", flush=True)
+    report["gallery"] = out
+
+
+def section_scan(a, report):
+    from ofa_sdk import Attributor
+    from PIL import Image
+    n_small, n_large = (200, 1000) if a.quick else (1000, 20000)
+    att = Attributor(crops="auto", batch_size=64)
+    att.enroll("p", images(3, seed=7))
+    arrs = images(64)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for i in range(n_large):
+            Image.fromarray(arrs[i % len(arrs)]).save(folder / f"{i:06d}.png")
+        files = sorted(folder.iterdir())
+        mem = [arrs[i % len(arrs)] for i in range(n_small)]
+        t_mem = median_time(lambda: att.attribute(mem), 1)
+        t_scan = median_time(lambda: list(att.scan(files[:n_small], progress=False)), 1)
+        out["pure_inference_images_per_s"] = n_small / t_mem
+        out["scan_images_per_s"] = n_small / t_scan
+        out["scan_over_inference"] = t_mem / t_scan
+        for n in (n_small, n_large):
+            with PeakRSS() as pk:
+                k = sum(1 for _ in att.scan(files[:n], progress=False))
+            out[f"scan_{n}_files_peak_rss_growth_mb"] = pk.growth
+            assert k == n
+        print("scan:", json.dumps(out), flush=True)
+    report["scan"] = out
+
+
+def section_mokconv(a, report):
+    from ofa_sdk.config import compact
+    from ofa_sdk.models import FingerprintSimulator
+    cfg = compact().simulator
+    x = torch.rand(8, 3, 96, 96)
+    out = {}
+    for mode in ("weight", "output"):
+        sim = FingerprintSimulator(cfg.__class__(**{**cfg.__dict__, "mok_mode": mode}))
+        opt = torch.optim.Adam(sim.parameters(), 1e-4)
+        g = torch.Generator().manual_seed(0)
+        arch = sim.sample(g)
+
+        def step():
+            loss = (sim(x, arch) - x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[mode] = 1 / median_time(step, a.repeats)
+    out["weight_over_output"] = out["weight"] / out["output"]
+    report["mokconv_steps_per_s"] = out
+    print("mokconv:", json.dumps(out), flush=True)
+
+
+def plot(report, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = report["e2e"]["rows"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for policy in ("auto", "1"):
+        keys = [k for k in rows if k.startswith(f"crops={policy} ")]
+        bs = [int(k.split("batch=")[1]) for k in keys]
+        for name, get in (("eager baseline", lambda r: r["baseline_images_per_s"]),
+                          ("torch", lambda r: r["torch"]["images_per_s"]),
+                          ("onnxruntime", lambda r: r["onnxruntime"]["images_per_s"])):
+            ax.plot(bs, [get(rows[k]) for k in keys], marker="o",
+                    label=f"{name}, crops={policy}", ls="-" if policy == "auto" else "--")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch (crops per engine call)")
+    ax.set_ylabel("images / s (end to end)")
+    ax.set_title("shipped model, 256x256 PNG inputs, this 2-core CPU")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peak-gflops", type=float, default=300.0,
+                    help="the CPU's peak fp32 rate (2 AVX-512 cores here: about 300)")
+    ap.add_argument("--sections", nargs="+", default=["e2e", "gallery", "scan", "mokconv"])
+    ap.add_argument("--out", default="benchmarks/results/harness.json")
+    ap.add_argument("--plot", default="benchmarks/results/throughput.png")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
+              "cpus": os.cpu_count(), "threads": a.threads, "torch": torch.__version__,
+              "quick": a.quick, "max_rss_mb_at_start": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    for s in a.sections:
+        {"e2e": section_e2e, "gallery": section_gallery, "scan": section_scan,
+         "mokconv": section_mokconv}[s](a, report)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(report, indent=1))
+    if "e2e" in report and a.plot:
+        plot(report, a.plot)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""What every Triton kernel file shares: the guarded import (the references beside each kernel
+import without Triton; the kernels need it), the matmul precisions, and small helpers."""
+from __future__ import annotations
+
+try:  # the references below import without Triton; the kernels need it
+    import triton
+    import triton.language as tl
+    _jit = triton.jit
+except ImportError:  # pragma: no cover - exercised only where Triton is absent
+    triton = tl = None
+
+    def _jit(fn):
+        return fn
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << (max(1, n) - 1).bit_length()
+
+
+def _need_triton():
+    if triton is None:
+        raise RuntimeError("Triton is not installed (pip install triton); use ofa_sdk.kernels.dispatch")

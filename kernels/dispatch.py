@@ -1,0 +1,333 @@
+"""The one switch between fused kernels and the PyTorch reference, per op and per call.
+
+Ops: ``log_spectrum``, ``highpass_log_spectrum``, ``mokconv``, ``pair_gallery_scores``.
+Backends: ``"reference"`` (the PyTorch code in ``ofa_sdk.models``, the definition), ``"triton"``
+(``ofa_sdk.kernels.{spectrum,mokconv,gallery}``), ``"cpp"`` (``ofa_sdk._spectrum_cpu``, CPU
+spectrum) and ``"cuda_ext"`` (``ofa_sdk._spectrum_cuda``, CUDA spectrum).
+
+Rules, in order (:func:`decide` returns the backend and the reason; :func:`which` the backend):
+
+1. exporting or compiling (``torch.compiler.is_compiling()``, ``torch.jit`` tracing/scripting,
+   ``torch.onnx.is_in_onnx_export()``, FX symbolic tracing) -> reference, always;
+2. forced reference: :func:`set_reference`, the :func:`reference` context manager, or the
+   environment variable ``OFA_SDK_REFERENCE=1`` -> reference;
+3. inputs the kernels do not cover (dtype other than float32/float16/bfloat16, shapes, a gradient
+   needed by a forward-only kernel, autocast active for MoKConv, a head other than
+   Linear-ReLU-Linear) -> reference;
+4. CUDA tensors: the Triton kernel when Triton is importable; for the spectrum the CUDA
+   extension instead when it is importable and preferred, or when Triton is not;
+5. CPU tensors: the spectrum runs in the C++ module when it is built (it beats
+   ``torch.fft.rfft2`` and scipy here: benchmarks/RESULTS.md), unless ``"reference"`` is
+   preferred (``OFA_SDK_PREFER=reference``) or the reference is forced; every other op runs the
+   reference. ``"triton"`` runs the Triton kernels on CPU tensors only when preferred and under
+   the interpreter (``TRITON_INTERPRET=1``, for tests).
+
+Nothing here imports Triton, queries a GPU or compiles at import: availability is checked per
+call from the tensor's device and ``importlib.util.find_spec`` (cached; :func:`refresh` clears it
+after building an extension in-process). The switches are process-global (not thread-local),
+like timm's layer config.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+from functools import lru_cache
+
+import torch
+
+OPS = ("log_spectrum", "highpass_log_spectrum", "mokconv", "pair_gallery_scores")
+BACKENDS = ("reference", "triton", "cpp", "cuda_ext")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_DFT_SIZE = 512      # above this a DFT-as-GEMM loses to an FFT (O(N) vs O(log N) per element)
+
+_STATE = {
+    "reference": False,
+    "prefer": frozenset(),
+    # dot precision per op; None = the kernel's default (mokconv: follows cudnn.allow_tf32)
+    "precision": {"log_spectrum": "ieee", "highpass_log_spectrum": "ieee", "mokconv": None,
+                  "pair_gallery_scores": "ieee"},
+}
+
+
+# ------------------------------------------------------------------------------------ switches
+def set_reference(flag: bool = True) -> None:
+    """Force (True) or stop forcing (False) the reference for every op."""
+    _STATE["reference"] = bool(flag)
+
+
+@contextlib.contextmanager
+def reference(flag: bool = True):
+    """``with dispatch.reference(): ...`` runs the block on the reference path."""
+    old = _STATE["reference"]
+    _STATE["reference"] = bool(flag)
+    try:
+        yield
+    finally:
+        _STATE["reference"] = old
+
+
+def set_prefer(*backends: str) -> None:
+    """Backends allowed where they are not the default (CPU): ``set_prefer("cpp")``;
+    ``set_prefer()`` clears."""
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise ValueError(f"unknown backend(s) {bad}; choose from {BACKENDS}")
+    _STATE["prefer"] = frozenset(backends)
+
+
+@contextlib.contextmanager
+def prefer(*backends: str):
+    old = _STATE["prefer"]
+    set_prefer(*backends)
+    try:
+        yield
+    finally:
+        _STATE["prefer"] = old
+
+
+def set_precision(op: str, input_precision) -> None:
+    """Dot precision for an op's Triton kernel: "ieee", "tf32x3", "tf32" (or None for mokconv)."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+    if input_precision not in ("ieee", "tf32x3", "tf32") and not (op == "mokconv" and input_precision is None):
+        raise ValueError(f"bad input_precision {input_precision!r}")
+    _STATE["precision"][op] = input_precision
+
+
+def reference_forced() -> bool:
+    return _STATE["reference"] or os.environ.get("OFA_SDK_REFERENCE", "").lower() in ("1", "true", "yes")
+
+
+def preferred() -> frozenset:
+    env = {b.strip() for b in os.environ.get("OFA_SDK_PREFER", "").split(",") if b.strip()}
+    return _STATE["prefer"] | frozenset(env)
+
+
+# -------------------------------------------------------------------------------- availability
+@lru_cache(maxsize=None)
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@lru_cache(maxsize=None)
+def _importable(name: str) -> bool:
+    """The extension imports (a built .so can still fail to load: missing CPU features, libs).
+    Only called when the extension would be used, so never at import time."""
+    if not _has_module(name):
+        return False
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:  # noqa: BLE001 - any load failure means "not available"
+        return False
+
+
+def refresh() -> None:
+    """Forget cached module availability (e.g. after building the C++ extension)."""
+    _has_module.cache_clear()
+    _importable.cache_clear()
+
+
+def triton_available(device: torch.device) -> bool:
+    """Triton importable, and the tensor on CUDA or the interpreter on (CPU tensors)."""
+    if not _has_module("triton"):
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def cpp_available() -> bool:
+    return _importable("ofa_sdk._spectrum_cpu")
+
+
+def cuda_ext_available() -> bool:
+    return _importable("ofa_sdk._spectrum_cuda")
+
+
+def exporting() -> bool:
+    """True while torch.compile / torch.export / ONNX export / jit / FX trace the code."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and (compiler.is_compiling()
+                                 or getattr(compiler, "is_exporting", lambda: False)()):
+        return True
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    onnx = sys.modules.get("torch.onnx")
+    if onnx is not None and getattr(onnx, "is_in_onnx_export", lambda: False)():
+        return True
+    fx = sys.modules.get("torch.fx._symbolic_trace")
+    if fx is not None and getattr(fx, "is_fx_symbolic_tracing",
+                                  getattr(fx, "is_fx_tracing", lambda: False))():
+        return True
+    return False
+
+
+# ------------------------------------------------------------------------------------ decisions
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _device_backend(op: str, device: torch.device, spectrum: bool):
+    pref = preferred()
+    if device.type == "cuda":
+        if spectrum and "cuda_ext" in pref and cuda_ext_available():
+            return "cuda_ext", "CUDA extension preferred"
+        if triton_available(device):
+            return "triton", "CUDA tensor, Triton importable"
+        if spectrum and cuda_ext_available():
+            return "cuda_ext", "CUDA tensor, Triton missing, CUDA extension importable"
+        return "reference", "CUDA tensor but no Triton" + (" or CUDA extension" if spectrum else "")
+    if device.type == "cpu":
+        if "triton" in pref and triton_available(device):
+            return "triton", "CPU, Triton interpreter preferred (TRITON_INTERPRET=1)"
+        if spectrum and cpp_available() and "reference" not in pref:
+            return "cpp", "CPU, C++ spectrum module built (faster than rfft2: benchmarks/RESULTS.md)"
+        return "reference", "CPU default"
+    return "reference", f"no kernel for device {device.type}"
+
+
+def decide(op: str, x: torch.Tensor, *others, rest=None) -> tuple:
+    """(backend, reason) for ``op`` on input ``x`` (and the op's other tensors, if given)."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; choose from {OPS}")
+    if exporting():
+        return "reference", "exporting/compiling/tracing"
+    if reference_forced():
+        return "reference", "reference forced"
+    if not isinstance(x, torch.Tensor):
+        return "reference", "not a tensor"
+    tensors = [x] + [t for t in others if isinstance(t, torch.Tensor)]
+    if any(t.dtype not in KERNEL_DTYPES for t in tensors if t.is_floating_point()):
+        return "reference", f"dtype {x.dtype} not covered"
+    if any(t.device != x.device for t in tensors):
+        return "reference", "tensors on different devices"
+    if op in ("log_spectrum", "highpass_log_spectrum"):
+        if x.dim() < 2 or x.numel() == 0 or not x.is_floating_point():
+            return "reference", "shape not covered"
+        h, w = x.shape[-2:]
+        if op == "highpass_log_spectrum" and min(h, w) < 3:
+            return "reference", "image smaller than the 3x3 high-pass"
+        if max(h, w) > MAX_DFT_SIZE:
+            return "reference", f"size above {MAX_DFT_SIZE} (FFT is cheaper)"
+        if _needs_grad(x):
+            return "reference", "gradient needed (spectrum kernels are forward-only)"
+        return _device_backend(op, x.device, spectrum=True)
+    if op == "mokconv":
+        if len(others) >= 2:
+            coef, weight = others[0], others[1]
+            if (x.dim() != 4 or weight.dim() != 5 or tuple(weight.shape[-2:]) != (3, 3)
+                    or tuple(coef.shape) != (x.shape[0], weight.shape[0], weight.shape[1])
+                    or weight.shape[2] != x.shape[1]):
+                return "reference", "shape not covered (needs 3x3 kernels)"
+        if len({t.dtype for t in tensors}) > 1:
+            return "reference", "mixed dtypes"
+        if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+            return "reference", "autocast active"
+        return _device_backend(op, x.device, spectrum=False)
+    # pair_gallery_scores
+    if rest is not None:
+        from .gallery import head_layers
+        try:
+            head_layers(rest)
+        except ValueError:
+            return "reference", "pair head is not Linear-ReLU-Linear"
+        if isinstance(rest, torch.nn.Module):
+            tensors += list(rest.parameters())
+    if _needs_grad(*tensors):
+        return "reference", "gradient needed (gallery kernel is forward-only)"
+    return _device_backend(op, x.device, spectrum=False)
+
+
+def which(op: str, tensor: torch.Tensor, *others, **kw) -> str:
+    """The backend :func:`decide` picks: "reference", "triton", "cpp" or "cuda_ext"."""
+    return decide(op, tensor, *others, **kw)[0]
+
+
+def report() -> dict:
+    """What is importable and switched (queries CUDA: call it on demand only)."""
+    return {"triton": _has_module("triton"), "cpp": cpp_available(), "cuda_ext": cuda_ext_available(),
+            "cuda": torch.cuda.is_available(), "interpret": os.environ.get("TRITON_INTERPRET") == "1",
+            "reference_forced": reference_forced(), "prefer": sorted(preferred()),
+            "precision": dict(_STATE["precision"])}
+
+
+# ----------------------------------------------------------------------------------------- ops
+def _ext_spectrum(name: str, module: str, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Call ``ofa_sdk._spectrum_cpu`` (numpy float32 in and out) or ``ofa_sdk._spectrum_cuda``
+    (float32 CUDA tensors in and out); both compute ``log1p(scale * |FFT2|)`` per plane, so the
+    scale is passed as |scale| (the reference scales the residual)."""
+    mod = importlib.import_module(module)
+    lead, (h, w) = x.shape[:-2], x.shape[-2:]
+    x4 = x.detach().float().reshape(-1, 1, h, w).contiguous()
+    if module.endswith("_cpu"):
+        import numpy as np
+        out = torch.from_numpy(np.ascontiguousarray(getattr(mod, name)(x4.numpy(), abs(float(scale)))))
+    else:
+        out = getattr(mod, name)(x4, abs(float(scale)))
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+def log_spectrum(residual: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """(..., H, W) -> float32 ``log1p(|FFT2(scale * residual)|)``."""
+    backend = which("log_spectrum", residual)
+    if backend == "triton":
+        from . import spectrum as k
+        return k.log_spectrum(residual, scale, input_precision=_STATE["precision"]["log_spectrum"])
+    if backend == "cpp":
+        return _ext_spectrum("log_spectrum", "ofa_sdk._spectrum_cpu", residual, scale)
+    if backend == "cuda_ext":
+        return _ext_spectrum("log_spectrum", "ofa_sdk._spectrum_cuda", residual, scale)
+    from ..models.spectrum import log_spectrum_torch
+    return log_spectrum_torch(residual if scale == 1.0 else residual * scale)
+
+
+def highpass_log_spectrum(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """(..., H+2, W+2) images -> float32 log-spectrum of ``scale *`` their 3x3 Laplacian residual
+    (valid part)."""
+    backend = which("highpass_log_spectrum", x)
+    if backend == "triton":
+        from . import spectrum as k
+        return k.highpass_log_spectrum(x, scale,
+                                       input_precision=_STATE["precision"]["highpass_log_spectrum"])
+    if backend == "cpp":
+        return _ext_spectrum("highpass_log_spectrum", "ofa_sdk._spectrum_cpu", x, scale)
+    if backend == "cuda_ext":
+        return _ext_spectrum("highpass_log_spectrum", "ofa_sdk._spectrum_cuda", x, scale)
+    import torch.nn.functional as F
+    from ..models.spectrum import log_spectrum_torch
+    c = x.shape[-3] if x.dim() >= 3 else 1
+    x4 = x.reshape(-1, c, *x.shape[-2:])
+    k = x.new_tensor([[0., -1., 0.], [-1., 4., -1.], [0., -1., 0.]]).expand(c, 1, 3, 3)
+    r = F.conv2d(x4, k, groups=c) * scale        # as OFAModel.residual("highpass")
+    return log_spectrum_torch(r.reshape(*x.shape[:-2], *r.shape[-2:]))
+
+
+def mokconv(h: torch.Tensor, coef: torch.Tensor, weight: torch.Tensor,
+            bias: torch.Tensor | None) -> torch.Tensor:
+    """MoKConv with weight mixing: h (B,C,H,W), coef (B,K,O), weight (K,O,C,3,3), bias (K,O)."""
+    backend = which("mokconv", h, coef, weight, bias)
+    if backend == "triton":
+        from . import mokconv as k
+        return k.mokconv(h, coef, weight, bias, input_precision=_STATE["precision"]["mokconv"])
+    from ..models.mokconv import mokconv_weight_mixing
+    return mokconv_weight_mixing(h, coef, weight, bias)
+
+
+def pair_gallery_scores(query_part: torch.Tensor, support_parts: torch.Tensor, counts: torch.Tensor,
+                        rest) -> torch.Tensor:
+    """(Q,h) query parts, (P,S,h) padded support parts, (P,) counts, ``PairHead.rest`` (or
+    (w1, b1, w2, b2)) -> (Q,P) mean pair probability over each profile's supports."""
+    backend = which("pair_gallery_scores", query_part, support_parts, rest=rest)
+    if backend == "triton":
+        from . import gallery as k
+        return k.pair_gallery_scores(query_part, support_parts, counts, rest,
+                                     input_precision=_STATE["precision"]["pair_gallery_scores"])
+    from .gallery import pair_gallery_scores_reference
+    return pair_gallery_scores_reference(query_part, support_parts, counts, rest)

@@ -1,0 +1,162 @@
+"""The inference graphs compiled engines run, exported to ONNX from the reference model.
+
+Two graphs, with the FFT between them kept outside (ONNX Runtime's DFT op is far slower than a
+native real FFT, and TensorRT's ONNX parser has no DFT): the spectrum runs through
+:func:`ofa_sdk.models.spectrum.log_spectrum` (the dispatched kernel or the torch path).
+
+* ``residual``:  (B, c, c, 3) uint8 crops -> (B, 3, h, w) float32 residual in grey levels;
+* ``extractor``: (B, 3, h, w) float32 log-spectrum -> (B, d) float32 unit fingerprint.
+
+Both have a dynamic batch axis (opset 18). Each file carries the model id, the configuration
+and the calibration in its metadata, so a cached graph is only reused for the model it was made
+from (:func:`check_graph`). The graphs are exported from the same torch module the reference
+engine runs, with the kernels' reference paths forced on while exporting.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+OPSET = 18
+GRAPHS = ("residual", "extractor")
+INPUTS = {"residual": "crops", "extractor": "spectrum"}
+OUTPUTS = {"residual": "residual", "extractor": "fingerprint"}
+FORMAT_VERSION = 1                 # bumped when the graphs' contract changes
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("OFA_SDK_CACHE", Path.home() / ".cache" / "ofa-sdk")) / "engines"
+
+
+def residual_shape(config) -> Tuple[int, int]:
+    """(h, w) of the residual (and spectrum) for the model's crop."""
+    import torch
+    from ..models import OFAModel
+    with torch.no_grad():
+        r = OFAModel(config).eval().residual(torch.zeros(1, 3, config.crop, config.crop))
+    return tuple(r.shape[-2:])
+
+
+def _modules(model):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, crops):
+            return self.model.residual(crops.permute(0, 3, 1, 2).to(torch.float32).div(255.0))
+
+    class Extractor(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, spectrum):
+            return F.normalize(self.model.extract(spectrum).float(), dim=-1)
+
+    return {"residual": Residual().eval(), "extractor": Extractor().eval()}
+
+
+def metadata(bundle, graph: str) -> Dict[str, str]:
+    return {"ofa_sdk.model_id": bundle.model_id, "ofa_sdk.graph": graph,
+            "ofa_sdk.format": str(FORMAT_VERSION),
+            "ofa_sdk.config": json.dumps(bundle.config.to_dict()),
+            "ofa_sdk.calibration": json.dumps(bundle.meta.get("calibration", {}))}
+
+
+def export_graphs(bundle, out_dir, batch: int = 2) -> Dict[str, Path]:
+    """Write ``residual.onnx`` and ``extractor.onnx`` for ``bundle`` into ``out_dir``
+    (atomically: each file appears complete or not at all). Returns their paths."""
+    import onnx
+    import torch
+    from torch.export import Dim
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = bundle.config.crop
+    h, w = residual_shape(bundle.config)
+    examples = {"residual": torch.zeros(batch, c, c, 3, dtype=torch.uint8),
+                "extractor": torch.zeros(batch, 3, h, w)}
+    paths = {}
+    for name, module in _modules(bundle.model).items():
+        with torch.no_grad(), _quiet():
+            prog = torch.onnx.export(module, (examples[name],), dynamo=True, opset_version=OPSET,
+                                     input_names=[INPUTS[name]], output_names=[OUTPUTS[name]],
+                                     dynamic_shapes=({0: Dim("batch", min=1, max=4096)},),
+                                     verbose=False)
+        proto = prog.model_proto
+        for k, v in metadata(bundle, name).items():
+            proto.metadata_props.add(key=k, value=v)
+        path = out_dir / f"{name}.onnx"
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+        paths[name] = path
+    return paths
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's warnings and log lines are about torch internals, not the user's input."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def read_metadata(path) -> Dict[str, str]:
+    import onnx
+    m = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}
+
+
+def check_graph(path, model_id: str, graph: str) -> Optional[str]:
+    """None when ``path`` is a usable graph of model ``model_id``, else why not."""
+    path = Path(path)
+    if not path.is_file():
+        return f"{path} does not exist"
+    try:
+        md = read_metadata(path)
+    except Exception as e:  # truncated or not ONNX
+        return f"{path} is not a readable ONNX file: {e}"
+    if md.get("ofa_sdk.model_id") != model_id:
+        return f"{path} was exported from model {md.get('ofa_sdk.model_id')}, not {model_id}"
+    if md.get("ofa_sdk.graph") != graph or md.get("ofa_sdk.format") != str(FORMAT_VERSION):
+        return f"{path} is not a format-{FORMAT_VERSION} {graph!r} graph"
+    return None
+
+
+def ensure_graphs(bundle, cache_dir=None) -> Dict[str, Path]:
+    """The graphs of ``bundle``: those shipped beside its model file
+    (``<model folder>/engines/<model id>/``, as for the default model) when they match it, else
+    ``cache_dir/<model id>/``, exported there first when missing, stale or foreign (a graph of
+    another model is never reused)."""
+    shipped = Path(bundle.path).parent / "engines" / bundle.model_id
+    paths = {g: shipped / f"{g}.onnx" for g in GRAPHS}
+    if not any(check_graph(p, bundle.model_id, g) for g, p in paths.items()):
+        return paths
+    folder = Path(cache_dir or default_cache_dir()) / bundle.model_id
+    paths = {g: folder / f"{g}.onnx" for g in GRAPHS}
+    if any(check_graph(p, bundle.model_id, g) for g, p in paths.items()):
+        export_graphs(bundle, folder)
+    for g, p in paths.items():
+        why = check_graph(p, bundle.model_id, g)
+        if why:
+            raise RuntimeError(f"exported graph unusable: {why}")
+    return paths

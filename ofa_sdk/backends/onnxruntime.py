@@ -1,0 +1,70 @@
+"""The ONNX Runtime engine (CPU): the two exported graphs, with the FFT between them native.
+
+    crops (uint8) --[residual.onnx]--> residual --[log_spectrum]--> spectrum --[extractor.onnx]--> z
+
+The graphs come from :func:`ofa_sdk.backends.graphs.ensure_graphs`: exported once per model id
+into the cache folder (``$OFA_SDK_CACHE/engines/<model id>/``, default ``~/.cache/ofa-sdk``) and
+reused while their metadata names the same model. Sessions are created once per engine and
+shared by all threads (``InferenceSession.run`` is thread-safe), with every graph optimisation
+on, ``threads`` intra-op threads (default: the torch thread count), no spinning threads between
+calls, and ONNX Runtime's CPU memory arena (``arena=False`` turns it off: lower peak memory for
+very large batches, at some speed). Parity with the torch engine is tested (tests/test_engines.py).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from .base import EngineUnavailable, check_crops
+
+
+class OnnxRuntimeEngine:
+    name = "onnxruntime"
+
+    def __init__(self, bundle, device: Optional[str] = None, *, threads: Optional[int] = None,
+                 cache_dir=None, arena: bool = True):
+        if device not in (None, "cpu"):
+            raise EngineUnavailable(f"the onnxruntime engine runs on the CPU, not {device!r}")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EngineUnavailable("onnxruntime is not installed (pip install 'ofa-sdk[onnx]')") from None
+        import torch
+
+        from .graphs import ensure_graphs
+        try:
+            paths = ensure_graphs(bundle, cache_dir)
+        except ImportError as e:   # onnx / onnxscript missing for the export
+            raise EngineUnavailable(f"cannot export the ONNX graphs: {e} (pip install 'ofa-sdk[onnx]')") from None
+        threads = threads or int(os.environ.get("OFA_SDK_ORT_THREADS", 0)) or torch.get_num_threads()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.enable_cpu_mem_arena = arena
+        providers = [("CPUExecutionProvider", {})]
+        self.sessions = {}
+        for g, p in paths.items():
+            self.sessions[g] = ort.InferenceSession(str(p), so, providers=providers)
+        self.paths = paths
+        self.threads = threads
+        self.device, self.model_id, self.crop = "cpu", bundle.model_id, bundle.config.crop
+        self._torch = torch
+
+    def _spectra(self, crops: np.ndarray) -> np.ndarray:
+        from ..models.spectrum import log_spectrum
+        res = self.sessions["residual"].run(None, {"crops": check_crops(crops, self.crop)})[0]
+        with self._torch.inference_mode():
+            return log_spectrum(self._torch.from_numpy(res)).numpy()
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        return self.embed_spectra(crops)[0]
+
+    def embed_spectra(self, crops: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        spec = self._spectra(crops)
+        z = self.sessions["extractor"].run(None, {"spectrum": spec})[0]
+        return z.astype(np.float32, copy=False), spec

@@ -1,0 +1,221 @@
+"""The TensorRT engine (CUDA): engines built from the two ONNX graphs, the FFT between them on
+the same CUDA stream.
+
+    crops (uint8, host) -> [residual engine] -> residual -> log_spectrum (CUDA kernel) ->
+    [extractor engine] -> fingerprints (host)
+
+Written to the TensorRT 10 Python API (tensor-name I/O, ``execute_async_v3``). Device buffers
+and the stream are torch CUDA tensors and a ``torch.cuda.Stream``: the spectrum between the two
+engines is a torch/Triton op (:func:`ofa_sdk.models.spectrum.log_spectrum`, dispatched to the
+fused kernel on CUDA), so one CUDA runtime owns all memory and nothing crosses to the host
+between the engines. Each thread gets its own execution context (``threading.local``).
+
+Engines are cached in ``$OFA_SDK_CACHE/tensorrt/`` under a key of the model id, the GPU's name
+and compute capability, the TensorRT version, the batch profile and the precision
+(:func:`cache_key`), with a JSON file beside each engine and a shared timing cache. Builds take
+a file lock and write atomically; an engine whose JSON does not match its key (stale or
+foreign) is rebuilt, never reused.
+
+TensorRT cannot be installed on the machines this project is developed on: the key, profile,
+lock and JSON logic and the graphs' operator set are tested there (tests/test_tensorrt.py); the
+build and run paths below have not been run. See the README.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from .base import EngineUnavailable, check_crops
+
+PRECISIONS = ("fp32", "fp16")
+# Operators of the exported graphs that TensorRT's ONNX parser supports (its operators.md).
+# The graphs are checked against this list in the tests: a new op must be checked by hand.
+TRT_PARSER_OPS = frozenset({
+    "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
+    "Div", "Expand", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "MatMul", "Max",
+    "MaxPool", "Mul", "Pow", "ReduceL2", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Shape",
+    "Slice", "Sqrt", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Gather", "Where", "Equal",
+    "Sigmoid", "LeakyRelu", "Pad", "ConstantOfShape", "Range", "Less", "Greater", "Min",
+    "ReduceMax", "Neg", "Abs", "Exp", "Log", "Softmax", "Tanh", "Erf", "Not", "And", "Or",
+})
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The optimisation profile of the dynamic batch axis: min <= opt <= max."""
+    min: int = 1
+    opt: int = 32
+    max: int = 256
+
+    def __post_init__(self):
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"batch profile needs 1 <= min <= opt <= max, got {self}")
+
+    def chunks(self, n: int):
+        """Split a batch of n into runs the profile admits (the last may be below min only
+        when n itself is)."""
+        for i in range(0, n, self.max):
+            yield i, min(n, i + self.max)
+
+
+def cache_key(model_id: str, gpu_name: str, capability: Tuple[int, int], trt_version: str,
+              profile: BatchProfile, precision: str, graph: str) -> str:
+    """The engine's file stem: everything an engine is only valid for."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    gpu = "".join(ch if ch.isalnum() else "-" for ch in gpu_name).strip("-").lower()
+    return (f"{model_id}-{graph}-{gpu}-sm{capability[0]}{capability[1]}-trt{trt_version}-"
+            f"b{profile.min}_{profile.opt}_{profile.max}-{precision}")
+
+
+def key_record(key: str, **fields) -> Dict:
+    return {"key": key, **fields}
+
+
+def record_matches(json_path: Path, key: str) -> bool:
+    """True when the JSON beside an engine names exactly this key (else: rebuild)."""
+    try:
+        return json.loads(Path(json_path).read_text()).get("key") == key
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock (POSIX flock) held while building one engine."""
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def default_dir() -> Path:
+    from .graphs import default_cache_dir
+    return default_cache_dir().parent / "tensorrt"
+
+
+def _build(trt, onnx_path: Path, input_name: str, input_shape, profile: BatchProfile,
+           precision: str, timing_cache: Path) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)            # explicit batch is the only mode in TRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errs}")
+    config = builder.create_builder_config()
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    opt = builder.create_optimization_profile()
+    rest = tuple(input_shape[1:])
+    opt.set_shape(input_name, (profile.min, *rest), (profile.opt, *rest), (profile.max, *rest))
+    config.add_optimization_profile(opt)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
+    atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(plan)
+
+
+class TensorRTEngine:
+    name = "tensorrt"
+
+    def __init__(self, bundle, device: Optional[str] = None, *, precision: str = "fp16",
+                 profile: BatchProfile = BatchProfile(), cache_dir=None):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise EngineUnavailable("TensorRT is not installed (pip install 'ofa-sdk[tensorrt]' "
+                                    "on a machine with an NVIDIA GPU)") from None
+        import torch
+        if not torch.cuda.is_available():
+            raise EngineUnavailable("the tensorrt engine needs a CUDA device")
+        dev = torch.device(device or "cuda")
+        if dev.type != "cuda":
+            raise EngineUnavailable(f"the tensorrt engine runs on CUDA, not {device!r}")
+        from .graphs import INPUTS, OUTPUTS, ensure_graphs, residual_shape
+        self._torch, self._trt, self._dev = torch, trt, dev
+        self.device, self.model_id, self.crop = str(dev), bundle.model_id, bundle.config.crop
+        self.profile, self.precision = profile, precision
+        props = torch.cuda.get_device_properties(dev)
+        folder = Path(cache_dir or default_dir())
+        graphs = ensure_graphs(bundle)
+        h, w = residual_shape(bundle.config)
+        shapes = {"residual": (profile.opt, self.crop, self.crop, 3), "extractor": (profile.opt, 3, h, w)}
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engines, self._io, self.paths = {}, {}, {}
+        for g, onnx_path in graphs.items():
+            key = cache_key(self.model_id, props.name, (props.major, props.minor), trt.__version__,
+                            profile, precision, g)
+            plan_path, json_path = folder / f"{key}.engine", folder / f"{key}.json"
+            with file_lock(folder / f"{key}.lock"):
+                if not (plan_path.exists() and record_matches(json_path, key)):
+                    plan = _build(trt, onnx_path, INPUTS[g], shapes[g], profile, precision,
+                                  folder / f"timing-trt{trt.__version__}-sm{props.major}{props.minor}.cache")
+                    atomic_write(plan_path, plan)
+                    atomic_write(json_path, json.dumps(key_record(
+                        key, model_id=self.model_id, graph=g, gpu=props.name,
+                        capability=[props.major, props.minor], tensorrt=trt.__version__,
+                        profile=asdict(profile), precision=precision), indent=1).encode())
+            self.engines[g] = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+            self.paths[g] = plan_path
+            self._io[g] = (INPUTS[g], OUTPUTS[g])
+        self._local = threading.local()
+
+    def _context(self, g: str):
+        ctx = getattr(self._local, g, None)
+        if ctx is None:
+            ctx = self.engines[g].create_execution_context()
+            setattr(self._local, g, ctx)
+        return ctx
+
+    def _run(self, g: str, x, stream):
+        """One engine on a device tensor; output allocated to the shape TensorRT infers."""
+        torch = self._torch
+        ctx = self._context(g)
+        name_in, name_out = self._io[g]
+        ctx.set_input_shape(name_in, tuple(x.shape))
+        out_shape = tuple(ctx.get_tensor_shape(name_out))
+        out = torch.empty(out_shape, dtype=torch.float32, device=self._dev)
+        ctx.set_tensor_address(name_in, x.data_ptr())
+        ctx.set_tensor_address(name_out, out.data_ptr())
+        if not ctx.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT execution of the {g} engine failed")
+        return out
+
+    def embed_spectra(self, crops: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        from ..models.spectrum import log_spectrum
+        torch = self._torch
+        x = torch.from_numpy(check_crops(crops, self.crop))
+        zs, specs = [], []
+        stream = torch.cuda.Stream(self._dev)
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for a, b in self.profile.chunks(len(x)):
+                xd = x[a:b].to(self._dev, non_blocking=True).contiguous()
+                spec = log_spectrum(self._run("residual", xd, stream)).contiguous()
+                zs.append(self._run("extractor", spec, stream).cpu())
+                specs.append(spec.cpu())
+        stream.synchronize()
+        return torch.cat(zs).numpy(), torch.cat(specs).numpy()
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        return self.embed_spectra(crops)[0]

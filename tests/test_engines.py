@@ -1,0 +1,112 @@
+"""Compiled engines against the reference torch engine.
+
+ONNX Runtime runs here: parity on real photos (scikit-learn's sample images) and odd inputs,
+for the shipped model and a tiny random one; dynamic batch; thread safety; the graph cache
+(a graph exported from another model is never reused). TensorRT cannot be installed on these
+machines: tests/test_tensorrt.py covers what does not need it.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from ofa_sdk.backends import select_engine  # noqa: E402
+from ofa_sdk.backends.graphs import check_graph, ensure_graphs, read_metadata  # noqa: E402
+from ofa_sdk.weights import load_default_model, load_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_default_model()
+
+
+def engines(bundle, cache):
+    return (select_engine("torch", bundle).engine,
+            select_engine("onnxruntime", bundle, strict=True,
+                          options={"onnxruntime": {"cache_dir": cache}}).engine)
+
+
+def real_and_odd_crops(c):
+    rng = np.random.default_rng(0)
+    crops = [np.zeros((c, c, 3), np.uint8), np.full((c, c, 3), 255, np.uint8),
+             rng.integers(0, 256, (c, c, 3), dtype=np.uint8),
+             np.tile(np.arange(c, dtype=np.uint8)[:, None, None] * 2, (1, c, 3))]
+    try:
+        from sklearn.datasets import load_sample_images
+        for p in load_sample_images().images:
+            crops += [p[t:t + c, l:l + c] for t in (0, 150) for l in (0, 200, 400)]
+    except ImportError:
+        pass
+    return np.ascontiguousarray(np.stack(crops))
+
+
+@pytest.mark.parametrize("which", ["shipped", "tiny"])
+def test_onnxruntime_matches_torch(which, shipped, tiny_model, tmp_path):
+    bundle = shipped if which == "shipped" else load_model(tiny_model)
+    ref, ort = engines(bundle, tmp_path)
+    assert ort.name == "onnxruntime" and ort.model_id == bundle.model_id
+    x = real_and_odd_crops(bundle.config.crop)
+    zr, sr = ref.embed_spectra(x)
+    zo, so = ort.embed_spectra(x)
+    assert zo.dtype == np.float32 and zo.shape == zr.shape
+    np.testing.assert_allclose(zo, zr, atol=1e-4, rtol=0)
+    assert (1 - (zo * zr).sum(1)).max() < 1e-5
+    # spectra (for show and the baselines): log1p of near-zero magnitudes amplifies float32
+    # differences of the two residual convolutions
+    np.testing.assert_allclose(so, sr, atol=1e-2, rtol=1e-3)
+    for b in (1, 3):   # dynamic batch: a row never depends on the others
+        np.testing.assert_allclose(ort.embed(x[:b]), zo[:b], atol=1e-5, rtol=0)
+
+
+def test_onnxruntime_is_thread_safe(tiny_model, tmp_path):
+    _, ort = engines(load_model(tiny_model), tmp_path)
+    rng = np.random.default_rng(1)
+    xs = [rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    want = [ort.embed(x) for x in xs]
+    got = [None] * len(xs)
+
+    def work(i):
+        for _ in range(3):
+            got[i] = ort.embed(xs[i])
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_graph_cache_is_keyed_on_the_model(shipped, tiny_model, tmp_path):
+    tiny = load_model(tiny_model)
+    paths = ensure_graphs(tiny, tmp_path)
+    md = read_metadata(paths["residual"])
+    assert md["ofa_sdk.model_id"] == tiny.model_id and md["ofa_sdk.graph"] == "residual"
+    assert "config" in md["ofa_sdk.config"] or md["ofa_sdk.config"].startswith("{")
+    assert check_graph(paths["extractor"], tiny.model_id, "extractor") is None
+    assert "not " in check_graph(paths["extractor"], shipped.model_id, "extractor")
+    # a foreign graph in this model's slot is rebuilt, never reused
+    foreign = ensure_graphs(shipped, tmp_path)
+    target = paths["extractor"]
+    target.write_bytes(foreign["extractor"].read_bytes())
+    assert check_graph(target, tiny.model_id, "extractor") is not None
+    ensure_graphs(tiny, tmp_path)
+    assert check_graph(target, tiny.model_id, "extractor") is None
+    target.write_bytes(b"truncated")
+    assert "not a readable ONNX" in check_graph(target, tiny.model_id, "extractor")
+    ensure_graphs(tiny, tmp_path)
+    assert check_graph(target, tiny.model_id, "extractor") is None
+
+
+def test_auto_picks_onnxruntime_on_cpu_and_strict_refuses(tiny_model, tmp_path, monkeypatch):
+    from ofa_sdk import Attributor
+    from ofa_sdk.backends import EngineUnavailable
+    monkeypatch.setenv("OFA_SDK_CACHE", str(tmp_path))
+    att = Attributor(model=tiny_model)
+    assert att.backend == "onnxruntime" and "auto chose onnxruntime" in att.backend_note
+    assert att.info()["backend"] == "onnxruntime"
+    with pytest.raises(EngineUnavailable):
+        Attributor(model=tiny_model, backend="onnxruntime", device="cuda", strict=True)
