@@ -238,12 +238,13 @@ class PairHeadWeights:
 
     def probs(self, query_part: np.ndarray, support_part: np.ndarray) -> np.ndarray:
         """(Q, h), (S, h) -> (Q, S) pair probabilities."""
-        h = np.maximum(query_part[:, None, :] + support_part[None, :, :], 0)
-        for i, (w, b) in enumerate(self.rest):
+        q, s = len(query_part), len(support_part)
+        h = np.maximum(query_part[:, None, :] + support_part[None, :, :], 0).reshape(q * s, -1)
+        for i, (w, b) in enumerate(self.rest):    # 2-D products: one BLAS call per layer
             h = h @ w.T + b
             if i < len(self.rest) - 1:
                 np.maximum(h, 0, out=h)
-        return (1.0 / (1.0 + np.exp(-h[..., 0]))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-h[:, 0]))).astype(np.float32).reshape(q, s)
 
 
 def _owners(queries: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
