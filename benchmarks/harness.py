@@ -18,8 +18,8 @@ Sections:
   fingerprints); for the pair rule also the prototype prefilter (``PairRule(prefilter=K)``), and
   its top-1 agreement with exhaustive scoring on real fingerprints of the development sets.
 * ``scan``: a folder scan (files on disk, PNG decode, the SDK's prefetch) against pure
-  inference on the same images already in memory, and the RSS over a 1,000- and a
-  larger-file scan.
+  inference on the same images already in memory (``--scan-size`` px images), and the peak RSS
+  growth of a 1,000- and a 20,000-file scan (200 and 1,000 with ``--quick``).
 * ``mokconv``: simulator training steps/s per MoKConv implementation (weight mixing, output
   mixing; the Triton kernel only on CUDA).
 """
@@ -254,7 +254,7 @@ def section_scan(a, report):
     n_small, n_large = (200, 1000) if a.quick else (1000, 20000)
     att = Attributor(crops="auto", batch_size=64)
     att.enroll("p", images(3, seed=7))
-    arrs = images(64)
+    arrs = images(64, size=a.scan_size)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -333,6 +333,8 @@ def main(argv=None):
     ap.add_argument("--sets", nargs="+", default=["benchmarks/data/dev-sim", "benchmarks/data/wild"],
                     help="class-per-folder sets for the prefilter's agreement on real fingerprints")
     ap.add_argument("--queries", type=int, default=50, help="query images per class (agreement)")
+    ap.add_argument("--scan-size", type=int, default=96,
+                    help="side of the scan section's images (96: one crop each, so 20,000 files fit)")
     ap.add_argument("--out", default="benchmarks/results/harness.json")
     ap.add_argument("--plot", default="benchmarks/results/throughput.png")
     a = ap.parse_args(argv)
