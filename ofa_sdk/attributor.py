@@ -109,7 +109,7 @@ class Attributor:
         return self.policy.crop
 
     @property
-    def crops(self) -> int:
+    def crops(self) -> Union[int, str]:
         return self.policy.crops
 
     @property
