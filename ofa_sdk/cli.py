@@ -436,6 +436,7 @@ def cmd_eval(a, att) -> int:
         auc_matrix_png(res["ours"].matrix, a.matrix)
     if a.json:
         out = {"ours": res["ours"].to_dict(), "counts": res["counts"], "skipped": res["skipped"],
+               "skipped_classes": res["skipped_classes"],
                "support": a.support, "queries": a.queries, "seed": a.seed, "jpeg": a.jpeg,
                "crops": att.crops, "rule": att.rule.name, "model_id": att.model_id}
         if "baseline" in res:
@@ -452,6 +453,8 @@ def cmd_eval(a, att) -> int:
                 print(f"baseline ({what}): mean 1v1 "
                       f"{100 * b.mean_1v1:.2f}, 1-vs-rest {100 * b.mean_1vrest:.2f}")
         print(f"images used: {res['counts']}; skipped (empty/corrupt/too small): {skipped or 0}")
+        if res["skipped_classes"]:
+            print(f"classes skipped (fewer than 2 usable images): {', '.join(res['skipped_classes'])}")
     return 0
 
 

@@ -197,3 +197,24 @@ def test_embed_items_keeps_highpass_spectra_aligned(tiny_model, tmp_path):
     e = embed_items(att, items, None, True, highpass=True)
     for path, hp in zip(good, e.highpass):
         assert np.allclose(hp, highpass_spectrum(make_crops(to_rgb(path), att.crop, 2)))
+
+
+def test_eval_skips_a_class_with_one_image_instead_of_failing(tiny_model, tmp_path):
+    """A benchmark folder with one stray image at its root: that 'class' is skipped with a
+    warning, the others are evaluated (issue 16)."""
+    import json
+    import subprocess
+    import sys
+    from conftest import make_images
+    root = tmp_path / "bench"
+    make_images(root / "gen_a", 6, 1, kind="noise")
+    make_images(root / "gen_b", 6, 2, kind="blocky")
+    make_images(root, 1, 3, kind="noise")                     # the stray image
+    out = subprocess.run([sys.executable, "-m", "ofa_sdk.cli", "eval", str(root), "--support", "3",
+                          "--queries", "3", "--no-baseline", "--json", "--model", str(tiny_model),
+                          "--gallery", str(tmp_path / "g.db"), "--backend", "torch", "--crops", "1"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["skipped_classes"] == ["bench"] and "fewer than 2" in out.stderr
+    assert set(res["counts"]) == {"gen_a", "gen_b"}

@@ -11,6 +11,7 @@ log-spectrum of t's support set, on the same crops as ours, with no learned extr
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -92,11 +93,16 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
     emb = {c: embed_items(att, items, jpeg_quality, baseline, highpass=baseline)
            for c, items in classes.items()}
     counts = {c: len(e.z) for c, e in emb.items()}
-    empty = [c for c, n in counts.items() if n < 2]
-    if empty:
-        raise ValueError(f"classes with fewer than 2 usable images: {empty}")
+    dropped = sorted(c for c, n in counts.items() if n < 2)   # e.g. one stray image at the root
+    if dropped:
+        warnings.warn(f"evaluation skips classes with fewer than 2 usable images: {dropped}",
+                      RuntimeWarning, stacklevel=2)
+        counts = {c: n for c, n in counts.items() if c not in dropped}
+    if len(counts) < 2:
+        raise ValueError(f"evaluation needs at least 2 classes with 2 or more usable images; "
+                         f"usable: {sorted(counts)}, skipped: {dropped}")
     split = split_support_query(counts, support, queries, seed, aligned)
-    names = sorted(classes)
+    names = sorted(counts)
     cache: Dict = {}
 
     def ours(t, c, rule=None):
@@ -112,6 +118,7 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
 
     out = {"ours": image_to_model(names, split, ours),
            "skipped": {c: e.skipped for c, e in emb.items() if e.skipped},
+           "skipped_classes": dropped,
            "counts": counts}
     for rule in also:
         if rule != att.rule.name:
