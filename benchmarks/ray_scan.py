@@ -26,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def make_images(folder: Path, n: int, seed: int, size: int, kind: str):

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
 
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.models import DnCNN, FingerprintSimulator

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 
 from common import set_parser, write
 from eval_wild import load_classes
