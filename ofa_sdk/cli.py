@@ -507,7 +507,7 @@ def cmd_export(a, att) -> int:
     else:
         from .backends.tensorrt import TensorRTEngine
         eng = TensorRTEngine(att.bundle, cache_dir=a.output)
-        paths = {k: str(v) for k, v in getattr(eng, "paths", {}).items()}
+        paths = {k: str(v) for k, v in eng.paths.items()}
     res = {"format": a.format, "model_id": att.model_id, "files": paths}
     print(json.dumps(res) if a.json else "\n".join(f"{k}: {v}" for k, v in paths.items()))
     return 0

@@ -18,7 +18,8 @@ uint8 or uint16). Everything becomes HxWx3 uint8 RGB:
   (:mod:`ofa_sdk.provenance`);
 * a decompression bomb is refused from the header's dimensions, before any pixel is decoded:
   images above ``max_pixels`` (default :data:`MAX_PIXELS`, configurable per Attributor) are an
-  error, whatever Pillow's own limit is set to;
+  error; Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``) still refuses larger ones
+  first, with the same message;
 * animated images (GIF, APNG, WebP) use their first frame, and the result's note says so;
 * a dangling or looping symbolic link, an unreadable file, an empty file, a non-image with an
   image suffix: each is a per-item error naming the reason.

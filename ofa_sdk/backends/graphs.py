@@ -1,7 +1,7 @@
 """The inference graphs compiled engines run, exported to ONNX from the reference model.
 
 Two graphs, with the FFT between them kept outside (ONNX Runtime's DFT op is far slower than a
-native real FFT, and TensorRT's ONNX parser has no DFT): the spectrum runs through
+native real FFT on the CPU): the spectrum runs through
 :func:`ofa_sdk.models.spectrum.log_spectrum` (the dispatched kernel or the torch path).
 
 * ``residual``:  (B, c, c, 3) uint8 crops -> (B, 3, h, w) float32 residual in grey levels;
