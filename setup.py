@@ -16,7 +16,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # ------------------------------------------------------------------ optional native extensions
-# ofa_sdk._spectrum_cpu (csrc/spectrum_cpu.cpp, pybind11): built on every install.
+# ofa_sdk._spectrum_cpu (csrc/spectrum_cpu.cpp) and ofa_sdk._gallery_cpu (csrc/gallery_cpu.cpp),
+# pybind11: built on every install.
 # ofa_sdk._spectrum_cuda (csrc/spectrum_cuda.cu + csrc/spectrum_cuda_binding.cpp): only where nvcc
 # and cufft.h are found. Neither is required: a skipped or failed build prints one line and the
 # install goes on (the PyTorch path is used). Environment knobs:
@@ -24,7 +25,7 @@ from setuptools.command.build_ext import build_ext
 #   OFA_SDK_CUDA_ARCH = "75;80;90" (default; SASS per arch, plus PTX of the last)
 #   OFA_SDK_NO_CUDA=1 skips the CUDA extension; CUDA_HOME picks the toolkit.
 HERE = os.path.dirname(os.path.abspath(__file__))
-CPU_EXT, CUDA_EXT = "ofa_sdk._spectrum_cpu", "ofa_sdk._spectrum_cuda"
+CPU_EXT, GALLERY_EXT, CUDA_EXT = "ofa_sdk._spectrum_cpu", "ofa_sdk._gallery_cpu", "ofa_sdk._spectrum_cuda"
 
 
 def _say(msg, limit=400):
@@ -190,8 +191,12 @@ def _ext_modules():
         return []
     cpu_args = _cpu_compile_args()
     return [
-        Extension(CPU_EXT, ["csrc/spectrum_cpu.cpp"], include_dirs=[inc], language="c++",
-                  extra_compile_args=cpu_args, extra_link_args=["-pthread"]),
+        Extension(CPU_EXT, ["csrc/spectrum_cpu.cpp"], include_dirs=[inc, "csrc"], language="c++",
+                  depends=["csrc/cpu_common.h"], extra_compile_args=cpu_args,
+                  extra_link_args=["-pthread"]),
+        Extension(GALLERY_EXT, ["csrc/gallery_cpu.cpp"], include_dirs=[inc, "csrc"], language="c++",
+                  depends=["csrc/cpu_common.h"], extra_compile_args=cpu_args,
+                  extra_link_args=["-pthread"]),
         Extension(CUDA_EXT, ["csrc/spectrum_cuda_binding.cpp"], include_dirs=[inc],
                   depends=["csrc/spectrum_cuda.cu", "csrc/spectrum_cuda.h"], language="c++",
                   extra_compile_args=["-O2", "-std=c++17", "-fvisibility=hidden"]),

@@ -9,13 +9,16 @@ Sections:
   scores against 10 profiles) and peak RSS growth per backend at batch 1, 16, 64, for the
   shipped model with its default crop policy ("auto") and with 1 crop, against the *eager
   baseline*: the same model as a researcher would run it -- fp32 torch, ``fft2`` (no Hermitian
-  shortcut, no fused kernel), decoding and inference taking turns in one thread. Also the
-  paper configuration (random weights; its cost, not its accuracy) on torch. The fraction of
+  shortcut, no fused kernel), decoding and inference taking turns in one thread. The fraction of
   the CPU's peak FLOP rate reached uses ``torch.utils.flop_counter`` on the reference model
   and the peak given by ``--peak-gflops``.
+* ``paper``: the same for the paper configuration (random weights: its cost, not its accuracy),
+  per backend at batch 1, 16, 64 against the eager baseline.
 * ``gallery``: attribution cost beyond the fingerprint against 10, 100, 1,000, 10,000 profiles
   of 100 supports, for both rules, per query image (batch of 16 queries, synthetic
-  fingerprints); for the pair rule also the prototype prefilter (``PairRule(prefilter=K)``), and
+  fingerprints); for the pair rule the backend that ran (the C++ kernel when built) against the
+  numpy composition it replaces (same run, up to 1,000 profiles), the prototype prefilter
+  (``PairRule(prefilter=K)``), and
   its top-1 agreement with exhaustive scoring on real fingerprints of the development sets.
 * ``scan``: a folder scan (files on disk, PNG decode, the SDK's prefetch) against pure
   inference on the same images already in memory (``--scan-size`` px images), and the peak RSS
@@ -162,28 +165,59 @@ def section_e2e(a, report):
                      "best_crops_per_s": best, "gflops_reached": best * fl / 1e9,
                      "peak_gflops": a.peak_gflops,
                      "fraction_of_peak": best * fl / 1e9 / a.peak_gflops}
-    # the paper configuration: cost only (random weights), torch vs the eager baseline
+
+
+def section_paper(a, report):
+    """The paper configuration (random weights: its cost, not its accuracy) end to end, per
+    backend at batch 1, 16, 64 (one call of that many 256 px images, one crop each), against the
+    eager baseline in the same run; its ONNX graphs are exported into a temporary cache first
+    (the export's time is reported, not counted)."""
+    from ofa_sdk import Attributor
     from ofa_sdk.config import paper
+    from ofa_sdk.images import make_crops
     from ofa_sdk.models import OFAModel
+    from ofa_sdk.weights import load_model, save_model
     torch.manual_seed(0)
-    pm = OFAModel(paper()).eval()
-    x = torch.rand(4, 3, 256, 256)
-
-    def paper_ref():
-        with torch.inference_mode():
-            pm(x)
-
-    def paper_eager():
-        with torch.no_grad():
-            spec = torch.log1p(torch.fft.fft2(pm.residual(x)).abs())
-            pm.extract(spec)
-    tr, te = median_time(paper_ref, 2), median_time(paper_eager, 2)
-    report["e2e"]["paper_config_torch_vs_eager"] = {"images_per_s_torch": 4 / tr,
-                                                    "images_per_s_eager": 4 / te, "ratio": te / tr}
-    print("paper config:", report["e2e"]["paper_config_torch_vs_eager"], flush=True)
+    cfg = paper()
+    rows = {}
+    old_cache = os.environ.get("OFA_SDK_CACHE")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["OFA_SDK_CACHE"] = tmp
+        try:
+            path = Path(tmp) / "paper.safetensors"
+            save_model(path, OFAModel(cfg).eval(), None, {"config": cfg.to_dict()}, dtype="float32")
+            bundle = load_model(path)
+            base = eager_baseline(bundle, lambda arr: make_crops(arr, cfg.crop, "auto"))
+            atts = {}
+            for be in ("torch", "onnxruntime"):
+                t0 = time.perf_counter()
+                atts[be] = Attributor(model=bundle, backend=be, batch_size=64, strict=True)
+                for i in range(2):
+                    atts[be].enroll(f"p{i}", images(2, seed=100 + i), overwrite=True)
+                rows[f"setup_s_{be}"] = time.perf_counter() - t0   # onnxruntime: includes the export
+            for batch in ((1, 4) if a.quick else (1, 16, 64)):
+                blobs = encoded(images(batch, seed=batch))
+                t_base = median_time(lambda: base(blobs, batch), 1)
+                row = {"baseline_images_per_s": batch / t_base}
+                for be, att in atts.items():
+                    att.batch_size = batch
+                    with PeakRSS() as pk:
+                        t = median_time(lambda: att.attribute(blobs), 1)
+                    row[be] = {"images_per_s": batch / t, "ratio_to_baseline": t_base / t,
+                               "peak_rss_growth_mb": pk.growth}
+                rows[f"batch={batch}"] = row
+                print(f"paper batch={batch}: " + json.dumps(row), flush=True)
+            rows["flops_per_image"] = flops_per_crop(bundle)
+        finally:
+            if old_cache is None:
+                os.environ.pop("OFA_SDK_CACHE", None)
+            else:
+                os.environ["OFA_SDK_CACHE"] = old_cache
+    report["paper"] = rows
 
 
 def section_gallery(a, report):
+    from ofa_sdk.kernels import dispatch
     from ofa_sdk.scoring import Calibration, PairHeadWeights, PairRule, PrototypeRule, unit
     from ofa_sdk.weights import load_default_model
     bundle = load_default_model()
@@ -206,6 +240,11 @@ def section_gallery(a, report):
         if P <= (1000 if a.quick else 10000):
             t = median_time(lambda: pair.scores(ps, queries[:4]), reps) / 4
             row["pair_ms_per_image"] = 1e3 * t
+            row["pair_backend"] = dispatch.which("pair_gallery_scores", queries[0], rest=head)
+            if P <= 1000:       # the numpy composition the C++ kernel replaces, same run
+                with dispatch.reference():
+                    row["pair_reference_ms_per_image"] = 1e3 * median_time(
+                        lambda: pair.scores(ps, queries[:4]), reps) / 4
             for k in (10, 50):
                 pre = PairRule(head, prefilter=k)
                 pst = pre.prepare(supports)
@@ -329,7 +368,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peak-gflops", type=float, default=300.0,
                     help="the CPU's peak fp32 rate (2 AVX-512 cores here: about 300)")
-    ap.add_argument("--sections", nargs="+", default=["e2e", "gallery", "scan", "mokconv"])
+    ap.add_argument("--sections", nargs="+", default=["e2e", "paper", "gallery", "scan", "mokconv"])
     ap.add_argument("--sets", nargs="+", default=["benchmarks/data/dev-sim", "benchmarks/data/wild"],
                     help="class-per-folder sets for the prefilter's agreement on real fingerprints")
     ap.add_argument("--queries", type=int, default=50, help="query images per class (agreement)")
@@ -343,8 +382,8 @@ def main(argv=None):
               "cpus": os.cpu_count(), "threads": a.threads, "torch": torch.__version__,
               "quick": a.quick, "max_rss_mb_at_start": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     for s in a.sections:
-        {"e2e": section_e2e, "gallery": section_gallery, "scan": section_scan,
-         "mokconv": section_mokconv}[s](a, report)
+        {"e2e": section_e2e, "paper": section_paper, "gallery": section_gallery,
+         "scan": section_scan, "mokconv": section_mokconv}[s](a, report)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=1))
     if "e2e" in report and a.plot:

@@ -22,6 +22,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "cpu_common.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -507,9 +509,8 @@ void run_plane(const Job& jb, const Plan& ph, const Plan& pw, Workspace& ws, int
 void run_job(const Job& jb, int threads) {
     if (jb.planes == 0) return;
     const Plan ph(jb.H), pw(jb.W);
-    const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, jb.planes)));
     std::atomic<int64_t> next{0};
-    auto worker = [&]() {
+    ofa_cpu::run_threads(threads, jb.planes, [&]() {
         Workspace ws(jb, ph, pw);
         // each thread reserves its next plane one ahead, to prefetch it
         for (int64_t i = next.fetch_add(1); i < jb.planes;) {
@@ -517,16 +518,7 @@ void run_job(const Job& jb, int threads) {
             run_plane(jb, ph, pw, ws, i, n < jb.planes ? n : -1);
             i = n;
         }
-    };
-    if (nt == 1) {
-        worker();
-        return;
-    }
-    std::vector<std::thread> pool;
-    pool.reserve(nt - 1);
-    for (int i = 0; i < nt - 1; ++i) pool.emplace_back(worker);
-    worker();
-    for (auto& th : pool) th.join();
+    });
 }
 
 using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -536,7 +528,6 @@ py::array_t<float> call(FArray x, double scale, int threads, bool highpass) {
     if (bi.ndim < 2)
         throw std::invalid_argument("expected an array of shape (..., H, W), e.g. (B, C, H, W)");
     if (!std::isfinite(scale)) throw std::invalid_argument("scale must be finite");
-    if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
     Job jb;
     jb.Hin = int(bi.shape[bi.ndim - 2]);
     jb.Win = int(bi.shape[bi.ndim - 1]);
@@ -562,33 +553,12 @@ py::array_t<float> call(FArray x, double scale, int threads, bool highpass) {
     return out;
 }
 
-std::string build_info() {
-    std::string s = "vector " + std::to_string(VL) + " x float32";
-#if defined(__AVX512F__)
-    s += ", avx512f";
-#endif
-#if defined(__AVX2__)
-    s += ", avx2";
-#endif
-#if defined(__FMA__)
-    s += ", fma";
-#endif
-#if !defined(__AVX__)
-    s += ", generic (no AVX)";
-#endif
-    return s;
-}
+std::string build_info() { return "vector " + std::to_string(VL) + " x float32" + ofa_cpu::simd_flags(); }
 
 }  // namespace
 
 PYBIND11_MODULE(_spectrum_cpu, m) {
-#if defined(__x86_64__) && (defined(__AVX2__) || defined(__FMA__))
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
-        throw py::import_error(
-            "ofa_sdk._spectrum_cpu was built with AVX2/FMA, which this CPU lacks: rebuild with "
-            "OFA_SDK_CPU_FLAGS=generic");
-#endif
+    ofa_cpu::require_build_cpu("ofa_sdk._spectrum_cpu");
     m.doc() = "log1p(scale * |FFT2|) of real (..., H, W) float32 planes (full spectrum, no "
               "fftshift, no normalisation); own mixed-radix SIMD FFT, threaded over planes.";
     m.def(

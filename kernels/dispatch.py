@@ -1,9 +1,11 @@
 """The one switch between fused kernels and the PyTorch reference, per op and per call.
 
 Ops: ``log_spectrum``, ``highpass_log_spectrum``, ``mokconv``, ``pair_gallery_scores``.
-Backends: ``"reference"`` (the PyTorch code in ``ofa_sdk.models``, the definition), ``"triton"``
+Backends: ``"reference"`` (the PyTorch code in ``ofa_sdk.models``, the definition; for the
+numpy pair rule, ``PairHeadWeights.mean_probs``), ``"triton"``
 (``ofa_sdk.kernels.{spectrum,mokconv,gallery}``), ``"cpp"`` (``ofa_sdk._spectrum_cpu``, CPU
-spectrum) and ``"cuda_ext"`` (``ofa_sdk._spectrum_cuda``, CUDA spectrum).
+spectrum; ``ofa_sdk._gallery_cpu``, CPU pair-rule scoring) and ``"cuda_ext"``
+(``ofa_sdk._spectrum_cuda``, CUDA spectrum).
 
 Rules, in order (:func:`decide` returns the backend and the reason; :func:`which` the backend):
 
@@ -18,8 +20,9 @@ Rules, in order (:func:`decide` returns the backend and the reason; :func:`which
    extension instead when it is importable and preferred, or when Triton is not;
 5. CPU tensors: the spectrum runs in the C++ module when it is built (it beats
    ``torch.fft.rfft2`` and scipy here: benchmarks/RESULTS.md), unless ``"reference"`` is
-   preferred (``OFA_SDK_PREFER=reference``) or the reference is forced; every other op runs the
-   reference. ``"triton"`` runs the Triton kernels on CPU tensors only when preferred and under
+   preferred (``OFA_SDK_PREFER=reference``) or the reference is forced; so does the numpy pair
+   rule's gallery scoring (numpy arrays in, :func:`pair_crop_means`; it beats the numpy BLAS
+   composition: benchmarks/RESULTS.md); every other op runs the reference. ``"triton"`` runs the Triton kernels on CPU tensors only when preferred and under
    the interpreter (``TRITON_INTERPRET=1``, for tests).
 
 Nothing here imports Triton, queries a GPU or compiles at import: availability is checked per
@@ -36,6 +39,7 @@ import os
 import sys
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 OPS = ("log_spectrum", "highpass_log_spectrum", "mokconv", "pair_gallery_scores")
@@ -147,6 +151,10 @@ def cpp_available() -> bool:
     return _importable("ofa_sdk._spectrum_cpu")
 
 
+def gallery_cpu_available() -> bool:
+    return _importable("ofa_sdk._gallery_cpu")
+
+
 def cuda_ext_available() -> bool:
     return _importable("ofa_sdk._spectrum_cuda")
 
@@ -201,6 +209,14 @@ def decide(op: str, x: torch.Tensor, *others, rest=None) -> tuple:
         return "reference", "exporting/compiling/tracing"
     if reference_forced():
         return "reference", "reference forced"
+    if op == "pair_gallery_scores" and isinstance(x, np.ndarray):    # the numpy pair rule
+        if rest is not None and not rest.fusable:
+            return "reference", "pair head is not Linear-ReLU-Linear"
+        if "reference" in preferred():
+            return "reference", "reference preferred"
+        if gallery_cpu_available():
+            return "cpp", "numpy arrays, C++ gallery module built (faster: benchmarks/RESULTS.md)"
+        return "reference", "C++ gallery module not built"
     if not isinstance(x, torch.Tensor):
         return "reference", "not a tensor"
     tensors = [x] + [t for t in others if isinstance(t, torch.Tensor)]
@@ -252,7 +268,8 @@ def which(op: str, tensor: torch.Tensor, *others, **kw) -> str:
 
 def report() -> dict:
     """What is importable and switched (queries CUDA: call it on demand only)."""
-    return {"triton": _has_module("triton"), "cpp": cpp_available(), "cuda_ext": cuda_ext_available(),
+    return {"triton": _has_module("triton"), "cpp": cpp_available(),
+            "cpp_gallery": gallery_cpu_available(), "cuda_ext": cuda_ext_available(),
             "cuda": torch.cuda.is_available(), "interpret": os.environ.get("TRITON_INTERPRET") == "1",
             "reference_forced": reference_forced(), "prefer": sorted(preferred()),
             "precision": dict(_STATE["precision"])}
@@ -331,3 +348,21 @@ def pair_gallery_scores(query_part: torch.Tensor, support_parts: torch.Tensor, c
                                      input_precision=_STATE["precision"]["pair_gallery_scores"])
     from .gallery import pair_gallery_scores_reference
     return pair_gallery_scores_reference(query_part, support_parts, counts, rest)
+
+
+def pair_crop_means(query_part: np.ndarray, parts, head, chunk: int = 256) -> np.ndarray:
+    """The numpy pair rule's hot loop: (n, h) query parts (``PairHeadWeights.query_part``) and P
+    profiles' (S_p, h) support parts, ``head`` a ``PairHeadWeights`` -> (n, P) float32 mean pair
+    probability of each query row over each profile's supports. The C++ kernel
+    (``ofa_sdk._gallery_cpu``, on ``torch.get_num_threads()`` threads) or the reference
+    ``head.mean_probs`` per profile, ``chunk`` query rows at a time."""
+    query_part = np.ascontiguousarray(query_part, np.float32)
+    parts = list(parts)
+    if decide("pair_gallery_scores", query_part, rest=head)[0] == "cpp":
+        mod = importlib.import_module("ofa_sdk._gallery_cpu")
+        (w1, b1), (w2, b2) = head.rest
+        return mod.pair_scores(query_part, parts, w1, b1, w2.reshape(-1), float(b2.reshape(-1)[0]),
+                               threads=torch.get_num_threads())
+    if not parts:
+        return np.zeros((len(query_part), 0), np.float32)
+    return np.stack([head.mean_probs(query_part, p, chunk) for p in parts], 1)

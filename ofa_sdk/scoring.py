@@ -246,6 +246,19 @@ class PairHeadWeights:
                 np.maximum(h, 0, out=h)
         return (1.0 / (1.0 + np.exp(-h[:, 0]))).astype(np.float32).reshape(q, s)
 
+    def mean_probs(self, query_part: np.ndarray, support_part: np.ndarray, chunk: int = 256
+                   ) -> np.ndarray:
+        """(Q, h), (S, h) -> (Q,) mean pair probability of each query row over the supports,
+        ``chunk`` query rows at a time (bounds the (chunk * S, h) temporary). The reference of
+        the fused C++ kernel (``ofa_sdk.kernels.dispatch.pair_crop_means``)."""
+        return np.concatenate([self.probs(query_part[i:i + chunk], support_part).mean(1)
+                               for i in range(0, len(query_part), chunk)] or [np.zeros(0, np.float32)])
+
+    @property
+    def fusable(self) -> bool:
+        """The shape the fused kernels cover: rest = Linear(h, h2), ReLU, Linear(h2, 1)."""
+        return len(self.rest) == 2 and self.rest[1][0].shape[0] == 1
+
 
 def _owners(queries: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
     """Flattened (sum k, d) crop fingerprints of B query images and the image of each row."""
@@ -317,9 +330,11 @@ class PairRule:
     def select(self, state: PairState, idx: Sequence[int]) -> PairState:
         return PairState(tuple(state.parts[i] for i in idx), state.prototypes[list(idx)])
 
-    def _per_crop(self, qpart: np.ndarray, part: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.head.probs(qpart[i:i + self.chunk], part).mean(1)
-                               for i in range(0, len(qpart), self.chunk)])
+    def _crop_means(self, qpart: np.ndarray, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """(n, h) query parts x P support parts -> (n, P) mean pair probabilities (the fused
+        C++ kernel when built, else :meth:`PairHeadWeights.mean_probs`; one switch decides)."""
+        from .kernels.dispatch import pair_crop_means
+        return pair_crop_means(qpart, parts, self.head, chunk=self.chunk)
 
     def scores(self, state: PairState, queries: Sequence[np.ndarray]) -> np.ndarray:
         """Per query image: the mean pair probability over its crops and each support set."""
@@ -330,7 +345,7 @@ class PairRule:
             return self._prefiltered(state, queries)
         flat, owner = _owners(queries)
         qpart = self.head.query_part(flat)
-        per_crop = np.stack([self._per_crop(qpart, part) for part in state.parts], 1)   # (sum k, P)
+        per_crop = self._crop_means(qpart, state.parts)                     # (sum k, P)
         counts = np.bincount(owner)
         return np.stack([np.bincount(owner, per_crop[:, p]) / counts for p in range(P)], 1)
 
@@ -339,8 +354,8 @@ class PairRule:
         cos = np.stack([prototype(q) for q in queries]) @ state.prototypes.T
         for b, q in enumerate(queries):
             qpart = self.head.query_part(q)
-            for p in np.argpartition(-cos[b], self.prefilter)[:self.prefilter]:
-                out[b, p] = self._per_crop(qpart, state.parts[p]).mean()
+            top = np.argpartition(-cos[b], self.prefilter)[:self.prefilter]
+            out[b, top] = self._crop_means(qpart, [state.parts[p] for p in top]).mean(0)
         return out
 
     def leave_one_out(self, support: np.ndarray, crops, part=None) -> np.ndarray:
