@@ -3,10 +3,14 @@
     python benchmarks/ort_int8.py --photos ../shared/data/real-photos --wild benchmarks/data/wild \
         [--out benchmarks/results/ort_int8.json]
 
-Both graphs of the shipped model are quantised with ``onnxruntime.quantization.quantize_static``
-(QDQ format, per-channel int8 weights, uint8 activations), calibrated on crops of *training*
-photos (the residual graph on the crops, the extractor graph on their log-spectra). Variants:
-everything quantised, or the first and last layer of each graph kept in float. Each variant runs
+Both graphs of the shipped model are quantised by the SDK's quantiser
+(``ofa_sdk.backends.quantize.quantize_graphs``: QDQ, per-channel int8 weights, convolutions and
+matrix products), calibrated on crops of *training* photos (the residual graph on the crops, the
+extractor graph on their log-spectra). Variants: uint8 activations (ONNX Runtime's scheme) with
+every layer quantised or the first and last layer of each graph kept in float; and the scheme
+TensorRT's int8 engines are built from (symmetric int8 activations, biases in float, ends in
+float), run here by ONNX Runtime as a proxy of its accuracy (not of TensorRT's speed or
+kernels). Each variant runs
 as an engine against the Protocol (one class below, registered under a benchmark-only name) and
 is compared with the float32 ONNX Runtime engine in the same run: crops/s at batch 64, and the
 mean 1-vs-1 AUC of the prototype rule on the wild set (1 crop; support 75, queries 100). The
@@ -48,38 +52,6 @@ class Int8Engine:
         return self.embed_spectra(crops)[0]
 
 
-class Reader:
-    """onnxruntime.quantization's calibration data reader over a list of input batches."""
-
-    def __init__(self, name, batches):
-        self.name, self.it = name, iter(batches)
-
-    def get_next(self):
-        b = next(self.it, None)
-        return None if b is None else {self.name: b}
-
-
-def quantize(graphs, calib_crops, out: Path, keep_ends: bool):
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from ofa_sdk.models.spectrum import log_spectrum
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(graphs["residual"]), providers=["CPUExecutionProvider"])
-    spectra = [log_spectrum(torch.from_numpy(sess.run(None, {"crops": c})[0])).numpy() for c in calib_crops]
-    inputs = {"residual": ("crops", calib_crops), "extractor": ("spectrum", spectra)}
-    paths = {}
-    for g, src in graphs.items():
-        convs = [n.name for n in onnx.load(str(src)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-        exclude = [convs[0], convs[-1]] if keep_ends and len(convs) > 2 else []
-        dst = out / f"{g}.int8{'-ends' if keep_ends else ''}.onnx"
-        name, batches = inputs[g]
-        quantize_static(str(src), str(dst), Reader(name, batches), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
-        paths[g] = dst
-    return paths
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", required=True)
@@ -92,6 +64,7 @@ def main(argv=None):
     from ofa_sdk import Attributor
     from ofa_sdk.backends import ENGINES, register
     from ofa_sdk.backends.graphs import ensure_graphs
+    from ofa_sdk.backends.quantize import quantize_graphs
     from ofa_sdk.evaluation.runner import evaluate
     from ofa_sdk.images import from_tensor
     from ofa_sdk.training.common import PhotoSet
@@ -101,14 +74,17 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     train = PhotoSet(a.photos, split="train")
     crops = from_tensor(train.batch(a.calib, bundle.config.crop, g))
-    calib = [crops[i:i + 32] for i in range(0, len(crops), 32)]
     classes = load_classes(Path(a.wild))
     x = np.random.default_rng(0).integers(0, 256, (64, bundle.config.crop, bundle.config.crop, 3), dtype=np.uint8)
     report = {"calibration_crops": a.calib, "variants": {}}
     register("ort-int8", f"{__name__}:Int8Engine")
     with tempfile.TemporaryDirectory() as tmp:
-        variants = {"float32": None, "int8-all": quantize(graphs, calib, Path(tmp), False),
-                    "int8-ends-float": quantize(graphs, calib, Path(tmp), True)}
+        variants = {"float32": None,
+                    "int8-all": quantize_graphs(graphs, crops, tmp, for_tensorrt=False,
+                                                keep_ends=False, suffix=".all"),
+                    "int8-ends-float": quantize_graphs(graphs, crops, tmp, for_tensorrt=False,
+                                                       keep_ends=True, suffix=".ends"),
+                    "int8-tensorrt-scheme": quantize_graphs(graphs, crops, tmp, for_tensorrt=True)}
         for name, qpaths in variants.items():
             if qpaths is None:
                 att = Attributor(model=bundle, backend="onnxruntime", crops=1, batch_size=64, strict=True)

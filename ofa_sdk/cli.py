@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("export", help="write the model's inference graphs (onnx) or TensorRT engines")
     p.add_argument("--format", choices=["onnx", "engine"], default="onnx")
+    p.add_argument("--int8", metavar="PHOTOS", default=None,
+                   help="also write int8 (QDQ) graphs calibrated on this folder of real photos "
+                        "(what TensorRT's int8 engines are built from)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
+                   help="TensorRT engine precision (--format engine)")
     p.add_argument("-o", "--output", default=None,
                    help="folder (default: onnx beside the model file in engines/<model id>/, "
                         "engine in the TensorRT cache)")
@@ -503,10 +508,16 @@ def cmd_export(a, att) -> int:
     if a.format == "onnx":
         from .backends.graphs import export_graphs
         out = Path(a.output) if a.output else Path(att.bundle.path).parent / "engines" / att.model_id
-        paths = {k: str(v) for k, v in export_graphs(att.bundle, out).items()}
+        graphs = export_graphs(att.bundle, out)
+        paths = {k: str(v) for k, v in graphs.items()}
+        if a.int8:
+            from .backends.quantize import calibration_crops, quantize_graphs
+            crops = calibration_crops(a.int8, att.bundle.config.crop)
+            paths.update({f"{k}.int8": str(v) for k, v in quantize_graphs(graphs, crops, out).items()})
     else:
         from .backends.tensorrt import TensorRTEngine
-        eng = TensorRTEngine(att.bundle, cache_dir=a.output)
+        eng = TensorRTEngine(att.bundle, cache_dir=a.output, precision=a.precision,
+                             calibration=a.int8)
         paths = {k: str(v) for k, v in eng.paths.items()}
     res = {"format": a.format, "model_id": att.model_id, "files": paths}
     print(json.dumps(res) if a.json else "\n".join(f"{k}: {v}" for k, v in paths.items()))

@@ -14,12 +14,14 @@ from ofa_sdk.backends.tensorrt import (TRT_PARSER_OPS, BatchProfile, atomic_writ
 
 def test_cache_key_covers_everything_an_engine_depends_on():
     base = dict(model_id="abc", gpu_name="NVIDIA H200", capability=(9, 0), trt_version="10.9.0",
-                profile=BatchProfile(1, 32, 256), precision="fp16", graph="residual")
+                profile=BatchProfile(1, 32, 256), precision="fp16", graph="residual",
+                source="0123456789ab")
     k = cache_key(**base)
-    assert k == "abc-residual-nvidia-h200-sm90-trt10.9.0-b1_32_256-fp16"
+    assert k == "abc-residual-0123456789ab-nvidia-h200-sm90-trt10.9.0-b1_32_256-fp16"
     for field, other in (("model_id", "abd"), ("gpu_name", "NVIDIA A100"), ("capability", (8, 0)),
                          ("trt_version", "10.10.0"), ("profile", BatchProfile(1, 16, 256)),
-                         ("precision", "fp32"), ("graph", "extractor")):
+                         ("precision", "fp32"), ("precision", "int8"), ("graph", "extractor"),
+                         ("source", "0123456789ac")):
         assert cache_key(**{**base, field: other}) != k, field
     with pytest.raises(ValueError, match="precision"):
         cache_key(**{**base, "precision": "int4"})

@@ -10,11 +10,18 @@ engines is a torch/Triton op (:func:`ofa_sdk.models.spectrum.log_spectrum`, disp
 fused kernel on CUDA), so one CUDA runtime owns all memory and nothing crosses to the host
 between the engines. Each thread gets its own execution context (``threading.local``).
 
-Engines are cached in ``$OFA_SDK_CACHE/tensorrt/`` under a key of the model id, the GPU's name
-and compute capability, the TensorRT version, the batch profile and the precision
-(:func:`cache_key`), with a JSON file beside each engine and a shared timing cache. Builds take
-a file lock and write atomically; an engine whose JSON does not match its key (stale or
-foreign) is rebuilt, never reused.
+Engines are cached in ``$OFA_SDK_CACHE/tensorrt/`` under a key of the model id, the source
+graph's digest, the GPU's name and compute capability, the TensorRT version, the batch profile
+and the precision (:func:`cache_key`), with a JSON file beside each engine and a shared timing
+cache. Builds take a file lock and write atomically; an engine whose JSON does not match its key
+(stale or foreign) is rebuilt, never reused.
+
+Precisions: ``fp32``; ``fp16`` (the default); ``int8``: explicit quantisation, built from the
+QDQ int8 graphs of :mod:`ofa_sdk.backends.quantize` (calibrated on real photos: the engine
+option ``calibration=<folder>``, or graphs made earlier with ``ofa-sdk export --format onnx
+--int8 PHOTOS``), as a strongly typed network where the TensorRT version has them (its
+documented way for Q/DQ graphs; layers outside Q/DQ pairs then run in fp32), else with the
+INT8 and FP16 builder flags.
 
 TensorRT cannot be installed on the machines this project is developed on: the key, profile,
 lock and JSON logic and the graphs' operator set are tested there (tests/test_tensorrt.py); the
@@ -32,9 +39,10 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from ..weights import file_id
 from .base import EngineUnavailable, check_crops
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 # Operators of the exported graphs that TensorRT's ONNX parser supports (its operators.md).
 # The graphs are checked against this list in the tests: a new op must be checked by hand.
 TRT_PARSER_OPS = frozenset({
@@ -44,6 +52,7 @@ TRT_PARSER_OPS = frozenset({
     "Slice", "Sqrt", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Gather", "Where", "Equal",
     "Sigmoid", "LeakyRelu", "Pad", "ConstantOfShape", "Range", "Less", "Greater", "Min",
     "ReduceMax", "Neg", "Abs", "Exp", "Log", "Softmax", "Tanh", "Erf", "Not", "And", "Or",
+    "QuantizeLinear", "DequantizeLinear",
 })
 
 
@@ -66,12 +75,13 @@ class BatchProfile:
 
 
 def cache_key(model_id: str, gpu_name: str, capability: Tuple[int, int], trt_version: str,
-              profile: BatchProfile, precision: str, graph: str) -> str:
-    """The engine's file stem: everything an engine is only valid for."""
+              profile: BatchProfile, precision: str, graph: str, source: str) -> str:
+    """The engine's file stem: everything an engine is only valid for (``source``: the digest of
+    the ONNX graph it is built from, so a re-exported or recalibrated graph gets a new engine)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     gpu = "".join(ch if ch.isalnum() else "-" for ch in gpu_name).strip("-").lower()
-    return (f"{model_id}-{graph}-{gpu}-sm{capability[0]}{capability[1]}-trt{trt_version}-"
+    return (f"{model_id}-{graph}-{source}-{gpu}-sm{capability[0]}{capability[1]}-trt{trt_version}-"
             f"b{profile.min}_{profile.opt}_{profile.max}-{precision}")
 
 
@@ -115,14 +125,19 @@ def _build(trt, onnx_path: Path, input_name: str, input_shape, profile: BatchPro
            precision: str, timing_cache: Path) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)            # explicit batch is the only mode in TRT 10
+    strong = precision == "int8" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    # explicit batch is the only mode in TRT 10; Q/DQ graphs build strongly typed where possible
+    network = builder.create_network(
+        1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errs}")
     config = builder.create_builder_config()
-    if precision == "fp16":
+    if precision == "fp16" or (precision == "int8" and not strong):
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8" and not strong:
+        config.set_flag(trt.BuilderFlag.INT8)       # Q/DQ scales come from the graph
     opt = builder.create_optimization_profile()
     rest = tuple(input_shape[1:])
     opt.set_shape(input_name, (profile.min, *rest), (profile.opt, *rest), (profile.max, *rest))
@@ -140,7 +155,9 @@ class TensorRTEngine:
     name = "tensorrt"
 
     def __init__(self, bundle, device: Optional[str] = None, *, precision: str = "fp16",
-                 profile: BatchProfile = BatchProfile(), cache_dir=None):
+                 profile: BatchProfile = BatchProfile(), cache_dir=None, calibration=None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         try:
             import tensorrt as trt
         except ImportError:
@@ -158,14 +175,18 @@ class TensorRTEngine:
         self.profile, self.precision = profile, precision
         props = torch.cuda.get_device_properties(dev)
         folder = Path(cache_dir or default_dir())
-        graphs = ensure_graphs(bundle)
+        if precision == "int8":     # before the GPU work: a missing calibration fails fast
+            from .quantize import ensure_int8_graphs
+            graphs = ensure_int8_graphs(bundle, calibration)
+        else:
+            graphs = ensure_graphs(bundle)
         h, w = residual_shape(bundle.config)
         shapes = {"residual": (profile.opt, self.crop, self.crop, 3), "extractor": (profile.opt, 3, h, w)}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines, self._io, self.paths = {}, {}, {}
         for g, onnx_path in graphs.items():
             key = cache_key(self.model_id, props.name, (props.major, props.minor), trt.__version__,
-                            profile, precision, g)
+                            profile, precision, g, file_id(onnx_path)[:12])
             plan_path, json_path = folder / f"{key}.engine", folder / f"{key}.json"
             with file_lock(folder / f"{key}.lock"):
                 if not (plan_path.exists() and record_matches(json_path, key)):
@@ -173,7 +194,7 @@ class TensorRTEngine:
                                   folder / f"timing-trt{trt.__version__}-sm{props.major}{props.minor}.cache")
                     atomic_write(plan_path, plan)
                     atomic_write(json_path, json.dumps(key_record(
-                        key, model_id=self.model_id, graph=g, gpu=props.name,
+                        key, model_id=self.model_id, graph=g, source=str(onnx_path), gpu=props.name,
                         capability=[props.major, props.minor], tensorrt=trt.__version__,
                         profile=asdict(profile), precision=precision), indent=1).encode())
             self.engines[g] = runtime.deserialize_cuda_engine(plan_path.read_bytes())
@@ -187,6 +208,13 @@ class TensorRTEngine:
             ctx = self.engines[g].create_execution_context()
             setattr(self._local, g, ctx)
         return ctx
+
+    def _stream(self):
+        """This thread's CUDA stream (made once, like its execution contexts)."""
+        st = getattr(self._local, "stream", None)
+        if st is None:
+            st = self._local.stream = self._torch.cuda.Stream(self._dev)
+        return st
 
     def _run(self, g: str, x, stream):
         """One engine on a device tensor; output allocated to the shape TensorRT infers."""
@@ -207,7 +235,7 @@ class TensorRTEngine:
         torch = self._torch
         x = torch.from_numpy(check_crops(crops, self.crop))
         zs, specs = [], []
-        stream = torch.cuda.Stream(self._dev)
+        stream = self._stream()
         with torch.cuda.stream(stream), torch.inference_mode():
             for a, b in self.profile.chunks(len(x)):
                 xd = x[a:b].to(self._dev, non_blocking=True).contiguous()
