@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 11: the JPEG-robustness candidate against the shipped model, on both development sets,
 # clean and after JPEG q90 and q75, 1 and 4 crops, with both non-learned baselines beside it.
-#   RUN=runs/jpeg-hp bash benchmarks/jpeg_eval.sh
+#   RUN=runs/jpeg-hp [TAG=candidate] bash benchmarks/jpeg_eval.sh
+# Results go to benchmarks/results/jpeg/{dev,wild}_{shipped,$TAG}_q{0,90,75}.json; a result that
+# exists is kept (FORCE=1 recomputes it), so a second candidate costs only its own runs.
 # The candidate: stage 2 retrained on the shipped stage-0/1 checkpoints (ofa-train unpack) with
 # the fixed high-pass residual and whole classes JPEG-compressed (see RESULTS.md section 9).
 set -euo pipefail
@@ -9,6 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PHOTOS=${PHOTOS:-../shared/data/real-photos}
 RUN=${RUN:-runs/jpeg-hp}
+TAG=${TAG:-candidate}
 CAND=$RUN/model.safetensors
 [ -f "$CAND" ] || { $PY -m ofa_sdk.training export --out "$RUN" --dest "$CAND";
                     $PY -m ofa_sdk.training calibrate --data "$PHOTOS" --dest "$CAND" --quiet; }
@@ -16,13 +19,17 @@ CAND=$RUN/model.safetensors
     --ids 1467947688592 1526 65355 1258425474582 71031634 1055523705408 424282667499 1353444123167 3948 24467581
 [ -f benchmarks/data/wild/MANIFEST.json ] || $PY benchmarks/wild.py --photos "$PHOTOS"
 mkdir -p benchmarks/results/jpeg
-for M in shipped candidate; do
-  MARG=""; [ $M = candidate ] && MARG="--model $CAND"
+run() {   # run OUT ARGS...: scoring.py into OUT unless it is there already
+  local out=$1; shift
+  [ -f "$out" ] && [ -z "${FORCE:-}" ] && { echo "kept $out"; return; }
+  $PY benchmarks/scoring.py "$@" --out "$out"
+}
+for M in shipped $TAG; do
+  MARG=""; [ $M != shipped ] && MARG="--model $CAND"
   for Q in 0 90 75; do
     JARG=""; [ $Q != 0 ] && JARG="--jpeg $Q"
-    $PY benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 $JARG $MARG \
-        --out benchmarks/results/jpeg/dev_${M}_q${Q}.json
-    $PY benchmarks/scoring.py --set benchmarks/data/wild --support 75 --queries 100 --crops 1 4 $JARG $MARG \
-        --out benchmarks/results/jpeg/wild_${M}_q${Q}.json
+    run benchmarks/results/jpeg/dev_${M}_q${Q}.json --set benchmarks/data/dev-sim --crops 1 4 $JARG $MARG
+    run benchmarks/results/jpeg/wild_${M}_q${Q}.json --set benchmarks/data/wild --support 75 \
+        --queries 100 --crops 1 4 $JARG $MARG
   done
 done

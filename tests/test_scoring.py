@@ -127,16 +127,20 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
         Attributor(model=calibrated, profile_quantile=1.5)
 
 
-def test_student_t_quantile_matches_scipy():
+def test_student_t_matches_scipy():
     from scipy.stats import t
-    from ofa_sdk.scoring import student_t_quantile
+    from ofa_sdk.scoring import student_t_cdf, student_t_quantile
+    xs = np.concatenate([-np.logspace(-4, 4, 33), [0.0], np.logspace(-4, 4, 33)])
+    for dof in (1, 2, 3, 4, 5, 9, 10, 49, 99, 500):
+        assert max(abs(student_t_cdf(x, dof) - t.cdf(x, dof)) for x in xs) < 1e-12, dof
     for p in (0.05, 0.5, 0.75, 0.95, 0.99, 0.999):
         for dof in (1, 2, 3, 4, 9, 49, 500):
-            assert abs(student_t_quantile(p, dof) - t.ppf(p, dof)) < 1e-5 * max(1, abs(t.ppf(p, dof)))
-    with pytest.raises(ValueError):
-        student_t_quantile(1.0, 3)
-    with pytest.raises(ValueError):
-        student_t_quantile(0.9, 0)
+            assert abs(student_t_quantile(p, dof) - t.ppf(p, dof)) < 1e-10 * max(1, abs(t.ppf(p, dof)))
+    for bad in ((1.0, 3), (0.9, 0), (0.9, 2.5)):
+        with pytest.raises(ValueError):
+            student_t_quantile(*bad)
+    with pytest.raises(ValueError, match="integer dof"):
+        student_t_cdf(0.3, 1.5)
 
 
 @pytest.mark.parametrize("n", [3, 5, 20])
