@@ -1,8 +1,10 @@
 """The seams set by the restructure: one engine contract, rule objects, snapshots, model ids.
 
 ``test_shipped_model_is_pinned`` holds the shipped model's fingerprints and scores to the values
-the pre-restructure code (commit c034ee4) produced for the same inputs (tests/data/
-pinned_shipped.json): moving code between modules must not move a number.
+pinned for the same inputs (tests/data/pinned_shipped.json; first made by the pre-restructure
+code, commit c034ee4): moving code between modules must not move a number. When the shipped
+model itself changes, the file is remade from the new model with ``python
+tests/test_restructure.py --repin`` (and the commit says so).
 """
 import json
 import pickle
@@ -33,29 +35,32 @@ def pinned_images():
 @pytest.mark.parametrize("crops", [1, 4])
 def test_shipped_model_is_pinned(crops):
     from ofa_sdk.kernels import dispatch
-    with dispatch.reference():      # the reference path, as the pinned values were made
-        check_pinned(crops)
-
-
-def check_pinned(crops):
     want = json.loads(PINNED.read_text())
+    with dispatch.reference():      # the reference path, as the pinned values were made
+        got = pinned_values(crops)
+    for k, v in got.items():
+        np.testing.assert_allclose(v, want[k], atol=1e-6, rtol=0, err_msg=k)
+
+
+def pinned_values(crops) -> dict:
+    """Everything pinned at ``crops``: fingerprints, support scores of both rules, attributions
+    and per-profile thresholds of both rules, on :func:`pinned_images`."""
     ims = pinned_images()
     att = Attributor(crops=crops, backend="torch")     # the reference engine, as pinned
-    np.testing.assert_allclose(att.fingerprint(ims), want[f"fingerprint_crops{crops}"], atol=1e-6, rtol=0)
+    out = {f"fingerprint_crops{crops}": att.fingerprint(ims).tolist()}
     zs = [e.z for e in att.embed_stream(ims)]
     sup = np.concatenate(zs[:3])
     for rule in ("prototype", "pair"):
-        np.testing.assert_allclose(att.support_scores(zs[3:], sup, rule=rule),
-                                   want[f"scores_{rule}_crops{crops}"], atol=1e-6, rtol=0)
+        out[f"scores_{rule}_crops{crops}"] = np.asarray(att.support_scores(zs[3:], sup, rule=rule)).tolist()
     for rule, suffix in (("prototype", ""), ("pair", "_pair")):
         a = Attributor(model=att.bundle, crops=crops, rule=rule, backend="torch")
         a.enroll("a", ims[:3])
         a.enroll("b", ims[3:])
         got = [[r.scores["a"], r.scores["b"]] for r in a.attribute(ims)]
-        np.testing.assert_allclose(got, want[f"attribute{suffix}_crops{crops}"], atol=1e-6, rtol=0)
-        np.testing.assert_allclose([a.profile_threshold("a"), a.profile_threshold("b")],
-                                   want[f"threshold{suffix}_crops{crops}"], atol=1e-6, rtol=0)
-        np.testing.assert_allclose(a.scores(ims), got, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(a.scores(ims), got, atol=1e-6, rtol=0)   # one path, two calls
+        out[f"attribute{suffix}_crops{crops}"] = got
+        out[f"threshold{suffix}_crops{crops}"] = [a.profile_threshold("a"), a.profile_threshold("b")]
+    return out
 
 
 class WrappedTorchEngine:
@@ -169,3 +174,14 @@ def test_pair_rule_prefilter(tiny_model):
     assert ((approx > 0).sum(1) <= 3).all()                  # only K profiles scored per image
     scored = approx > 0
     np.testing.assert_allclose(approx[scored], full[scored], atol=1e-6)
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] != ["--repin"]:
+        sys.exit("usage: python tests/test_restructure.py --repin  (after the shipped model changed)")
+    from ofa_sdk.kernels import dispatch
+    with dispatch.reference():
+        values = {k: v for c in (1, 4) for k, v in pinned_values(c).items()}
+    PINNED.write_text(json.dumps(values))
+    print(f"wrote {PINNED}")
