@@ -43,9 +43,26 @@ def real_and_odd_crops(c):
     return np.ascontiguousarray(np.stack(crops))
 
 
-@pytest.mark.parametrize("which", ["shipped", "tiny"])
-def test_onnxruntime_matches_torch(which, shipped, tiny_model, tmp_path):
-    bundle = shipped if which == "shipped" else load_model(tiny_model)
+@pytest.fixture(scope="module")
+def tiny_highpass(tmp_path_factory):
+    """A small random model with the fixed high-pass residual (the ONNX Runtime engine runs its
+    stencil fused into the spectrum kernel instead of the residual graph)."""
+    import torch
+    from conftest import TINY
+    from ofa_sdk.config import compact
+    from ofa_sdk.models import OFAModel
+    from ofa_sdk.weights import save_model
+    torch.manual_seed(1)
+    cfg = compact().replace(**TINY, **{"spectrum.residual": "highpass"})
+    path = tmp_path_factory.mktemp("hp") / "tiny-hp.safetensors"
+    save_model(path, OFAModel(cfg).eval(), None, {"config": cfg.to_dict()}, dtype="float32")
+    return path
+
+
+@pytest.mark.parametrize("which", ["shipped", "tiny", "tiny-highpass"])
+def test_onnxruntime_matches_torch(which, shipped, tiny_model, tiny_highpass, tmp_path):
+    bundle = shipped if which == "shipped" else load_model(
+        tiny_model if which == "tiny" else tiny_highpass)
     ref, ort = engines(bundle, tmp_path)
     assert ort.name == "onnxruntime" and ort.model_id == bundle.model_id
     x = real_and_odd_crops(bundle.config.crop)

@@ -2,6 +2,9 @@
 
     crops (uint8) --[residual.onnx]--> residual --[log_spectrum]--> spectrum --[extractor.onnx]--> z
 
+(a model with the fixed high-pass residual skips residual.onnx: its 3x3 stencil runs fused into
+the spectrum kernel.)
+
 The graphs come from :func:`ofa_sdk.backends.graphs.ensure_graphs`: exported once per model id
 into the cache folder (``$OFA_SDK_CACHE/engines/<model id>/``, default ``~/.cache/ofa-sdk``) and
 reused while their metadata names the same model. Sessions are created once per engine and
@@ -53,13 +56,23 @@ class OnnxRuntimeEngine:
         self.paths = paths
         self.threads = threads
         self.device, self.model_id, self.crop = "cpu", bundle.model_id, bundle.config.crop
+        sp = bundle.config.spectrum
+        # a fixed high-pass residual needs no graph: the stencil runs fused into the spectrum
+        # kernel (kernels.dispatch.highpass_log_spectrum), one pass over the crops
+        self._highpass_scale = sp.residual_scale if sp.residual == "highpass" else None
         self._torch = torch
 
     def _spectra(self, crops: np.ndarray) -> np.ndarray:
-        from ..models.spectrum import log_spectrum
-        res = self.sessions["residual"].run(None, {"crops": check_crops(crops, self.crop)})[0]
-        with self._torch.inference_mode():
-            return log_spectrum(self._torch.from_numpy(res)).numpy()
+        crops = check_crops(crops, self.crop)
+        torch = self._torch
+        with torch.inference_mode():
+            if self._highpass_scale is not None:
+                from ..kernels.dispatch import highpass_log_spectrum
+                x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
+                return highpass_log_spectrum(x, self._highpass_scale).numpy()
+            from ..models.spectrum import log_spectrum
+            res = self.sessions["residual"].run(None, {"crops": crops})[0]
+            return log_spectrum(torch.from_numpy(res)).numpy()
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         return self.embed_spectra(crops)[0]
