@@ -101,9 +101,14 @@ def iter_items(images: Any) -> Iterator[Any]:
     yield from it
 
 
-def _pil_to_rgb(im) -> np.ndarray:
+def _pil_to_rgb(im, owned: bool = False) -> np.ndarray:
+    """HxWx3 uint8 of a PIL image, EXIF orientation applied (in place, without a copy, when
+    ``owned``: an image the SDK opened itself, never a caller's)."""
     from PIL import ImageOps
-    im = ImageOps.exif_transpose(im)
+    if owned:
+        ImageOps.exif_transpose(im, in_place=True)
+    else:
+        im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im, dtype=np.uint32)
         a = (a >> 8).clip(0, 255).astype(np.uint8) if a.max() > 255 else a.astype(np.uint8)
@@ -173,7 +178,7 @@ def _decode_bytes(data: bytes, max_pixels: int) -> Decoded:
             note = f"animated ({frames} frames): first frame used" if frames > 1 else ""
             im.seek(0)
             im.load()
-            return Decoded(_pil_to_rgb(im), note, bytes(data))
+            return Decoded(_pil_to_rgb(im, owned=True), note, bytes(data))
 
 
 def decode(item: Any, max_pixels: int = MAX_PIXELS) -> Decoded:
