@@ -372,11 +372,15 @@ class PairRule:
         img = image_ids(len(z), crops)
         if len(img) == 0 or img.max() < 1:
             raise ValueError(f"leave-one-out needs at least 2 support images, got {len(z)} fingerprints")
-        part = self.head.support_part(z) if part is None else part
-        p = self.head.probs(self.head.query_part(z), part)                  # (sum k, sum k)
-        other = img[:, None] != img[None, :]
-        per_crop = (p * other).sum(1) / other.sum(1)
-        return np.bincount(img, per_crop) / np.bincount(img)
+        part = np.asarray(self.head.support_part(z) if part is None else part, np.float32)
+        k = np.bincount(img)                                                 # crops per image
+        # each crop's mean pair probability against each support image's crops (the gallery
+        # kernel, images as profiles), then the sum over the *other* images
+        means = self._crop_means(self.head.query_part(z), np.split(part, np.cumsum(k)[:-1]))
+        sums = means * k                                                     # (sum k, S)
+        rows = np.arange(len(z))
+        per_crop = (sums.sum(1) - sums[rows, img]) / (len(z) - k[img])
+        return np.bincount(img, per_crop) / k
 
     def to_prob(self, raw):
         return np.asarray(raw, np.float64) if np.ndim(raw) else float(raw)

@@ -111,6 +111,16 @@ def test_pair_rule_routes_through_the_switch():
             slow = rule.scores(state, queries)
         np.testing.assert_allclose(fast, slow, atol=TOL, rtol=0)
         assert (fast > 0).sum(1).tolist() == ([4] * 3 if rule.prefilter == 0 else [2] * 3)
+    # leave-one-out (per-profile thresholds) runs through the same kernel, images as profiles
+    z = np.concatenate(supports)
+    crops = [4] * 5 + [1] * 8
+    img = np.repeat(np.arange(13), crops)
+    p = ref64(hd, hd.query_part(z), [hd.support_part(z[j:j + 1]) for j in range(len(z))])
+    other = img[:, None] != img[None, :]
+    want = np.bincount(img, (p * other).sum(1) / other.sum(1)) / np.bincount(img)
+    np.testing.assert_allclose(PairRule(hd).leave_one_out(z, crops), want, atol=TOL, rtol=0)
+    with dispatch.reference():
+        np.testing.assert_allclose(PairRule(hd).leave_one_out(z, crops), want, atol=TOL, rtol=0)
     deep = PairHeadWeights(hd.w_support, hd.w_query, hd.bias,
                            hd.rest[:1] + ((np.eye(12, dtype=np.float32), np.zeros(12, np.float32)),)
                            + hd.rest[1:])
