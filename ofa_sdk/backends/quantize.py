@@ -106,7 +106,10 @@ def quantize_graphs(float_graphs: Dict[str, Path], crops: np.ndarray, dest, *,
     for g in GRAPHS:
         src = Path(float_graphs[g])
         names = quantized_names(src)
-        keep = [names[0], names[-1]] if keep_ends and len(names) > 2 else []
+        # with keep_ends the first and last stay float even when that is all there is (the
+        # high-pass residual graph is one fixed 3x3 stencil: quantising it would cut the very
+        # high frequencies the fingerprint reads)
+        keep = sorted({names[0], names[-1]}) if keep_ends and names else []
         path = dest / f"{g}{suffix}.onnx"
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         quantize_static(str(src), str(tmp), _Reader(INPUTS[g], inputs[g]),
