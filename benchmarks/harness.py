@@ -14,6 +14,8 @@ Sections:
   and the peak given by ``--peak-gflops``.
 * ``paper``: the same for the paper configuration (random weights: its cost, not its accuracy),
   per backend at batch 1, 16, 64 against the eager baseline.
+* ``policy``: the default (shipped model, default crops and engine) against the previous
+  default as it ran (``--previous`` model file, one crop, torch), same images, same run.
 * ``gallery``: attribution cost beyond the fingerprint against 10, 100, 1,000, 10,000 profiles
   of 100 supports, for both rules, per query image (batch of 16 queries, synthetic
   fingerprints); for the pair rule the backend that ran (the C++ kernel when built) against the
@@ -216,6 +218,32 @@ def section_paper(a, report):
     report["paper"] = rows
 
 
+def section_policy(a, report):
+    """The SDK's default (shipped model, default crop policy, default engine) against the
+    previous default as users ran it (``--previous`` model file, one centre crop, the torch
+    engine), end to end on the same 64 images in one run, at batch 16 and 64."""
+    from ofa_sdk import Attributor
+    if not a.previous:
+        report["policy"] = {"skipped": "needs --previous MODEL_FILE"}
+        return
+    blobs = encoded(images(64))
+    rows = {}
+    for batch in (16, 64):
+        now = Attributor(batch_size=batch)
+        old = Attributor(model=a.previous, crops=1, backend="torch", batch_size=batch, strict=True)
+        for att in (now, old):
+            for i in range(10):
+                att.enroll(f"p{i}", images(3, seed=100 + i), overwrite=True)
+        t_now = median_time(lambda: now.attribute(blobs), a.repeats)
+        t_old = median_time(lambda: old.attribute(blobs), a.repeats)
+        rows[f"batch={batch}"] = {"default": {"backend": now.backend, "crops": str(now.crops),
+                                              "images_per_s": len(blobs) / t_now},
+                                  "previous_single_crop_torch": {"images_per_s": len(blobs) / t_old},
+                                  "ratio": t_old / t_now}
+        print(f"policy batch={batch}: " + json.dumps(rows[f"batch={batch}"]), flush=True)
+    report["policy"] = rows
+
+
 def section_gallery(a, report):
     from ofa_sdk.kernels import dispatch
     from ofa_sdk.scoring import Calibration, PairHeadWeights, PairRule, PrototypeRule, unit
@@ -368,7 +396,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peak-gflops", type=float, default=300.0,
                     help="the CPU's peak fp32 rate (2 AVX-512 cores here: about 300)")
-    ap.add_argument("--sections", nargs="+", default=["e2e", "paper", "gallery", "scan", "mokconv"])
+    ap.add_argument("--sections", nargs="+",
+                    default=["e2e", "paper", "policy", "gallery", "scan", "mokconv"])
+    ap.add_argument("--previous", default=None,
+                    help="policy: the previous default model file (e.g. from git history)")
     ap.add_argument("--sets", nargs="+", default=["benchmarks/data/dev-sim", "benchmarks/data/wild"],
                     help="class-per-folder sets for the prefilter's agreement on real fingerprints")
     ap.add_argument("--queries", type=int, default=50, help="query images per class (agreement)")
@@ -382,7 +413,8 @@ def main(argv=None):
               "cpus": os.cpu_count(), "threads": a.threads, "torch": torch.__version__,
               "quick": a.quick, "max_rss_mb_at_start": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     for s in a.sections:
-        {"e2e": section_e2e, "paper": section_paper, "gallery": section_gallery,
+        {"e2e": section_e2e, "paper": section_paper, "policy": section_policy,
+         "gallery": section_gallery,
          "scan": section_scan, "mokconv": section_mokconv}[s](a, report)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=1))
