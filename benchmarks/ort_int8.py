@@ -28,28 +28,26 @@ import numpy as np
 import torch
 
 
-class Int8Engine:
-    """The ONNX Runtime engine's flow on quantised graphs (set by the benchmark before use)."""
+from ofa_sdk.backends.onnxruntime import OnnxRuntimeEngine  # noqa: E402
+
+
+class Int8Engine(OnnxRuntimeEngine):
+    """The ONNX Runtime engine itself (same session options, same spectrum path: for a
+    high-pass model the stencil fused into the C++ spectrum, no residual graph) with its
+    sessions swapped for the quantised graphs (set by the benchmark before use)."""
     name = "ort-int8"
     graphs = {}
 
     def __init__(self, bundle, device=None):
         import onnxruntime as ort
+        super().__init__(bundle, device)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = torch.get_num_threads()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {g: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
                          for g, p in self.graphs.items()}
-        self.device, self.model_id, self.crop = "cpu", bundle.model_id, bundle.config.crop
-
-    def embed_spectra(self, crops):
-        from ofa_sdk.models.spectrum import log_spectrum
-        res = self.sessions["residual"].run(None, {"crops": np.ascontiguousarray(crops)})[0]
-        spec = log_spectrum(torch.from_numpy(res)).numpy()
-        return self.sessions["extractor"].run(None, {"spectrum": spec})[0], spec
-
-    def embed(self, crops):
-        return self.embed_spectra(crops)[0]
 
 
 def main(argv=None):
