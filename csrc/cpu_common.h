@@ -6,7 +6,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -45,16 +48,35 @@ inline void require_build_cpu(const char* module) {
 }
 
 // Runs worker() on min(threads, tasks) threads (threads <= 0: all cores), the calling thread
-// included; worker shares the tasks out itself (an atomic counter).
+// included; worker shares the tasks out itself (an atomic counter). A thread that cannot be
+// started leaves its share to the others; an exception in any worker is rethrown here after
+// every thread has been joined (never std::terminate).
 template <class F>
 void run_threads(int threads, int64_t tasks, F&& worker) {
     if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
     const int nt = int(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
+    std::exception_ptr error;
+    std::mutex lock;
+    auto guarded = [&]() {
+        try {
+            worker();
+        } catch (...) {
+            std::lock_guard<std::mutex> g(lock);
+            if (!error) error = std::current_exception();
+        }
+    };
     std::vector<std::thread> pool;
     pool.reserve(nt - 1);
-    for (int i = 0; i < nt - 1; ++i) pool.emplace_back(worker);
-    worker();
+    for (int i = 0; i < nt - 1; ++i) {
+        try {
+            pool.emplace_back(guarded);
+        } catch (const std::system_error&) {
+            break;
+        }
+    }
+    guarded();
     for (auto& th : pool) th.join();
+    if (error) std::rethrow_exception(error);
 }
 
 }  // namespace ofa_cpu

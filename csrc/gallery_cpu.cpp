@@ -47,7 +47,7 @@ typedef float vfu __attribute__((vector_size(VL * 4), aligned(4)));  // unaligne
 
 inline vf loadu(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline vf splat(float x) { return vf{} + x; }
-inline vf vmax0(vf x) { return x > 0 ? x : vf{}; }
+inline vf vmax0(vf x) { return (x > 0) | (x != x) ? x : vf{}; }   // relu; NaN stays NaN, as in numpy
 inline float hsum(vf v) {
     float s = 0.f;
     for (int l = 0; l < VL; ++l) s += v[l];
@@ -97,7 +97,10 @@ float task_mean(const Head& hd, const float* q, const float* s, int64_t n, std::
             float* xr = &x[size_t(j) * hd.h];
             if (j < nb) {
                 const float* sr = s + (j0 + j) * hd.h;
-                for (int k = 0; k < hd.h; ++k) xr[k] = std::max(q[k] + sr[k], 0.f);
+                for (int k = 0; k < hd.h; ++k) {
+                    const float v = q[k] + sr[k];
+                    xr[k] = v > 0.f || v != v ? v : 0.f;   // relu keeping NaN
+                }
             } else {
                 std::fill(xr, xr + hd.h, 0.f);
             }

@@ -146,10 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the model's inference graphs (onnx) or TensorRT engines")
     p.add_argument("--format", choices=["onnx", "engine"], default="onnx")
     p.add_argument("--int8", metavar="PHOTOS", default=None,
-                   help="also write int8 (QDQ) graphs calibrated on this folder of real photos "
-                        "(what TensorRT's int8 engines are built from)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
-                   help="TensorRT engine precision (--format engine)")
+                   help="onnx: also write int8 (QDQ) graphs calibrated on this folder of real "
+                        "photos, what TensorRT's int8 engines are built from (found later only "
+                        "where they are looked for: beside the model, without -o); engine: "
+                        "calibrate on these photos and build int8")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
+                   help="TensorRT engine precision (--format engine; default fp16, int8 with --int8)")
     p.add_argument("-o", "--output", default=None,
                    help="folder (default: onnx beside the model file in engines/<model id>/, "
                         "engine in the TensorRT cache)")
@@ -505,6 +507,11 @@ def cmd_open_set(a, att) -> int:
 
 
 def cmd_export(a, att) -> int:
+    if a.format == "onnx" and a.precision:
+        raise ValueError("--precision is for --format engine (ONNX graphs are float, plus int8 "
+                         "ones with --int8 PHOTOS)")
+    if a.format == "engine" and a.int8 and a.precision not in (None, "int8"):
+        raise ValueError(f"--int8 PHOTOS calibrates an int8 engine, not --precision {a.precision}")
     if a.format == "onnx":
         from .backends.graphs import export_graphs
         out = Path(a.output) if a.output else Path(att.bundle.path).parent / "engines" / att.model_id
@@ -516,7 +523,8 @@ def cmd_export(a, att) -> int:
             paths.update({f"{k}.int8": str(v) for k, v in quantize_graphs(graphs, crops, out).items()})
     else:
         from .backends.tensorrt import TensorRTEngine
-        eng = TensorRTEngine(att.bundle, cache_dir=a.output, precision=a.precision,
+        precision = a.precision or ("int8" if a.int8 else "fp16")
+        eng = TensorRTEngine(att.bundle, cache_dir=a.output, precision=precision,
                              calibration=a.int8)
         paths = {k: str(v) for k, v in eng.paths.items()}
     res = {"format": a.format, "model_id": att.model_id, "files": paths}

@@ -116,22 +116,17 @@ def leave_one_out_cosines(support: np.ndarray, crops) -> np.ndarray:
 def _t_cdf_nonneg(x: float, dof: int) -> float:
     """Student's t CDF for x >= 0 and integer ``dof``, in closed form (Abramowitz & Stegun
     26.7.3-4): with theta = atan(x / sqrt(dof)), P(|T| <= x) is a finite series in cos(theta) of
-    about dof / 2 terms, so it is exact to rounding and costs O(dof)."""
+    about dof / 2 terms (one numpy cumulative product), so it is exact to rounding."""
     th = math.atan(x / math.sqrt(dof))
     s, c2 = math.sin(th), math.cos(th) ** 2
     if dof % 2:                      # odd: 2/pi (theta + sin cos (1 + 2/3 c^2 + 2*4/(3*5) c^4 ...))
-        term, total = 1.0, 1.0 if dof > 1 else 0.0
-        for k in range(1, (dof - 1) // 2):
-            term *= c2 * (2 * k) / (2 * k + 1)
-            total += term
+        k = np.arange(1, (dof - 1) // 2)
+        total = (1.0 + np.cumprod(c2 * (2 * k) / (2 * k + 1)).sum()) if dof > 1 else 0.0
         a = 2 / math.pi * (th + s * math.cos(th) * total)
     else:                            # even: sin (1 + 1/2 c^2 + 1*3/(2*4) c^4 ...)
-        term, total = 1.0, 1.0
-        for k in range(1, dof // 2):
-            term *= c2 * (2 * k - 1) / (2 * k)
-            total += term
-        a = s * total
-    return 0.5 + 0.5 * min(a, 1.0)
+        k = np.arange(1, dof // 2)
+        a = s * (1.0 + np.cumprod(c2 * (2 * k - 1) / (2 * k)).sum())
+    return 0.5 + 0.5 * min(float(a), 1.0)
 
 
 def student_t_cdf(x: float, dof: int) -> float:
@@ -373,6 +368,8 @@ class PairRule:
         if len(img) == 0 or img.max() < 1:
             raise ValueError(f"leave-one-out needs at least 2 support images, got {len(z)} fingerprints")
         part = np.asarray(self.head.support_part(z) if part is None else part, np.float32)
+        if len(part) != len(z):
+            raise ValueError(f"support part has {len(part)} rows for {len(z)} fingerprints")
         k = np.bincount(img)                                                 # crops per image
         # each crop's mean pair probability against each support image's crops (the gallery
         # kernel, images as profiles), then the sum over the *other* images

@@ -91,6 +91,17 @@ def test_edges_and_errors():
         G.pair_scores(q, [], w1, b1[:3], w2.reshape(-1), 0.0)
     with pytest.raises(ValueError, match="query_part must be 2-D"):
         G.pair_scores(q[0], [], w1, b1, w2.reshape(-1), 0.0)
+    with pytest.raises(ValueError, match="w2 must have 24 values"):
+        G.pair_scores(q, [], w1, b1, w2.reshape(-1)[:5], 0.0)
+    with pytest.raises(ValueError, match="b2 must be finite"):
+        G.pair_scores(q, [], w1, b1, w2.reshape(-1), float("nan"))
+    # a NaN fingerprint scores NaN, as in the numpy reference (never a finite probability)
+    bad = q.copy()
+    bad[0, 3] = np.nan
+    part = hd.support_part(r.normal(size=(7, 32)))
+    got = call(hd, bad, [part])
+    assert np.isnan(got[0, 0]) and np.isfinite(got[1, 0])
+    assert np.isnan(hd.mean_probs(bad, part)[0])
 
 
 @needs_ext
@@ -128,3 +139,19 @@ def test_pair_rule_routes_through_the_switch():
     assert dispatch.decide("pair_gallery_scores", q, rest=deep) == (
         "reference", "pair head is not Linear-ReLU-Linear")
     assert PairRule(deep).scores(PairRule(deep).prepare(supports), queries).shape == (3, 4)
+
+
+def test_pair_leave_one_out_reference_matches_direct_formula():
+    """The numpy fallback of the leave-one-out rewrite (no extension needed)."""
+    hd = head(d=16, h=24, h2=12, seed=5)
+    r = np.random.default_rng(6)
+    z = r.normal(size=(14, 16)).astype(np.float32)
+    crops = [3, 3, 3, 1, 1, 1, 2]
+    img = np.repeat(np.arange(len(crops)), crops)
+    p = ref64(hd, hd.query_part(z), [hd.support_part(z[j:j + 1]) for j in range(len(z))])
+    other = img[:, None] != img[None, :]
+    want = np.bincount(img, (p * other).sum(1) / other.sum(1)) / np.bincount(img)
+    with dispatch.reference():
+        np.testing.assert_allclose(PairRule(hd).leave_one_out(z, crops), want, atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match="support part has 13 rows for 14 fingerprints"):
+        PairRule(hd).leave_one_out(z, crops, part=hd.support_part(z[:13]))

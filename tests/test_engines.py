@@ -72,7 +72,7 @@ def test_onnxruntime_matches_torch(which, shipped, tiny_model, tiny_highpass, tm
     np.testing.assert_allclose(zo, zr, atol=1e-4, rtol=0)
     assert (1 - (zo * zr).sum(1)).max() < 1e-5
     # spectra (for show and the baselines), compared as magnitudes: float32 FFTs of the same
-    # residual (in [0, 1] pixel units, about 1 at most) differ by about eps32 * H * W * 255 in
+    # residual (in grey levels: about 255 at most) differ by about eps32 * H * W * 255 in
     # absolute terms (a ramp's Laplacian is exactly 0, so both give rounding noise there, far
     # apart in log1p)
     h, w = sr.shape[-2:]

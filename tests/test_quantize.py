@@ -89,11 +89,19 @@ def test_int8_graphs_run_close_to_float(int8, shipped, photos):
 
 
 def test_ensure_int8_graphs_needs_photos_once(shipped, photos, tmp_path):
+    import shutil
+    from ofa_sdk.weights import load_model
+    # a copy of the model in a fresh folder: int8 graphs an earlier export left beside the
+    # installed model must not answer for this test
+    (tmp_path / "model").mkdir()
+    shutil.copy(shipped.path, tmp_path / "model" / "m.safetensors")
+    bundle = load_model(tmp_path / "model" / "m.safetensors")
+    cache = tmp_path / "cache"
     with pytest.raises(ValueError, match="int8 needs calibration on real photos"):
-        ensure_int8_graphs(shipped, cache_dir=tmp_path)
-    made = ensure_int8_graphs(shipped, photos, cache_dir=tmp_path)
-    assert ensure_int8_graphs(shipped, cache_dir=tmp_path) == made      # found again, no photos
-    assert all(p.parent == tmp_path / shipped.model_id for p in made.values())
+        ensure_int8_graphs(bundle, cache_dir=cache)
+    made = ensure_int8_graphs(bundle, photos, cache_dir=cache)
+    assert ensure_int8_graphs(bundle, cache_dir=cache) == made      # found again, no photos
+    assert all(p.parent == cache / bundle.model_id for p in made.values())
 
 
 def test_cli_export_writes_int8_graphs(tmp_path, photos):

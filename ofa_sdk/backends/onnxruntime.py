@@ -2,8 +2,9 @@
 
     crops (uint8) --[residual.onnx]--> residual --[log_spectrum]--> spectrum --[extractor.onnx]--> z
 
-(a model with the fixed high-pass residual skips residual.onnx: its 3x3 stencil runs fused into
-the spectrum kernel.)
+(a model with the fixed high-pass residual does not run residual.onnx -- it is still exported
+and loaded, for TensorRT and the graphs' contract -- its 3x3 stencil runs fused into the
+spectrum kernel instead.)
 
 The graphs come from :func:`ofa_sdk.backends.graphs.ensure_graphs`: exported once per model id
 into the cache folder (``$OFA_SDK_CACHE/engines/<model id>/``, default ``~/.cache/ofa-sdk``) and
