@@ -22,8 +22,9 @@ Rules, in order (:func:`decide` returns the backend and the reason; :func:`which
    ``torch.fft.rfft2`` and scipy here: benchmarks/RESULTS.md), unless ``"reference"`` is
    preferred (``OFA_SDK_PREFER=reference``) or the reference is forced; so does the numpy pair
    rule's gallery scoring (numpy arrays in, :func:`pair_crop_means`; it beats the numpy BLAS
-   composition: benchmarks/RESULTS.md); every other op runs the reference. ``"triton"`` runs the Triton kernels on CPU tensors only when preferred and under
-   the interpreter (``TRITON_INTERPRET=1``, for tests).
+   composition: benchmarks/RESULTS.md); every other op runs the reference. ``"triton"`` runs
+   the Triton kernels on CPU tensors only when preferred and under the interpreter
+   (``TRITON_INTERPRET=1``, for tests).
 
 Nothing here imports Triton, queries a GPU or compiles at import: availability is checked per
 call from the tensor's device and ``importlib.util.find_spec`` (cached; :func:`refresh` clears it

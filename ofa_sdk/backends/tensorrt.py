@@ -175,7 +175,7 @@ class TensorRTEngine:
         self.profile, self.precision = profile, precision
         props = torch.cuda.get_device_properties(dev)
         folder = Path(cache_dir or default_dir())
-        if precision == "int8":     # before the GPU work: a missing calibration fails fast
+        if precision == "int8":     # before any build: a missing calibration fails fast
             from .quantize import ensure_int8_graphs
             graphs = ensure_int8_graphs(bundle, calibration)
         else:
