@@ -24,26 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-
-def make_images(folder: Path, n: int, seed: int, size: int, kind: str):
-    from PIL import Image
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        if kind == "noise":
-            a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        else:
-            h = (size + 1) // 2
-            a = rng.integers(0, 256, (h, h, 3), dtype=np.uint8).repeat(2, 0).repeat(2, 1)[:size, :size]
-        p = folder / f"{kind}_{i:05d}.png"
-        Image.fromarray(a).save(p)
-        paths.append(p)
-    return paths
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
@@ -67,20 +47,21 @@ def main(argv=None) -> int:
     import ray.data
     from ofa_sdk import Attributor
     from ofa_sdk.distributed import scan_dataset
+    from ofa_sdk.evaluation.synthetic import write_images
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="ofa-ray-bench-"))
     try:
         queries = work / "queries"
         if queries.exists():
             shutil.rmtree(queries)
-        make_images(queries, a.n // 2, 1, a.size, "noise")
-        make_images(queries, a.n - a.n // 2, 2, a.size, "blocky")
+        write_images(queries, a.n // 2, 1, a.size, "noise")
+        write_images(queries, a.n - a.n // 2, 2, a.size, "blocky")
         gallery = work / "gallery.db"
         if gallery.exists():
             gallery.unlink()
         att = Attributor(backend=a.backend, gallery=str(gallery), batch_size=a.batch_size)
-        att.enroll("noise", make_images(work / "sup-noise", a.support, 3, a.size, "noise"))
-        att.enroll("blocky", make_images(work / "sup-blocky", a.support, 4, a.size, "blocky"))
+        att.enroll("noise", write_images(work / "sup-noise", a.support, 3, a.size, "noise"))
+        att.enroll("blocky", write_images(work / "sup-blocky", a.support, 4, a.size, "blocky"))
 
         t = time.perf_counter()
         if a.address:

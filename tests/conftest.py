@@ -52,17 +52,5 @@ def tiny_model(tmp_path_factory):
 
 def make_images(folder, n, seed, size=40, kind="noise"):
     """Small synthetic PNGs; 'kind' selects a family so two folders differ statistically."""
-    import numpy as np
-    from PIL import Image
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        if kind == "noise":
-            a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        else:  # blocky: 2x nearest-upsampled noise
-            a = rng.integers(0, 256, (size // 2, size // 2, 3), dtype=np.uint8).repeat(2, 0).repeat(2, 1)
-        p = folder / f"{kind}_{i:03d}.png"
-        Image.fromarray(a).save(p)
-        paths.append(p)
-    return paths
+    from ofa_sdk.evaluation.synthetic import write_images
+    return write_images(folder, n, seed, size, kind)
