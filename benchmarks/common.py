@@ -35,6 +35,17 @@ def record(report: dict, key: str, row: dict, t0: float) -> None:
           + f"  [{time.time() - t0:.0f}s]", flush=True)
 
 
+def record_rules(report: dict, key: str, classes, split, rules: dict, t0: float, pairs=()) -> None:
+    """Mean 1-vs-1 AUC of every score rule into ``report["runs"][key]``, and the per-pair AUCs
+    (target -> other -> AUC) of the rules named in ``pairs`` into ``report["pairs"][key]``, so a
+    mean that hides a lost pair can be checked later."""
+    from ofa_sdk.evaluation.protocol import image_to_model
+    res = {name: image_to_model(sorted(classes), split, fn) for name, fn in rules.items()}
+    record(report, key, {name: r.mean_1v1 for name, r in res.items()}, t0)
+    if pairs:
+        report.setdefault("pairs", {})[key] = {name: res[name].matrix for name in pairs if name in res}
+
+
 def write(report: dict, out) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 
-from common import embed_split, record, set_parser, write
+from common import embed_split, record_rules, set_parser, write
 from eval_wild import load_classes
 from ofa_sdk import Attributor
-from ofa_sdk.evaluation.protocol import image_to_model
 from ofa_sdk.scoring import leave_one_out_cosines, unit
 
 
@@ -63,9 +62,10 @@ def main(argv=None):
         att = Attributor(model=a.model, crops=k, batch_size=64)
         for q in a.jpeg:
             emb, split = embed_split(att, classes, q or None, a.support, a.queries, spectra=False)
-            record(report, f"crops{k}" + (f"_jpeg{q}" if q else ""),
-                   {n: image_to_model(sorted(classes), split, f).mean_1v1 for n, f in rules(emb, split).items()}, t0)
+            record_rules(report, f"crops{k}" + (f"_jpeg{q}" if q else ""), classes, split,
+                         rules(emb, split), t0, pairs=("z-cos", "hp-cos", "fused"))
     write(report, a.out)
+
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@
 #   RUN=runs/jpeg-hp [TAG=candidate] bash benchmarks/jpeg_eval.sh
 # Results go to benchmarks/results/jpeg/{dev,wild}_{shipped,$TAG}_q{0,90,75}.json; a result that
 # exists is kept (FORCE=1 recomputes it), so a second candidate costs only its own runs.
+# THREADS=1 leaves a core to a training run beside it.
 # The candidate: stage 2 retrained on the shipped stage-0/1 checkpoints (ofa-train unpack) with
 # the fixed high-pass residual and whole classes JPEG-compressed (see RESULTS.md section 9).
 set -euo pipefail
@@ -22,7 +23,7 @@ mkdir -p benchmarks/results/jpeg
 run() {   # run OUT ARGS...: scoring.py into OUT unless it is there already
   local out=$1; shift
   [ -f "$out" ] && [ -z "${FORCE:-}" ] && { echo "kept $out"; return; }
-  $PY benchmarks/scoring.py "$@" --out "$out"
+  $PY benchmarks/scoring.py "$@" --threads "${THREADS:-2}" --out "$out"
 }
 for M in shipped $TAG; do
   MARG=""; [ $M != shipped ] && MARG="--model $CAND"

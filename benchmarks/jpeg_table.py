@@ -4,30 +4,99 @@ non-learned baselines (from the shipped model's runs: the denoiser baseline is t
 model's residual; the high-pass one has nothing learned).
 
     python benchmarks/jpeg_table.py [--tags candidate candidate4200] [--dir benchmarks/results/jpeg]
+    python benchmarks/jpeg_table.py --pairs --tags candidate4200 seed1
+    python benchmarks/jpeg_table.py --dir benchmarks/results/attenuated --sets wild-a50 wild-a25 \
+        --tags candidate4200 seed1
+
+    python benchmarks/jpeg_table.py --fusion benchmarks/results/fusion_wild_4b50.json
+
+A condition whose result files are not all there is left out. ``--fusion`` prints the same
+per-pair summary for the rules of a ``benchmarks/fusion.py`` result.
+
+``--pairs`` prints what the means hide, from the per-pair AUCs that ``benchmarks/scoring.py``
+records (results written before it did are skipped): per model and condition, the mean over the
+seed pairs (classes named ``STEM-sN`` with one stem: one architecture, two training seeds), the
+worst ordered pair and how many ordered pairs are below 0.75, for the prototype rule and the
+non-learned high-pass baseline.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 CONDITIONS = ((0, "clean"), (90, "JPEG q90"), (75, "JPEG q75"))
+WEAK = 0.75   # an ordered pair below this AUC is counted as weak
+
+
+def seed_pairs(classes):
+    """Ordered pairs (a, b) of classes named STEM-sN with one STEM: two seeds of one architecture."""
+    stem = {c: m.group(1) for c in classes if (m := re.fullmatch(r"(.+)-s\d+", c))}
+    return [(a, b) for a in stem for b in stem if a != b and stem[a] == stem[b]]
+
+
+def pair_summary(matrix):
+    """(seed-pair mean or None, (worst AUC, target, other), number of ordered pairs below WEAK)."""
+    flat = [(auc, t, o) for t, row in matrix.items() for o, auc in row.items()]
+    seeds = [matrix[a][b] for a, b in seed_pairs(list(matrix))]
+    return (sum(seeds) / len(seeds) if seeds else None), min(flat), sum(a < WEAK for a, _, _ in flat)
+
+
+def pairs_table(models, d, sets):
+    print("| set | condition | crops | model, rule | seed pairs | worst pair | pairs < %.2f |" % WEAK)
+    print("|---|---|---|---|---|---|---|")
+    for s in sets:
+        for q, cond in CONDITIONS:
+            for k in (1, 4):
+                rows = {}   # label -> per-pair matrix; the baseline (nothing learned) once
+                for m in models:
+                    f = Path(d) / f"{s}_{m}_q{q}.json"
+                    pairs = json.loads(f.read_text()).get("pairs", {}).get(f"crops{k}", {}) if f.exists() else {}
+                    if "proto-cos" in pairs:
+                        rows[m] = pairs["proto-cos"]
+                        rows.setdefault("high-pass baseline", pairs["baseline-highpass"])
+                for label, matrix in rows.items():
+                    sm, (w, t, o), n = pair_summary(matrix)
+                    seed = "-" if sm is None else f"{100 * sm:.1f}"
+                    print(f"| {s} | {cond} | {k} | {label} | {seed} | {100 * w:.1f} ({t} vs {o}) | {n} |")
+
+
+def fusion_table(path):
+    pairs = json.loads(Path(path).read_text())["pairs"]
+    print("| run | rule | seed pairs | worst pair | pairs < %.2f |" % WEAK)
+    print("|---|---|---|---|---|")
+    for key, rules in pairs.items():
+        for rule, matrix in rules.items():
+            sm, (w, t, o), n = pair_summary(matrix)
+            seed = "-" if sm is None else f"{100 * sm:.1f}"
+            print(f"| {key} | {rule} | {seed} | {100 * w:.1f} ({t} vs {o}) | {n} |")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tags", nargs="+", default=["candidate"])
     ap.add_argument("--dir", default="benchmarks/results/jpeg")
+    ap.add_argument("--sets", nargs="+", default=["dev", "wild"], help="result file prefixes")
+    ap.add_argument("--pairs", action="store_true", help="the per-pair summary instead of the means")
+    ap.add_argument("--fusion", default=None, help="a benchmarks/fusion.py result: its per-pair summary")
     a = ap.parse_args(argv)
+    if a.fusion:
+        return fusion_table(a.fusion)
+    if a.pairs:
+        return pairs_table(a.tags, a.dir, a.sets)
     models = ["shipped"] + a.tags
     head = ["set", "condition", "crops"]
     head += [f"prototype, {m}" for m in models] + [f"pair, {m}" for m in models]
     head += ["baseline, denoiser", "baseline, high-pass"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for s in ("dev", "wild"):
+    for s in a.sets:
         for q, cond in CONDITIONS:
-            runs = {m: json.loads((Path(a.dir) / f"{s}_{m}_q{q}.json").read_text())["runs"] for m in models}
+            files = {m: Path(a.dir) / f"{s}_{m}_q{q}.json" for m in models}
+            if not all(f.exists() for f in files.values()):
+                continue
+            runs = {m: json.loads(f.read_text())["runs"] for m, f in files.items()}
             for k in (1, 4):
                 r = {m: runs[m][f"crops{k}"] for m in models}
                 cells = [f"{100 * r[m]['proto-cos']:.2f}" for m in models]

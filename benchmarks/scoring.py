@@ -25,13 +25,17 @@ import numpy as np
 import torch
 
 
-from common import embed_split, record, set_parser, write
+from common import embed_split, record_rules, set_parser, write
 from eval_wild import load_classes
 from ofa_sdk import Attributor
-from ofa_sdk.evaluation.protocol import image_to_model
 from ofa_sdk.evaluation.runner import cosine_to_mean
 from ofa_sdk.images import from_tensor
 from ofa_sdk.scoring import unit
+
+
+# rules whose per-pair AUCs go into the report's "pairs": the two SDK rules and the non-learned
+# high-pass baseline
+PAIR_RULES = ("proto-cos", "pair-prob", "baseline-highpass")
 
 
 def background_mean(att, photos: str, n: int = 256, seed: int = 99) -> np.ndarray:
@@ -96,17 +100,18 @@ def main(argv=None):
     ap.add_argument("--queries", type=int, default=70)
     ap.add_argument("--jpeg", type=int, default=None)
     ap.add_argument("--photos", default=None, help="real photos: adds proto-cos-centred")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     a = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     classes = load_classes(Path(a.set))
     report, t0 = {"set": a.set, "classes": sorted(classes), "jpeg": a.jpeg, "runs": {}}, time.time()
     for k in a.crops:
         att = Attributor(model=a.model, crops=k, batch_size=64)
         centre = background_mean(att, a.photos) if a.photos else None
         emb, split = embed_split(att, classes, a.jpeg, a.support, a.queries)
-        record(report, f"crops{k}", {name: image_to_model(sorted(classes), split, fn).mean_1v1
-                                     for name, fn in rules(att, emb, split, centre).items()}, t0)
+        record_rules(report, f"crops{k}", classes, split, rules(att, emb, split, centre), t0, PAIR_RULES)
     write(report, a.out)
+
 
 if __name__ == "__main__":
     main()

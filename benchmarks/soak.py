@@ -31,7 +31,7 @@ import numpy as np
 TINY = {"crop": 32, "denoiser.depth": 3, "denoiser.width": 8, "extractor.width": 8,
         "extractor.layers": (1, 1), "extractor.dim": 16, "heads.pair_hidden": (16, 16),
         "simulator.enc_channels": (8, 16, 16), "simulator.stem_channels": 8,
-        "simulator.router_hidden": 8}
+        "simulator.router_hidden": 8, "spectrum.residual": "denoiser"}
 
 
 def rss_mb() -> float:

@@ -46,8 +46,9 @@ class SpectrumConfig:
     # useful dynamic range; with [0,1] units log1p would be almost linear.
     residual_scale: float = 255.0
     # Where the residual comes from: "denoiser" (the paper: x minus its denoised version, here
-    # the DnCNN's predicted noise) or "highpass" (a fixed 3x3 Laplacian, nothing learned; an
-    # ablation, see benchmarks/RESULTS.md). Models trained with one must be run with it.
+    # the DnCNN's predicted noise) or "highpass" (a fixed 3x3 Laplacian, nothing learned; the
+    # compact recipe's, chosen by measurement in benchmarks/RESULTS.md section 9). Models trained
+    # with one must be run with it; a stored config without the field is a denoiser model.
     residual: str = "denoiser"
 
 
@@ -187,7 +188,9 @@ def paper() -> OFAConfig:
 
 
 def compact() -> OFAConfig:
-    """CPU-trainable default shipped in the package (sizing: benchmarks/RESULTS.md)."""
+    """CPU-trainable recipe of the model shipped in the package (sizing: benchmarks/RESULTS.md
+    section 2): the fixed high-pass residual and stage 2 with whole classes JPEG-compressed
+    (issue 11, RESULTS.md section 9). ``ofa-train all --config compact`` retrains it."""
     return OFAConfig(
         name="compact",
         crop=96,
@@ -199,7 +202,9 @@ def compact() -> OFAConfig:
         loss=LossConfig(bank_size=1024),
         stage0=Stage0Config(steps=1500, batch=16, crop=64, lr=5e-4),
         stage1=Stage1Config(steps=2500, batch=8, accum=1, crop=96, lr=1e-3),
-        stage2=Stage2Config(steps=3000, n=8, m=4, crop=96, lr=1e-3, jpeg_p=0.2),
+        spectrum=SpectrumConfig(residual="highpass"),
+        stage2=Stage2Config(steps=4200, n=8, m=4, crop=96, lr=1e-3, jpeg_p=0.2,
+                            jpeg_q=(60, 100), jpeg_class_p=0.5),
     )
 
 

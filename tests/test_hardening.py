@@ -359,7 +359,9 @@ def test_unlisted_garbage_model_files_give_a_clear_value_error(tiny_model, tmp_p
 
 
 # ------------------------------------------------------------------------------------ scans --
-N_IMAGES = 48
+# enough that the scan cannot finish between the test seeing its first rows and the signal, even
+# on a loaded machine (the tiny model scans these in about a millisecond each)
+N_IMAGES = 400
 
 
 @pytest.fixture(scope="module")

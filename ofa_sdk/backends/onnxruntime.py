@@ -2,9 +2,9 @@
 
     crops (uint8) --[residual.onnx]--> residual --[log_spectrum]--> spectrum --[extractor.onnx]--> z
 
-(a model with the fixed high-pass residual does not run residual.onnx -- it is still exported
-and loaded, for TensorRT and the graphs' contract -- its 3x3 stencil runs fused into the
-spectrum kernel instead.)
+(a model with the fixed high-pass residual does not run residual.onnx -- it is still exported,
+for TensorRT and the graphs' contract, but no session is made for it -- its 3x3 stencil runs
+fused into the spectrum kernel instead.)
 
 The graphs come from :func:`ofa_sdk.backends.graphs.ensure_graphs`: exported once per model id
 into the cache folder (``$OFA_SDK_CACHE/engines/<model id>/``, default ``~/.cache/ofa-sdk``) and
@@ -50,17 +50,17 @@ class OnnxRuntimeEngine:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.enable_cpu_mem_arena = arena
-        providers = [("CPUExecutionProvider", {})]
-        self.sessions = {}
-        for g, p in paths.items():
-            self.sessions[g] = ort.InferenceSession(str(p), so, providers=providers)
-        self.paths = paths
-        self.threads = threads
-        self.device, self.model_id, self.crop = "cpu", bundle.model_id, bundle.config.crop
         sp = bundle.config.spectrum
         # a fixed high-pass residual needs no graph: the stencil runs fused into the spectrum
         # kernel (kernels.dispatch.highpass_log_spectrum), one pass over the crops
         self._highpass_scale = sp.residual_scale if sp.residual == "highpass" else None
+        providers = [("CPUExecutionProvider", {})]
+        self.sessions = {g: ort.InferenceSession(str(p), so, providers=providers)
+                         for g, p in paths.items()
+                         if not (g == "residual" and self._highpass_scale is not None)}
+        self.paths = paths
+        self.threads = threads
+        self.device, self.model_id, self.crop = "cpu", bundle.model_id, bundle.config.crop
         self._torch = torch
 
     def _spectra(self, crops: np.ndarray) -> np.ndarray:
