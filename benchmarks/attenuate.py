@@ -3,13 +3,15 @@ becomes ``x + alpha * (G(x) - x)``, the generator's change to its content photo 
 ``alpha`` (rounded to 8 bit).
 
     python benchmarks/attenuate.py --set benchmarks/data/wild --photos ../shared/data/real-photos \
-        --alpha 0.5 --out benchmarks/data/wild-a50
+        --alpha 0.25 --out benchmarks/data/wild-a25
 
-Why: a well-trained generator leaves a fainter trace than the briefly trained ones of the wild set,
-and a faint trace is what JPEG quantisation erases first. Scaling every class's difference from the
-shared content by one factor keeps what tells the classes apart (the structure of G(x) - x) and
-lowers only its strength, so the set measures how attribution degrades with fingerprint amplitude,
-clean and after JPEG. It is a stress test of amplitude, not a new generator.
+The intent: a well-trained generator leaves a fainter trace than the briefly trained ones of the
+wild set, and a faint trace is what JPEG erases first. **Measured, and it does not model that**
+(benchmarks/RESULTS.md section 9.6): most of these generators' trace is high frequencies they
+remove, and mixing the content photo back in restores them, the same for every class; at
+alpha = 0.25 even clean images are near chance for the non-learned spectrum as well as the
+models. Kept so the figures there can be reproduced and the construction is not tried again as
+it is.
 
 The content photos are recomputed exactly as ``wild.py`` chose them (held-out split, same crops);
 the script stops if they do not line up with the set's images.
