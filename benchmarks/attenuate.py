@@ -29,7 +29,6 @@ from wild import content_crops
 from ofa_sdk.training.common import PhotoSet
 
 
-
 def attenuate(x: np.ndarray, gx: np.ndarray, alpha: float) -> np.ndarray:
     """uint8 content x and generated gx (same shape) -> uint8 x + alpha * (gx - x), rounded."""
     y = x.astype(np.float32) + alpha * (gx.astype(np.float32) - x.astype(np.float32))

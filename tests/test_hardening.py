@@ -359,8 +359,8 @@ def test_unlisted_garbage_model_files_give_a_clear_value_error(tiny_model, tmp_p
 
 
 # ------------------------------------------------------------------------------------ scans --
-# enough that the scan cannot finish between the test seeing its first rows and the signal, even
-# on a loaded machine (the tiny model scans these in about a millisecond each)
+# enough that the scan does not finish between the test seeing its first rows and the signal on a
+# loaded machine (the tiny model scans one in about a millisecond; with 48 it once did)
 N_IMAGES = 400
 
 
