@@ -37,9 +37,8 @@ class OnnxRuntimeEngine:
             raise EngineUnavailable("onnxruntime is not installed (pip install 'ofa-sdk[onnx]')") from None
         import torch
 
-        from .graphs import ensure_graphs
         try:
-            paths = ensure_graphs(bundle, cache_dir)
+            paths = self._graph_paths(bundle, cache_dir)
         except ImportError as e:   # onnx / onnxscript missing for the export
             raise EngineUnavailable(f"cannot export the ONNX graphs: {e} (pip install 'ofa-sdk[onnx]')") from None
         threads = threads or int(os.environ.get("OFA_SDK_ORT_THREADS", 0)) or torch.get_num_threads()
@@ -62,6 +61,12 @@ class OnnxRuntimeEngine:
         self.threads = threads
         self.device, self.model_id, self.crop = "cpu", bundle.model_id, bundle.config.crop
         self._torch = torch
+
+    def _graph_paths(self, bundle, cache_dir) -> dict:
+        """The graph files this engine opens, by graph name: the model's float graphs (a
+        subclass may open other graphs of the same contract, e.g. quantised ones)."""
+        from .graphs import ensure_graphs
+        return ensure_graphs(bundle, cache_dir)
 
     def _spectra(self, crops: np.ndarray) -> np.ndarray:
         crops = check_crops(crops, self.crop)
