@@ -119,6 +119,13 @@ class Stage2Config:
     # JPEG-compressed at one shared quality drawn from jpeg_q, as a generator's images arrive
     # after one platform's re-encoding; applied before the per-image jpeg_p.
     jpeg_class_p: float = 0.0
+    # Probability that a step's last decoder draw is a *twin*: the first draw's architecture
+    # with its decoder weights perturbed (each weight tensor plus Gaussian noise of a relative
+    # size drawn from twin_sigma, times the tensor's std), labelled as a class of its own. Two
+    # weight sets of one architecture are then negatives, as two seeds of one generator are.
+    # Measured as a fine-tune and found to have no effect (benchmarks/RESULTS.md 9.8): off.
+    twin_p: float = 0.0
+    twin_sigma: Tuple[float, float] = (0.05, 0.25)
 
 
 @dataclass(frozen=True)

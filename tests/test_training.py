@@ -136,3 +136,28 @@ def test_shipped_default_model_loads():
     # trained to the end of its own recorded schedule, and its prototype score calibrated
     assert b.meta["training"]["stage2"]["step"] == b.config.stage2.steps >= compact().stage2.steps
     assert b.meta["calibration"]["prototype"]["a"] > 0
+
+
+def test_twin_draws_share_an_architecture_under_other_weights(photos):
+    """stage2.twin_p: the last draw repeats the first one's architecture with perturbed decoder
+    weights, as a class of its own."""
+    from ofa_sdk.models import FingerprintSimulator
+    from ofa_sdk.training.stage2_extractor import REAL_LABEL, TWIN_LABEL, make_batch
+    with pytest.warns(UserWarning):
+        data = common.PhotoSet(photos, split="all")
+    base = compact().replace(**TINY, **{"stage2.n": 2, "stage2.m": 3, "stage2.crop": 32,
+                                        "stage2.jpeg_p": 0.0, "stage2.jpeg_class_p": 0.0})
+    torch.manual_seed(0)
+    sim = FingerprintSimulator(base.simulator).eval()
+    twin = base.replace(**{"stage2.twin_p": 1.0})
+    x, y, labels = make_batch(sim, data, twin, torch.Generator().manual_seed(0), step=5)
+    n = base.stage2.n
+    assert labels[-1] == TWIN_LABEL - 5 and labels[0] >= 0
+    assert y.tolist() == [l for l in labels for _ in range(2 * n)] + [REAL_LABEL] * n
+    # same architecture, same single-set content, other weights: close, but not the same images
+    first, last = x[n:2 * n], x[(3 * 2 - 1) * n:3 * 2 * n]
+    d = (first - last).abs().mean().item()
+    assert 0 < d < 0.25, d
+    # twin_p = 0 (the default): every draw is labelled by its own architecture
+    _, y0, labels0 = make_batch(sim, data, base, torch.Generator().manual_seed(0), step=5)
+    assert all(l >= 0 for l in labels0) and set(y0.tolist()) == set(labels0) | {REAL_LABEL}

@@ -24,6 +24,7 @@ from ofa_sdk.models import FingerprintSimulator, OFAModel
 from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
 
 REAL_LABEL = -1  # architecture ids are >= 0
+TWIN_LABEL = -2  # a twin's label is TWIN_LABEL - step: its own class, never seen again
 
 
 def _jpeg(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor:
@@ -46,26 +47,44 @@ def _jpeg_class(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.
     return _jpeg(x, g, 1.0, (q, q))
 
 
-def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator):
-    """Images (B,3,c,c) in [0,1], labels (B,) and the architecture ids drawn, for one step."""
+def perturbed_decoder(sim: FingerprintSimulator, sigma: float, g: torch.Generator):
+    """The decoder's weight tensors, each plus N(0, (sigma * its std)^2) noise: another weight
+    set of the same architectures, for :func:`torch.func.functional_call`."""
+    return {k: v + sigma * v.std() * torch.randn(v.shape, generator=g, dtype=v.dtype)
+            for k, v in sim.named_parameters() if k.startswith("decoder.") and v.ndim >= 2}
+
+
+def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator,
+               step: int = 0):
+    """Images (B,3,c,c) in [0,1], labels (B,) and the architecture ids drawn, for one step.
+    With probability ``stage2.twin_p`` the last draw is the first one's architecture with
+    perturbed decoder weights (:func:`perturbed_decoder`), labelled ``TWIN_LABEL - step``."""
     sc = cfg.stage2
     archs = [sim.sample(g) for _ in range(sc.m)]
+    labels = [a.id for a in archs]
+    weights = [None] * sc.m
+    if sc.m > 1 and sc.twin_p > 0 and float(torch.rand(1, generator=g)) < sc.twin_p:
+        lo, hi = sc.twin_sigma
+        sigma = lo + (hi - lo) * float(torch.rand(1, generator=g))
+        archs[-1], labels[-1] = archs[0], TWIN_LABEL - step
+        weights[-1] = perturbed_decoder(sim, sigma, g)
     xs, ys = [], []
     shared = data.batch(sc.n, sc.crop, g)              # single set content
     with torch.no_grad():
-        for a in archs:
+        for a, label, w in zip(archs, labels, weights):
             pair = []
             for content in (data.batch(sc.n, sc.crop, g), shared):
-                r = sim(content, a).clamp(0, 1)
+                r = (sim(content, a) if w is None else
+                     torch.func.functional_call(sim, w, (content, a))).clamp(0, 1)
                 if sc.quantize:
                     r = quantize(r)
                 pair.append(r)
             xs.extend(torch.split(_jpeg_class(torch.cat(pair), g, sc.jpeg_class_p, sc.jpeg_q), sc.n))
-            ys.extend(torch.full((sc.n,), a.id, dtype=torch.long) for _ in pair)
+            ys.extend(torch.full((sc.n,), label, dtype=torch.long) for _ in pair)
     xs.append(_jpeg_class(data.batch(sc.n, sc.crop, g), g, sc.jpeg_class_p, sc.jpeg_q))  # real photos
     ys.append(torch.full((sc.n,), REAL_LABEL, dtype=torch.long))
     x = _jpeg(torch.cat(xs), g, sc.jpeg_p, sc.jpeg_q)
-    return x, torch.cat(ys), [a.id for a in archs]
+    return x, torch.cat(ys), labels
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
@@ -95,7 +114,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     log = RunLog(out / "stage2.jsonl", sc.steps, start, "stage2 extractor", quiet)
     model.extractor.train()
     for step in range(start + 1, sc.steps + 1):
-        x, y, arch_ids = make_batch(sim, data, cfg, g)
+        x, y, arch_ids = make_batch(sim, data, cfg, g, step)
         with torch.no_grad():
             spec = model.spectrum(x)
         phi = model.extract(spec)
