@@ -9,6 +9,7 @@ model's residual; the high-pass one has nothing learned).
         --tags candidate4200 seed1
 
     python benchmarks/jpeg_table.py --fusion benchmarks/results/fusion_wild_4b50.json
+    python benchmarks/jpeg_table.py --tags candidate4200 crops9 --crops 1 4 9
 
 A condition whose result files are not all there is left out. ``--fusion`` prints the same
 per-pair summary for the rules of a ``benchmarks/fusion.py`` result.
@@ -16,7 +17,7 @@ per-pair summary for the rules of a ``benchmarks/fusion.py`` result.
 ``--pairs`` prints what the means hide, from the per-pair AUCs that ``benchmarks/scoring.py``
 records (results written before it did are skipped): per model and condition, the mean over the
 seed pairs (classes named ``STEM-sN`` with one stem: one architecture, two training seeds), the
-worst ordered pair and how many ordered pairs are below 0.75, for the prototype rule and the
+mean over the pairs with real photos (class ``real``), the worst ordered pair and how many ordered pairs are below 0.75, for the prototype rule and the
 non-learned high-pass baseline.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 CONDITIONS = ((0, "clean"), (90, "JPEG q90"), (75, "JPEG q75"))
 WEAK = 0.75   # an ordered pair below this AUC is counted as weak
+REAL = "real"  # the class of real photos (benchmarks/wild.py)
 
 
 def seed_pairs(classes):
@@ -36,19 +38,29 @@ def seed_pairs(classes):
     return [(a, b) for a in stem for b in stem if a != b and stem[a] == stem[b]]
 
 
+def _mean(xs):
+    return sum(xs) / len(xs) if xs else None
+
+
 def pair_summary(matrix):
-    """(seed-pair mean or None, (worst AUC, target, other), number of ordered pairs below WEAK)."""
+    """(seed-pair mean or None, real-pair mean or None, (worst AUC, target, other), number of
+    ordered pairs below WEAK). Real pairs: every ordered pair with the class named ``real``."""
     flat = [(auc, t, o) for t, row in matrix.items() for o, auc in row.items()]
     seeds = [matrix[a][b] for a, b in seed_pairs(list(matrix))]
-    return (sum(seeds) / len(seeds) if seeds else None), min(flat), sum(a < WEAK for a, _, _ in flat)
+    real = [auc for auc, t, o in flat if REAL in (t, o)]
+    return _mean(seeds), _mean(real), min(flat), sum(a < WEAK for a, _, _ in flat)
 
 
-def pairs_table(models, d, sets):
-    print("| set | condition | crops | model, rule | seed pairs | worst pair | pairs < %.2f |" % WEAK)
-    print("|---|---|---|---|---|---|---|")
+def _pct1(x):
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def pairs_table(models, d, sets, crops=(1, 4)):
+    print("| set | condition | crops | model, rule | seed pairs | real pairs | worst pair | pairs < %.2f |" % WEAK)
+    print("|---|---|---|---|---|---|---|---|")
     for s in sets:
         for q, cond in CONDITIONS:
-            for k in (1, 4):
+            for k in crops:
                 rows = {}   # label -> per-pair matrix; the baseline (nothing learned) once
                 for m in models:
                     f = Path(d) / f"{s}_{m}_q{q}.json"
@@ -57,34 +69,35 @@ def pairs_table(models, d, sets):
                         rows[m] = pairs["proto-cos"]
                         rows.setdefault("high-pass baseline", pairs["baseline-highpass"])
                 for label, matrix in rows.items():
-                    sm, (w, t, o), n = pair_summary(matrix)
-                    seed = "-" if sm is None else f"{100 * sm:.1f}"
-                    print(f"| {s} | {cond} | {k} | {label} | {seed} | {100 * w:.1f} ({t} vs {o}) | {n} |")
+                    sm, rm, (w, t, o), n = pair_summary(matrix)
+                    print(f"| {s} | {cond} | {k} | {label} | {_pct1(sm)} | {_pct1(rm)} | "
+                          f"{100 * w:.1f} ({t} vs {o}) | {n} |")
 
 
 def fusion_table(path):
     pairs = json.loads(Path(path).read_text())["pairs"]
-    print("| run | rule | seed pairs | worst pair | pairs < %.2f |" % WEAK)
-    print("|---|---|---|---|---|")
+    print("| run | rule | seed pairs | real pairs | worst pair | pairs < %.2f |" % WEAK)
+    print("|---|---|---|---|---|---|")
     for key, rules in pairs.items():
         for rule, matrix in rules.items():
-            sm, (w, t, o), n = pair_summary(matrix)
-            seed = "-" if sm is None else f"{100 * sm:.1f}"
-            print(f"| {key} | {rule} | {seed} | {100 * w:.1f} ({t} vs {o}) | {n} |")
+            sm, rm, (w, t, o), n = pair_summary(matrix)
+            print(f"| {key} | {rule} | {_pct1(sm)} | {_pct1(rm)} | {100 * w:.1f} ({t} vs {o}) | {n} |")
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tags", nargs="+", default=["candidate"])
     ap.add_argument("--dir", default="benchmarks/results/jpeg")
-    ap.add_argument("--sets", nargs="+", default=["dev", "wild"], help="result file prefixes")
+    ap.add_argument("--sets", nargs="+", default=["dev", "wild", "wild13"], help="result file prefixes")
     ap.add_argument("--pairs", action="store_true", help="the per-pair summary instead of the means")
     ap.add_argument("--fusion", default=None, help="a benchmarks/fusion.py result: its per-pair summary")
+    ap.add_argument("--crops", nargs="+", type=int, default=[1, 4],
+                    help="crop counts to show; a run without one shows '-'")
     a = ap.parse_args(argv)
     if a.fusion:
         return fusion_table(a.fusion)
     if a.pairs:
-        return pairs_table(a.tags, a.dir, a.sets)
+        return pairs_table(a.tags, a.dir, a.sets, a.crops)
     models = ["shipped"] + a.tags
     head = ["set", "condition", "crops"]
     head += [f"prototype, {m}" for m in models] + [f"pair, {m}" for m in models]
@@ -97,12 +110,21 @@ def main(argv=None):
             if not all(f.exists() for f in files.values()):
                 continue
             runs = {m: json.loads(f.read_text())["runs"] for m, f in files.items()}
-            for k in (1, 4):
-                r = {m: runs[m][f"crops{k}"] for m in models}
-                cells = [f"{100 * r[m]['proto-cos']:.2f}" for m in models]
-                cells += [f"{100 * r[m]['pair-prob']:.2f}" for m in models]
-                cells += [f"{100 * r['shipped']['baseline']:.2f}", f"{100 * r['shipped']['baseline-highpass']:.2f}"]
+            for k in a.crops:
+                r = {m: runs[m].get(f"crops{k}") for m in models}
+                if not any(r.values()):
+                    continue
+                # the denoiser baseline is the shipped (denoiser) model's residual; the high-pass
+                # one is the same in every run
+                hp = next(v["baseline-highpass"] for v in r.values() if v)
+                cells = [_pct(r[m], "proto-cos") for m in models]
+                cells += [_pct(r[m], "pair-prob") for m in models]
+                cells += [_pct(r["shipped"], "baseline"), f"{100 * hp:.2f}"]
                 print(f"| {s} | {cond} | {k} | " + " | ".join(cells) + " |")
+
+
+def _pct(run, rule):
+    return "-" if run is None else f"{100 * run[rule]:.2f}"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ PY=${PY:-.venv/bin/python}
 PHOTOS=${PHOTOS:-../shared/data/real-photos}
 MODEL_ARG=${MODEL:+--model $MODEL}
 mkdir -p benchmarks/results
-[ -f benchmarks/data/wild/MANIFEST.json ] || $PY benchmarks/wild.py --photos "$PHOTOS"
+[ -f benchmarks/data/wild/MANIFEST.json ] || $PY benchmarks/wild.py --photos "$PHOTOS" --exclude real sr-x2 --out benchmarks/data/wild
 [ -f benchmarks/data/dev-sim/MANIFEST.json ] || $PY benchmarks/dev_sim.py --photos "$PHOTOS" $MODEL_ARG
 # score rules: chosen on the development set (unseen simulator architectures), then the wild set
 $PY benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 --photos "$PHOTOS" $MODEL_ARG \
