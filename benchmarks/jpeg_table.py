@@ -17,8 +17,8 @@ per-pair summary for the rules of a ``benchmarks/fusion.py`` result.
 ``--pairs`` prints what the means hide, from the per-pair AUCs that ``benchmarks/scoring.py``
 records (results written before it did are skipped): per model and condition, the mean over the
 seed pairs (classes named ``STEM-sN`` with one stem: one architecture, two training seeds), the
-mean over the pairs with real photos (class ``real``), the worst ordered pair and how many ordered pairs are below 0.75, for the prototype rule and the
-non-learned high-pass baseline.
+mean over the pairs with real photos (class ``real``), the worst ordered pair and how many
+ordered pairs are below 0.75, for the prototype rule and the non-learned high-pass baseline.
 """
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ CLASSICAL = {
     "bicubic-x2": lambda a: _resample(a, 2, Image.BICUBIC),
     "lanczos-x3": lambda a: _resample(a, 3, Image.LANCZOS),
     "nearest-x2": lambda a: _resample(a, 2, Image.NEAREST),
-    "real": lambda a: a,
+    "real": lambda a: a,    # no generator: the content photo itself
 }
 
 

@@ -56,7 +56,7 @@ def perturbed_decoder(sim: FingerprintSimulator, sigma: float, g: torch.Generato
 
 def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator,
                step: int = 0):
-    """Images (B,3,c,c) in [0,1], labels (B,) and the architecture ids drawn, for one step.
+    """Images (B,3,c,c) in [0,1], labels (B,) and each draw's label, for one step.
     With probability ``stage2.twin_p`` the last draw is the first one's architecture with
     perturbed decoder weights (:func:`perturbed_decoder`), labelled ``TWIN_LABEL - step``."""
     sc = cfg.stage2
