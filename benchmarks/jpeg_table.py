@@ -51,8 +51,9 @@ def pair_summary(matrix):
     return _mean(seeds), _mean(real), min(flat), sum(a < WEAK for a, _, _ in flat)
 
 
-def _pct1(x):
-    return "-" if x is None else f"{100 * x:.1f}"
+def _pct(x, digits: int = 1) -> str:
+    """A fraction as a percentage, "-" when there is none."""
+    return "-" if x is None else f"{100 * x:.{digits}f}"
 
 
 def pairs_table(models, d, sets, crops=(1, 4)):
@@ -70,7 +71,7 @@ def pairs_table(models, d, sets, crops=(1, 4)):
                         rows.setdefault("high-pass baseline", pairs["baseline-highpass"])
                 for label, matrix in rows.items():
                     sm, rm, (w, t, o), n = pair_summary(matrix)
-                    print(f"| {s} | {cond} | {k} | {label} | {_pct1(sm)} | {_pct1(rm)} | "
+                    print(f"| {s} | {cond} | {k} | {label} | {_pct(sm)} | {_pct(rm)} | "
                           f"{100 * w:.1f} ({t} vs {o}) | {n} |")
 
 
@@ -81,7 +82,7 @@ def fusion_table(path):
     for key, rules in pairs.items():
         for rule, matrix in rules.items():
             sm, rm, (w, t, o), n = pair_summary(matrix)
-            print(f"| {key} | {rule} | {_pct1(sm)} | {_pct1(rm)} | {100 * w:.1f} ({t} vs {o}) | {n} |")
+            print(f"| {key} | {rule} | {_pct(sm)} | {_pct(rm)} | {100 * w:.1f} ({t} vs {o}) | {n} |")
 
 
 def main(argv=None):
@@ -117,14 +118,10 @@ def main(argv=None):
                 # the denoiser baseline is the shipped (denoiser) model's residual; the high-pass
                 # one is the same in every run
                 hp = next(v["baseline-highpass"] for v in r.values() if v)
-                cells = [_pct(r[m], "proto-cos") for m in models]
-                cells += [_pct(r[m], "pair-prob") for m in models]
-                cells += [_pct(r["shipped"], "baseline"), f"{100 * hp:.2f}"]
+                cells = [_pct(r[m] and r[m][rule], 2) for rule in ("proto-cos", "pair-prob") for m in models]
+                cells += [_pct(r["shipped"] and r["shipped"]["baseline"], 2), _pct(hp, 2)]
                 print(f"| {s} | {cond} | {k} | " + " | ".join(cells) + " |")
 
-
-def _pct(run, rule):
-    return "-" if run is None else f"{100 * run[rule]:.2f}"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ used the 11 classes from before ``sr-x2`` and ``real`` were added, the set calle
         --out benchmarks/data/wild                                      # the 11-class set
 
 Content: held-out photos (the training split excludes them), up to two non-overlapping 256
-crops each. Deterministic given --seed.
+crops each. Deterministic: every learned generator trains from its own fixed seed (``LEARNED``).
 """
 from __future__ import annotations
 

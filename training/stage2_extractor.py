@@ -50,8 +50,9 @@ def _jpeg_class(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.
 def perturbed_decoder(sim: FingerprintSimulator, sigma: float, g: torch.Generator):
     """The decoder's weight tensors, each plus N(0, (sigma * its std)^2) noise: another weight
     set of the same architectures, for :func:`torch.func.functional_call`."""
-    return {k: v + sigma * v.std() * torch.randn(v.shape, generator=g, dtype=v.dtype)
-            for k, v in sim.named_parameters() if k.startswith("decoder.") and v.ndim >= 2}
+    with torch.no_grad():
+        return {k: v + sigma * v.std() * torch.randn(v.shape, generator=g, dtype=v.dtype)
+                for k, v in sim.named_parameters() if k.startswith("decoder.") and v.ndim >= 2}
 
 
 def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator,
