@@ -47,8 +47,9 @@ class SpectrumConfig:
     residual_scale: float = 255.0
     # Where the residual comes from: "denoiser" (the paper: x minus its denoised version, here
     # the DnCNN's predicted noise) or "highpass" (a fixed 3x3 Laplacian, nothing learned; the
-    # compact recipe's, chosen by measurement in benchmarks/RESULTS.md section 9). Models trained
-    # with one must be run with it; a stored config without the field is a denoiser model.
+    # compact recipe's, chosen by measurement in benchmarks/RESULTS.md section 9) or "both"
+    # (the two stacked as 6 input channels). Models trained with one must be run with it; a
+    # stored config without the field is a denoiser model.
     residual: str = "denoiser"
 
 
@@ -126,6 +127,11 @@ class Stage2Config:
     # Measured as a fine-tune and found to have no effect (benchmarks/RESULTS.md 9.8): off.
     twin_p: float = 0.0
     twin_sigma: Tuple[float, float] = (0.05, 0.25)
+    # Where a twin's other weights come from: "perturbed" (the noise above) or "trained" (a
+    # second simulator trained from another seed, stage1_twin.safetensors in the run folder;
+    # every draw then uses one of the two weight sets at random, and a class is an architecture
+    # under one weight set, so neither set is the twins' alone).
+    twin_weights: str = "perturbed"
 
 
 @dataclass(frozen=True)

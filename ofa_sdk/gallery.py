@@ -84,7 +84,7 @@ class Profile:
     support_part: np.ndarray     # (S, h) float32, pair-head first layer on the support
     metadata: Dict = field(default_factory=dict)
     created: float = 0.0
-    spectrum: Optional[np.ndarray] = None   # (3, h, w) mean residual log-spectrum of the support
+    spectrum: Optional[np.ndarray] = None   # (C, h, w) mean residual log-spectrum of the support
 
     @functools.cached_property
     def prototype(self) -> np.ndarray:

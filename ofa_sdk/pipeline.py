@@ -26,7 +26,7 @@ class EmbeddedItem(NamedTuple):
     z: Optional[np.ndarray]          # (k, d) crop fingerprints, None when unusable
     error: str                       # "" when usable
     note: str                        # e.g. the small-image policy applied
-    spectrum: Optional[np.ndarray]   # (3, h, w) mean residual log-spectrum (spectra=True)
+    spectrum: Optional[np.ndarray]   # (C, h, w) mean residual log-spectrum (spectra=True)
     provenance: Optional[dict] = None  # what the file declares about its origin (ofa_sdk.provenance)
 
     @property

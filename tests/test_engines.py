@@ -43,26 +43,36 @@ def real_and_odd_crops(c):
     return np.ascontiguousarray(np.stack(crops))
 
 
-@pytest.fixture(scope="module")
-def tiny_highpass(tmp_path_factory):
-    """A small random model with the fixed high-pass residual (the ONNX Runtime engine runs its
-    stencil fused into the spectrum kernel instead of the residual graph)."""
+def tiny_with_residual(folder, residual: str):
     import torch
     from conftest import TINY
     from ofa_sdk.config import compact
     from ofa_sdk.models import OFAModel
     from ofa_sdk.weights import save_model
     torch.manual_seed(1)
-    cfg = compact().replace(**{**TINY, "spectrum.residual": "highpass"})
-    path = tmp_path_factory.mktemp("hp") / "tiny-hp.safetensors"
+    cfg = compact().replace(**{**TINY, "spectrum.residual": residual})
+    path = folder / f"tiny-{residual}.safetensors"
     save_model(path, OFAModel(cfg).eval(), None, {"config": cfg.to_dict()}, dtype="float32")
     return path
 
 
-@pytest.mark.parametrize("which", ["shipped", "tiny", "tiny-highpass"])
-def test_onnxruntime_matches_torch(which, shipped, tiny_model, tiny_highpass, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_highpass(tmp_path_factory):
+    """A small random model with the fixed high-pass residual (the ONNX Runtime engine runs its
+    stencil fused into the spectrum kernel instead of the residual graph)."""
+    return tiny_with_residual(tmp_path_factory.mktemp("hp"), "highpass")
+
+
+@pytest.fixture(scope="module")
+def tiny_both(tmp_path_factory):
+    """A small random model with both residuals as 6 channels (residual.onnx computes them)."""
+    return tiny_with_residual(tmp_path_factory.mktemp("both"), "both")
+
+
+@pytest.mark.parametrize("which", ["shipped", "tiny", "tiny-highpass", "tiny-both"])
+def test_onnxruntime_matches_torch(which, shipped, tiny_model, tiny_highpass, tiny_both, tmp_path):
     bundle = shipped if which == "shipped" else load_model(
-        tiny_model if which == "tiny" else tiny_highpass)
+        {"tiny": tiny_model, "tiny-highpass": tiny_highpass, "tiny-both": tiny_both}[which])
     ref, ort = engines(bundle, tmp_path)
     assert ort.name == "onnxruntime" and ort.model_id == bundle.model_id
     # a high-pass model runs its stencil in the spectrum kernel: no session for residual.onnx

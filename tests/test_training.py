@@ -161,3 +161,35 @@ def test_twin_draws_share_an_architecture_under_other_weights(photos):
     # twin_p = 0 (the default): every draw is labelled by its own architecture
     _, y0, labels0 = make_batch(sim, data, base, torch.Generator().manual_seed(0), step=5)
     assert all(l >= 0 for l in labels0) and set(y0.tolist()) == set(labels0) | {REAL_LABEL}
+
+
+def test_trained_twins_use_the_other_weight_set(photos):
+    """stage2.twin_weights="trained": each draw runs under one of two simulators, a class is an
+    architecture under one weight set, and the twin is the first draw's architecture under the
+    other set, on the same single-set content."""
+    from ofa_sdk.models import FingerprintSimulator
+    from ofa_sdk.training.stage2_extractor import REAL_LABEL, WEIGHT_SET_STRIDE, make_batch
+    with pytest.warns(UserWarning):
+        data = common.PhotoSet(photos, split="all")
+    cfg = compact().replace(**TINY, **{"stage2.n": 2, "stage2.m": 3, "stage2.crop": 32,
+                                       "stage2.jpeg_p": 0.0, "stage2.jpeg_class_p": 0.0,
+                                       "stage2.twin_p": 1.0, "stage2.twin_weights": "trained"})
+    torch.manual_seed(0)
+    sims = FingerprintSimulator(cfg.simulator).eval(), FingerprintSimulator(cfg.simulator).eval()
+    n, seen = cfg.stage2.n, set()
+    for seed in range(6):
+        x, y, labels = make_batch(sims[0], data, cfg, torch.Generator().manual_seed(seed), 5, sims[1])
+        arch, sets = [l % WEIGHT_SET_STRIDE for l in labels], [l // WEIGHT_SET_STRIDE for l in labels]
+        seen.update(sets)
+        assert arch[-1] == arch[0] and sets[-1] == 1 - sets[0] and set(sets) <= {0, 1}
+        assert y.tolist() == [l for l in labels for _ in range(2 * n)] + [REAL_LABEL] * n
+        # the first draw's and the twin's single-set images: same content and architecture,
+        # so they differ only by the weight set
+        first, last = x[n:2 * n], x[(3 * 2 - 1) * n:3 * 2 * n]
+        assert (first - last).abs().mean().item() > 0
+    assert seen == {0, 1}     # both weight sets serve ordinary draws too
+    # with two copies of one weight set the twin reproduces the first draw's images exactly:
+    # it is that architecture on that content, and only the weights tell them apart above
+    import copy
+    x, _, _ = make_batch(sims[0], data, cfg, torch.Generator().manual_seed(0), 5, copy.deepcopy(sims[0]))
+    assert torch.equal(x[n:2 * n], x[(3 * 2 - 1) * n:3 * 2 * n])

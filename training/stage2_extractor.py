@@ -24,7 +24,12 @@ from ofa_sdk.models import FingerprintSimulator, OFAModel
 from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
 
 REAL_LABEL = -1  # architecture ids are >= 0
-TWIN_LABEL = -2  # a twin's label is TWIN_LABEL - step: its own class, never seen again
+TWIN_LABEL = -2  # a perturbed twin's label is TWIN_LABEL - step: its own class, never seen again
+# with a second trained simulator, a class is (architecture, weight set): label id + set * stride
+# (architecture ids stay far below it: the space has about 1.6e12 of them)
+WEIGHT_SET_STRIDE = 1 << 48
+TWIN_WEIGHTS = ("perturbed", "trained")
+TWIN_CHECKPOINT = "stage1_twin.safetensors"
 
 
 def _jpeg(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor:
@@ -56,26 +61,38 @@ def perturbed_decoder(sim: FingerprintSimulator, sigma: float, g: torch.Generato
 
 
 def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator,
-               step: int = 0):
+               step: int = 0, twin_sim: FingerprintSimulator | None = None):
     """Images (B,3,c,c) in [0,1], labels (B,) and each draw's label, for one step.
-    With probability ``stage2.twin_p`` the last draw is the first one's architecture with
-    perturbed decoder weights (:func:`perturbed_decoder`), labelled ``TWIN_LABEL - step``."""
+    With probability ``stage2.twin_p`` the last draw is the first one's architecture under other
+    weights: with ``twin_sim`` (``stage2.twin_weights="trained"``) every draw runs under ``sim``
+    or ``twin_sim`` at random, labelled ``id + set * WEIGHT_SET_STRIDE``, and the twin under the
+    first draw's other set; without it, the twin has perturbed decoder weights
+    (:func:`perturbed_decoder`) and the label ``TWIN_LABEL - step``."""
     sc = cfg.stage2
     archs = [sim.sample(g) for _ in range(sc.m)]
     labels = [a.id for a in archs]
     weights = [None] * sc.m
+    sets = ([int(torch.randint(2, (1,), generator=g)) for _ in range(sc.m)]
+            if twin_sim is not None else [0] * sc.m)
     if sc.m > 1 and sc.twin_p > 0 and float(torch.rand(1, generator=g)) < sc.twin_p:
-        lo, hi = sc.twin_sigma
-        sigma = lo + (hi - lo) * float(torch.rand(1, generator=g))
-        archs[-1], labels[-1] = archs[0], TWIN_LABEL - step
-        weights[-1] = perturbed_decoder(sim, sigma, g)
+        archs[-1] = archs[0]
+        if twin_sim is not None:
+            sets[-1] = 1 - sets[0]
+        else:
+            lo, hi = sc.twin_sigma
+            sigma = lo + (hi - lo) * float(torch.rand(1, generator=g))
+            labels[-1] = TWIN_LABEL - step
+            weights[-1] = perturbed_decoder(sim, sigma, g)
+    if twin_sim is not None:
+        labels = [a.id + s * WEIGHT_SET_STRIDE for a, s in zip(archs, sets)]
+    sims = (sim, twin_sim)
     xs, ys = [], []
     shared = data.batch(sc.n, sc.crop, g)              # single set content
     with torch.no_grad():
-        for a, label, w in zip(archs, labels, weights):
+        for a, label, w, k in zip(archs, labels, weights, sets):
             pair = []
             for content in (data.batch(sc.n, sc.crop, g), shared):
-                r = (sim(content, a) if w is None else
+                r = (sims[k](content, a) if w is None else
                      torch.func.functional_call(sim, w, (content, a))).clamp(0, 1)
                 if sc.quantize:
                     r = quantize(r)
@@ -97,6 +114,17 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     sim = FingerprintSimulator(cfg.simulator)
     load_checkpoint(out / "stage0.safetensors", {"denoiser": model.denoiser})
     s1meta, _ = load_checkpoint(out / "stage1.safetensors", {"simulator": sim})
+    if sc.twin_weights not in TWIN_WEIGHTS:
+        raise ValueError(f"stage2.twin_weights must be one of {TWIN_WEIGHTS}, got {sc.twin_weights!r}")
+    twin_sim = None
+    if sc.twin_weights == "trained":
+        if not (out / TWIN_CHECKPOINT).exists():
+            raise FileNotFoundError(
+                f"stage2.twin_weights='trained' needs {out / TWIN_CHECKPOINT}: the stage1.safetensors "
+                f"of a stage-1 run with another --seed, copied there")
+        twin_sim = FingerprintSimulator(cfg.simulator)
+        load_checkpoint(out / TWIN_CHECKPOINT, {"simulator": twin_sim})
+        twin_sim.eval().requires_grad_(False)
     torch.manual_seed(seed + 2)
     for p in list(sim.parameters()) + list(model.denoiser.parameters()):
         p.requires_grad_(False)
@@ -115,7 +143,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     log = RunLog(out / "stage2.jsonl", sc.steps, start, "stage2 extractor", quiet)
     model.extractor.train()
     for step in range(start + 1, sc.steps + 1):
-        x, y, arch_ids = make_batch(sim, data, cfg, g, step)
+        x, y, arch_ids = make_batch(sim, data, cfg, g, step, twin_sim)
         with torch.no_grad():
             spec = model.spectrum(x)
         phi = model.extract(spec)

@@ -9,7 +9,7 @@ Rules every engine follows:
 * ``embed`` takes (B, c, c, 3) uint8 crops (NHWC, RGB; c the model's crop) and returns (B, d)
   float32 L2-normalised fingerprints, row i from crop i alone (batching never changes a row
   beyond float rounding);
-* ``embed_spectra`` also returns the (B, 3, h, w) float32 residual log-spectra the fingerprints
+* ``embed_spectra`` also returns the (B, C, h, w) float32 residual log-spectra the fingerprints
   came from (for ``ofa-sdk show`` and the evaluation's baselines);
 * ``model_id`` is the id of the model it runs (:func:`ofa_sdk.weights.inference_id`);
 * it never mutates the :class:`~ofa_sdk.weights.ModelBundle` it was given (two Attributors may
@@ -37,7 +37,7 @@ class Engine(Protocol):
         ...
 
     def embed_spectra(self, crops: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """(B, c, c, 3) uint8 -> ((B, d) fingerprints, (B, 3, h, w) residual log-spectra)."""
+        """(B, c, c, 3) uint8 -> ((B, d) fingerprints, (B, C, h, w) residual log-spectra)."""
         ...
 
 

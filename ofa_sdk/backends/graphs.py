@@ -4,8 +4,9 @@ Two graphs, with the FFT between them kept outside (ONNX Runtime's DFT op is far
 native real FFT on the CPU): the spectrum runs through
 :func:`ofa_sdk.models.spectrum.log_spectrum` (the dispatched kernel or the torch path).
 
-* ``residual``:  (B, c, c, 3) uint8 crops -> (B, 3, h, w) float32 residual in grey levels;
-* ``extractor``: (B, 3, h, w) float32 log-spectrum -> (B, d) float32 unit fingerprint.
+* ``residual``:  (B, c, c, 3) uint8 crops -> (B, C, h, w) float32 residual in grey levels
+  (C = 3, or 6 for a model with both residuals);
+* ``extractor``: (B, C, h, w) float32 log-spectrum -> (B, d) float32 unit fingerprint.
 
 Both have a dynamic batch axis (opset 18). Each file carries the model id, the configuration
 and the calibration in its metadata, so a cached graph is only reused for the model it was made
@@ -33,13 +34,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("OFA_SDK_CACHE", Path.home() / ".cache" / "ofa-sdk")) / "engines"
 
 
-def residual_shape(config) -> Tuple[int, int]:
-    """(h, w) of the residual (and spectrum) for the model's crop."""
+def residual_shape(config) -> Tuple[int, int, int]:
+    """(channels, h, w) of the residual (and spectrum) for the model's crop."""
     import torch
     from ..models import OFAModel
     with torch.no_grad():
         r = OFAModel(config).eval().residual(torch.zeros(1, 3, config.crop, config.crop))
-    return tuple(r.shape[-2:])
+    return tuple(r.shape[-3:])
 
 
 def _modules(model):
@@ -83,9 +84,8 @@ def export_graphs(bundle, out_dir, batch: int = 2) -> Dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     c = bundle.config.crop
-    h, w = residual_shape(bundle.config)
     examples = {"residual": torch.zeros(batch, c, c, 3, dtype=torch.uint8),
-                "extractor": torch.zeros(batch, 3, h, w)}
+                "extractor": torch.zeros(batch, *residual_shape(bundle.config))}
     paths = {}
     for name, module in _modules(bundle.model).items():
         with torch.no_grad(), _quiet():

@@ -180,8 +180,8 @@ class TensorRTEngine:
             graphs = ensure_int8_graphs(bundle, calibration)
         else:
             graphs = ensure_graphs(bundle)
-        h, w = residual_shape(bundle.config)
-        shapes = {"residual": (profile.opt, self.crop, self.crop, 3), "extractor": (profile.opt, 3, h, w)}
+        shapes = {"residual": (profile.opt, self.crop, self.crop, 3),
+                  "extractor": (profile.opt, *residual_shape(bundle.config))}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines, self._io, self.paths = {}, {}, {}
         for g, onnx_path in graphs.items():

@@ -48,7 +48,7 @@ def auc_matrix_png(matrix: Dict[str, Dict[str, float]], path, title: str = "1-vs
 
 
 def spectrum_png(spec: np.ndarray, path, title: str = "", scale: int = 4) -> Path:
-    """spec (3,h,w) or (h,w) log1p|FFT| of residuals -> centred (fftshift) picture. The image is
+    """spec (C,h,w) or (h,w) log1p|FFT| of residuals -> centred (fftshift) picture. The image is
     enlarged by pixel repetition for viewing only."""
     from PIL import Image, ImageDraw
     s = spec.mean(0) if spec.ndim == 3 else spec
