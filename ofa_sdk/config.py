@@ -130,7 +130,7 @@ class Stage2Config:
     # Where a twin's other weights come from: "perturbed" (the noise above) or "trained" (a
     # second simulator trained from another seed, stage1_twin.safetensors in the run folder;
     # every draw then uses one of the two weight sets at random, and a class is an architecture
-    # under one weight set, so neither set is the twins' alone).
+    # under one weight set, so neither set is the twins' alone). No effect either (RESULTS 9.12).
     twin_weights: str = "perturbed"
 
 
