@@ -1,8 +1,9 @@
 """Turn a stage-2 checkpoint of a high-pass model into one of a ``spectrum.residual="both"``
-model that computes exactly the same function of its high-pass channels: the extractor's stem
-gains three input channels for the denoiser residual (placed first, as ``OFAModel.residual``
-stacks them), with zero weights and zero Adam moments. Fine-tuning it against a control arm
-resumed from the same checkpoint measures what the denoiser residual adds (RESULTS.md 9.11).
+model: the extractor's stem gains three input channels for the denoiser residual (placed first,
+as ``OFAModel.residual`` stacks them), with zero weights and zero Adam moments, so the widened
+model starts as the original one applied to the centre part of its high-pass spectrum (the
+part the denoiser's residual also covers). Fine-tuning it against a control arm resumed from
+the same checkpoint measures what the denoiser residual adds (RESULTS.md 9.11).
 
     python benchmarks/widen_stem.py --src runs/jpeg-hp-4200 --out runs/ft-both
 
