@@ -123,6 +123,5 @@ def main(argv=None):
                 print(f"| {s} | {cond} | {k} | " + " | ".join(cells) + " |")
 
 
-
 if __name__ == "__main__":
     main()

@@ -70,30 +70,29 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
     (:func:`perturbed_decoder`) and the label ``TWIN_LABEL - step``."""
     sc = cfg.stage2
     archs = [sim.sample(g) for _ in range(sc.m)]
-    labels = [a.id for a in archs]
-    weights = [None] * sc.m
+    # each draw's weight set (0: sim, 1: twin_sim) and the network that renders it
     sets = ([int(torch.randint(2, (1,), generator=g)) for _ in range(sc.m)]
             if twin_sim is not None else [0] * sc.m)
+    nets = [(sim, twin_sim)[k] for k in sets]
+    labels = [a.id + k * WEIGHT_SET_STRIDE for a, k in zip(archs, sets)]
     if sc.m > 1 and sc.twin_p > 0 and float(torch.rand(1, generator=g)) < sc.twin_p:
         archs[-1] = archs[0]
         if twin_sim is not None:
-            sets[-1] = 1 - sets[0]
+            k = 1 - sets[0]
+            nets[-1], labels[-1] = (sim, twin_sim)[k], archs[0].id + k * WEIGHT_SET_STRIDE
         else:
             lo, hi = sc.twin_sigma
             sigma = lo + (hi - lo) * float(torch.rand(1, generator=g))
+            w = perturbed_decoder(sim, sigma, g)
+            nets[-1] = lambda content, a: torch.func.functional_call(sim, w, (content, a))
             labels[-1] = TWIN_LABEL - step
-            weights[-1] = perturbed_decoder(sim, sigma, g)
-    if twin_sim is not None:
-        labels = [a.id + s * WEIGHT_SET_STRIDE for a, s in zip(archs, sets)]
-    sims = (sim, twin_sim)
     xs, ys = [], []
     shared = data.batch(sc.n, sc.crop, g)              # single set content
     with torch.no_grad():
-        for a, label, w, k in zip(archs, labels, weights, sets):
+        for a, label, net in zip(archs, labels, nets):
             pair = []
             for content in (data.batch(sc.n, sc.crop, g), shared):
-                r = (sims[k](content, a) if w is None else
-                     torch.func.functional_call(sim, w, (content, a))).clamp(0, 1)
+                r = net(content, a).clamp(0, 1)
                 if sc.quantize:
                     r = quantize(r)
                 pair.append(r)
