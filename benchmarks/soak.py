@@ -5,10 +5,10 @@ warm-up; a healthy SDK stays flat.
     python benchmarks/soak.py [--model tiny|shipped|FILE] [--calls 10000] [--every 500]
                               [--warmup 200] [--batch 1] [--out soak.json]
 
-``tiny`` (the default) is a small random-weight model built on the fly (the tests' ``tiny_model``
-configuration): it exercises every SDK layer at a fraction of the shipped model's cost, so the
-run measures the SDK's own memory behaviour. ``shipped`` is the packaged model. Two profiles are
-enrolled from random arrays; each call attributes ``--batch`` arrays (a fixed pool, reused)
+``tiny`` (the default) is a small random-weight model built on the fly (``ofa_sdk.testing``, the
+tests' configuration): it exercises every SDK layer at a fraction of the shipped model's cost, so
+the run measures the SDK's own memory behaviour. ``shipped`` is the packaged model. Two profiles
+are enrolled from random arrays; each call attributes ``--batch`` arrays (a fixed pool, reused)
 against them with the default per-profile thresholds. RSS is read from psutil when installed,
 else /proc/self/status (VmRSS); ``gc.collect()`` runs before each sample. Growth is measured from
 the sample after ``--warmup`` calls to the last one.
@@ -26,13 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-# the tests' tiny_model configuration (tests/conftest.py TINY)
-TINY = {"crop": 32, "denoiser.depth": 3, "denoiser.width": 8, "extractor.width": 8,
-        "extractor.layers": (1, 1), "extractor.dim": 16, "heads.pair_hidden": (16, 16),
-        "simulator.enc_channels": (8, 16, 16), "simulator.stem_channels": 8,
-        "simulator.router_hidden": 8, "spectrum.residual": "denoiser"}
-
 
 def rss_mb() -> float:
     """Current resident set size in MiB."""
@@ -58,19 +51,6 @@ def rss_source() -> str:
     return "/proc/self/status" if os.path.exists("/proc/self/status") else "ru_maxrss (peak)"
 
 
-def tiny_model(folder: Path) -> Path:
-    import torch
-    from ofa_sdk.config import compact
-    from ofa_sdk.models import FingerprintSimulator, OFAModel
-    from ofa_sdk.weights import save_model
-    torch.manual_seed(0)
-    cfg = compact().replace(**TINY)
-    path = folder / "tiny.safetensors"
-    save_model(path, OFAModel(cfg).eval(), FingerprintSimulator(cfg.simulator),
-               {"config": cfg.to_dict()}, dtype="float32")
-    return path
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,9 +70,11 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(a.threads)
     from ofa_sdk import Attributor
+    from ofa_sdk.testing import write_tiny_model
 
     tmp = tempfile.TemporaryDirectory()
-    model = {"tiny": lambda: tiny_model(Path(tmp.name)), "shipped": lambda: None}.get(
+    model = {"tiny": lambda: write_tiny_model(Path(tmp.name) / "tiny.safetensors"),
+             "shipped": lambda: None}.get(
         a.model, lambda: Path(a.model))()
     att = Attributor(model=model, backend="torch", gallery=None)
     rng = np.random.default_rng(a.seed)

@@ -30,24 +30,11 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
-TINY = {"crop": 32, "denoiser.depth": 3, "denoiser.width": 8, "extractor.width": 8,
-        "extractor.layers": (1, 1), "extractor.dim": 16, "heads.pair_hidden": (16, 16),
-        "simulator.enc_channels": (8, 16, 16), "simulator.stem_channels": 8,
-        "simulator.router_hidden": 8, "spectrum.residual": "denoiser"}
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A small random-weight model file: exercises the API mechanics, not attribution quality."""
-    from ofa_sdk.config import compact
-    from ofa_sdk.models import FingerprintSimulator, OFAModel
-    from ofa_sdk.weights import save_model
-    torch.manual_seed(0)
-    cfg = compact().replace(**TINY)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(path, OFAModel(cfg).eval(), FingerprintSimulator(cfg.simulator),
-               {"config": cfg.to_dict()}, dtype="float32")
-    return path
+    from ofa_sdk.testing import write_tiny_model
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def make_images(folder, n, seed, size=40, kind="noise"):

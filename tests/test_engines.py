@@ -44,16 +44,9 @@ def real_and_odd_crops(c):
 
 
 def tiny_with_residual(folder, residual: str):
-    import torch
-    from conftest import TINY
-    from ofa_sdk.config import compact
-    from ofa_sdk.models import OFAModel
-    from ofa_sdk.weights import save_model
-    torch.manual_seed(1)
-    cfg = compact().replace(**{**TINY, "spectrum.residual": residual})
-    path = folder / f"tiny-{residual}.safetensors"
-    save_model(path, OFAModel(cfg).eval(), None, {"config": cfg.to_dict()}, dtype="float32")
-    return path
+    from ofa_sdk.testing import write_tiny_model
+    return write_tiny_model(folder / f"tiny-{residual}.safetensors", seed=1,
+                            **{"spectrum.residual": residual})
 
 
 @pytest.fixture(scope="module")

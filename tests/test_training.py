@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY
+from ofa_sdk.testing import TINY
 from ofa_sdk.config import compact
 from ofa_sdk.training import common
 from ofa_sdk.training.__main__ import main as train_main
