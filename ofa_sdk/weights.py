@@ -68,13 +68,21 @@ class ModelBundle:
         return self._simulator
 
 
-def file_id(path: Path) -> str:
-    """Hash of a file's bytes (the legacy model id)."""
+def sha256_hex(source) -> str:
+    """SHA-256 hex digest of ``source``: bytes, or a file path (read in 1 MiB chunks)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(source).hexdigest()
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(source, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def file_id(source) -> str:
+    """Short hash of a file's bytes (a path, or the bytes): the legacy model id, and the tag of an
+    exported graph in TensorRT cache keys."""
+    return sha256_hex(source)[:16]
 
 
 def inference_config(config: Dict) -> Dict:
@@ -115,10 +123,6 @@ def write_file(path, tensors: Dict, meta: Dict) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def read_manifest(folder) -> Dict[str, Dict]:
     """The manifest of ``folder`` (``{}`` when it has none)."""
     mf = Path(folder) / MANIFEST_NAME
@@ -152,7 +156,7 @@ def write_manifest(folder, patterns=("*.safetensors",)) -> Path:
     entries = {}
     for p in files:
         data = p.read_bytes()
-        entries[p.relative_to(folder).as_posix()] = {"sha256": _sha256(data), "bytes": len(data)}
+        entries[p.relative_to(folder).as_posix()] = {"sha256": sha256_hex(data), "bytes": len(data)}
     return _write_manifest(folder, entries)
 
 
@@ -172,7 +176,7 @@ def _refresh_manifest_entry(path: Path) -> None:
         return  # an unreadable manifest is reported when the file is loaded, not here
     if path.name in entries:
         data = path.read_bytes()
-        entries[path.name] = {"sha256": _sha256(data), "bytes": len(data)}
+        entries[path.name] = {"sha256": sha256_hex(data), "bytes": len(data)}
         _write_manifest(path.parent, entries)
 
 
@@ -190,7 +194,7 @@ def check_manifest(path, data: Optional[bytes] = None) -> bool:
     if len(data) != int(entry["bytes"]):
         raise ValueError(f"model file {path} failed its integrity check: size {len(data)} bytes, "
                          f"{MANIFEST_NAME} lists {entry['bytes']}; {fix}")
-    digest = _sha256(data)
+    digest = sha256_hex(data)
     if digest != entry["sha256"]:
         raise ValueError(f"model file {path} failed its integrity check: sha256 {digest}, "
                          f"{MANIFEST_NAME} lists {entry['sha256']}; {fix}")
@@ -239,7 +243,7 @@ def load_model(path, device=None) -> ModelBundle:
     data = path.read_bytes()
     check_manifest(path, data)
     meta, config, tensors = _parse(path, data)
-    legacy = _sha256(data)[:16]            # == file_id(path)
+    legacy = file_id(data)
     del data
     try:
         cfg = OFAConfig.from_dict(config)
