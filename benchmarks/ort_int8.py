@@ -38,7 +38,7 @@ class Int8Engine(OnnxRuntimeEngine):
     name = "ort-int8"
     graphs = {}
 
-    def _graph_paths(self, bundle, cache_dir) -> dict:
+    def _graph_paths(self, bundle, cache_dir, graphs_dir) -> dict:
         return self.graphs
 
 

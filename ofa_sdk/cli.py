@@ -147,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "engine"], default="onnx")
     p.add_argument("--int8", metavar="PHOTOS", default=None,
                    help="onnx: also write int8 (QDQ) graphs calibrated on this folder of real "
-                        "photos, what TensorRT's int8 engines are built from (found later only "
-                        "where they are looked for: beside the model, without -o); engine: "
-                        "calibrate on these photos and build int8")
+                        "photos, what TensorRT's int8 engines are built from (found later beside "
+                        "the model without -o, or with the engine option graphs_dir=DIR after "
+                        "-o DIR); engine: calibrate on these photos and build int8")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
                    help="TensorRT engine precision (--format engine; default fp16, int8 with --int8)")
     p.add_argument("-o", "--output", default=None,

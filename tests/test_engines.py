@@ -129,6 +129,28 @@ def test_graph_cache_is_keyed_on_the_model(shipped, tiny_model, tmp_path):
     assert check_graph(target, tiny.model_id, "extractor") is None
 
 
+def test_onnxruntime_opens_graphs_exported_to_a_folder(shipped, tiny_model, tmp_path):
+    """`ofa-sdk export --format onnx -o DIR` then graphs_dir=DIR: those files are opened (not
+    re-exported into the cache), and a folder of another model's graphs is refused by name."""
+    from ofa_sdk.backends.onnxruntime import OnnxRuntimeEngine
+    from ofa_sdk.backends.torch import TorchEngine
+    from ofa_sdk.cli import main
+    tiny = load_model(tiny_model)
+    out = tmp_path / "graphs"
+    assert main(["export", "--model", str(tiny_model), "-o", str(out)]) == 0
+    stamp = {p: p.stat().st_mtime_ns for p in out.glob("*.onnx")}
+    eng = OnnxRuntimeEngine(tiny, graphs_dir=out, cache_dir=tmp_path / "cache")
+    assert eng.paths == {g: out / f"{g}.onnx" for g in ("residual", "extractor")}
+    assert not (tmp_path / "cache").exists()
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*.onnx")} == stamp
+    crops = np.random.default_rng(0).integers(0, 256, (3, tiny.config.crop, tiny.config.crop, 3),
+                                              dtype=np.uint8)
+    want = TorchEngine(tiny).embed(crops)
+    np.testing.assert_allclose(eng.embed(crops), want, atol=1e-4)
+    with pytest.raises(ValueError, match=r"graphs_dir .*graphs.* does not hold this model's"):
+        OnnxRuntimeEngine(shipped, graphs_dir=out)
+
+
 def test_auto_picks_onnxruntime_on_cpu_and_strict_refuses(tiny_model, tmp_path, monkeypatch):
     from ofa_sdk import Attributor
     from ofa_sdk.backends import EngineUnavailable

@@ -115,3 +115,13 @@ def test_cli_export_writes_int8_graphs(tmp_path, photos):
     assert sorted(p.name for p in out.glob("*.onnx")) == [
         "extractor.int8.onnx", "extractor.onnx", "residual.int8.onnx", "residual.onnx"]
     assert json.loads(read_metadata(out / "residual.int8.onnx")["ofa_sdk.int8"])["crops"] == 8
+    # what TensorRT's int8 path reads from that folder (graphs_dir=out), with no photos
+    bundle = load_default_model()
+    got = ensure_int8_graphs(bundle, graphs_dir=out)
+    assert got == {g: out / f"{g}.int8.onnx" for g in ("residual", "extractor")}
+    with pytest.raises(ValueError, match="not both"):
+        ensure_int8_graphs(bundle, tmp_path, graphs_dir=out)
+    (out / "extractor.int8.onnx").unlink()
+    with pytest.raises(ValueError,
+                       match=r"graphs_dir .*graphs.*extractor\.int8\.onnx does not exist"):
+        ensure_int8_graphs(bundle, graphs_dir=out)

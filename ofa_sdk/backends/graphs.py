@@ -142,11 +142,28 @@ def check_graph(path, model_id: str, graph: str) -> Optional[str]:
     return None
 
 
-def ensure_graphs(bundle, cache_dir=None) -> Dict[str, Path]:
-    """The graphs of ``bundle``: those shipped beside its model file
-    (``<model folder>/engines/<model id>/``, as for the default model) when they match it, else
-    ``cache_dir/<model id>/``, exported there first when missing, stale or foreign (a graph of
-    another model is never reused)."""
+def read_graphs(folder, model_id: str, suffix: str = "", check=None) -> Dict[str, Path]:
+    """The graphs of model ``model_id`` in ``folder`` (``<graph><suffix>.onnx``, as
+    ``ofa-sdk export --format onnx -o FOLDER`` writes them), each checked by ``check`` (default
+    :func:`check_graph`); raises ValueError naming the folder and the first graph that does not
+    match. Nothing is exported there: a folder the user names is read, never written."""
+    check = check or check_graph
+    paths = {g: Path(folder) / f"{g}{suffix}.onnx" for g in GRAPHS}
+    for g, p in paths.items():
+        why = check(p, model_id, g)
+        if why:
+            raise ValueError(f"graphs_dir {str(folder)!r} does not hold this model's graphs: {why} "
+                             f"(write them with `ofa-sdk export --format onnx -o {folder}`)")
+    return paths
+
+
+def ensure_graphs(bundle, cache_dir=None, graphs_dir=None) -> Dict[str, Path]:
+    """The graphs of ``bundle``: those in ``graphs_dir`` when given (:func:`read_graphs`), else
+    those shipped beside its model file (``<model folder>/engines/<model id>/``, as for the
+    default model) when they match it, else ``cache_dir/<model id>/``, exported there first when
+    missing, stale or foreign (a graph of another model is never reused)."""
+    if graphs_dir is not None:
+        return read_graphs(graphs_dir, bundle.model_id)
     shipped = Path(bundle.path).parent / "engines" / bundle.model_id
     paths = {g: shipped / f"{g}.onnx" for g in GRAPHS}
     if not any(check_graph(p, bundle.model_id, g) for g, p in paths.items()):

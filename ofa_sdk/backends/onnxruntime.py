@@ -8,7 +8,8 @@ fused into the spectrum kernel instead.)
 
 The graphs come from :func:`ofa_sdk.backends.graphs.ensure_graphs`: exported once per model id
 into the cache folder (``$OFA_SDK_CACHE/engines/<model id>/``, default ``~/.cache/ofa-sdk``) and
-reused while their metadata names the same model. Sessions are created once per engine and
+reused while their metadata names the same model; ``graphs_dir=DIR`` opens the graphs
+``ofa-sdk export --format onnx -o DIR`` wrote there instead (checked, never rewritten). Sessions are created once per engine and
 shared by all threads (``InferenceSession.run`` is thread-safe), with every graph optimisation
 on, ``threads`` intra-op threads (default: the torch thread count), no spinning threads between
 calls, and ONNX Runtime's CPU memory arena (``arena=False`` turns it off: lower peak memory for
@@ -28,7 +29,7 @@ class OnnxRuntimeEngine:
     name = "onnxruntime"
 
     def __init__(self, bundle, device: Optional[str] = None, *, threads: Optional[int] = None,
-                 cache_dir=None, arena: bool = True):
+                 cache_dir=None, graphs_dir=None, arena: bool = True):
         if device not in (None, "cpu"):
             raise EngineUnavailable(f"the onnxruntime engine runs on the CPU, not {device!r}")
         try:
@@ -38,7 +39,7 @@ class OnnxRuntimeEngine:
         import torch
 
         try:
-            paths = self._graph_paths(bundle, cache_dir)
+            paths = self._graph_paths(bundle, cache_dir, graphs_dir)
         except ImportError as e:   # onnx / onnxscript missing for the export
             raise EngineUnavailable(f"cannot export the ONNX graphs: {e} (pip install 'ofa-sdk[onnx]')") from None
         threads = threads or int(os.environ.get("OFA_SDK_ORT_THREADS", 0)) or torch.get_num_threads()
@@ -62,11 +63,11 @@ class OnnxRuntimeEngine:
         self.device, self.model_id, self.crop = "cpu", bundle.model_id, bundle.config.crop
         self._torch = torch
 
-    def _graph_paths(self, bundle, cache_dir) -> dict:
+    def _graph_paths(self, bundle, cache_dir, graphs_dir) -> dict:
         """The graph files this engine opens, by graph name: the model's float graphs (a
         subclass may open other graphs of the same contract, e.g. quantised ones)."""
         from .graphs import ensure_graphs
-        return ensure_graphs(bundle, cache_dir)
+        return ensure_graphs(bundle, cache_dir, graphs_dir)
 
     def _spectra(self, crops: np.ndarray) -> np.ndarray:
         crops = check_crops(crops, self.crop)

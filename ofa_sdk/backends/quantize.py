@@ -25,7 +25,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from .graphs import GRAPHS, INPUTS, check_graph, default_cache_dir, ensure_graphs, read_metadata
+from .graphs import (GRAPHS, INPUTS, check_graph, default_cache_dir, ensure_graphs,
+                     read_graphs, read_metadata)
 
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 CALIBRATION_CROPS = 256       # crops per calibration (MinMax ranges settle well before this)
@@ -146,12 +147,19 @@ def int8_paths(folder) -> Dict[str, Path]:
     return {g: Path(folder) / f"{g}.int8.onnx" for g in GRAPHS}
 
 
-def ensure_int8_graphs(bundle, calibration=None, cache_dir=None) -> Dict[str, Path]:
+def ensure_int8_graphs(bundle, calibration=None, cache_dir=None,
+                       graphs_dir=None) -> Dict[str, Path]:
     """The TensorRT int8 graphs of ``bundle``: made from its float graphs and ``calibration`` (a
     folder of real photos, or image inputs) into ``cache_dir/<model id>/`` when given
-    (replacing any there), else the ones made before, beside the model file
-    (``engines/<model id>/``, where ``ofa-sdk export --format onnx --int8`` writes them by
-    default) or in the cache. Raises ValueError when there are none and no photos were given."""
+    (replacing any there); else those in ``graphs_dir`` when given (as ``ofa-sdk export --format
+    onnx --int8 PHOTOS -o DIR`` writes them; checked, never written); else the ones made before,
+    beside the model file (``engines/<model id>/``, where that command writes them without
+    ``-o``) or in the cache. Raises ValueError when there are none and no photos were given."""
+    if calibration is not None and graphs_dir is not None:
+        raise ValueError("give calibration (photos to make int8 graphs from) or graphs_dir (a "
+                         "folder of int8 graphs made before), not both")
+    if graphs_dir is not None:
+        return read_graphs(graphs_dir, bundle.model_id, ".int8", check_int8_graph)
     cache = Path(cache_dir or default_cache_dir()) / bundle.model_id
     if calibration is not None:
         crops = calibration_crops(calibration, bundle.config.crop)

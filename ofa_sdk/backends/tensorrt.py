@@ -19,7 +19,7 @@ cache. Builds take a file lock and write atomically; an engine whose JSON does n
 Precisions: ``fp32``; ``fp16`` (the default); ``int8``: explicit quantisation, built from the
 QDQ int8 graphs of :mod:`ofa_sdk.backends.quantize` (calibrated on real photos: the engine
 option ``calibration=<folder>``, or graphs made earlier with ``ofa-sdk export --format onnx
---int8 PHOTOS``), as a strongly typed network where the TensorRT version has them (its
+--int8 PHOTOS``: found beside the model file, or in ``graphs_dir=DIR`` after ``-o DIR``), as a strongly typed network where the TensorRT version has them (its
 documented way for Q/DQ graphs; layers outside Q/DQ pairs then run in fp32), else with the
 INT8 and FP16 builder flags.
 
@@ -155,7 +155,8 @@ class TensorRTEngine:
     name = "tensorrt"
 
     def __init__(self, bundle, device: Optional[str] = None, *, precision: str = "fp16",
-                 profile: BatchProfile = BatchProfile(), cache_dir=None, calibration=None):
+                 profile: BatchProfile = BatchProfile(), cache_dir=None, calibration=None,
+                 graphs_dir=None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         try:
@@ -177,9 +178,9 @@ class TensorRTEngine:
         folder = Path(cache_dir or default_dir())
         if precision == "int8":     # before any build: a missing calibration fails fast
             from .quantize import ensure_int8_graphs
-            graphs = ensure_int8_graphs(bundle, calibration)
+            graphs = ensure_int8_graphs(bundle, calibration, graphs_dir=graphs_dir)
         else:
-            graphs = ensure_graphs(bundle)
+            graphs = ensure_graphs(bundle, graphs_dir=graphs_dir)
         shapes = {"residual": (profile.opt, self.crop, self.crop, 3),
                   "extractor": (profile.opt, *residual_shape(bundle.config))}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
