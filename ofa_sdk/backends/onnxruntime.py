@@ -9,11 +9,11 @@ fused into the spectrum kernel instead.)
 The graphs come from :func:`ofa_sdk.backends.graphs.ensure_graphs`: exported once per model id
 into the cache folder (``$OFA_SDK_CACHE/engines/<model id>/``, default ``~/.cache/ofa-sdk``) and
 reused while their metadata names the same model; ``graphs_dir=DIR`` opens the graphs
-``ofa-sdk export --format onnx -o DIR`` wrote there instead (checked, never rewritten). Sessions are created once per engine and
-shared by all threads (``InferenceSession.run`` is thread-safe), with every graph optimisation
-on, ``threads`` intra-op threads (default: the torch thread count), no spinning threads between
-calls, and ONNX Runtime's CPU memory arena (``arena=False`` turns it off: lower peak memory for
-very large batches, at some speed). Parity with the torch engine is tested (tests/test_engines.py).
+``ofa-sdk export --format onnx -o DIR`` wrote there instead (checked, never rewritten).
+Sessions are created once per engine and shared by all threads (``InferenceSession.run`` is
+thread-safe), with every graph optimisation on, ``threads`` intra-op threads (default: the torch
+thread count), no spinning threads between calls, and ONNX Runtime's CPU memory arena
+(``arena=False`` turns it off: lower peak memory for very large batches, at some speed). Parity with the torch engine is tested (tests/test_engines.py).
 """
 from __future__ import annotations
 

@@ -19,9 +19,10 @@ cache. Builds take a file lock and write atomically; an engine whose JSON does n
 Precisions: ``fp32``; ``fp16`` (the default); ``int8``: explicit quantisation, built from the
 QDQ int8 graphs of :mod:`ofa_sdk.backends.quantize` (calibrated on real photos: the engine
 option ``calibration=<folder>``, or graphs made earlier with ``ofa-sdk export --format onnx
---int8 PHOTOS``: found beside the model file, or in ``graphs_dir=DIR`` after ``-o DIR``), as a strongly typed network where the TensorRT version has them (its
-documented way for Q/DQ graphs; layers outside Q/DQ pairs then run in fp32), else with the
-INT8 and FP16 builder flags.
+--int8 PHOTOS``: found beside the model file, or in ``graphs_dir=DIR`` after ``-o DIR``), as a
+strongly typed network where the TensorRT version has them (its documented way for Q/DQ graphs;
+layers outside Q/DQ pairs then run in fp32), else with the INT8 and FP16 builder flags.
+``graphs_dir=DIR`` serves the float precisions the same way.
 
 TensorRT cannot be installed on the machines this project is developed on: the key, profile,
 lock and JSON logic and the graphs' operator set are tested there (tests/test_tensorrt.py); the
