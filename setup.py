@@ -219,7 +219,7 @@ setup(
         "tensorrt": ["tensorrt>=10"],                                     # backends/tensorrt.py (CUDA)
         "triton": ["triton>=3.0"],                                        # kernels/*.py (CUDA)
         "c2pa": ["c2pa-python>=0.38"],                                    # provenance.py, C2PA manifests
-        "eval": ["matplotlib"],                                           # evaluation/plots.py
+        "eval": ["matplotlib"],                                           # benchmarks/harness.py plots
         "ray": ["ray[data]>=2.60", "aiohttp"],                            # distributed.py
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn", "scipy", "cryptography",
                  "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "c2pa-python>=0.38",

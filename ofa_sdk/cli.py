@@ -76,6 +76,10 @@ def _common(p: argparse.ArgumentParser):
     p.add_argument("--small", default="reject", choices=SMALL_POLICIES,
                    help="policy for images smaller than the model's crop")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--graphs", metavar="DIR", default=None,
+                   help="the model's graphs as `ofa-sdk export --format onnx -o DIR` wrote them, "
+                        "for the onnxruntime and tensorrt engines (default: beside the model, "
+                        "else exported into the cache)")
     p.add_argument("--rule", default=None, choices=RULES,
                    help="score rule (default: prototype for a calibrated model, else pair)")
     p.add_argument("--json", action="store_true", help="JSON output")
@@ -164,8 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _attributor(a):
     from .attributor import Attributor
+    options = ({e: {"graphs_dir": a.graphs} for e in ("onnxruntime", "tensorrt")}
+               if a.graphs else None)
     return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
-                      batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule)
+                      batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule,
+                      engine_options=options)
 
 
 def _fmt(v) -> str:

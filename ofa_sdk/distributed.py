@@ -414,7 +414,7 @@ def _default_concurrency(ray, num_gpus: float) -> int:
 # -- the entry point -------------------------------------------------------------------------
 def scan_dataset(sources, output: str, *, model=None, gallery=None,
                  profiles: Optional[Sequence[str]] = None,
-                 threshold: Union[float, str, None] = None, crops: int = 1,
+                 threshold: Union[float, str, None] = None, crops: Union[int, str] = imio.AUTO,
                  small: str = "reject", backend: str = "auto", address: Optional[str] = None,
                  batch_size: int = 32, concurrency: Union[int, Tuple[int, int], None] = None,
                  num_gpus: float = 0, format: Optional[str] = None,

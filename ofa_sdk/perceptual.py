@@ -129,7 +129,13 @@ class LPIPS(nn.Module):
 
 
 def make_perceptual(kind: str, vgg_path=None, lin_path=None) -> nn.Module:
+    """The stage-1 perceptual term ``kind`` (``stage1.perceptual``). LPIPS weight files given with
+    ``kind="ssim"`` are refused rather than ignored: the run would train with SSIM unnoticed."""
     if kind == "ssim":
+        if vgg_path or lin_path:
+            raise ValueError("LPIPS weights (--lpips-vgg/--lpips-lin) were given but "
+                             "stage1.perceptual is 'ssim': add --set stage1.perceptual=lpips to "
+                             "train with LPIPS, or drop the weight files")
         return SSIMLoss()
     if kind == "lpips":
         if not (vgg_path and lin_path):

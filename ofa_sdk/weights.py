@@ -45,7 +45,7 @@ class ModelBundle:
     model_id: str
     path: Path
     meta: Dict = field(default_factory=dict)
-    legacy_id: str = ""        # hash of the file's bytes: the id profiles recorded before 0.2
+    legacy_id: str = ""        # hash of the file's bytes: the id profiles recorded before inference_id
     _simulator: Optional[object] = None
 
     @property

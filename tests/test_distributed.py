@@ -145,3 +145,17 @@ def test_without_ray_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RuntimeError, match=r"pip install 'ofa-sdk\[ray\]'"):
         dist.scan_dataset("x", "y.parquet")
+
+
+def test_defaults_match_the_single_process_scan():
+    """Options scan_dataset shares with Attributor default to the same values, so leaving one
+    out gives the scores Attributor.scan gives (crops: "auto", not one crop)."""
+    import inspect
+    from ofa_sdk import Attributor
+    from ofa_sdk.distributed import scan_dataset
+    ours = inspect.signature(scan_dataset).parameters
+    theirs = inspect.signature(Attributor).parameters
+    shared = sorted(set(ours) & set(theirs) - {"backend", "batch_size"})
+    assert {"crops", "small", "threshold", "rule"} <= set(shared)
+    for name in shared:
+        assert ours[name].default == theirs[name].default, name

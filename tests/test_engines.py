@@ -149,6 +149,11 @@ def test_onnxruntime_opens_graphs_exported_to_a_folder(shipped, tiny_model, tmp_
     np.testing.assert_allclose(eng.embed(crops), want, atol=1e-4)
     with pytest.raises(ValueError, match=r"graphs_dir .*graphs.* does not hold this model's"):
         OnnxRuntimeEngine(shipped, graphs_dir=out)
+    # the same from the command line: --graphs DIR
+    common = ["--graphs", str(out), "--backend", "onnxruntime", "--strict",
+              "--gallery", str(tmp_path / "g.db"), "--json"]
+    assert main(["info", "--model", str(tiny_model), *common]) == 0
+    assert main(["info", *common]) == 2                # the shipped model: not its graphs
 
 
 def test_auto_picks_onnxruntime_on_cpu_and_strict_refuses(tiny_model, tmp_path, monkeypatch):

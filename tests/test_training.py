@@ -122,6 +122,8 @@ def test_lpips_loads_user_weights(tmp_path):
     assert lp(x, torch.rand(2, 3, 32, 32)).item() > 0
     with pytest.raises(ValueError, match="lpips-vgg"):
         make_perceptual("lpips")
+    with pytest.raises(ValueError, match="stage1.perceptual=lpips"):   # weights, but SSIM chosen
+        make_perceptual("ssim", tmp_path / "vgg.safetensors", tmp_path / "lin.pth")
     s = SSIMLoss()
     assert s(x, x).item() == pytest.approx(0.0, abs=1e-5)
     assert s(x, x.flip(-1)).item() > 0.05
