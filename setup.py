@@ -221,6 +221,7 @@ setup(
         "c2pa": ["c2pa-python>=0.38"],                                    # provenance.py, C2PA manifests
         "eval": ["matplotlib"],                                           # benchmarks/harness.py plots
         "ray": ["ray[data]>=2.60", "aiohttp"],                            # distributed.py
+        "discover": ["scikit-learn>=1.3"],                                # discovery.py (HDBSCAN)
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn", "scipy", "cryptography",
                  "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "c2pa-python>=0.38",
                  "ray[data]>=2.60", "aiohttp", "triton>=3.0"],

@@ -17,7 +17,9 @@ profiles) and caches per-profile thresholds. It does little else.
 """
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -325,3 +327,81 @@ class Attributor:
                              "and one enrolled profile")
         self.threshold = float(np.quantile(best, 1 - fpr))
         return self.threshold
+
+    # -- discovery of new generators -----------------------------------------------------------
+    def discovery_setup(self, profiles: Optional[Sequence[str]] = None) -> Dict:
+        """What :func:`ofa_sdk.discovery.discover` needs from this Attributor: the feature map
+        of its score rule (the rule's ``feature_map(snapshot)`` where it defines one, else unit
+        fingerprints and the cosine), the enrolled profiles' spread in that space, and a scorer
+        of fingerprints against the profiles."""
+        from . import discovery
+        snap = self.snapshot(profiles)
+        fmap = getattr(self.rule, "feature_map", None)
+        transform = fmap(snap) if callable(fmap) else None
+        per_image = {}
+        for n in snap.names:
+            prof = self._profile(n)
+            img = scoring.image_ids(len(prof.support), crop_counts(prof))
+            sums = np.zeros((img.max() + 1, prof.support.shape[1]))
+            np.add.at(sums, img, prof.support)
+            per_image[n] = scoring.unit(sums)
+
+        def score_fn(x: np.ndarray) -> np.ndarray:
+            return snap.scores([r[None, :].astype(np.float32) for r in np.asarray(x)])
+
+        return {"transform": transform,
+                "reference": discovery.reference_from(per_image, transform),
+                "score_fn": score_fn if len(snap) else None, "profile_names": snap.names,
+                "thresholds": snap.thresholds}
+
+    def discover(self, items, out=None, *, sources: Optional[Sequence[str]] = None,
+                 profiles: Optional[Sequence[str]] = None, pictures: bool = True,
+                 label: str = "unknown", **options):
+        """Cluster unattributed images into candidate new generators
+        (:func:`ofa_sdk.discovery.discover`; ``options`` go there). ``items``: images (paths,
+        folders, arrays), a scan's output (JSONL, CSV or Parquet; its rows labelled ``label``
+        are taken), or stored (N, d) fingerprints with their ``sources``. Inputs that cannot be
+        fingerprinted are listed in the result's ``skipped``. With ``out``, the report folder
+        is written too (:func:`ofa_sdk.discovery.write_report`)."""
+        from . import discovery
+        skipped: List[str] = []
+        if isinstance(items, np.ndarray) and items.ndim == 2 and items.dtype != np.uint8:
+            x = items
+        else:
+            if isinstance(items, (str, os.PathLike)) and discovery.is_scan_output(items):
+                items = discovery.unknown_sources(items, label)
+            x, src = [], []
+            for e in self._embedded(items):
+                if e.ok:
+                    x.append(scoring.prototype(e.z))
+                    src.append(e.source)
+                else:
+                    skipped.append(f"{e.source}: {e.error}")
+            x = np.stack(x) if x else np.zeros((0, self.dim))
+            sources = src
+        setup = self.discovery_setup(profiles)
+        res = discovery.discover(x, sources, **{**setup, **options})
+        res.skipped = skipped
+        if out is not None:
+            discovery.write_report(res, out, self._mean_spectrum, pictures)
+        return res
+
+    def _mean_spectrum(self, sources):
+        specs = [e.spectrum for e in self.embed_stream(sources, spectra=True) if e.ok]
+        return (np.mean(specs, axis=0), len(specs)) if specs else None
+
+    def enroll_cluster(self, name: str, cluster_dir, *, overwrite: bool = False,
+                       metadata: Optional[Dict] = None) -> Profile:
+        """Enroll the images of a cluster folder written by :meth:`discover` (``DIR/cluster-<id>``)
+        as profile ``name``, recording in its metadata that it came from discovery, from which
+        cluster and which images."""
+        from . import discovery
+        meta = discovery.read_cluster(cluster_dir)
+        origin = {"origin": "discovery",
+                  "discovery": {"cluster_dir": str(Path(cluster_dir).resolve()),
+                                "cluster": meta.get("cluster"), "summary": meta.get("summary"),
+                                "method": meta.get("method"), "sources": meta["sources"]}}
+        if not meta["sources"]:
+            raise ValueError(f"cluster {cluster_dir} has no members")
+        return self.enroll(name, meta["sources"], overwrite=overwrite,
+                           metadata={**origin, **(metadata or {})})

@@ -1,6 +1,7 @@
 """ofa-sdk command line.
 
     ofa-sdk enroll NAME DIR            make a generator profile from a folder of its images
+    ofa-sdk enroll NAME --from-cluster OUT/cluster-ID   ... or from a cluster found by discover
     ofa-sdk verify DIR --against NAME  P(made by NAME) for each image
     ofa-sdk attribute DIR              best enrolled model per image, or unknown
     ofa-sdk scan DIR -o results.jsonl  streaming scan to JSONL or CSV (resumable)
@@ -8,6 +9,7 @@
     ofa-sdk remove NAME                delete a profile
     ofa-sdk eval ROOT                  the paper's image-to-model table on a benchmark folder
     ofa-sdk show NAME|DIR -o FILE.png  mean residual spectrum of a profile or a folder
+    ofa-sdk discover SOURCE -o OUT     cluster unknown images (a folder or a scan's output)
     ofa-sdk fit-closed-set REAL_DIR    (T+1)-way head on enrolled models + reconstructed reals
     ofa-sdk open-set DIR               closed/open-set attribution with that head
     ofa-sdk export --format onnx|engine  inference graphs (ONNX) or TensorRT engines
@@ -91,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("enroll", help="enroll a generator from a folder of its images")
     p.add_argument("name")
-    p.add_argument("sources", nargs="+", help="folders, globs or files")
+    p.add_argument("sources", nargs="*", help="folders, globs or files")
+    p.add_argument("--from-cluster", metavar="DIR/cluster-ID", default=None,
+                   help="enroll the images of a cluster that 'ofa-sdk discover' found")
     p.add_argument("--overwrite", action="store_true")
+
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
     _common(p)
     p = sub.add_parser("verify", help="score images against one enrolled generator")
@@ -133,6 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="draw the mean residual spectrum of a profile or a folder")
     p.add_argument("target", help="an enrolled profile name, or a folder of images")
     p.add_argument("-o", "--output", required=True, help="PNG file")
+    _common(p)
+    p = sub.add_parser("discover", help="cluster unknown images into candidate new generators")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folders of images, or a scan's output (JSONL, CSV, Parquet) whose "
+                        "unknown rows are taken")
+    p.add_argument("-o", "--output", required=True, help="report folder")
+    p.add_argument("--method", default="auto", choices=["auto", "hdbscan", "agglomerative"],
+                   help="auto: agglomerative cut at the enrolled profiles' spread, hdbscan "
+                        "when no profile is enrolled")
+    p.add_argument("--min-cluster-size", type=int, default=None,
+                   help="smaller groups are reported as noise")
+    p.add_argument("--quantile", type=float, default=None,
+                   help="agglomerative cut: this quantile of within-profile pair distances")
+    p.add_argument("--no-pictures", action="store_true", help="skip contact sheets and spectra")
     _common(p)
     p = sub.add_parser("fit-closed-set", help="fit the (T+1)-way closed/open-set head")
     p.add_argument("real", nargs="+", help="real photos (folders, globs or files) for the rejection class")
@@ -199,13 +218,28 @@ def _paths(sources):
 
 
 def cmd_enroll(a, att) -> int:
+    if a.from_cluster is not None:
+        if a.sources or a.limit:
+            raise ValueError("--from-cluster takes its images from the cluster folder; "
+                             "give no SOURCES and no --limit")
+        prof = att.enroll_cluster(a.name, a.from_cluster, overwrite=a.overwrite)
+        return _enrolled(a, att, prof)
+    if not a.sources:
+        print("error: enroll needs SOURCES (folders, globs or files) or --from-cluster DIR",
+              file=sys.stderr)
+        return 2
     paths = _paths(a.sources)
+
     if a.limit:
         paths = paths[: a.limit]
     if not paths:
         print(f"error: no images found in {' '.join(a.sources)}", file=sys.stderr)
         return 2
     prof = att.enroll(a.name, paths, overwrite=a.overwrite)
+    return _enrolled(a, att, prof)
+
+
+def _enrolled(a, att, prof) -> int:
     m = prof.metadata
     thr = att.profile_threshold(prof.name)
     res = {"name": prof.name, "support": prof.n_support, "images": m["images"],
@@ -492,6 +526,41 @@ def cmd_show(a, att) -> int:
     return 0
 
 
+def cmd_discover(a, att) -> int:
+    from .discovery import DEFAULT_MIN_CLUSTER_SIZE, DEFAULT_QUANTILE, is_scan_output
+    for s in a.sources:
+        if not any(ch in s for ch in "*?[") and not Path(s).exists():
+            raise FileNotFoundError(f"discover: {s} does not exist")
+    scans = [s for s in a.sources if is_scan_output(s)]
+    if scans and len(a.sources) > 1:
+        raise ValueError(f"discover takes one scan output or image folders, not both: {a.sources}")
+    items = a.sources[0] if scans else _paths(a.sources)
+    if not scans and not items:
+        raise ValueError(f"no images found in {' '.join(a.sources)}")
+    res = att.discover(items, a.output, pictures=not a.no_pictures,
+                       min_cluster_size=DEFAULT_MIN_CLUSTER_SIZE if a.min_cluster_size is None
+                       else a.min_cluster_size,
+                       quantile=DEFAULT_QUANTILE if a.quantile is None else a.quantile,
+                       method=a.method)
+    s = res.summary()
+    if a.json:
+        print(json.dumps({k: s[k] for k in ("images", "clusters", "noise", "method", "skipped")}
+                         | {"output": a.output, "cluster_list": s["cluster_list"]}))
+    else:
+        _table([{"cluster": f"cluster-{c['id']}", "size": c["size"], "cohesion": c["cohesion"],
+                 "own_cosine": c["own_cosine"], "nearest": c["nearest_profile"],
+                 "score": c["nearest_score"]} for c in s["cluster_list"]],
+               ["cluster", "size", "cohesion", "own_cosine", "nearest", "score"])
+        print(f"{s['images']} images: {s['clusters']} clusters, {s['noise']} noise "
+              f"({res.method}); {len(res.skipped)} unusable; report in {a.output}")
+        for e in res.skipped[:10]:
+            print(f"  skipped {e}", file=sys.stderr)
+        if s["clusters"]:
+            print(f"look at {a.output}/cluster-<id>/contact.png; enroll one with "
+                  f"'ofa-sdk enroll NAME --from-cluster {a.output}/cluster-<id>'")
+    return 1 if res.skipped else 0
+
+
 def cmd_fit_closed_set(a, att) -> int:
     from .closed_set import fit_closed_set
     stats = fit_closed_set(att, _paths(a.real), a.profiles, name=a.name,
@@ -548,7 +617,7 @@ def main(argv=None) -> int:
         att = None if getattr(a, "engine", "local") == "ray" else _attributor(a)
         return {"enroll": cmd_enroll, "verify": cmd_verify, "attribute": cmd_attribute,
                 "scan": cmd_scan, "info": cmd_info, "remove": cmd_remove, "eval": cmd_eval,
-                "show": cmd_show, "fit-closed-set": cmd_fit_closed_set,
+                "show": cmd_show, "discover": cmd_discover, "fit-closed-set": cmd_fit_closed_set,
                 "open-set": cmd_open_set, "export": cmd_export}[a.cmd](a, att)
     except (GalleryError, FileNotFoundError, ValueError, RuntimeError) as e:
         msg = str(e)
