@@ -1,7 +1,8 @@
 """Discovery of new generators (issue 28): clustering quality on the development sets, and the
 cost of clustering 100,000 unknown fingerprints.
 
-    python benchmarks/discover.py quality [--sets dev-sim wild13] [--seeds 5] [--out FILE]
+    python benchmarks/discover.py quality [--sets dev-sim wild13] [--seeds 5]
+                                          [--real-photos ../shared/data/real-photos] [--out FILE]
     python benchmarks/discover.py scale [--n 100000] [--out FILE]
 
 ``quality``: per set and condition (clean, JPEG q90, q75, and "mixed", each image at one of
@@ -72,9 +73,35 @@ def embed(set_name: str, q: int, crops: int, path: Path) -> None:
              cls=np.array(cls), idx=np.array(idx), model=att.model_id)
 
 
-def conditions(set_name: str, seed: int = 0):
-    """{condition: (classes, fingerprints)}; "mixed" takes each image at a random quality."""
+def real_photos(photos: str, q: int, crops: int = 4, limit: int = 120):
+    """(classes, fingerprints, index) of a ``real`` class made as benchmarks/wild.py makes
+    wild13's: 256 px content crops of the held-out photos (cached)."""
+    path = CACHE / f"discover-real_q{q}_c{crops}.npz"
+    if not path.exists():
+        from ofa_sdk import Attributor
+        from ofa_sdk.evaluation.runner import embed_items
+        from ofa_sdk.training.common import PhotoSet
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from wild import content_crops
+        content = list(content_crops(PhotoSet(photos, split="holdout"), 256, 2))[:limit]
+        att = Attributor(crops=crops)
+        e = embed_items(att, content, q or None, with_spectra=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, z=np.concatenate(e.z).astype(np.float32),
+                 counts=np.array([len(x) for x in e.z]), cls=np.array(["real"] * len(e.z)),
+                 idx=np.arange(len(e.z)), model=att.model_id)
+    f = np.load(path)
+    rows = np.split(f["z"], np.cumsum(f["counts"])[:-1])
+    return f["cls"].astype(str), unit(np.stack([r.mean(0) for r in rows])), f["idx"]
+
+
+def conditions(set_name: str, seed: int = 0, photos: str = None):
+    """{condition: (classes, fingerprints)}; "mixed" takes each image at a random quality.
+    ``photos``: add a ``real`` class (:func:`real_photos`) to a set that has none."""
     per_q = {q: load(set_name, q) for q in QUALITIES}
+    if photos and "real" not in set(per_q[0][0]):
+        per_q = {q: tuple(np.concatenate([a, b]) for a, b in zip(v, real_photos(photos, q)))
+                 for q, v in per_q.items()}
     cls0, _, idx0 = per_q[0]
     for q in QUALITIES[1:]:
         if not (np.array_equal(per_q[q][0], cls0) and np.array_equal(per_q[q][2], idx0)):
@@ -149,7 +176,7 @@ def quality(a) -> dict:
     report = {"support": SUPPORT, "seeds": a.seeds, "min_cluster_size": a.min_cluster_size,
               "runs": {}}
     for set_name in a.sets:
-        for cond, (cls, x) in conditions(set_name).items():
+        for cond, (cls, x) in conditions(set_name, photos=a.real_photos).items():
             gens = sorted(set(cls) - {"real"})
             n_enrolled = max(2, len(gens) // 3)
             rows = {m: [] for m in METHODS}
@@ -251,6 +278,9 @@ def main(argv=None):
     p = sub.add_parser("quality")
     p.add_argument("--sets", nargs="+", default=["dev-sim", "wild13"])
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--real-photos", default=None,
+                   help="the photo folder benchmarks/wild.py takes: a set without a 'real' class "
+                        "gets one made the same way (held-out content crops)")
     p.add_argument("--min-cluster-size", type=int, default=discovery.DEFAULT_MIN_CLUSTER_SIZE)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "discover_quality.json"))
     p = sub.add_parser("scale")

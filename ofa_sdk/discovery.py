@@ -39,7 +39,7 @@ METHODS = ("auto", "hdbscan", "agglomerative")
 # "auto" resolves to this; chosen by measurement (benchmarks/RESULTS.md, "Discovery")
 DEFAULT_METHOD = "agglomerative"
 # the quantile of within-profile pairwise distances that average linkage is cut at
-DEFAULT_QUANTILE = 0.9
+DEFAULT_QUANTILE = 0.95
 DEFAULT_MIN_CLUSTER_SIZE = 5
 # above this many images the clustering is two-stage (micro-clusters first)
 EXACT_LIMIT = 5000

@@ -245,7 +245,7 @@ def test_cli_scan_discover_enroll_rescan(tiny_model, tmp_path):
     assert len(unknown) == 24
 
     out = tmp_path / "found"
-    res = json.loads(cli("discover", str(scan), "-o", str(out), "--method", "hdbscan", "--json",
+    res = json.loads(cli("discover", str(scan), "-o", str(out), "--json",
                          gallery=g, model=tiny_model).stdout)
     s = json.loads((out / "summary.json").read_text())
     assert res["images"] == s["images"] == 24 and s["clusters"] >= 1
