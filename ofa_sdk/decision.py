@@ -42,14 +42,16 @@ def parse_threshold(t) -> Threshold:
     return t if t == "profile" else float(t)
 
 
-def own_scores(rule, support: np.ndarray, crops,
-               part: Optional[np.ndarray] = None) -> Optional[scoring.OwnScores]:
+def own_scores(rule, support: np.ndarray, crops, part: Optional[np.ndarray] = None,
+               state=None) -> Optional[scoring.OwnScores]:
     """How a support set's own images score (:class:`~ofa_sdk.scoring.OwnScores`), from its
     leave-one-out scores; None below :data:`MIN_PROFILE_IMAGES` images. ``crops``: k for every
-    image, or each image's k_i."""
+    image, or each image's k_i; ``state``: the snapshot's prepared state, for a rule whose
+    leave-one-out depends on the other profiles (the Gaussian rule whitened by the gallery)."""
     if len(np.unique(scoring.image_ids(len(support), crops))) < MIN_PROFILE_IMAGES:
         return None
-    return scoring.OwnScores.from_scores(rule.leave_one_out(support, crops, part))
+    kw = {} if state is None else {"state": state}
+    return scoring.OwnScores.from_scores(rule.leave_one_out(support, crops, part, **kw))
 
 
 def threshold_of(rule, own: Optional[scoring.OwnScores], fraction: float = DEFAULT_FRACTION) -> float:

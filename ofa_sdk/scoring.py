@@ -32,7 +32,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-RULES = ("prototype", "pair")
+RULES = ("gaussian", "prototype", "pair")   # in order of preference when calibrated
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_meta(cls, meta: Dict) -> Optional["Calibration"]:
-        d = (meta or {}).get("calibration", {}).get("prototype")
+    def from_meta(cls, meta: Dict, rule: str = "prototype") -> Optional["Calibration"]:
+        d = (meta or {}).get("calibration", {}).get(rule)
         return cls(float(d["a"]), float(d["b"]), d.get("fitted_on", {})) if d else None
 
 
@@ -273,8 +273,8 @@ class PrototypeRule:
     calibration: Calibration
     name: str = "prototype"
 
-    def prepare(self, supports: Sequence[np.ndarray], parts=None) -> np.ndarray:
-        """(P, d) unit prototypes."""
+    def prepare(self, supports: Sequence[np.ndarray], parts=None, counts=None) -> np.ndarray:
+        """(P, d) unit prototypes (of every crop: ``counts`` is not needed)."""
         return np.stack([prototype(s) for s in supports]) if len(supports) else np.zeros((0, 0))
 
     def select(self, state: np.ndarray, idx: Sequence[int]) -> np.ndarray:
@@ -321,8 +321,8 @@ class PairRule:
     # measured by benchmarks/harness.py.
     prefilter: int = 0
 
-    def prepare(self, supports: Sequence[np.ndarray], parts: Optional[Sequence[np.ndarray]] = None
-                ) -> PairState:
+    def prepare(self, supports: Sequence[np.ndarray], parts: Optional[Sequence[np.ndarray]] = None,
+                counts=None) -> PairState:
         """Per profile, the (S, h) support part (the stored one when given), and prototypes."""
         if parts is None:
             parts = [self.head.support_part(s) for s in supports]
@@ -386,17 +386,290 @@ class PairRule:
         return float(p)
 
 
-def make_rule(name: Optional[str], bundle):
-    """The rule ``name`` for a loaded model (``None``: prototype when the model is calibrated,
-    else pair)."""
-    cal = Calibration.from_meta(bundle.meta)
+# -- the Gaussian rule ----------------------------------------------------------------------------
+
+SHRINKAGE = ("ledoit-wolf", "oas")
+WHITEN = (None, "gallery")
+RANK = 32          # eigenpairs kept per profile beyond the isotropic remainder
+MIN_POINTS = 3     # support images below which a profile's covariance is isotropic
+LOO_FOLDS = 10     # held-out folds for a profile's own scores (leave-one-out below this many images)
+
+
+def image_points(support: np.ndarray, crops) -> np.ndarray:
+    """(sum k_i, d) crop fingerprints -> (S, d) unit crop-mean fingerprint of each image
+    (``crops`` as in :func:`image_ids`)."""
+    z = np.asarray(support, np.float64)
+    img = image_ids(len(z), crops)
+    out = np.zeros((img.max() + 1 if len(img) else 0, z.shape[-1]))
+    np.add.at(out, img, z)
+    return unit(out)
+
+
+def shrinkage(x: np.ndarray, method: str = "ledoit-wolf") -> float:
+    """The weight alpha of the scaled identity in (1 - alpha) S + alpha (tr S / d) I for the
+    maximum-likelihood covariance S of the rows of ``x`` (n, d), in closed form: Ledoit-Wolf
+    (2004) or the oracle approximating shrinkage (Chen et al. 2010), both as scikit-learn
+    computes them. One row gives 1 (nothing but the isotropic part can be estimated)."""
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    if method not in SHRINKAGE:
+        raise ValueError(f"shrinkage must be one of {SHRINKAGE}, got {method!r}")
+    if n < 2:
+        return 1.0
+    xc = x - x.mean(0)
+    cov = xc.T @ xc / n
+    mu = np.trace(cov) / d
+    if mu <= 0:
+        return 1.0
+    if method == "oas":
+        alpha = np.mean(cov ** 2)
+        den = (n + 1) * (alpha - mu ** 2 / d)
+        return 1.0 if den <= 0 else float(min((alpha + mu ** 2) / den, 1.0))
+    x2 = xc ** 2
+    beta = (np.sum(x2.T @ x2) / n - np.sum(cov ** 2)) / (d * n)
+    delta = (np.sum(cov ** 2) - 2 * mu * np.trace(cov) + d * mu ** 2) / d
+    beta = min(beta, delta)
+    return 0.0 if beta <= 0 else float(beta / delta)
+
+
+@dataclass(frozen=True)
+class GaussianFit:
+    """A shrunk covariance kept as its top eigenpairs and an isotropic remainder:
+    cov ~= sum_j lam_j v_j v_j^T + sigma2 (I - sum_j v_j v_j^T), so that
+    D^2(x) = |r|^2 / sigma2 + sum_j (1/lam_j - 1/sigma2) (v_j . r)^2 with r = x - mean.
+    The remainder is the mean of the dropped eigenvalues (the trace is kept); with no more
+    than ``rank`` + 1 points nothing is dropped and the form is exact."""
+    mean: np.ndarray      # (d,)
+    basis: np.ndarray     # (k, d) orthonormal rows
+    lam: np.ndarray       # (k,)
+    sigma2: float
+    alpha: float          # the shrinkage used
+
+
+def fit_gaussian(x: np.ndarray, method: str = "ledoit-wolf", rank: int = RANK,
+                 prior_var: Optional[float] = None) -> GaussianFit:
+    """Mean and shrunk covariance of the rows of ``x`` (n >= 1, d) in the low-rank form.
+    Below :data:`MIN_POINTS` points no shape can be estimated (Ledoit-Wolf gives no shrinkage
+    for two points, a singular covariance): the covariance is isotropic with ``prior_var`` per
+    dimension, or with the points' own mean variance when two are given without a prior."""
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    mean = x.mean(0)
+    xc = x - mean
+    if n < MIN_POINTS:
+        var = prior_var if prior_var is not None else float((xc ** 2).sum() / (n * d))
+        if not var > 0:
+            raise ValueError(f"a Gaussian of {n} point(s) with no spread needs a prior variance")
+        return GaussianFit(mean, np.zeros((0, d)), np.zeros(0), float(var), 1.0)
+    alpha = shrinkage(x, method)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    ev = s ** 2 / n                                     # nonzero eigenvalues of S, descending
+    mu = ev.sum() / d
+    floor = max(mu, 1e-12) * 1e-6                       # keeps identical support points finite
+    k = int(min(rank, np.count_nonzero(ev > 1e-12 * max(ev.max(initial=0), 1e-300))))
+    lam = (1 - alpha) * ev[:k] + alpha * mu
+    lam = np.maximum(lam, floor)
+    if k < d:
+        rest = ((1 - alpha) * (ev.sum() - ev[:k].sum()) + alpha * mu * (d - k)) / (d - k)
+    else:       # a complete basis leaves no remainder; its smallest eigenvalue avoids cancellation
+        rest = lam[-1]
+    return GaussianFit(mean, vt[:k], lam, float(max(rest, floor)), alpha)
+
+
+def mahalanobis(fit: GaussianFit, x: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n,) squared Mahalanobis distances under ``fit`` (float64 reference of the
+    batched form in :class:`GaussianRule`)."""
+    r = np.asarray(x, np.float64) - fit.mean
+    proj = r @ fit.basis.T
+    return (r * r).sum(-1) / fit.sigma2 + (proj ** 2 * (1 / fit.lam - 1 / fit.sigma2)).sum(-1)
+
+
+def pooled_whitener(points: Sequence[np.ndarray], method: str = "ledoit-wolf"
+                    ) -> Tuple[Optional[np.ndarray], Optional[float]]:
+    """(W^{-1/2}, tr W / d) for the pooled within-profile covariance W of several profiles'
+    (S_p, d) points, each centred on its own mean and shrunk as :func:`shrinkage` does. The
+    whitener is scaled so that the whitened pooled covariance is (tr W / d) I: it changes
+    directions, not the scale of distances. (None, None) when the profiles hold fewer than
+    :data:`MIN_POINTS` residuals with any spread (nothing to estimate W from)."""
+    xs = [np.asarray(p, np.float64) for p in points if len(p) > 1]
+    if not xs or sum(len(p) - 1 for p in xs) < MIN_POINTS:
+        return None, None
+    r = np.concatenate([p - p.mean(0) for p in xs])
+    d = r.shape[1]
+    cov = r.T @ r / len(r)
+    mu = np.trace(cov) / d
+    if not mu > 0:
+        return None, None
+    alpha = shrinkage(r, method)
+    ev, v = np.linalg.eigh((1 - alpha) * cov + alpha * mu * np.eye(d))
+    ev = np.maximum(ev, ev.max() * 1e-9)
+    return (v / np.sqrt(ev / ev.mean())) @ v.T, float(ev.mean())
+
+
+@dataclass(frozen=True)
+class GaussianState:
+    """Per profile the low-rank Gaussian of its support images (stacked, zero-padded to one
+    rank), and the whitening applied to every fingerprint first (None: none)."""
+    means: np.ndarray     # (P, d) float32
+    basis: np.ndarray     # (P, k, d) float32
+    coef: np.ndarray      # (P, k) float32: 1/lam - 1/sigma2 (0 in padded rows)
+    inv_sigma2: np.ndarray  # (P,) float32
+    whitener: Optional[np.ndarray] = None   # (d, d)
+    prior_var: Optional[float] = None       # what profiles of fewer than MIN_POINTS images used
+
+    def __len__(self):
+        return len(self.means)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of per-profile state (the whitener is shared)."""
+        return int(self.means.nbytes + self.basis.nbytes + self.coef.nbytes + self.inv_sigma2.nbytes)
+
+
+def _stack(fits: Sequence[GaussianFit], d: int, whitener=None, prior=None) -> GaussianState:
+    k = max([len(f.lam) for f in fits], default=0)
+    P = len(fits)
+    basis = np.zeros((P, k, d), np.float32)
+    coef = np.zeros((P, k), np.float32)
+    for p, f in enumerate(fits):
+        basis[p, :len(f.lam)] = f.basis
+        coef[p, :len(f.lam)] = 1 / f.lam - 1 / f.sigma2
+    return GaussianState(np.array([f.mean for f in fits], np.float32).reshape(P, d), basis, coef,
+                         np.array([1 / f.sigma2 for f in fits], np.float32), whitener, prior)
+
+
+@dataclass(frozen=True)
+class GaussianRule:
+    """Each profile is a Gaussian over its support images' crop-mean fingerprints: the mean and
+    a covariance shrunk towards a scaled identity with a data-chosen weight (Ledoit-Wolf by
+    default), kept as its top ``rank`` eigenpairs plus an isotropic remainder. A query image's
+    crop-mean fingerprint is scored by its squared Mahalanobis distance D^2 to each profile,
+    per dimension: the raw score is 1 - D^2 / d (at most 1, like a cosine; 1 - raw is the
+    distance that per-profile thresholds model), and the probability is a logistic of
+    log(D^2 / d) fitted on simulator architectures (``ofa-train calibrate``).
+
+    ``whiten="gallery"`` first whitens every fingerprint by the pooled within-profile
+    covariance of all the profiles in the snapshot (LDA-style), so each profile's own
+    covariance is shrunk towards what the gallery says generators vary like. The whitener is
+    recomputed whenever the snapshot's profiles change (it belongs to the snapshot); with one
+    profile it is that profile's own covariance."""
+    calibration: Calibration
+    shrink: str = "ledoit-wolf"
+    whiten: Optional[str] = None
+    rank: int = RANK
+    # per-dimension variance of a profile of fewer than MIN_POINTS images (a one-image profile
+    # cannot estimate its own): the simulator architectures' pooled within-class variance,
+    # fitted with the calibration, or the gallery's when the rule whitens by it
+    prior_var: Optional[float] = None
+    name: str = "gaussian"
+
+    def __post_init__(self):
+        if self.shrink not in SHRINKAGE:
+            raise ValueError(f"shrink must be one of {SHRINKAGE}, got {self.shrink!r}")
+        if self.whiten not in WHITEN:
+            raise ValueError(f"whiten must be one of {WHITEN}, got {self.whiten!r}")
+
+    def points(self, support: np.ndarray, crops=None) -> np.ndarray:
+        """(S, d) image points of a support set of crop fingerprints (one image per row when
+        ``crops`` is None)."""
+        return image_points(support, 1 if crops is None else crops)
+
+    def prepare(self, supports: Sequence[np.ndarray], parts=None, counts=None) -> GaussianState:
+        """One Gaussian per support set; ``counts``: each set's crops (see :func:`image_ids`)."""
+        pts = [self.points(s, None if counts is None else counts[i]) for i, s in enumerate(supports)]
+        d = pts[0].shape[1] if pts else 0
+        w, prior = pooled_whitener(pts, self.shrink) if self.whiten == "gallery" else (None, None)
+        if w is not None:
+            pts = [p @ w for p in pts]
+        prior = self.prior_var if prior is None else prior
+        return _stack([fit_gaussian(p, self.shrink, self.rank, prior) for p in pts], d, w, prior)
+
+    def select(self, state: GaussianState, idx: Sequence[int]) -> GaussianState:
+        # the whitener stays the one of the gallery the snapshot was made from
+        i = list(idx)
+        return GaussianState(state.means[i], state.basis[i], state.coef[i], state.inv_sigma2[i],
+                             state.whitener, state.prior_var)
+
+    def distances(self, state: GaussianState, x: np.ndarray, block: int = 256) -> np.ndarray:
+        """(B, d) image points -> (B, P) squared Mahalanobis distances, per dimension. The state
+        is stored in float32 (memory per profile); the sums run in float64, ``block`` profiles
+        at a time, since a near query's distance is a small difference of large terms."""
+        x = np.asarray(x, np.float64)
+        if state.whitener is not None:
+            x = x @ state.whitener
+        P, k, d = state.basis.shape
+        out = np.empty((len(x), P), np.float64)
+        x2 = (x * x).sum(1)[:, None]
+        for lo in range(0, P, block):
+            m = state.means[lo:lo + block].astype(np.float64)                 # (p, d)
+            v = state.basis[lo:lo + block].astype(np.float64)                 # (p, k, d)
+            r2 = x2 - 2 * (x @ m.T) + (m * m).sum(1)                          # (B, p)
+            proj = (x @ v.reshape(-1, d).T).reshape(len(x), len(m), k) - np.einsum("pkd,pd->pk", v, m)
+            out[:, lo:lo + block] = np.maximum(
+                r2 * state.inv_sigma2[lo:lo + block] + (proj ** 2 * state.coef[lo:lo + block]).sum(-1), 0)
+        return out / max(d, 1)
+
+    def raw_scores(self, state: GaussianState, queries: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, P) raw scores 1 - D^2 / d of the queries' crop-mean fingerprints."""
+        if not len(queries) or not len(state):
+            return np.zeros((len(queries), len(state)))
+        return 1.0 - self.distances(state, np.stack([prototype(q) for q in queries]))
+
+    def scores(self, state: GaussianState, queries: Sequence[np.ndarray]) -> np.ndarray:
+        return self.to_prob(self.raw_scores(state, queries))
+
+    def leave_one_out(self, support: np.ndarray, crops, part=None,
+                      state: Optional[GaussianState] = None) -> np.ndarray:
+        """(S,) raw score of each support image against a Gaussian fitted without it: exact
+        leave-one-out up to :data:`LOO_FOLDS` images, else that many interleaved folds, each
+        image held out once. ``state``: the snapshot's prepared state, whose whitener and prior
+        variance apply when the rule whitens by the gallery."""
+        whitener = None if state is None else state.whitener
+        prior_var = self.prior_var if state is None or state.prior_var is None else state.prior_var
+        pts = image_points(support, crops)
+        n = len(pts)
+        if n < 2:
+            raise ValueError(f"leave-one-out needs at least 2 support images, got {n}")
+        if whitener is not None:
+            pts = pts @ whitener
+        folds = min(n, LOO_FOLDS)
+        out = np.empty(n)
+        for f in range(folds):
+            held = np.arange(f, n, folds)
+            fit = fit_gaussian(np.delete(pts, held, 0), self.shrink, self.rank, prior_var)
+            out[held] = 1.0 - mahalanobis(fit, pts[held]) / pts.shape[1]
+        return out
+
+    def to_prob(self, raw):
+        """sigmoid(a * log(D^2/d) + b), the model's calibration of this rule."""
+        p = self.calibration(np.log(np.maximum(1.0 - np.asarray(raw, np.float64), MIN_DISTANCE)))
+        return p if np.ndim(raw) else float(p)
+
+    def from_prob(self, p: float) -> float:
+        """The raw score of a probability (the inverse of :meth:`to_prob`)."""
+        cal = self.calibration
+        p = min(max(float(p), 1e-15), 1 - 1e-15)
+        return 1.0 - math.exp((math.log(p / (1 - p)) - cal.b) / cal.a)
+
+
+def make_rule(name: Optional[str], bundle, whiten: Optional[str] = None):
+    """The rule ``name`` for a loaded model (``None``: the first of :data:`RULES` the model is
+    calibrated for; the pair rule needs no calibration). ``whiten``: the Gaussian rule's
+    whitening (see :class:`GaussianRule`)."""
+    meta = (bundle.meta or {}).get("calibration", {})
     if name is None:
-        name = "prototype" if cal is not None else "pair"
+        name = next(r for r in RULES if r == "pair" or r in meta)
     if name not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {name!r}")
+    if whiten is not None and name != "gaussian":
+        raise ValueError(f"whiten={whiten!r} applies to rule='gaussian' only, not {name!r}")
+    if name == "pair":
+        return PairRule(PairHeadWeights.from_module(bundle.model.pair_head))
+    cal = Calibration.from_meta(bundle.meta, name)
+    if cal is None:
+        raise ValueError(f"rule={name!r} needs a model calibrated for it: {bundle.path} has no "
+                         f"{name!r} calibration (run 'ofa-train calibrate'), or use rule='pair'")
     if name == "prototype":
-        if cal is None:
-            raise ValueError(f"rule='prototype' needs a calibrated model: {bundle.path} has no "
-                             "calibration (run 'ofa-train calibrate'), or use rule='pair'")
         return PrototypeRule(cal)
-    return PairRule(PairHeadWeights.from_module(bundle.model.pair_head))
+    prior = meta[name].get("prior_var")
+    return GaussianRule(cal, whiten=whiten, prior_var=None if prior is None else float(prior))

@@ -85,7 +85,8 @@ def test_all_stages_resume_deterministically_and_export(photos, tmp_path):
     assert Attributor(model=bundle).rule.name == "pair"  # not calibrated yet
     # calibrate: the metadata gains (a, b), the tensors are untouched, the id is kept
     before = common.load_file(str(dest))
-    assert train_main(["calibrate", "--data", str(photos), "--dest", str(dest), "--quiet"]) == 0
+    assert train_main(["calibrate", "--data", str(photos), "--dest", str(dest), "--quiet",
+                       "--rules", "prototype"]) == 0
     after = load_model(dest)
     cal = after.meta["calibration"]["prototype"]
     assert after.model_id == bundle.model_id and after.legacy_id != bundle.legacy_id
@@ -94,10 +95,19 @@ def test_all_stages_resume_deterministically_and_export(photos, tmp_path):
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     att = Attributor(model=after)
     assert att.rule.name == "prototype" and att.info()["rule"] == "prototype"
+    # the Gaussian rule's calibration is added beside it, the prototype's kept as it was; the
+    # model then prefers the Gaussian rule
+    assert train_main(["calibrate", "--data", str(photos), "--dest", str(dest), "--quiet",
+                       "--rules", "gaussian"]) == 0
+    both = load_model(dest)
+    assert both.meta["calibration"]["prototype"] == cal
+    g = both.meta["calibration"]["gaussian"]
+    assert g["a"] < 0 and g["prior_var"] > 0 and g["fitted_on"]["input"] == "log(D^2/d)"
+    assert Attributor(model=both).rule.name == "gaussian"
     from ofa_sdk.training import calibrate  # deterministic given the seed
     fits = [calibrate.fit(after, common.PhotoSet(photos), archs=4, support=3, queries=2, log=None)
             for _ in range(2)]
-    assert fits[0]["a"] == fits[1]["a"] and fits[0]["b"] == fits[1]["b"]
+    assert fits[0] == fits[1]
 
 
 def test_lpips_loads_user_weights(tmp_path):

@@ -47,6 +47,9 @@ def main(argv=None):
     ap.add_argument("--lpips-vgg", help="VGG16 weights for real LPIPS (stage1.perceptual=lpips)")
     ap.add_argument("--lpips-lin", help="LPIPS linear-layer weights")
     ap.add_argument("--dest", default=None, help="export/calibrate: model file (default: shipped)")
+    ap.add_argument("--rules", nargs="+", default=None, choices=["prototype", "gaussian"],
+                    help="calibrate: the rules whose calibration is written (default: all; the "
+                         "others keep what the model file holds)")
     ap.add_argument("--model", default=None, help="unpack: model file (default: shipped)")
     a = ap.parse_args(argv)
 
@@ -81,7 +84,7 @@ def main(argv=None):
     if a.command == "calibrate":
         from . import calibrate
         from ofa_sdk.weights import DEFAULT_MODEL
-        cal = calibrate.run(Path(a.dest) if a.dest else DEFAULT_MODEL, data, a.seed,
+        cal = calibrate.run(Path(a.dest) if a.dest else DEFAULT_MODEL, data, a.seed, rules=a.rules,
                             log=None if a.quiet else (lambda m: print(m, file=sys.stderr)))
         print(json.dumps(cal))
         return 0

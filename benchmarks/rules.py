@@ -1,0 +1,300 @@
+"""Score rules and the open-set decision, compared on cached fingerprints of the development sets.
+
+Two steps. ``embed`` runs the shipped model once per (set, JPEG quality, crops) and caches every
+image's crop fingerprints; ``compare`` then varies only the rule, in numpy, on those caches:
+
+    python benchmarks/rules.py embed --set benchmarks/data/dev-sim benchmarks/data/wild13 \
+        --jpeg 0 90 75 --crops 4 1
+    python benchmarks/rules.py compare --out benchmarks/results/rules.json
+
+Protocol (aligned content, as the sets are built): the last ``QUERIES`` content indices of
+each class (at most half of them) are the queries, the others the support pool; a support of n images is the first n
+of a seeded permutation of the pool. 1-vs-1 AUC as in the paper (mean over target/other pairs).
+
+Open set (``--open``): every class of a set but ``--unknown`` held-out ones is enrolled at once;
+the known classes' queries get their own label, another profile's label, or ``unknown``; the
+held-out classes' queries should get ``unknown``. Folds rotate which classes are held out
+(``--folds``, fixed seeds); figures are means over folds.
+
+Rules: ``prototype`` (cosine to the support's mean, the previous default), ``knn10`` (mean
+cosine to the 10 nearest support images; a benchmark-only comparison), ``gaussian``
+(:class:`ofa_sdk.scoring.GaussianRule`, Ledoit-Wolf or OAS shrinkage, optionally whitened by
+the gallery's pooled within-profile covariance), ``gaussian-crops`` (benchmark-only: the same
+Gaussian fitted on single crops, a query scored by the mean of its crops' distances).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / "data" / "cache"
+QUERIES = 75
+
+from ofa_sdk import decision, scoring
+from ofa_sdk.evaluation.metrics import oscr, roc_auc
+
+
+# -- embedding cache ---------------------------------------------------------------------------
+def cache_path(name: str, jpeg: int, crops: int) -> Path:
+    return CACHE / f"{name}_q{jpeg}_c{crops}.npz"
+
+
+def embed(sets, jpegs, crops_list, model=None):
+    from eval_wild import load_classes
+    from ofa_sdk import Attributor
+    from ofa_sdk.evaluation.runner import embed_items
+    for crops in crops_list:
+        att = Attributor(model, crops=crops)
+        for s in sets:
+            classes = load_classes(Path(s))
+            for q in jpegs:
+                out = cache_path(Path(s).name, q, crops)
+                if out.exists():
+                    continue
+                t0 = time.time()
+                z, counts, cls, idx = [], [], [], []
+                for c, files in classes.items():
+                    e = embed_items(att, files, q or None, with_spectra=False)
+                    if e.skipped:
+                        raise SystemExit(f"{s}/{c}: unusable images {e.skipped[:3]}")
+                    z += e.z
+                    counts += [len(x) for x in e.z]
+                    cls += [c] * len(e.z)
+                    idx += list(range(len(e.z)))
+                out.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(out, z=np.concatenate(z).astype(np.float32), counts=np.array(counts),
+                         cls=np.array(cls), idx=np.array(idx), model=att.model_id)
+                print(f"{out.name}: {len(counts)} images in {time.time() - t0:.0f}s", flush=True)
+
+
+class Cached:
+    """One cache file: per class, a list of (k, d) crop fingerprints by content index."""
+
+    def __init__(self, path: Path):
+        f = np.load(path)
+        rows = np.split(f["z"], np.cumsum(f["counts"])[:-1])
+        self.classes = {}
+        for c, i, r in zip(f["cls"], f["idx"], rows):
+            self.classes.setdefault(str(c), {})[int(i)] = r
+        self.names = sorted(self.classes)
+        n = min(len(v) for v in self.classes.values())
+        cut = max(n - QUERIES, n // 2)
+        self.pool, self.queries = np.arange(cut), np.arange(cut, n)
+
+    def support(self, c, n, seed=0):
+        pick = np.random.default_rng(seed).permutation(self.pool)[:n]
+        z = [self.classes[c][i] for i in pick]
+        return np.concatenate(z), [len(x) for x in z]
+
+    def query(self, c):
+        return [self.classes[c][i] for i in self.queries]
+
+
+# -- rules as (prepare, raw scores) on support sets ----------------------------------------------
+def _knn(supports, counts, queries, k=10):
+    q = np.stack([scoring.prototype(x) for x in queries])
+    out = []
+    for s, c in zip(supports, counts):
+        pts = scoring.image_points(s, c)
+        sims = np.sort(q @ pts.T, axis=1)[:, ::-1][:, :min(k, len(pts))]
+        out.append(sims.mean(1))
+    return np.stack(out, 1)
+
+
+def _gauss_crops(rule, supports, queries):
+    fits = [scoring.fit_gaussian(scoring.unit(s), rule.shrink, rule.rank) for s in supports]
+    return np.stack([np.array([1 - scoring.mahalanobis(f, q).mean() / q.shape[1] for q in queries])
+                     for f in fits], 1)
+
+
+CAL = scoring.Calibration(1.0, 0.0)     # raw scores only: AUCs and raw-scale thresholds
+
+
+def rule_objects():
+    g = dict(calibration=CAL)
+    return {
+        "prototype": scoring.PrototypeRule(CAL),
+        "knn10": None,
+        "gaussian-lw": scoring.GaussianRule(**g),
+        "gaussian-oas": scoring.GaussianRule(shrink="oas", **g),
+        "gaussian-lw-r16": scoring.GaussianRule(rank=16, **g),
+        "gaussian-lw-r64": scoring.GaussianRule(rank=64, **g),
+        "gaussian-crops": scoring.GaussianRule(**g),
+        "lda-gallery": scoring.GaussianRule(whiten="gallery", **g),
+        "lda-gallery-oas": scoring.GaussianRule(whiten="gallery", shrink="oas", **g),
+    }
+
+
+def raw_matrix(name, rule, supports, counts, queries):
+    """(Q, P) raw scores of the query images against every support set."""
+    if name == "knn10":
+        return _knn(supports, counts, queries)
+    if name == "gaussian-crops":
+        return _gauss_crops(rule, supports, queries)
+    if isinstance(rule, scoring.GaussianRule):
+        return rule.raw_scores(rule.prepare(supports, counts=counts), queries)
+    return rule.raw_scores(rule.prepare(supports), queries)
+
+
+def mean_1v1(S, owner, names):
+    """Mean 1-vs-1 AUC of a (Q, P) score matrix whose column p is profile names[p]."""
+    aucs, pairs = [], {}
+    for p, t in enumerate(names):
+        for c, o in enumerate(names):
+            if c != p:
+                a = roc_auc(S[owner == p, p], S[owner == c, p])
+                aucs.append(a)
+                pairs[f"{t}|{o}"] = a
+    return float(np.mean(aucs)), pairs
+
+
+def auc_runs(data: Cached, supports_n, rules, seed=0):
+    names = data.names
+    qs, owner = [], []
+    for p, c in enumerate(names):
+        q = data.query(c)
+        qs += q
+        owner += [p] * len(q)
+    owner = np.array(owner)
+    out = {}
+    for n in supports_n:
+        sup = [data.support(c, n, seed) for c in names]
+        row, pairs = {}, {}
+        for name, rule in rules.items():
+            S = raw_matrix(name, rule, [s for s, _ in sup], [k for _, k in sup], qs)
+            row[name], pairs[name] = mean_1v1(S, owner, names)
+            row[name + ":top1"] = float((S.argmax(1) == owner).mean())
+        out[n] = {"mean_1v1": row, "pairs": pairs}
+    return out
+
+
+# -- open set: every known class enrolled at once ------------------------------------------------
+def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 0.2, 0.3),
+             seed=0):
+    """Right / wrong / unknown for known classes' queries, and the share of held-out classes'
+    queries given a label, at per-profile thresholds rejecting ``fraction`` of each profile's
+    own images (the SDK's default is decision.DEFAULT_FRACTION), with and without the
+    ``ambiguous`` rule (unknown when the second-best profile would also accept the image); plus
+    OSCR and known-vs-unknown AUROC of the best score's margin over its profile's threshold."""
+    names = data.names
+    rng = np.random.default_rng(seed)
+    res = []
+    for f in range(folds):
+        held = set(rng.permutation(names)[:unknown])
+        known = [c for c in names if c not in held]
+        sup = [data.support(c, n, seed + f) for c in known]
+        supports, counts = [s for s, _ in sup], [k for _, k in sup]
+        if isinstance(rule, scoring.GaussianRule):
+            state = rule.prepare(supports, counts=counts)
+            loo = [rule.leave_one_out(s, k, state=state) for s, k in sup]
+        else:
+            state = rule.prepare(supports)
+            loo = [rule.leave_one_out(s, k) for s, k in sup]
+        own = [scoring.OwnScores.from_scores(x) for x in loo]
+        kq, ko = [], []
+        for p, c in enumerate(known):
+            q = data.query(c)
+            kq += q
+            ko += [p] * len(q)
+        uq = [x for c in sorted(held) for x in data.query(c)]
+        ko = np.array(ko)
+        Sk, Su = rule.raw_scores(state, kq), rule.raw_scores(state, uq)
+        row = {}
+        for frac in fractions:
+            thr = np.array([o.threshold(frac) for o in own])
+            for amb in (False, True):
+                acc = []
+                for S in (Sk, Su):
+                    passed = S >= thr
+                    order = np.argsort(-S, 1)
+                    best, second = order[:, 0], order[:, 1] if S.shape[1] > 1 else order[:, 0]
+                    ok = passed[np.arange(len(S)), best]
+                    if amb and S.shape[1] > 1:
+                        ok &= ~passed[np.arange(len(S)), second]
+                    acc.append((ok, best))
+                (ak, bk), (au, _) = acc
+                tag = f"f{frac}" + ("-ambiguous" if amb else "")
+                row[tag] = {"right": (ak & (bk == ko)).mean(), "wrong": (ak & (bk != ko)).mean(),
+                            "unknown": (~ak).mean(), "unknown_labelled": au.mean()}
+        thr = np.array([o.threshold(decision.DEFAULT_FRACTION) for o in own])
+        bk, bu = Sk.argmax(1), Su.argmax(1)
+        mk = Sk[np.arange(len(bk)), bk] - thr[bk]
+        mu = Su[np.arange(len(bu)), bu] - thr[bu]
+        row["curve"] = {"top1": (bk == ko).mean(), "oscr": oscr(mk, bk == ko, mu),
+                        "auroc": roc_auc(mk, mu)}
+        res.append(row)
+    return {t: {k: float(np.mean([r[t][k] for r in res])) for k in res[0][t]} for t in res[0]}
+
+
+def compare(a):
+    report = {"runs": {}, "open_set": {}, "args": vars(a)}
+    rules = rule_objects()
+    if a.rules:
+        rules = {k: v for k, v in rules.items() if k in a.rules}
+    t0 = time.time()
+    for s in a.sets:
+        for q in a.jpeg:
+            for crops in a.crops:
+                p = cache_path(s, q, crops)
+                if not p.exists():
+                    continue
+                data = Cached(p)
+                key = f"{s}/q{q}/c{crops}"
+                report["runs"][key] = auc_runs(data, a.support, rules)
+                for n, r in report["runs"][key].items():
+                    print(f"{key} n={n}: " + "  ".join(
+                        f"{k} {100 * v:.2f}" for k, v in r["mean_1v1"].items() if ":" not in k)
+                        + f"  [{time.time() - t0:.0f}s]", flush=True)
+                    print("   top1: " + "  ".join(
+                        f"{k[:-5]} {100 * v:.1f}" for k, v in r["mean_1v1"].items() if ":" in k))
+                if a.open and crops == a.open_crops:
+                    for name in a.open_rules:
+                        for n in a.open_support:
+                            r = open_set(data, rules[name], n, a.unknown[s], a.folds)
+                            report["open_set"][f"{key}/{name}/n{n}"] = r
+                            for t, v in r.items():
+                                if t in ("curve", "f0.05", "f0.05-ambiguous", "f0.2"):
+                                    print(f"  open {key} {name} n={n} {t}: " + "  ".join(
+                                        f"{k} {100 * x:.1f}" for k, x in v.items()), flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(report, indent=1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("embed")
+    e.add_argument("--set", nargs="+", required=True)
+    e.add_argument("--jpeg", type=int, nargs="+", default=[0, 90, 75], help="0: no recompression")
+    e.add_argument("--crops", type=int, nargs="+", default=[4, 1])
+    e.add_argument("--model", default=None)
+    c = sub.add_parser("compare")
+    c.add_argument("--sets", nargs="+", default=["dev-sim", "wild13"])
+    c.add_argument("--jpeg", type=int, nargs="+", default=[0, 90, 75])
+    c.add_argument("--crops", type=int, nargs="+", default=[4, 1])
+    c.add_argument("--support", type=int, nargs="+", default=[5, 10, 20, 50])
+    c.add_argument("--rules", nargs="+", default=None)
+    c.add_argument("--open", action="store_true")
+    c.add_argument("--open-crops", type=int, default=4)
+    c.add_argument("--open-rules", nargs="+", default=["prototype", "gaussian-lw", "lda-gallery"])
+    c.add_argument("--open-support", type=int, nargs="+", default=[20, 50])
+    c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    if a.cmd == "embed":
+        import torch
+        torch.set_num_threads(2)
+        embed(a.set, a.jpeg, a.crops, a.model)
+    else:
+        a.unknown = {"dev-sim": 3, "wild13": 4}
+        compare(a)
+
+
+if __name__ == "__main__":
+    main()

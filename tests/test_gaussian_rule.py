@@ -1,0 +1,205 @@
+"""The Gaussian score rule against a float64 numpy reference (full covariance matrices, explicit
+inverses, refits without each held-out image) and scikit-learn's shrinkage estimators."""
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import make_images
+from ofa_sdk import Attributor
+from ofa_sdk.scoring import (Calibration, GaussianRule, fit_gaussian, image_points, mahalanobis,
+                             pooled_whitener, shrinkage, unit)
+from ofa_sdk.weights import update_meta
+
+RAW = Calibration(1.0, 0.0)
+
+
+def _shrunk_cov(x, alpha):
+    xc = x - x.mean(0)
+    s = xc.T @ xc / len(x)
+    return (1 - alpha) * s + alpha * np.trace(s) / x.shape[1] * np.eye(x.shape[1])
+
+
+def _ref_d2(x, q, alpha):
+    """Squared Mahalanobis distances of q to the rows of x under the shrunk covariance, by an
+    explicit inverse (float64)."""
+    r = q - x.mean(0)
+    return np.einsum("nd,de,ne->n", r, np.linalg.inv(_shrunk_cov(x, alpha)), r)
+
+
+@pytest.mark.parametrize("n,d", [(2, 8), (5, 16), (40, 16), (100, 128), (300, 20)])
+def test_shrinkage_matches_scikit_learn(n, d):
+    from sklearn.covariance import OAS, ledoit_wolf_shrinkage
+    rng = np.random.default_rng(n + d)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.1, 2, size=d) + rng.normal(size=d)
+    assert shrinkage(x, "ledoit-wolf") == pytest.approx(ledoit_wolf_shrinkage(x), rel=1e-9, abs=1e-12)
+    assert shrinkage(x, "oas") == pytest.approx(OAS().fit(x).shrinkage_, rel=1e-9, abs=1e-12)
+    assert shrinkage(x[:1]) == 1.0
+    with pytest.raises(ValueError, match="shrinkage must be"):
+        shrinkage(x, "fixed")
+
+
+@pytest.mark.parametrize("n", [3, 4, 12, 33])
+def test_low_rank_form_is_exact_up_to_its_rank(n):
+    rng = np.random.default_rng(n)
+    d = 24
+    x = unit(rng.normal(size=(n, d)) + 2 * rng.normal(size=d))
+    q = unit(rng.normal(size=(7, d)))
+    fit = fit_gaussian(x, rank=n)                # rank >= n - 1: nothing is dropped
+    np.testing.assert_allclose(mahalanobis(fit, q), _ref_d2(x, q, shrinkage(x)), rtol=1e-8)
+
+
+def test_fewer_than_three_points_are_isotropic():
+    rng = np.random.default_rng(0)
+    x = unit(rng.normal(size=(2, 6)))
+    q = unit(rng.normal(size=(3, 6)))
+    own = fit_gaussian(x)                       # two points: their own mean variance
+    assert len(own.lam) == 0 and own.sigma2 == pytest.approx(((x - x.mean(0)) ** 2).sum() / 12)
+    np.testing.assert_allclose(mahalanobis(own, q), ((q - x.mean(0)) ** 2).sum(1) / own.sigma2)
+    prior = fit_gaussian(x[:1], prior_var=0.01)  # one point: the prior
+    np.testing.assert_allclose(mahalanobis(prior, q), ((q - x[0]) ** 2).sum(1) / 0.01)
+    with pytest.raises(ValueError, match="prior variance"):
+        fit_gaussian(x[:1])
+    # the rule gives one-image profiles its prior; with no prior it refuses them
+    rule = GaussianRule(RAW, prior_var=0.01)
+    state = rule.prepare([x[:1], x], counts=[1, 1])
+    np.testing.assert_allclose(1 - rule.raw_scores(state, [z[None] for z in q])[:, 0],
+                               ((q - x[0]) ** 2).sum(1) / 0.01 / 6, rtol=1e-5)
+    with pytest.raises(ValueError, match="prior variance"):
+        GaussianRule(RAW).prepare([x[:1]])
+
+
+def test_truncated_rank_keeps_the_trace_and_the_top_directions():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 16)) * np.linspace(3, 0.2, 16)
+    fit = fit_gaussian(x, rank=4)
+    full = _shrunk_cov(x, fit.alpha)
+    ev, v = np.linalg.eigh(full)
+    np.testing.assert_allclose(fit.lam, ev[::-1][:4], rtol=1e-8)
+    assert fit.lam.sum() + fit.sigma2 * 12 == pytest.approx(np.trace(full), rel=1e-10)
+    # the batched float32 form of the rule equals the float64 reference of the same fit
+    rule = GaussianRule(RAW, rank=4)
+    state = rule.prepare([x], counts=[1])
+    q = rng.normal(size=(5, 16))
+    got = rule.distances(state, unit(q))[:, 0] * 16
+    np.testing.assert_allclose(got, mahalanobis(fit_gaussian(unit(x), rank=4), unit(q)), rtol=2e-4)
+
+
+def test_rule_scores_profiles_of_different_sizes_and_crops():
+    rng = np.random.default_rng(5)
+    d = 12
+    # profiles of 3 images x 4 crops, 1 image x 4 crops, 9 images of 1-3 crops, 2 images x 2 crops
+    counts = [[4, 4, 4], [4], [1, 2, 3, 1, 2, 3, 1, 2, 3], [2, 2]]
+    supports = [unit(rng.normal(size=(sum(c), d)) + rng.normal(size=d)) for c in counts]
+    queries = [unit(rng.normal(size=(k, d))) for k in (1, 4, 2)]
+    rule = GaussianRule(RAW, prior_var=0.02)
+    raw = rule.raw_scores(rule.prepare(supports, counts=counts), queries)
+    q = np.stack([unit(z.mean(0)) for z in queries])
+    for p, (s, c) in enumerate(zip(supports, counts)):
+        pts = image_points(s, c)
+        np.testing.assert_allclose(pts[0], unit(s[:c[0]].mean(0)), rtol=1e-12)
+        want = _ref_d2(pts, q, shrinkage(pts)) if len(pts) >= 3 else \
+            ((q - pts.mean(0)) ** 2).sum(1) / fit_gaussian(pts, prior_var=0.02).sigma2
+        np.testing.assert_allclose(1 - raw[:, p], want / d, rtol=2e-4)
+    assert (raw <= 1).all()                      # 1 - D^2 / d: at most 1, like a cosine
+    state = rule.prepare(supports[:1], counts=counts[:1])
+    assert rule.raw_scores(state, []).shape == (0, 1)
+
+
+def test_gallery_whitening_by_hand():
+    rng = np.random.default_rng(8)
+    d = 10
+    supports = [rng.normal(size=(n, d)) * np.linspace(2, 0.5, d) + 3 * rng.normal(size=d)
+                for n in (6, 15, 30)]
+    w, var = pooled_whitener(supports)
+    r = np.concatenate([s - s.mean(0) for s in supports])
+    pooled = _shrunk_cov(r + 0, shrinkage(r))   # r is centred per profile: mean ~ 0 overall
+    ev, v = np.linalg.eigh(pooled)
+    want = v @ np.diag((ev / ev.mean()) ** -0.5) @ v.T
+    np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-9)
+    # the whitened pooled covariance is the identity times its mean eigenvalue
+    np.testing.assert_allclose(w @ pooled @ w, ev.mean() * np.eye(d), atol=1e-8)
+    assert var == pytest.approx(ev.mean())
+    rule = GaussianRule(RAW, whiten="gallery")
+    units = [unit(s) for s in supports]
+    state = rule.prepare(units)
+    wq = unit(rng.normal(size=(4, d)))
+    pts = [u @ state.whitener for u in units]
+    np.testing.assert_allclose(state.whitener, pooled_whitener(units)[0], rtol=1e-9)
+    for p, x in enumerate(pts):
+        got = 1 - rule.raw_scores(state, [q[None] for q in wq])[:, p]
+        np.testing.assert_allclose(got * d, _ref_d2(x, wq @ state.whitener, shrinkage(x)), rtol=2e-4)
+    # selecting profiles keeps the whitener of the gallery the snapshot was made from
+    sub = rule.select(state, [2, 0])
+    assert sub.whitener is state.whitener and len(sub) == 2
+    with pytest.raises(ValueError, match="whiten must be"):
+        GaussianRule(RAW, whiten="pca")
+
+
+@pytest.mark.parametrize("n", [3, 7, 25])
+def test_leave_one_out_refits_without_each_image(n):
+    rng = np.random.default_rng(n)
+    d = 8
+    s = unit(rng.normal(size=(2 * n, d)) + rng.normal(size=d))       # n images x 2 crops
+    rule = GaussianRule(RAW)
+    got = rule.leave_one_out(s, 2)
+    pts = image_points(s, 2)
+    folds = min(n, 10)
+    for i in range(n):
+        rest = np.delete(pts, np.arange(i % folds, n, folds), 0)
+        if len(rest) >= 3:
+            d2 = _ref_d2(rest, pts[i:i + 1], shrinkage(rest))[0]
+        else:                                   # two points: isotropic, their own variance
+            d2 = ((pts[i] - rest.mean(0)) ** 2).sum() / (((rest - rest.mean(0)) ** 2).sum() / (2 * d))
+        want = 1 - d2 / d
+        assert got[i] == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        rule.leave_one_out(s[:2], 2)
+
+
+@pytest.fixture
+def gauss_model(tiny_model, tmp_path):
+    path = tmp_path / "gauss.safetensors"
+    shutil.copy(tiny_model, path)
+    update_meta(path, {"calibration": {"prototype": {"a": 8.0, "b": -4.0},
+                                       "gaussian": {"a": -3.0, "b": 1.0, "prior_var": 0.01}}})
+    return path
+
+
+@pytest.mark.parametrize("whiten", [None, "gallery"])
+def test_attributor_gaussian_scores_by_hand(gauss_model, tmp_path, whiten):
+    a = make_images(tmp_path / "a", 8, 2, kind="noise")
+    b = make_images(tmp_path / "b", 8, 3, kind="blocky")
+    att = Attributor(model=gauss_model, crops=4, whiten=whiten)
+    assert att.rule.name == "gaussian"          # the preferred rule of a model calibrated for it
+    att.enroll("gen-a", a[:5])
+    att.enroll("gen-b", b[:5])
+    snap = att.snapshot()
+    pts = [image_points(att.gallery.get(n).support, 4) for n in ("gen-a", "gen-b")]
+    w = pooled_whitener(pts)[0] if whiten else np.eye(pts[0].shape[1])
+    q = att.fingerprint(a[5:] + b[5:]).astype(np.float64) @ w
+    for p, x in enumerate(pts):
+        d2 = _ref_d2(x @ w, q, shrinkage(x @ w)) / q.shape[1]
+        want = 1 / (1 + np.exp(-(-3.0 * np.log(d2) + 1.0)))
+        np.testing.assert_allclose(att.scores(a[5:] + b[5:])[:, p], want, rtol=2e-3, atol=1e-6)
+    # thresholds: the prediction bound on the leave-one-out log-distances, per profile
+    for p, name in enumerate(snap.names):
+        loo = att.rule.leave_one_out(att.gallery.get(name).support, 4, state=snap.state)
+        from ofa_sdk.scoring import OwnScores
+        assert snap.thresholds[p] == pytest.approx(att.rule.to_prob(OwnScores.from_scores(loo).threshold(0.05)))
+        assert att.profile_threshold(name) == pytest.approx(snap.thresholds[p])
+    # a snapshot pickles (workers, Ray actors) and scores the same afterwards
+    queries = [e.z for e in att.embed_stream(a[5:])]
+    back = pickle.loads(pickle.dumps(snap))
+    np.testing.assert_array_equal(back.scores(queries), snap.scores(queries))
+    # typicality reads the score on the profile's own leave-one-out scale
+    r = att.attribute(a[5:6])[0]
+    assert r.typicality is not None and 0 <= r.typicality <= 1
+
+
+def test_gaussian_needs_its_calibration_and_whiten_needs_the_rule(tiny_model, gauss_model):
+    with pytest.raises(ValueError, match="'gaussian' calibration"):
+        Attributor(model=tiny_model, rule="gaussian")
+    with pytest.raises(ValueError, match="whiten"):
+        Attributor(model=gauss_model, rule="prototype", whiten="gallery")
