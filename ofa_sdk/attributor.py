@@ -47,8 +47,10 @@ class Attributor:
     :class:`~ofa_sdk.gallery.Gallery`, or None (in memory). ``crops``: crops per image, an int
     or "auto" (tiles covering the image up to a cap, :func:`ofa_sdk.images.crop_count`);
     ``small``: the policy for images smaller than the crop; ``max_pixels``: the
-    decompression-bomb limit; ``provenance``: read what encoded files declare about their
-    origin. ``rule``: "prototype" or "pair" (default: prototype for a calibrated model);
+    decompression-bomb limit; ``max_bytes``: the largest file read (larger ones, and anything
+    that is not a regular file, are per-item errors, never read); ``provenance``: read what
+    encoded files declare about their origin. ``rule``: "prototype" or "pair" (default:
+    prototype for a calibrated model);
     ``threshold``: "profile" (default) or a number; ``profile_quantile``: the share of a
     generator's own images a profile threshold rejects. ``batch_size``: crops per engine call;
     ``workers``: decoding threads; ``engine_options``: per engine, constructor keywords.
@@ -61,6 +63,7 @@ class Attributor:
                  workers: int = 2, rule: Optional[str] = None,
                  profile_quantile: float = decision.DEFAULT_FRACTION,
                  max_pixels: int = imio.MAX_PIXELS, provenance: bool = True,
+                 max_bytes: int = imio.MAX_BYTES,
                  engine_options: Optional[Dict[str, Dict]] = None):
         from .backends import select_engine
         from .weights import ModelBundle, load_default_model, load_model
@@ -73,7 +76,8 @@ class Attributor:
             self.bundle = load_model(model)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        self.policy = InputPolicy(self.bundle.config.crop, crops, small, max_pixels, provenance)
+        self.policy = InputPolicy(self.bundle.config.crop, crops, small, max_pixels, provenance,
+                                  max_bytes)
         self.batch_size, self.workers = batch_size, workers
         self.threshold = decision.parse_threshold(
             decision.DEFAULT_THRESHOLD if threshold is None else threshold)

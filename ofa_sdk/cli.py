@@ -21,8 +21,6 @@ Exit status: 0 success, 1 some inputs were unusable (each is reported), 2 usage 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -33,14 +31,12 @@ from typing import Dict, List
 import numpy as np
 
 from .backends import backend_names
-from .images import AUTO, MAX_AUTO_CROPS, SMALL_POLICIES
+from .images import AUTO, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
 from .scoring import RULES
 
 DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
                                       Path.home() / ".cache" / "ofa-sdk" / "gallery.db"))
-from .decision import JSON_FIELDS, RESULT_FIELDS  # noqa: E402
-
-SCAN_FIELDS = list(RESULT_FIELDS)
+from .scan_output import SCAN_FIELDS  # noqa: E402,F401  (the scan's columns; public)
 
 
 RECOMMENDED_SUPPORT = 20  # support images per profile for a tight per-profile threshold (RESULTS §5.2)
@@ -55,16 +51,22 @@ def _threshold(v: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _crops(v: str):
-    if v == AUTO:
-        return v
+def _at_least_1(v: str, flag: str, alternative: str = "") -> int:
     try:
         k = int(v)
     except ValueError:
         k = 0
     if k < 1:
-        raise argparse.ArgumentTypeError(f"--crops takes an integer >= 1 or {AUTO!r}, got {v!r}")
+        raise argparse.ArgumentTypeError(f"{flag} takes an integer >= 1{alternative}, got {v!r}")
     return k
+
+
+def _crops(v: str):
+    return v if v == AUTO else _at_least_1(v, "--crops", f" or {AUTO!r}")
+
+
+def _max_bytes(v: str) -> int:
+    return _at_least_1(v, "--max-bytes")
 
 
 def _common(p: argparse.ArgumentParser):
@@ -78,6 +80,9 @@ def _common(p: argparse.ArgumentParser):
     p.add_argument("--small", default="reject", choices=SMALL_POLICIES,
                    help="policy for images smaller than the model's crop")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-bytes", type=_max_bytes, default=MAX_BYTES, metavar="N",
+                   help="refuse image files larger than N bytes before reading them "
+                        "(default %(default)s, 256 MiB)")
     p.add_argument("--graphs", metavar="DIR", default=None,
                    help="the model's graphs as `ofa-sdk export --format onnx -o DIR` wrote them, "
                         "for the onnxruntime and tensorrt engines (default: beside the model, "
@@ -191,13 +196,14 @@ def _attributor(a):
                if a.graphs else None)
     return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
                       batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule,
-                      engine_options=options)
+                      engine_options=options, max_bytes=a.max_bytes)
 
 
 def _fmt(v) -> str:
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.3f}"
-    return "" if v is None else str(v)
+    from .scan_output import clean      # a file name that is not UTF-8 still prints
+    return "" if v is None else clean(str(v))
 
 
 def _table(rows: List[Dict], cols: List[str], out=sys.stdout):
@@ -305,68 +311,6 @@ def cmd_attribute(a, att) -> int:
     return 1 if any(not r.ok for r in res) else 0
 
 
-def _read_output(path: Path, is_csv: bool):
-    """Read a scan's output file in one streaming pass: (sources of its complete rows, CSV
-    header or None, byte offset where its last complete row ends). A row is complete when its
-    line ends with a newline (for CSV: outside a quoted field, i.e. after an even number of
-    quote characters, as the csv module doubles quotes inside fields). Bytes after that offset
-    are a torn row, left by a write cut short (a full disk, a power loss)."""
-    done, header, good, buf, quotes = set(), None, 0, b"", 0
-    if not path.exists():
-        return done, header, good
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break                                   # torn: no newline at the end
-            if not is_csv:
-                good += len(line)
-                try:
-                    row = json.loads(line)
-                    done.add(row["source"])
-                except (ValueError, KeyError, TypeError):
-                    continue                            # not a row of ours: ignored, kept
-                continue
-            buf += line
-            quotes += line.count(b'"')
-            if quotes % 2:
-                continue                                # a newline inside a quoted field
-            good += len(buf)
-            rec = next(csv.reader(io.StringIO(buf.decode("utf-8", "surrogateescape"))), [])
-            buf, quotes = b"", 0
-            if header is None:
-                header = rec
-            elif "source" in header and len(rec) == len(header):
-                done.add(rec[header.index("source")])
-    return done, header, good
-
-
-def _done_sources(path: Path, repair: bool = False) -> set:
-    """Sources already in a scan's output file (rows are skipped by a resumed scan). With
-    ``repair``, a torn last row (an incomplete line) is cut off first, so that appended rows
-    start on a line of their own; that row's source is scanned again."""
-    is_csv = path.suffix.lower() == ".csv"
-    done, _, good = _read_output(path, is_csv)
-    if repair and path.exists() and path.stat().st_size > good:
-        with open(path, "r+b") as f:
-            f.truncate(good)
-    return done
-
-
-def _append(f, data: bytes) -> None:
-    """Append ``data`` with one write call (a raw, unbuffered file: a row is written whole or,
-    on a kill in the middle of a short write, cut off and repaired by the next run)."""
-    view = memoryview(data)
-    while view:
-        n = f.write(view)
-        view = view[n:]
-
-
-def _csv_line(values: List) -> bytes:
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(values)
-    return buf.getvalue().encode("utf-8", "surrogateescape")
-
-
 def _scan_ray(a) -> int:
     from .distributed import scan_dataset
     s = scan_dataset(a.sources, a.output, model=a.model, gallery=a.gallery, threshold=a.threshold,
@@ -379,66 +323,64 @@ def _scan_ray(a) -> int:
 
 
 def cmd_scan(a, att) -> int:
-    """Stream attributions to a JSONL or CSV file. Resumable: rows already in the file are
-    skipped, a torn last row is cut off and redone; each row is one complete line written with
-    one unbuffered write, so an interrupted scan (Ctrl-C, SIGTERM, SIGKILL) loses no written row
-    and leaves no partial one. Ctrl-C or SIGTERM ends it cleanly with exit status 130."""
-    import signal
-    import threading
+    """Stream attributions to a JSONL or CSV file (:mod:`ofa_sdk.scan_output`: escaped names,
+    neutralised CSV cells, resume and repair). Resumable: rows already in the file are skipped,
+    a torn last row is cut off and redone, damaged lines are kept and reported; each row is one
+    complete line written with one unbuffered write, so an interrupted scan (Ctrl-C, SIGTERM,
+    SIGKILL) loses no written row and leaves no partial one. Ctrl-C or SIGTERM ends it promptly
+    wherever it is (waiting on a decode, inside an engine call, between rows) with exit status
+    130."""
     if a.engine == "ray":
         return _scan_ray(a)
-    out = Path(a.output)
-    is_csv = out.suffix.lower() == ".csv"
-    done = _done_sources(out, repair=True)
-    header = _read_output(out, is_csv)[1] if is_csv else None
-    if is_csv and header is not None and "source" not in header:
-        raise ValueError(f"{out} is a CSV file without a 'source' column, not a scan's output; "
-                         f"write the scan to another file")
-    cols = header or SCAN_FIELDS      # resuming a file of another version: keep its columns
     from .provenance import agreement
+    from .scan_output import ScanOutput, StopSignals
     n = bad = 0
     declared = {"declared": 0, "agree": 0, "disagree": 0}
-    interrupted = False
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        def on_term(signum, frame):
-            raise KeyboardInterrupt
-        old_term = signal.signal(signal.SIGTERM, on_term)
-    try:
-        with open(out, "ab", buffering=0) as f:
-            try:
-                if is_csv and header is None:
-                    _append(f, _csv_line(SCAN_FIELDS))
-                for r in att.scan(a.sources, a.threshold, progress=not a.no_progress, skip=done):
-                    d = r.to_dict()
-                    if is_csv:
-                        line = _csv_line([json.dumps(d[k]) if k in JSON_FIELDS else d.get(k)
-                                          for k in cols])
-                    else:
-                        line = (json.dumps({k: d[k] for k in SCAN_FIELDS}) + "\n").encode()
-                    _append(f, line)
+    interrupted, out, results = False, None, None
+    with StopSignals() as stop:
+        try:
+            out = ScanOutput(a.output)
+            results = att.scan(a.sources, a.threshold, progress=not a.no_progress, skip=out.done)
+            out.open()
+            for r in results:
+                with stop.deferred():           # a signal here waits until the row is written
+                    out.write(r.to_dict())
                     n += 1
                     bad += 0 if r.ok else 1
                     verdict = agreement(r.provenance, r.profile)
                     if verdict:
                         declared[verdict] += 1
                     declared["declared"] += bool(r.provenance.get("generator"))
-            except KeyboardInterrupt:
-                interrupted = True
-            finally:
-                os.fsync(f.fileno())
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-    summary = {"output": str(out), "written": n, "errors": bad, "skipped_already_done": len(done),
-               "interrupted": interrupted}
+                stop.check()
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            with stop.deferred():               # stop the decode threads, fsync the rows
+                if results is not None:
+                    results.close()
+                if out is not None:
+                    out.close()
+        interrupted = interrupted or stop.requested
+    done = out.done if out is not None else set()
+    summary = {"output": a.output, "written": n, "errors": bad,
+               "skipped_already_done": len(done), "interrupted": interrupted,
+               "repaired": out.repaired if out is not None else {}}
     if a.summary:
         summary["provenance"] = declared
     if a.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {n} rows to {out} ({bad} errors; {len(done)} rows already there were kept)"
-              + ("; interrupted: rerun the same command to resume" if interrupted else ""))
+        print(f"wrote {n} rows to {a.output} ({bad} errors; {len(done)} rows already there were "
+              f"kept)" + ("; interrupted: rerun the same command to resume" if interrupted else ""))
+        rep = summary["repaired"]
+        if rep.get("torn_bytes_cut"):
+            print(f"repaired: cut a torn last row ({rep['torn_bytes_cut']} bytes); its file was "
+                  f"scanned again")
+        if rep.get("damaged_lines"):
+            print(f"kept {len(rep['damaged_lines'])} damaged line(s) as they were (line "
+                  f"{', '.join(map(str, rep['damaged_lines'][:10]))}"
+                  f"{', ...' if len(rep['damaged_lines']) > 10 else ''}); their files were "
+                  f"scanned again")
         if a.summary:
             print(f"provenance: {declared['declared']} rows declare a generator; where a profile "
                   f"was attributed too, {declared['agree']} agree and {declared['disagree']} disagree")

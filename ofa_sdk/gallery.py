@@ -10,17 +10,28 @@ timeout instead of "database is locked", and every write one explicit ``BEGIN IM
 ``COMMIT`` transaction, so a process killed in the middle of an enroll leaves the previous
 profile intact. The schema version lives in the ``meta`` table: a gallery written by a newer
 SDK is refused with a clear message, an older one is migrated (``MIGRATIONS``) when opened.
+
+A read-only gallery (a file without write permission, a folder that is not writable, a
+read-only file system or mount) is opened read-only: SQLite's ``mode=ro``, or ``immutable=1``
+where the folder is not writable (SQLite could not create its lock and WAL files there), and
+no journal-mode switch. Every reading method works; a write raises :class:`GalleryReadOnly`
+naming the file. A file with no write bit for anyone counts as read-only even for root, who
+could write it anyway. Failures are told apart: :class:`GalleryCorrupt` (not a usable SQLite
+file), :class:`GalleryReadOnly`, :class:`GalleryLocked` (another process held its lock past the
+busy timeout) and :class:`GalleryTooNew` (written by a newer SDK), all :class:`GalleryError`.
 """
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from contextlib import contextmanager
+from urllib.parse import quote
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
@@ -35,6 +46,10 @@ BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's write 
 # SCHEMA_VERSION. Columns added to schema 1 after its first release (the spectrum) are repaired
 # in place by ``_repair_v1``.
 MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+# What each write transaction does, in the words of a read-only refusal.
+_WRITES = {"open": "creating or upgrading it", "put": "enrolling a profile",
+           "remove": "removing a profile", "put_head": "fitting a closed-set head"}
 
 # Test hook: called inside every write transaction, after its statements and before COMMIT
 # (tests make it block so that a real process can be killed with the transaction open).
@@ -65,6 +80,61 @@ def _repair_v1(db: sqlite3.Connection) -> None:
 
 class GalleryError(Exception):
     pass
+
+
+class GalleryCorrupt(GalleryError):
+    """The file is not a usable SQLite database (or not a gallery)."""
+
+
+class GalleryReadOnly(GalleryError):
+    """A write to a gallery opened read-only, or a read-only gallery that would need a write
+    to open (creating it, migrating it)."""
+
+
+class GalleryLocked(GalleryError):
+    """Another process held the gallery's lock for longer than the busy timeout."""
+
+
+class GalleryTooNew(GalleryError):
+    """The gallery was written by a newer ofa-sdk (a higher schema version)."""
+
+
+def _writable(p: Path) -> bool:
+    """Whether ``p`` may be written: the OS allows it, and its mode has a write bit (root passes
+    every permission check; a file nobody may write is read-only for root too)."""
+    try:
+        return os.access(p, os.W_OK) and bool(os.stat(p).st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def _read_only_reason(path: Path) -> Optional[str]:
+    """Why an existing gallery file cannot be written, or None when it can."""
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except (OSError, AttributeError):
+        pass
+    if not _writable(path):
+        return "the file is not writable"
+    if not _writable(path.parent):
+        return f"its folder {path.parent} is not writable"
+    return None
+
+
+def _translate(e: sqlite3.Error, where: str, what: str = "") -> GalleryError:
+    """The GalleryError for an SQLite error: corrupt, read-only or locked."""
+    msg = str(e)
+    doing = f" ({what})" if what else ""
+    if "readonly" in msg or "read-only" in msg:
+        return GalleryReadOnly(f"gallery {where} is read-only: {what or 'a write'} needs write "
+                               f"access ({msg})")
+    if "locked" in msg or "busy" in msg:
+        return GalleryLocked(f"gallery {where} is locked by another process{doing}: it held the "
+                             f"lock for longer than {BUSY_TIMEOUT_S:g} s; retry when it is done "
+                             f"({msg})")
+    return GalleryCorrupt(f"gallery {where} is corrupt or not a gallery: not a usable SQLite "
+                          f"file ({msg})")
 
 
 class ProfileNotFound(GalleryError, KeyError):
@@ -110,44 +180,82 @@ def _ids(model_id: Union[str, Sequence[str], None]) -> tuple:
 
 
 class Gallery:
-    """Thread-safe SQLite store. ``Gallery(None)`` is in memory; ``Gallery("g.db")`` persists."""
+    """Thread-safe SQLite store. ``Gallery(None)`` is in memory; ``Gallery("g.db")`` persists.
+    ``read_only`` says why a gallery was opened read-only (None when it is writable)."""
 
     def __init__(self, path: Union[str, Path, None] = None):
         self.path = None if path in (None, ":memory:") else Path(path)
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._cache: Dict[str, Profile] = {}
+        self.read_only: Optional[str] = None   # why the gallery is read-only; None: writable
         where = str(self.path) if self.path else ":memory:"
-        try:
-            # isolation_level=None: no implicit transactions; every write below is an explicit
-            # BEGIN IMMEDIATE ... COMMIT (``_write``), so a killed process leaves either the old
-            # or the new row, never half of one. timeout= installs SQLite's busy handler: a
-            # statement that meets another process's write lock waits up to BUSY_TIMEOUT_S
-            # instead of failing with "database is locked".
-            self._db = sqlite3.connect(where, check_same_thread=False, isolation_level=None,
-                                       timeout=BUSY_TIMEOUT_S)
-            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-            if self.path:
-                # WAL: readers never block the writer and the writer never blocks readers, so
-                # several processes can enroll and attribute at once.
-                self._pragma("PRAGMA journal_mode=WAL")
-                # synchronous=FULL, not NORMAL: in WAL mode NORMAL survives a killed process
-                # but may roll back the last commits on a power loss or OS crash; FULL syncs
-                # the WAL at every commit, so an enroll that returned is on disk. Writes are
-                # rare (one per enroll, which costs seconds of model time), so the fsync is
-                # free in practice.
-                self._db.execute("PRAGMA synchronous=FULL")
+        if self.path is not None:
+            if self.path.exists():
+                self.read_only = _read_only_reason(self.path)
             else:
-                self._db.execute("PRAGMA journal_mode=MEMORY")
-            self._open_schema()
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise GalleryReadOnly(f"gallery {where} does not exist and cannot be created: "
+                                          f"{e.strerror or e}") from None
+                if not _writable(self.path.parent):
+                    raise GalleryReadOnly(f"gallery {where} does not exist and cannot be created: "
+                                          f"its folder {self.path.parent} is not writable")
+        try:
+            try:
+                self._connect(where)
+            except sqlite3.OperationalError as e:
+                if self.read_only is not None or "readonly" not in str(e):
+                    raise
+                getattr(self, "_db", sqlite3.connect(":memory:")).close()
+                # SQLite found it read-only where the checks above did not
+                self.read_only = f"SQLite opens it read-only ({e})"
+                self._connect(where)
         except BaseException as e:
             db = getattr(self, "_db", None)
             if db is not None:
                 db.close()
-            if isinstance(e, sqlite3.DatabaseError):
-                raise GalleryError(f"gallery {where!r} is not a usable SQLite file: {e}") from None
+            if isinstance(e, sqlite3.Error):
+                raise _translate(e, where, "opening it") from None
             raise
+
+    def _connect(self, where: str) -> None:
+        """Open the SQLite connection (read-only when :attr:`read_only`) and check the schema."""
+        if self.read_only is not None:
+            # mode=ro: no writes, no journal-mode switch. immutable=1 where SQLite could not
+            # create its lock and WAL files (the folder is not writable): it then reads the file
+            # as it is, without locks, unless a WAL file holds commits not yet in the file.
+            wal = Path(str(self.path) + "-wal")
+            immutable = (not _writable(self.path.parent)
+                         and not (wal.exists() and wal.stat().st_size))
+            uri = (f"file:{quote(os.fsencode(self.path.resolve()))}?"
+                   + ("immutable=1" if immutable else "mode=ro"))
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False,
+                                       isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            self._open_schema()
+            return
+        # isolation_level=None: no implicit transactions; every write below is an explicit
+        # BEGIN IMMEDIATE ... COMMIT (``_write``), so a killed process leaves either the old
+        # or the new row, never half of one. timeout= installs SQLite's busy handler: a
+        # statement that meets another process's write lock waits up to BUSY_TIMEOUT_S
+        # instead of failing with "database is locked".
+        self._db = sqlite3.connect(where, check_same_thread=False, isolation_level=None,
+                                   timeout=BUSY_TIMEOUT_S)
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        if self.path:
+            # WAL: readers never block the writer and the writer never blocks readers, so
+            # several processes can enroll and attribute at once.
+            self._pragma("PRAGMA journal_mode=WAL")
+            # synchronous=FULL, not NORMAL: in WAL mode NORMAL survives a killed process
+            # but may roll back the last commits on a power loss or OS crash; FULL syncs
+            # the WAL at every commit, so an enroll that returned is on disk. Writes are
+            # rare (one per enroll, which costs seconds of model time), so the fsync is
+            # free in practice.
+            self._db.execute("PRAGMA synchronous=FULL")
+        else:
+            self._db.execute("PRAGMA journal_mode=MEMORY")
+        self._open_schema()
 
     def _pragma(self, sql: str) -> None:
         """A pragma that may meet a lock that the busy handler does not wait on (switching a
@@ -184,7 +292,7 @@ class Gallery:
 
     def _check_future(self, version: Optional[int]) -> None:
         if version is not None and version > SCHEMA_VERSION:
-            raise GalleryError(
+            raise GalleryTooNew(
                 f"gallery {self._where} was written by a newer ofa-sdk (schema {version}); "
                 f"this SDK reads up to {SCHEMA_VERSION}; upgrade ofa-sdk")
 
@@ -195,6 +303,11 @@ class Gallery:
         self._check_future(version)
         if version == SCHEMA_VERSION and self._complete():
             return
+        if self.read_only is not None:
+            need = ("creating its tables" if version is None
+                    else f"upgrading it from schema {version} to {SCHEMA_VERSION}")
+            raise GalleryReadOnly(f"gallery {self._where} is read-only ({self.read_only}) and "
+                                  f"needs {need}, which writes; open it once with write access")
         with self._write("open"):
             version = self._schema()        # another process may have created or migrated it
             self._check_future(version)
@@ -228,33 +341,50 @@ class Gallery:
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
         """One write transaction: BEGIN IMMEDIATE takes the write lock up front (waiting on the
         busy handler if another process holds it, so no deadlock between two readers that both
-        want to write), COMMIT on success, ROLLBACK on any error."""
+        want to write), COMMIT on success, ROLLBACK on any error. A read-only gallery refuses
+        it before anything is tried; SQLite's errors become the GalleryError that says why."""
+        if self.read_only is not None:
+            raise GalleryReadOnly(f"gallery {self._where} is read-only ({self.read_only}): "
+                                  f"{_WRITES.get(what, what)} needs write access; reading "
+                                  f"(attribute, verify, info) works")
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    if _before_commit is not None:
+                        _before_commit(what)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise _translate(e, self._where, _WRITES.get(what, what)) from None
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for a read, under the lock; SQLite's errors become GalleryErrors."""
+        with self._lock:
             try:
                 yield self._db
-                if _before_commit is not None:
-                    _before_commit(what)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+            except sqlite3.Error as e:
+                raise _translate(e, self._where, "reading it") from None
 
     def __repr__(self):
         return f"Gallery({str(self.path) if self.path else 'memory'!s}, {len(self)} profiles)"
 
     def __len__(self):
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
+        with self._reading() as db:
+            return db.execute("SELECT COUNT(*) FROM profiles").fetchone()[0]
 
     def __contains__(self, name: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM profiles WHERE name=?", (name,)).fetchone() is not None
+        with self._reading() as db:
+            return db.execute("SELECT 1 FROM profiles WHERE name=?", (name,)).fetchone() is not None
 
     def names(self) -> List[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT name FROM profiles ORDER BY name")]
+        with self._reading() as db:
+            return [r[0] for r in db.execute("SELECT name FROM profiles ORDER BY name")]
 
     def put(self, profile: Profile, overwrite: bool = False) -> None:
         if not profile.name or not isinstance(profile.name, str):
@@ -277,7 +407,7 @@ class Gallery:
     def get(self, name: str, model_id: Union[str, Sequence[str], None] = None) -> Profile:
         """The profile ``name``; with ``model_id`` (one id or the ids a model answers to, see
         ``ModelBundle.ids``), a profile made with another model raises :class:`ModelMismatch`."""
-        with self._lock:
+        with self._reading():
             row = self._db.execute(
                 "SELECT name, model_id, created, dim, hidden, support, support_part, metadata, "
                 "spectrum, spectrum_shape "
@@ -306,8 +436,8 @@ class Gallery:
             self._cache.pop(name, None)
 
     def info(self) -> List[Dict]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT name, model_id, n_support, created, metadata FROM profiles ORDER BY name").fetchall()
         return [{"name": r[0], "model_id": r[1], "n_support": r[2], "created": r[3],
                  "metadata": json.loads(r[4])} for r in rows]
@@ -321,7 +451,7 @@ class Gallery:
                         weights, json.dumps(metadata, default=str)))
 
     def get_head(self, name: str, model_id: Union[str, Sequence[str], None] = None) -> Dict:
-        with self._lock:
+        with self._reading():
             row = self._db.execute("SELECT name, model_id, created, classes, dim, hidden, weights, "
                                    "metadata FROM heads WHERE name=?", (name,)).fetchone()
         if row is None:

@@ -22,14 +22,24 @@ uint8 or uint16). Everything becomes HxWx3 uint8 RGB:
   first, with the same message;
 * animated images (GIF, APNG, WebP) use their first frame, and the result's note says so;
 * a dangling or looping symbolic link, an unreadable file, an empty file, a non-image with an
-  image suffix: each is a per-item error naming the reason.
+  image suffix: each is a per-item error naming the reason;
+* only regular files are read (after resolving links): a named pipe, a character or block
+  device (``/dev/zero``, ``/dev/urandom``) or a socket is a per-item error, never opened for
+  reading, and the folder listing reports it like any other entry with an image suffix; a file
+  larger than ``max_bytes`` (default :data:`MAX_BYTES`) is refused from its size before it is
+  read. No read can block: the type is checked before opening, the file is opened
+  non-blocking, and the type and size are checked again on the open descriptor (a file swapped
+  in between is caught).
 
 Decoding failures never raise out of a batch: :func:`prepare` returns an :class:`ImageError`
 naming the input and the reason.
 """
 from __future__ import annotations
 
+import errno
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Optional, Union
@@ -38,6 +48,7 @@ import numpy as np
 
 SMALL_POLICIES = ("reject", "pad", "upscale")
 MAX_PIXELS = 100_000_000  # decompression-bomb guard: larger inputs are refused from their header
+MAX_BYTES = 256 * 1024 * 1024  # per-file read cap (256 MiB): larger files are refused from their size
 ENCODED = (bytes, bytearray, memoryview)
 
 
@@ -136,22 +147,63 @@ def _array_to_rgb(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def read_file(p: Path) -> bytes:
-    """A file's bytes, with the reason in the error when it cannot be read."""
-    if p.is_symlink() and not p.exists():
-        raise FileNotFoundError("broken symbolic link (its target does not exist)")
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _check_regular(st: os.stat_result, max_bytes: int) -> None:
+    """Refuse what :func:`read_file` must not read: anything but a regular file, or a file
+    over ``max_bytes``."""
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError("is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{_kind(st.st_mode)}, not a regular file: not read")
+    if st.st_size > max_bytes:
+        raise ValueError(f"{st.st_size} bytes, over the {max_bytes} byte limit (max_bytes): "
+                         f"not read")
+
+
+def read_file(p: Path, max_bytes: int = MAX_BYTES) -> bytes:
+    """A regular file's bytes, at most ``max_bytes``, with the reason in the error when it
+    cannot be read. Links are resolved first; pipes, devices and sockets are refused without
+    being read, and nothing here can block (see the module docstring)."""
     try:
-        if not p.exists():
-            raise FileNotFoundError("file not found")
-        if p.is_dir():
-            raise IsADirectoryError("is a directory")
-        data = p.read_bytes()
+        try:
+            st = os.stat(p)                  # follows links; never opens the file
+        except FileNotFoundError:
+            if os.path.islink(p):
+                raise FileNotFoundError("broken symbolic link (its target does not exist)") from None
+            raise FileNotFoundError("file not found") from None
+        _check_regular(st, max_bytes)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) \
+            | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+        fd = os.open(p, flags)
+        try:
+            _check_regular(os.fstat(fd), max_bytes)   # what was opened, not what was stat'ed
+            chunks, left = [], max_bytes + 1
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
     except PermissionError:
         raise PermissionError("permission denied") from None
     except OSError as e:
-        if e.errno == 40:  # ELOOP
+        if e.errno == errno.ELOOP:
             raise OSError("symbolic link loop") from None
         raise
+    data = b"".join(chunks)
+    if len(data) > max_bytes:                       # it grew while being read
+        raise ValueError(f"over the {max_bytes} byte limit (max_bytes): not read")
     if not data:
         raise ValueError("empty file")
     return data
@@ -181,8 +233,9 @@ def _decode_bytes(data: bytes, max_pixels: int) -> Decoded:
             return Decoded(_pil_to_rgb(im, owned=True), note, bytes(data))
 
 
-def decode(item: Any, max_pixels: int = MAX_PIXELS) -> Decoded:
-    """Decode one input; raises with the reason on failure."""
+def decode(item: Any, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Decoded:
+    """Decode one input (a file at most ``max_bytes`` long); raises with the reason on
+    failure."""
     from PIL import Image
     if isinstance(item, np.ndarray):
         return Decoded(_array_to_rgb(item))
@@ -195,13 +248,13 @@ def decode(item: Any, max_pixels: int = MAX_PIXELS) -> Decoded:
             raise ValueError("empty bytes")
         return _decode_bytes(bytes(item), max_pixels)
     if isinstance(item, (str, Path)):
-        return _decode_bytes(read_file(Path(item)), max_pixels)
+        return _decode_bytes(read_file(Path(item), max_bytes), max_pixels)
     raise TypeError(f"unsupported input type {type(item).__name__}")
 
 
-def to_rgb(item: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def to_rgb(item: Any, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
     """Decode one input to HxWx3 uint8; raises with the reason on failure."""
-    return decode(item, max_pixels).rgb
+    return decode(item, max_pixels, max_bytes).rgb
 
 
 def crop_offsets(size: int, crop: int, k: int) -> List[int]:
@@ -241,12 +294,13 @@ def make_crops(a: np.ndarray, crop: int, crops=1) -> np.ndarray:
 
 
 def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
-            max_pixels: int = MAX_PIXELS, provenance: bool = False) -> Union[Prepared, ImageError]:
+            max_pixels: int = MAX_PIXELS, provenance: bool = False,
+            max_bytes: int = MAX_BYTES) -> Union[Prepared, ImageError]:
     """Decode + crop one input; never raises for a bad input (returns an ImageError). With
     ``provenance``, encoded inputs also get their declared origin read from the same bytes."""
     src = describe(item)
     try:
-        d = decode(item, max_pixels)
+        d = decode(item, max_pixels, max_bytes)
     except Exception as e:  # the reason goes into the per-item error
         reason = str(e) or type(e).__name__
         return ImageError(src, f"unreadable: {reason}")
@@ -289,9 +343,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 
 
 def is_image_file(p: Path) -> bool:
-    """An image by its suffix: a file, or a symbolic link (even a broken one, so that it
-    becomes an error result instead of vanishing from a scan)."""
-    return p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or p.is_file())
+    """An image by its suffix: anything with an image suffix that is not a directory (a file, a
+    symbolic link even when broken, a pipe, a device, a socket), so that what cannot be read
+    becomes an error result instead of vanishing from a scan."""
+    return p.suffix.lower() in IMAGE_SUFFIXES and (p.is_symlink() or not p.is_dir())
 
 
 def list_images(folder: Union[str, Path], recursive: bool = True) -> Iterator[Path]:
@@ -315,7 +370,7 @@ def expand_paths(sources: Union[str, Path, Iterable[Union[str, Path]]],
             yield from list_images(p, recursive)
         elif any(ch in str(s) for ch in "*?["):
             for f in sorted(glob.glob(str(s), recursive=True)):
-                if Path(f).is_file():
+                if Path(f).is_symlink() or not Path(f).is_dir():
                     yield Path(f)
         else:
             yield p

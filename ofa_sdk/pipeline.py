@@ -11,8 +11,10 @@ and never stops the stream.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
@@ -61,12 +63,14 @@ def finish(out: np.ndarray, errs: List[Tuple[int, str, str]], errors: str) -> np
 @dataclass(frozen=True)
 class InputPolicy:
     """How an input becomes crops: the model's crop size, crops per image, small images, the
-    decompression-bomb pixel limit, and whether encoded inputs' provenance metadata is read."""
+    decompression-bomb pixel limit, whether encoded inputs' provenance metadata is read, and
+    the largest file read (``max_bytes``; larger files are refused before reading)."""
     crop: int
     crops: Union[int, str] = imio.AUTO
     small: str = "reject"
     max_pixels: int = imio.MAX_PIXELS
     provenance: bool = True
+    max_bytes: int = imio.MAX_BYTES
 
     def __post_init__(self):
         if self.small not in imio.SMALL_POLICIES:
@@ -75,32 +79,60 @@ class InputPolicy:
             raise ValueError(f"crops must be an int >= 1 or {imio.AUTO!r}, got {self.crops!r}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels!r}")
+        if not isinstance(self.max_bytes, int) or self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be an int >= 1, got {self.max_bytes!r}")
 
     def __call__(self, item: Any) -> Union[imio.Prepared, imio.ImageError]:
         return imio.prepare(item, self.crop, self.crops, self.small, self.max_pixels,
-                            self.provenance)
+                            self.provenance, self.max_bytes)
+
+
+def _decode_worker(tasks: "queue.SimpleQueue", policy: InputPolicy) -> None:
+    """Run ``policy`` on queued (future, item) pairs until the ``None`` that ends the window."""
+    while True:
+        job = tasks.get()
+        if job is None:
+            return
+        fut, item = job
+        if not fut.set_running_or_notify_cancel():
+            continue
+        try:
+            fut.set_result(policy(item))
+        except BaseException as e:     # delivered to the consumer by .result()
+            fut.set_exception(e)
 
 
 def prefetch(items: Iterable[Any], policy: InputPolicy, workers: int = 2,
              ahead: int = 64) -> Iterator[Union[imio.Prepared, imio.ImageError]]:
     """``policy(item)`` for each item, in order, computed by ``workers`` threads at most
-    ``ahead`` items ahead of the consumer."""
+    ``ahead`` items ahead of the consumer.
+
+    The threads are daemon threads that this generator ends when it is closed: a consumer that
+    stops (an exception, Ctrl-C, SIGTERM) never waits for a decode still in progress, neither
+    here nor at interpreter exit (a ``ThreadPoolExecutor`` joins its threads in both places)."""
     if workers <= 1:
         yield from map(policy, items)
         return
     window: deque = deque()
-    it = iter(items)
-    with ThreadPoolExecutor(workers, thread_name_prefix="ofa-decode") as pool:
-        try:
-            for item in it:
-                window.append(pool.submit(policy, item))
-                if len(window) >= ahead:
-                    yield window.popleft().result()
-            while window:
+    tasks: queue.SimpleQueue = queue.SimpleQueue()
+    threads = [threading.Thread(target=_decode_worker, args=(tasks, policy), daemon=True,
+                                name=f"ofa-decode-{i}") for i in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        for item in items:
+            fut: Future = Future()
+            window.append(fut)
+            tasks.put((fut, item))
+            if len(window) >= ahead:
                 yield window.popleft().result()
-        finally:
-            for f in window:
-                f.cancel()
+        while window:
+            yield window.popleft().result()
+    finally:
+        for f in window:
+            f.cancel()
+        for _ in threads:
+            tasks.put(None)
 
 
 def embed_stream(engine, items: Iterable[Any], policy: InputPolicy, batch_size: int = 32,

@@ -20,6 +20,12 @@ its own folder checks its size and sha256 on the very bytes it then loads, and r
 truncated or tampered file naming what mismatched; an unlisted file (a user's own model) loads
 as before, and a truncated or corrupt one raises a ``ValueError`` naming it. Files are never
 unpickled. :func:`write_manifest` (re)writes a manifest.
+
+Hostile files: only a regular file is read (a pipe or a device is refused without being
+opened for reading, so loading cannot block), at most :data:`MAX_MODEL_BYTES`; a header over
+:data:`MAX_HEADER_BYTES` is refused from its length field before it is parsed, and every parse
+failure of the header or the metadata -- JSON nested deeper than the parser's recursion limit
+included -- becomes the same ``ValueError`` naming the file.
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "compact.safetenso
 META_KEY = "ofa"                     # the safetensors metadata key holding the JSON
 MANIFEST_NAME = "MANIFEST.json"      # {file name: {"sha256": hex, "bytes": size}} of a folder
 TRAINING_SECTIONS = ("stage0", "stage1", "stage2", "loss", "name")  # not part of the model id
+MAX_HEADER_BYTES = 16 * 1024 * 1024   # a model file's JSON header (the shipped one is ~30 KB)
+MAX_MODEL_BYTES = 4 * 1024 ** 3       # the largest model file read
 
 
 @dataclass
@@ -110,7 +118,10 @@ def read_meta(path) -> Dict:
         md = f.metadata() or {}
     if META_KEY not in md:
         raise ValueError(f"{path} is not an ofa-sdk file (no {META_KEY!r} metadata)")
-    return json.loads(md[META_KEY])
+    try:
+        return json.loads(md[META_KEY])
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path} has unreadable ofa-sdk metadata ({_why(e)})") from None
 
 
 def write_file(path, tensors: Dict, meta: Dict) -> None:
@@ -133,7 +144,7 @@ def read_manifest(folder) -> Dict[str, Dict]:
         if not isinstance(entries, dict) or not all(
                 isinstance(v, dict) and {"sha256", "bytes"} <= set(v) for v in entries.values()):
             raise ValueError("expected {name: {'sha256': ..., 'bytes': ...}}")
-    except ValueError as e:  # json.JSONDecodeError is a ValueError
+    except (ValueError, RecursionError) as e:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"model manifest {mf} is unreadable ({e}); restore it, or rewrite it "
                          f"with ofa_sdk.weights.write_manifest({str(mf.parent)!r})") from None
     return entries
@@ -201,6 +212,26 @@ def check_manifest(path, data: Optional[bytes] = None) -> bool:
     return True
 
 
+def _why(e: BaseException) -> str:
+    """A parse error in words (a RecursionError's own message names no input)."""
+    if isinstance(e, RecursionError):
+        return "JSON nested too deeply"
+    return str(e) or type(e).__name__
+
+
+def _read(path: Path) -> bytes:
+    """A model file's bytes: a regular file only, at most MAX_MODEL_BYTES, never blocking."""
+    from .images import read_file
+    try:
+        return read_file(path, MAX_MODEL_BYTES)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"model file {str(path)!r} not found ({e})") from None
+    except (OSError, ValueError) as e:
+        if str(e) == "empty file":
+            return b""                  # reported by _parse as a truncated file
+        raise ValueError(f"model file {path} cannot be read: {e}") from None
+
+
 def _parse(path: Path, data: bytes):
     """(metadata, tensors) of a safetensors file's bytes; ValueError naming the file when they
     are not a complete ofa-sdk model file."""
@@ -209,20 +240,27 @@ def _parse(path: Path, data: bytes):
     if len(data) < 8:
         raise ValueError(f"{bad}: {len(data)} bytes")
     n = int.from_bytes(data[:8], "little")
+    if n > MAX_HEADER_BYTES:
+        raise ValueError(f"{bad}: its header claims {n} bytes, over the {MAX_HEADER_BYTES} byte "
+                         f"limit of a model header")
     if n > len(data) - 8:
         raise ValueError(f"{bad}: its header claims {n} bytes, the file has {len(data)}")
     try:
         header = json.loads(data[8:8 + n])
-        md = (header.get("__metadata__") or {}) if isinstance(header, dict) else None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{bad}: unreadable header ({e})") from None
+        md = header.get("__metadata__") if isinstance(header, dict) else None
+        md = (md or {}) if isinstance(md, (dict, type(None))) else None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{bad}: unreadable header ({_why(e)})") from None
     if md is None or META_KEY not in md:
         raise ValueError(f"{path} is not an ofa-sdk file (no {META_KEY!r} metadata)")
     try:
         meta = json.loads(md[META_KEY])
         config = meta["config"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"model file {path} has unreadable ofa-sdk metadata ({e!r})") from None
+        if not isinstance(config, dict):
+            raise TypeError(f"config is a {type(config).__name__}, not an object")
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise ValueError(f"model file {path} has unreadable ofa-sdk metadata "
+                         f"({_why(e) if isinstance(e, RecursionError) else repr(e)})") from None
     try:
         tensors = load_bytes(data)
     except Exception as e:  # safetensors' own error type; never a raw one to the caller
@@ -237,10 +275,8 @@ def load_model(path, device=None) -> ModelBundle:
     from .models import OFAModel
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} not found")
     # one read: the bytes checked against the manifest are the bytes loaded
-    data = path.read_bytes()
+    data = _read(path)
     check_manifest(path, data)
     meta, config, tensors = _parse(path, data)
     legacy = file_id(data)
@@ -250,9 +286,10 @@ def load_model(path, device=None) -> ModelBundle:
         model = OFAModel(cfg)
         model.load_state_dict({k[len("model."):]: v.float() for k, v in tensors.items()
                                if k.startswith("model.")})
-    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        # RuntimeError includes RecursionError
         raise ValueError(f"model file {path} does not hold a model of its own configuration: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                         f"{_why(e).splitlines()[0]}") from None
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

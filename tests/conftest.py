@@ -41,3 +41,30 @@ def make_images(folder, n, seed, size=40, kind="noise"):
     """Small synthetic PNGs; 'kind' selects a family so two folders differ statistically."""
     from ofa_sdk.evaluation.synthetic import write_images
     return write_images(folder, n, seed, size, kind)
+
+
+def enrolled_gallery(folder, model, profiles):
+    """A gallery file ``folder/gallery.db`` with one profile per (name, kind) of ``profiles``,
+    each enrolled from its own folder of synthetic images (``folder/gen_<i>``)."""
+    from ofa_sdk import Attributor
+    g = folder / "gallery.db"
+    att = Attributor(model=model, backend="torch", gallery=g)
+    for i, (name, kind, n) in enumerate(profiles):
+        make_images(folder / f"gen_{i}", n, 10 + i, kind=kind)
+        att.enroll(name, folder / f"gen_{i}")
+    att.gallery.close()
+    return g
+
+
+def refused_model_files(folder, cases):
+    """Write each of ``cases`` (name -> bytes) as ``folder/<name>.safetensors``; each must be
+    refused by ``load_model`` with a ValueError naming the file. Returns {name: path}."""
+    from ofa_sdk.weights import load_model
+    paths = {}
+    for name, blob in cases.items():
+        bad = paths[name] = folder / f"{name}.safetensors"
+        bad.write_bytes(blob)
+        with pytest.raises(ValueError) as e:
+            load_model(bad)
+        assert str(bad) in str(e.value), (name, str(e.value))
+    return paths

@@ -1,0 +1,366 @@
+"""A scan's output file: JSONL or CSV rows written one at a time, read back to resume.
+
+    with ScanOutput("results.csv") as out:       # reads what is there, repairs a torn row
+        for r in att.scan("incoming/", skip=out.done):
+            out.write(r.to_dict())
+
+Rows: the fields of :data:`ofa_sdk.decision.RESULT_FIELDS`, one row per line in JSONL, one
+record per row in CSV after a header (``scores`` and ``provenance`` hold JSON text there). Each
+row is written whole with one unbuffered write and the file is fsynced when it is closed, so an
+interrupted scan (Ctrl-C, SIGTERM, SIGKILL, a full disk) loses no written row and leaves at most
+a torn last one.
+
+What is written, so that every output is valid UTF-8 and strict JSON or CSV:
+
+* **File names** (the ``source`` field) in a reversible escaped form: a byte of the name that
+  is not valid UTF-8 (Python's ``surrogateescape`` stands it for ``U+DC80``-``U+DCFF``) is
+  written as ``\\xNN`` (two lowercase hex digits), and a backslash as ``\\\\``; every other
+  character as it is. :func:`escape_name` / :func:`unescape_name` are the two directions; on
+  POSIX ``os.fsencode(unescape_name(s))`` gives the name's bytes back, and resume matches rows
+  to files through it.
+* Other text (errors, notes, provenance) with any lone surrogate written as ``\\xNN`` (or
+  ``\\uXXXX``), and non-finite numbers as ``null``/empty, so strict parsers in any language
+  accept the file.
+* **CSV cells** that begin with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return get a
+  leading single quote ``'`` (OWASP's CSV-injection guidance), so a spreadsheet shows them as
+  text instead of running them as a formula; a cell that begins with ``'`` gets one more, so
+  the rule is reversible (:func:`neutralise_cell` / :func:`restore_cell`). JSONL keeps the raw
+  value.
+
+Resume (:func:`read_output`): the sources of the complete rows already in the file are
+skipped. Only a torn last row is cut off: bytes after the last newline, and in CSV a last record
+still inside a quoted field at the end of the file (a write cut short inside a field that holds
+a newline). A damaged line anywhere else (a stray quote, a line that is not a row) is kept as it
+is and reported with its line number; the rows after it are read as usual, and the file whose
+row was damaged is scanned again. :attr:`ScanOutput.repaired` says what was done.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Set
+
+from .decision import JSON_FIELDS, RESULT_FIELDS
+
+SCAN_FIELDS = list(RESULT_FIELDS)
+CSV_DANGEROUS = ("=", "+", "-", "@", "\t", "\r")   # a spreadsheet may read these as a formula
+MAX_RECORD_LINES = 256   # a CSV record spanning more lines is a damaged line, not a row
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def _surrogate_repr(m: "re.Match") -> str:
+    c = ord(m.group())
+    return f"\\x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"\\u{c:04x}"
+
+
+def _has_surrogate(s: str) -> bool:
+    return not s.isascii() and _SURROGATE.search(s) is not None
+
+
+def escape_name(s: str) -> str:
+    """A file name as valid UTF-8 text, reversibly: ``\\`` -> ``\\\\``, an undecodable byte
+    (surrogate-escaped) -> ``\\xNN``; everything else unchanged."""
+    if "\\" not in s and not _has_surrogate(s):
+        return s
+    return _SURROGATE.sub(_surrogate_repr, s.replace("\\", "\\\\"))
+
+
+def unescape_name(s: str) -> str:
+    """The inverse of :func:`escape_name`: the name as Python holds it (undecodable bytes as
+    surrogates, as ``os.fsdecode`` gives them)."""
+    if "\\" not in s:
+        return s
+
+    def one(m: "re.Match") -> str:
+        t = m.group(1)
+        if t == "\\":
+            return "\\"
+        if t[0] == "x":
+            return chr(0xDC00 + int(t[1:], 16))
+        return chr(int(t[1:], 16))
+    return _ESCAPE.sub(one, s)
+
+
+def clean(value):
+    """``value`` with every string made valid UTF-8 (lone surrogates as ``\\xNN``) and every
+    non-finite float made None, through dicts and lists: what strict JSON and UTF-8 accept."""
+    if isinstance(value, str):
+        return _SURROGATE.sub(_surrogate_repr, value) if _has_surrogate(value) else value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {clean(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def neutralise_cell(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as text: ``'`` before a leading ``= + - @``, tab or CR
+    (and before a leading ``'``, so that :func:`restore_cell` undoes it exactly)."""
+    return "'" + cell if cell[:1] in CSV_DANGEROUS or cell[:1] == "'" else cell
+
+
+def restore_cell(cell: str) -> str:
+    """The value :func:`neutralise_cell` was given."""
+    return cell[1:] if cell[:1] == "'" else cell
+
+
+def output_row(d: Dict, fields: Sequence[str] = SCAN_FIELDS) -> Dict:
+    """The values a row of ``fields`` is written with (JSONL), from ``Attribution.to_dict()``:
+    the source escaped, the rest cleaned."""
+    return {k: escape_name(d[k]) if k == "source" and isinstance(d.get(k), str)
+            else clean(d.get(k)) for k in fields}
+
+
+def jsonl_line(d: Dict, fields: Sequence[str] = SCAN_FIELDS) -> bytes:
+    """One JSONL row: strict JSON (no NaN, no lone surrogate), one line."""
+    return (json.dumps(output_row(d, fields), allow_nan=False) + "\n").encode("utf-8")
+
+
+def _csv_cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return '"' + v.replace('"', '""') + '"' if any(c in v for c in ',"\r\n') else v
+    return str(v)
+
+
+def csv_line(values: Sequence) -> bytes:
+    """One CSV record of ``values`` (text cells as given), ended by a newline: what
+    ``csv.writer`` writes, except that a cell holding a carriage return is quoted too (the
+    csv module quotes only the characters of its line terminator, and its reader would end the
+    record at that carriage return)."""
+    return (",".join(_csv_cell(v) for v in values) + "\n").encode("utf-8")
+
+
+def csv_row(d: Dict, columns: Sequence[str]) -> bytes:
+    """One CSV row of ``columns``: JSON fields as JSON text, text cells neutralised."""
+    row = output_row(d, columns)
+    cells = []
+    for k in columns:
+        v = row[k]
+        if k in JSON_FIELDS:
+            v = json.dumps(v, allow_nan=False)
+        cells.append(neutralise_cell(v) if isinstance(v, str) else v)
+    return csv_line(cells)
+
+
+@dataclass
+class OutputState:
+    """What :func:`read_output` found in a scan's output file."""
+    done: Set[str] = field(default_factory=set)   # sources of its complete rows (unescaped)
+    header: Optional[List[str]] = None            # CSV header, None for JSONL or an empty file
+    end: int = 0                                   # byte offset where its last complete row ends
+    size: int = 0                                  # the file's size
+    rows: int = 0                                  # complete rows read
+    damaged: List[int] = field(default_factory=list)   # line numbers (1-based) of damaged lines
+
+    @property
+    def torn_bytes(self) -> int:
+        """Bytes of a torn last row (after :attr:`end`)."""
+        return self.size - self.end
+
+
+def _csv_record(lines: List[str]):
+    """Parse ``lines`` as exactly one CSV record: (fields, None), or (None, "open") when the
+    record is still inside a quoted field at the end, or (None, "bad")."""
+    try:
+        recs = list(csv.reader(lines, strict=True))
+    except csv.Error as e:
+        return None, "open" if "unexpected end of data" in str(e) else "bad"
+    return (recs[0], None) if len(recs) == 1 else (None, "bad")
+
+
+def _lines(f) -> Iterator[tuple]:
+    """(line number, byte offset, text, byte length) of each complete line (one ending with a
+    newline) of a binary file."""
+    off = 0
+    for no, raw in enumerate(f, 1):
+        if not raw.endswith(b"\n"):
+            return                      # torn: no newline at the end
+        yield no, off, raw.decode("utf-8", "surrogateescape"), len(raw)
+        off += len(raw)
+
+
+def _read_jsonl(lines: Iterator[tuple], st: OutputState) -> None:
+    for no, off, text, n in lines:
+        st.end = off + n
+        try:
+            row = json.loads(text)
+            src = row["source"]
+            if not isinstance(src, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            st.damaged.append(no)       # not a row: kept as it is, reported
+            continue
+        st.rows += 1
+        st.done.add(unescape_name(src))
+
+
+def _read_csv(lines: Iterator[tuple], st: OutputState) -> None:
+    """Records of CSV ``lines`` into ``st``. A record is read line by line: while it is inside
+    a quoted field (a field holding a newline) the next line is added, up to
+    :data:`MAX_RECORD_LINES`; a line that starts no valid record is damaged, and the lines read
+    after it are read again as the records they are."""
+    todo: List[tuple] = []              # lines to read again (after a damaged one), a stack
+    pending: List[tuple] = []           # the lines of a record still inside a quoted field
+
+    def damaged(line: tuple) -> None:
+        st.damaged.append(line[0])
+        st.end = line[1] + line[3]
+
+    while True:
+        line = todo.pop() if todo else next(lines, None)
+        if line is None:
+            if not pending:
+                return
+            # the end of the file inside a quoted field: a torn last record (cut off: st.end
+            # stays before it), unless complete rows follow its first line (then it was damaged)
+            rest = OutputState(header=st.header)
+            _read_csv(iter(pending[1:]), rest)
+            if not rest.rows:
+                return
+            damaged(pending[0])
+            todo.extend(reversed(pending[1:]))
+            pending = []
+            continue
+        pending.append(line)
+        fields, why = _csv_record([x[2] for x in pending])
+        if fields is None and why == "open" and len(pending) < MAX_RECORD_LINES:
+            continue                    # a quoted field holding a newline: read on
+        if fields is not None and st.header is None:
+            st.header = fields
+        elif fields is not None and "source" in st.header and len(fields) == len(st.header):
+            st.rows += 1
+            st.done.add(unescape_name(restore_cell(fields[st.header.index("source")])))
+        else:                           # no row starts here: the first line is damaged, the
+            damaged(pending[0])         # others are read again
+            todo.extend(reversed(pending[1:]))
+            pending = []
+            continue
+        st.end = pending[-1][1] + pending[-1][3]
+        pending = []
+
+
+def read_output(path) -> OutputState:
+    """Read a scan's output file in one streaming pass (see the module docstring)."""
+    path = Path(path)
+    st = OutputState()
+    if not path.exists():
+        return st
+    st.size = path.stat().st_size
+    with open(path, "rb") as f:
+        (_read_csv if path.suffix.lower() == ".csv" else _read_jsonl)(_lines(f), st)
+    return st
+
+
+class ScanOutput:
+    """A scan's output file opened for appending rows, after resume and repair.
+
+    ``done``: the sources (as ``str(path)``) of the rows already there; ``columns``: the CSV
+    columns rows are written with (a file of another version keeps its own); ``repaired``:
+    what resuming did (``torn_bytes_cut``, ``damaged_lines``, the line numbers of damaged
+    lines kept as they are). Raises ValueError for a CSV file that is not a scan's output."""
+
+    def __init__(self, path, fields: Sequence[str] = SCAN_FIELDS):
+        self.path = Path(path)
+        self.is_csv = self.path.suffix.lower() == ".csv"
+        st = read_output(self.path)
+        if self.is_csv and st.header is not None and "source" not in st.header:
+            raise ValueError(f"{self.path} is a CSV file without a 'source' column, not a "
+                             f"scan's output; write the scan to another file")
+        self.done = st.done
+        self.columns = list(st.header or fields)
+        self._header = self.is_csv and st.header is None
+        self.repaired = {"torn_bytes_cut": st.torn_bytes, "damaged_lines": st.damaged}
+        if st.torn_bytes:
+            with open(self.path, "r+b") as f:
+                f.truncate(st.end)
+        self._f = None
+
+    def open(self) -> "ScanOutput":
+        self._f = open(self.path, "ab", buffering=0)
+        if self._header:
+            self._append(csv_line(self.columns))
+            self._header = False
+        return self
+
+    def _append(self, data: bytes) -> None:
+        """Append ``data`` with one write call (a raw, unbuffered file: a row is written whole
+        or, on a kill in the middle of a short write, cut off and repaired by the next run)."""
+        view = memoryview(data)
+        while view:
+            n = self._f.write(view)
+            view = view[n:]
+
+    def write(self, d: Dict) -> None:
+        """Append one row, ``Attribution.to_dict()``'s fields."""
+        self._append(csv_row(d, self.columns) if self.is_csv else jsonl_line(d))
+
+    def close(self) -> None:
+        if self._f is not None:
+            try:
+                os.fsync(self._f.fileno())
+            finally:
+                self._f.close()
+                self._f = None
+
+    def __enter__(self) -> "ScanOutput":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StopSignals:
+    """SIGINT and SIGTERM stop a scan at any point: the handler raises KeyboardInterrupt
+    (which breaks out of a wait on a decode, an engine call or a sleep) and records the request,
+    so a KeyboardInterrupt swallowed on its way (one raised inside a finaliser is only printed)
+    still stops the scan at the next row (:attr:`requested`). Inside :meth:`deferred` (writing a
+    row) the signal is only recorded, so a row is never half written. Installed only from the
+    main thread (the only one Python runs signal handlers in); elsewhere it does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._deferring = False
+        self._old: Dict[int, object] = {}
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        if not self._deferring:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a stop was requested."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
