@@ -17,9 +17,10 @@ Sections:
 * ``policy``: the default (shipped model, default crops and engine) against the previous
   default as it ran (``--previous`` model file, one crop, torch), same images, same run.
 * ``gallery``: attribution cost beyond the fingerprint against 10, 100, 1,000, 10,000 profiles
-  of 100 supports, for both rules, per query image (batch of 16 queries, synthetic
+  of 100 supports, for every rule, per query image (batch of 16 queries, synthetic
   fingerprints); for the pair rule the backend that ran (the C++ kernel when built) against the
-  numpy composition it replaces (same run, up to 1,000 profiles), the prototype prefilter
+  numpy composition it replaces (same run, up to 1,000 profiles), the Gaussian rule's snapshot
+  preparation, leave-one-out threshold fit and bytes per profile, the prototype prefilter
   (``PairRule(prefilter=K)``), and
   its top-1 agreement with exhaustive scoring on real fingerprints of the development sets.
 * ``scan``: a folder scan (files on disk, PNG decode, the SDK's prefetch) against pure
@@ -246,7 +247,7 @@ def section_policy(a, report):
 
 def section_gallery(a, report):
     from ofa_sdk.kernels import dispatch
-    from ofa_sdk.scoring import Calibration, PairHeadWeights, PairRule, PrototypeRule, unit
+    from ofa_sdk.scoring import Calibration, PairHeadWeights, PairRule, PrototypeRule, make_rule, unit
     from ofa_sdk.weights import load_default_model
     bundle = load_default_model()
     d = bundle.config.extractor.dim
@@ -262,6 +263,16 @@ def section_gallery(a, report):
         row = {}
         st = proto.prepare(supports)
         row["prototype_ms_per_image"] = 1e3 * median_time(lambda: proto.scores(st, queries), a.repeats) / len(queries)
+        # the Gaussian rule (the default): scoring, preparing the snapshot (once per set of
+        # profiles), one profile's leave-one-out threshold fit, and its state's bytes per profile
+        gauss = make_rule("gaussian", bundle)
+        t0 = time.perf_counter()
+        gs = gauss.prepare(supports)
+        row["gaussian_prepare_s"] = time.perf_counter() - t0
+        row["gaussian_ms_per_image"] = 1e3 * median_time(lambda: gauss.scores(gs, queries), a.repeats) / len(queries)
+        row["gaussian_bytes_per_profile"] = gs.nbytes / P
+        row["gaussian_loo_ms_per_profile"] = 1e3 * median_time(
+            lambda: gauss.leave_one_out(supports[0], 1), a.repeats)
         pair = PairRule(head)
         ps = pair.prepare(supports)
         reps = 1 if P >= 1000 else a.repeats

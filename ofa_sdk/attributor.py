@@ -17,6 +17,7 @@ profiles) and caches per-profile thresholds. It does little else.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -38,6 +39,23 @@ def crop_counts(prof: Profile):
     return counts if counts is not None else int(prof.metadata.get("crops", 1))
 
 
+def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
+    """Metadata of ``old`` extended by a new enrollment's: counts summed, crop counts appended,
+    the mean spectrum weighted by images (returned under ``_spectrum``)."""
+    counts = crop_counts(old)
+    counts = list(counts) if not isinstance(counts, int) else [counts] * (len(old.support) // counts)
+    meta = {**old.metadata, **{k: v for k, v in new.items() if k not in ("images", "used", "skipped")}}
+    for k in ("images", "used", "skipped"):
+        meta[k] = int(old.metadata.get(k, 0)) + int(new[k])
+    meta["crop_counts"] = counts + new["crop_counts"]
+    meta["added_at"] = list(old.metadata.get("added_at", [])) + [new["enrolled_at"]]
+    meta["enrolled_at"] = old.metadata.get("enrolled_at", new["enrolled_at"])
+    n_old, n_new = len(counts), len(new["crop_counts"])
+    meta["_spectrum"] = spectrum if old.spectrum is None or old.spectrum.shape != spectrum.shape \
+        else ((old.spectrum * n_old + spectrum * n_new) / (n_old + n_new)).astype(np.float32)
+    return meta
+
+
 class Attributor:
     """Fingerprint, enroll, score, attribute and scan images with one model and one gallery.
 
@@ -49,8 +67,9 @@ class Attributor:
     ``small``: the policy for images smaller than the crop; ``max_pixels``: the
     decompression-bomb limit; ``max_bytes``: the largest file read (larger ones, and anything
     that is not a regular file, are per-item errors, never read); ``provenance``: read what
-    encoded files declare about their origin. ``rule``: "prototype" or "pair" (default:
-    prototype for a calibrated model);
+    encoded files declare about their origin. ``rule``: "gaussian", "prototype" or "pair"
+    (default: the first the model is calibrated for, in that order; :mod:`ofa_sdk.scoring`);
+    ``whiten="gallery"``: the Gaussian rule whitened by the gallery's pooled covariance;
     ``threshold``: "profile" (default) or a number; ``profile_quantile``: the share of a
     generator's own images a profile threshold rejects. ``batch_size``: crops per engine call;
     ``workers``: decoding threads; ``engine_options``: per engine, constructor keywords.
@@ -64,7 +83,7 @@ class Attributor:
                  profile_quantile: float = decision.DEFAULT_FRACTION,
                  max_pixels: int = imio.MAX_PIXELS, provenance: bool = True,
                  max_bytes: int = imio.MAX_BYTES,
-                 engine_options: Optional[Dict[str, Dict]] = None):
+                 engine_options: Optional[Dict[str, Dict]] = None, whiten: Optional[str] = None):
         from .backends import select_engine
         from .weights import ModelBundle, load_default_model, load_model
 
@@ -84,12 +103,13 @@ class Attributor:
         if not 0 < profile_quantile < 1:
             raise ValueError(f"profile_quantile must be in (0, 1), got {profile_quantile!r}")
         self.profile_quantile = float(profile_quantile)
-        self.rule = scoring.make_rule(rule, self.bundle)
+        self.rule = scoring.make_rule(rule, self.bundle, whiten)
         self.strict = strict
         self._engine, self.backend_note = select_engine(backend, self.bundle, device, strict,
                                                         engine_options)
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
         self._own: Dict[Tuple, Any] = {}
+        self._state: Tuple[Any, Any, Any] = (None, None, None)   # (rule, profiles, prepared)
 
     # -- what runs -------------------------------------------------------------------------------
     @property
@@ -159,13 +179,19 @@ class Attributor:
         return finish(out, errs, errors)
 
     # -- gallery ---------------------------------------------------------------------------------
-    def enroll(self, name: str, images, *, overwrite: bool = False,
+    def enroll(self, name: str, images, *, overwrite: bool = False, add: bool = False,
                metadata: Optional[Dict] = None, min_images: int = 1) -> Profile:
         """Make a generator profile from a support set and store it. Unusable support images are
         skipped and counted in the profile's metadata; fewer than ``min_images`` usable ones
-        raise :class:`InputError`."""
-        if not overwrite and name in self.gallery:
-            raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it")
+        raise :class:`InputError`. ``add=True`` adds the images to an existing profile's
+        support instead (every rule's state is rebuilt from the support, so the profile's
+        mean, covariance and threshold follow)."""
+        if overwrite and add:
+            raise ValueError("enroll: overwrite=True replaces a profile, add=True extends it; pass one")
+        old = self._profile(name) if add and name in self.gallery else None
+        if not (overwrite or add) and name in self.gallery:
+            raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it "
+                               f"or add=True to add these images to it")
         zs, specs, skipped, sources = [], [], [], 0
         for i, e in enumerate(self.embed_stream(imio.iter_items(images), spectra=True)):
             sources += 1
@@ -185,10 +211,14 @@ class Attributor:
                 "enrolled_at": time.time()}
         meta.update(metadata or {})
         spectrum = np.mean(specs, axis=0).astype(np.float32)
+        if old is not None:
+            meta = _added(old, meta, spectrum)
+            spectrum = meta.pop("_spectrum")
+            support = np.concatenate([old.support, support])
         head = scoring.PairHeadWeights.from_module(self.bundle.model.pair_head)
         prof = Profile(name, self.model_id, support, head.support_part(support), meta,
                        time.time(), spectrum)
-        self.gallery.put(prof, overwrite=overwrite)
+        self.gallery.put(prof, overwrite=overwrite or old is not None)
         return prof
 
     def profiles(self) -> List[Dict]:
@@ -197,21 +227,31 @@ class Attributor:
     def _profile(self, name: str) -> Profile:
         return self.gallery.get(name, model_id=self.bundle.ids)
 
-    def _own_of(self, prof: Profile):
-        """How a loaded profile's own images score, cached per (name, enrollment time)."""
-        key = (prof.name, prof.created, self.rule.name)
+    def _own_of(self, prof: Profile, state=None):
+        """How a loaded profile's own images score, cached per (name, enrollment time, rule,
+        and the snapshot's whitener when the rule whitens by the gallery: another set of
+        profiles is another whitener, so the cache never goes stale). ``state``: the
+        snapshot's prepared state."""
+        w = getattr(state, "whitener", None)
+        wkey = None if w is None else hashlib.sha256(w.tobytes()).hexdigest()
+        key = (prof.name, prof.created, self.rule.name, wkey)
         if key not in self._own:
             self._own[key] = decision.own_scores(self.rule, prof.support, crop_counts(prof),
-                                                 prof.support_part)
+                                                 prof.support_part, None if w is None else state)
         return self._own[key]
 
-    def _threshold_of(self, prof: Profile) -> float:
-        return decision.threshold_of(self.rule, self._own_of(prof), self.profile_quantile)
+    def _threshold_of(self, prof: Profile, state=None) -> float:
+        return decision.threshold_of(self.rule, self._own_of(prof, state), self.profile_quantile)
 
     def profile_threshold(self, name: str) -> float:
         """The threshold ``threshold="profile"`` holds profile ``name``'s scores to (see
-        :mod:`ofa_sdk.decision`)."""
-        return self._threshold_of(self._profile(name))
+        :mod:`ofa_sdk.decision`); for a rule that whitens by the gallery, in a snapshot of the
+        whole gallery."""
+        prof = self._profile(name)
+        if getattr(self.rule, "whiten", None) is None:
+            return self._threshold_of(prof)
+        snap = self.snapshot(threshold="profile")
+        return snap.thresholds[snap.names.index(name)]
 
     def snapshot(self, profiles: Optional[Sequence[str]] = None,
                  threshold: Union[float, str, None] = None) -> GallerySnapshot:
@@ -221,10 +261,16 @@ class Attributor:
         thr = self.threshold if threshold is None else decision.parse_threshold(threshold)
         names = list(profiles) if profiles is not None else self.gallery.names()
         profs = [self._profile(n) for n in names]
-        state = self.rule.prepare([p.support for p in profs], [p.support_part for p in profs])
-        thresholds = tuple(self._threshold_of(p) if thr == "profile" else float(thr) for p in profs)
+        key = tuple((p.name, p.created) for p in profs)
+        rule, known, state = self._state
+        if rule is not self.rule or known != key:    # prepared once per set of profiles
+            state = self.rule.prepare([p.support for p in profs], [p.support_part for p in profs],
+                                      counts=[crop_counts(p) for p in profs])
+            self._state = (self.rule, key, state)
+        thresholds = tuple(self._threshold_of(p, state) if thr == "profile" else float(thr)
+                           for p in profs)
         return GallerySnapshot(self.model_id, tuple(names), self.rule, state, thresholds,
-                               tuple(self._own_of(p) for p in profs))
+                               tuple(self._own_of(p, state) for p in profs))
 
     # -- scores ------------------------------------------------------------------------------------
     def scores(self, images, profiles: Optional[Sequence[str]] = None,

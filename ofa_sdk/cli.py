@@ -88,7 +88,10 @@ def _common(p: argparse.ArgumentParser):
                         "for the onnxruntime and tensorrt engines (default: beside the model, "
                         "else exported into the cache)")
     p.add_argument("--rule", default=None, choices=RULES,
-                   help="score rule (default: prototype for a calibrated model, else pair)")
+                   help="score rule (default: the first of these the model is calibrated for; "
+                        "pair needs no calibration)")
+    p.add_argument("--whiten", default=None, choices=["gallery"],
+                   help="gaussian rule: whiten by the enrolled profiles' pooled covariance")
     p.add_argument("--json", action="store_true", help="JSON output")
 
 
@@ -102,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-cluster", metavar="DIR/cluster-ID", default=None,
                    help="enroll the images of a cluster that 'ofa-sdk discover' found")
     p.add_argument("--overwrite", action="store_true")
-
+    p.add_argument("--add", action="store_true",
+                   help="add the images to an existing profile (its support grows)")
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
     _common(p)
     p = sub.add_parser("verify", help="score images against one enrolled generator")
@@ -196,7 +200,7 @@ def _attributor(a):
                if a.graphs else None)
     return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
                       batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule,
-                      engine_options=options, max_bytes=a.max_bytes)
+                      engine_options=options, max_bytes=a.max_bytes, whiten=a.whiten)
 
 
 def _fmt(v) -> str:
@@ -235,13 +239,12 @@ def cmd_enroll(a, att) -> int:
               file=sys.stderr)
         return 2
     paths = _paths(a.sources)
-
     if a.limit:
         paths = paths[: a.limit]
     if not paths:
         print(f"error: no images found in {' '.join(a.sources)}", file=sys.stderr)
         return 2
-    prof = att.enroll(a.name, paths, overwrite=a.overwrite)
+    prof = att.enroll(a.name, paths, overwrite=a.overwrite, add=a.add)
     return _enrolled(a, att, prof)
 
 
@@ -316,7 +319,7 @@ def _scan_ray(a) -> int:
     s = scan_dataset(a.sources, a.output, model=a.model, gallery=a.gallery, threshold=a.threshold,
                      crops=a.crops, small=a.small, backend=a.backend, address=a.address,
                      batch_size=a.batch_size, concurrency=a.concurrency, num_gpus=a.num_gpus,
-                     rule=a.rule)
+                     rule=a.rule, whiten=a.whiten)
     print(json.dumps(s) if a.json else f"wrote {s['written']} rows to {s['output']} "
           f"({s['errors']} errors; {s['skipped_already_done']} already done)")
     return 1 if s["errors"] else 0

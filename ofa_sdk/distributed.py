@@ -418,12 +418,12 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
                  small: str = "reject", backend: str = "auto", address: Optional[str] = None,
                  batch_size: int = 32, concurrency: Union[int, Tuple[int, int], None] = None,
                  num_gpus: float = 0, format: Optional[str] = None,
-                 rule: Optional[str] = None) -> Dict[str, Any]:
+                 rule: Optional[str] = None, whiten: Optional[str] = None) -> Dict[str, Any]:
     """Attribute every image of ``sources`` on a Ray cluster; write one row per input into the
     folder ``output`` (Parquet or JSONL part files); skip sources already written there.
 
     ``sources``: local folders, globs or files, or URIs Ray's readers accept (``s3://...``).
-    ``model``/``gallery``/``profiles``/``threshold``/``crops``/``small``/``rule``: as for
+    ``model``/``gallery``/``profiles``/``threshold``/``crops``/``small``/``rule``/``whiten``: as for
     :class:`~ofa_sdk.Attributor` and :meth:`~ofa_sdk.Attributor.snapshot`. ``backend``: the
     engine each actor builds. ``address``: the Ray cluster (``ray.init(address)``; default: the
     running one, ``$RAY_ADDRESS``, or a local one). ``batch_size``: images per batch in both
@@ -452,7 +452,8 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
 
     # the driver: the snapshot (profiles, rule state, thresholds), made once, put once
     att = Attributor(model=model, backend="torch", device="cpu", gallery=gallery, crops=crops,
-                     small=small, threshold=threshold, rule=rule, batch_size=batch_size)
+                     small=small, threshold=threshold, rule=rule, batch_size=batch_size,
+                     whiten=whiten)
     policy = InputPolicy(att.crop, crops, small)
     snap_ref = ray.put(att.snapshot(profiles, threshold))
     model_arg = model_ref = None

@@ -203,3 +203,34 @@ def test_gaussian_needs_its_calibration_and_whiten_needs_the_rule(tiny_model, ga
         Attributor(model=tiny_model, rule="gaussian")
     with pytest.raises(ValueError, match="whiten"):
         Attributor(model=gauss_model, rule="prototype", whiten="gallery")
+
+
+def test_enrolling_more_images_updates_the_profile(gauss_model, tmp_path):
+    a = make_images(tmp_path / "a", 9, 2, kind="noise")
+    att = Attributor(model=gauss_model, crops=4)
+    att.enroll("gen-a", a[:4])
+    before = att.snapshot()
+    with pytest.raises(Exception, match="add=True"):
+        att.enroll("gen-a", a[4:7])
+    with pytest.raises(ValueError, match="pass one"):
+        att.enroll("gen-a", a[4:7], add=True, overwrite=True)
+    prof = att.enroll("gen-a", a[4:7], add=True)
+    # the support is the union, in order, and the rule's state is the refit on it
+    want = np.concatenate([e.z for e in att.embed_stream(a[:7])])
+    np.testing.assert_allclose(prof.support, want, atol=1e-6)
+    assert prof.metadata["used"] == 7 and prof.metadata["crop_counts"] == [4] * 7
+    assert len(prof.metadata["added_at"]) == 1
+    after = att.snapshot()
+    ref = GaussianRule(att.rule.calibration, prior_var=att.rule.prior_var).prepare([want], counts=[4])
+    np.testing.assert_allclose(after.state.means, ref.means, atol=1e-6)
+    assert not np.allclose(after.state.means, before.state.means)
+    assert after.thresholds != before.thresholds        # the threshold follows the support
+    # a profile stored by an older SDK (one crop count for all images, no per-image counts)
+    # is scored from its stored support exactly as the same profile stored today
+    from ofa_sdk.gallery import Profile
+    legacy = {k: v for k, v in prof.metadata.items() if k != "crop_counts"}
+    att.gallery.put(Profile("legacy", prof.model_id, prof.support, prof.support_part, legacy,
+                            prof.created + 1, prof.spectrum))
+    s = att.scores(a[7:])
+    np.testing.assert_allclose(s[:, att.gallery.names().index("legacy")],
+                               s[:, att.gallery.names().index("gen-a")], rtol=1e-9)
