@@ -1,8 +1,5 @@
-"""ofa-sdk packaging.
-
-``training/`` and ``kernels/`` live at the repository root (the product's layout) and are
-installed *inside* the SDK as ``ofa_sdk.training`` and ``ofa_sdk.kernels`` (package_dir mapping),
-so an installed distribution adds exactly one top-level name, ``ofa_sdk``.
+"""ofa-sdk packaging: one top-level package, ``ofa_sdk`` (its subpackages found by
+``find_packages``), plus the optional native extensions below.
 """
 import os
 import platform
@@ -12,7 +9,7 @@ import subprocess
 import sys
 from glob import glob
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 # ------------------------------------------------------------------ optional native extensions
@@ -208,16 +205,14 @@ setup(
     version="0.1.0",
     description="Attribution of synthetic images to their generators, trained on real photos only",
     python_requires=">=3.10",
-    packages=["ofa_sdk", "ofa_sdk.models", "ofa_sdk.evaluation", "ofa_sdk.training",
-              "ofa_sdk.kernels"],
-    package_dir={"ofa_sdk.training": "training", "ofa_sdk.kernels": "kernels"},
+    packages=find_packages(include=["ofa_sdk", "ofa_sdk.*"]),
     package_data={"ofa_sdk": ["weights/*.safetensors", "weights/*.json", "weights/engines/*/*.onnx"]},
     install_requires=["torch>=2.4", "numpy>=1.24", "pillow>=10", "safetensors>=0.4", "tqdm>=4.60"],
     extras_require={
         # each extra installs exactly what its code path imports
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],   # backends/onnxruntime.py, graphs.py
         "tensorrt": ["tensorrt>=10"],                                     # backends/tensorrt.py (CUDA)
-        "triton": ["triton>=3.0"],                                        # kernels/*.py (CUDA)
+        "triton": ["triton>=3.0"],                                        # ofa_sdk/kernels/*.py (CUDA)
         "c2pa": ["c2pa-python>=0.38"],                                    # provenance.py, C2PA manifests
         "eval": ["matplotlib"],                                           # benchmarks/harness.py plots
         "ray": ["ray[data]>=2.60", "aiohttp"],                            # distributed.py
