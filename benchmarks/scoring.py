@@ -5,7 +5,7 @@ embedding pass (fingerprints and residual spectra of every crop).
 
 Rules (score of a query q against a target's support S; q and each s have k crop fingerprints):
 * ``pair-prob``   mean over crops and support of sigmoid(g(z_s, z_q)) -- the paper's score
-  (``pair-prob`` and ``proto-cos`` are computed by ``Attributor.support_scores`` itself);
+  (``pair-prob`` and ``proto-cos`` are computed by ``ofa_sdk.evaluation.support.support_scores`` itself);
 * ``pair-logit``  the same mean taken over logits (before the sigmoid);
 * ``pair-zmean``  sigmoid(g) on crop-averaged fingerprints, mean over the support images;
 * ``proto-cos``   cosine of the crop-averaged query fingerprint to the mean support fingerprint
@@ -29,6 +29,7 @@ from common import embed_split, record_rules, set_parser, write
 from eval_wild import load_classes
 from ofa_sdk import Attributor
 from ofa_sdk.evaluation.runner import cosine_to_mean
+from ofa_sdk.evaluation.support import support_scores
 from ofa_sdk.images import from_tensor
 from ofa_sdk.scoring import unit
 
@@ -66,7 +67,7 @@ def rules(att, emb, split, centre=None):
 
     def sdk(t, c, rule):  # exactly what Attributor.verify returns with that rule
         sz = np.concatenate([emb[t].z[i] for i in split.support[t]])
-        return att.support_scores([emb[c].z[i] for i in split.query[c]], sz, rule=rule)
+        return support_scores(att, [emb[c].z[i] for i in split.query[c]], sz, rule=rule)
 
     def pair_logit(t, c):
         sz = np.concatenate([emb[t].z[i] for i in split.support[t]])

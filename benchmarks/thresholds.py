@@ -4,12 +4,12 @@ accepts (FAR), over random support draws.
 
     python benchmarks/thresholds.py --set benchmarks/data/dev-sim --crops 1 4
 
-Estimators, both from the support images' leave-one-out scores (``Attributor.leave_one_out_scores``):
+Estimators, both from the support images' leave-one-out scores (``ofa_sdk.evaluation.support.leave_one_out_scores``):
 * ``quantile``  the empirical ``fraction`` quantile of the scores (the SDK's rule before);
-* ``bound``     ``Attributor.support_threshold``: a normal prediction bound on log(1 - score)
+* ``bound``     ``support_threshold``: a normal prediction bound on log(1 - score)
   (``ofa_sdk.scoring.self_threshold``), the SDK's rule now.
 Each draw: n support images of a class, ``--queries`` other images of it, and ``--queries``
-images of every other class, all scored by ``Attributor.support_scores``.
+images of every other class, all scored by ``support_scores``.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from common import set_parser, write
 from eval_wild import load_classes
 from ofa_sdk import Attributor
 from ofa_sdk.evaluation.runner import embed_items
+from ofa_sdk.evaluation.support import leave_one_out_scores, support_scores, support_threshold
 
 
 def run(att, emb, ns, draws, queries, fraction, seed=0):
@@ -37,13 +38,13 @@ def run(att, emb, ns, draws, queries, fraction, seed=0):
             for t in classes:
                 perm = rng.permutation(len(emb[t]))
                 sup = np.concatenate([emb[t][i] for i in perm[:n]])
-                own = att.support_scores([emb[t][i] for i in perm[n:n + queries]], sup)
-                oth = np.concatenate([att.support_scores([emb[c][i] for i in rng.permutation(len(emb[c]))[:queries]], sup)
+                own = support_scores(att, [emb[t][i] for i in perm[n:n + queries]], sup)
+                oth = np.concatenate([support_scores(att, [emb[c][i] for i in rng.permutation(len(emb[c]))[:queries]], sup)
                                       for c in classes if c != t])
-                loo = att.leave_one_out_scores(sup, k)
+                loo = leave_one_out_scores(att, sup, k)
                 loo = att.rule.to_prob(loo)
                 for name, thr in (("quantile", float(np.quantile(loo, fraction))),
-                                  ("bound", att.support_threshold(sup, k))):
+                                  ("bound", support_threshold(att, sup, k))):
                     rows[name].append(((own < thr).mean(), (oth >= thr).mean()))
         out[n] = {m: {"frr": float(np.mean([r[0] for r in v])), "frr_sd": float(np.std([r[0] for r in v])),
                       "far": float(np.mean([r[1] for r in v])), "far_sd": float(np.std([r[1] for r in v]))}

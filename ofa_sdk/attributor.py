@@ -315,26 +315,6 @@ class Attributor:
             raise InputError([(0, e.source, e.error)])
         return e.z
 
-    def support_scores(self, query_z: Sequence[np.ndarray], support_z: np.ndarray,
-                       rule: Optional[str] = None) -> np.ndarray:
-        """(Q,) scores of query images (each (k, d) crop fingerprints, as ``embed_stream``
-        yields them) against one support set of (S, d) fingerprints, with this Attributor's
-        rule or the named one. Used by the evaluation runner."""
-        r = self.rule if rule in (None, self.rule.name) else scoring.make_rule(rule, self.bundle)
-        return r.scores(r.prepare([support_z]), list(query_z))[:, 0]
-
-    def leave_one_out_scores(self, support_z: np.ndarray, crops,
-                             support_part: Optional[np.ndarray] = None) -> np.ndarray:
-        """(S,) each support image scored against the other S - 1, on the rule's raw scale."""
-        return self.rule.leave_one_out(support_z, crops, support_part)
-
-    def support_threshold(self, support_z: np.ndarray, crops,
-                          support_part: Optional[np.ndarray] = None) -> float:
-        """What :meth:`profile_threshold` returns for a support set of (S * crops, d)
-        fingerprints."""
-        return decision.profile_threshold(self.rule, support_z, crops, self.profile_quantile,
-                                          support_part)
-
     # -- decisions ---------------------------------------------------------------------------------
     def attribute(self, images, threshold: Union[float, str, None] = None,
                   profiles: Optional[Sequence[str]] = None) -> List[Attribution]:

@@ -16,6 +16,7 @@ import pytest
 from conftest import make_images
 from ofa_sdk import Attributor
 from ofa_sdk.backends import Engine, ENGINES, register, select_engine
+from ofa_sdk.evaluation.support import support_scores
 
 PINNED = Path(__file__).parent / "data" / "pinned_shipped.json"
 
@@ -51,7 +52,7 @@ def pinned_values(crops) -> dict:
     zs = [e.z for e in att.embed_stream(ims)]
     sup = np.concatenate(zs[:3])
     for rule in ("prototype", "pair"):
-        out[f"scores_{rule}_crops{crops}"] = np.asarray(att.support_scores(zs[3:], sup, rule=rule)).tolist()
+        out[f"scores_{rule}_crops{crops}"] = np.asarray(support_scores(att, zs[3:], sup, rule=rule)).tolist()
     for rule, suffix in (("prototype", ""), ("pair", "_pair")):
         a = Attributor(model=att.bundle, crops=crops, rule=rule, backend="torch")
         a.enroll("a", ims[:3])

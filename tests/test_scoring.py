@@ -5,6 +5,7 @@ import pytest
 
 from conftest import make_images
 from ofa_sdk import Attributor
+from ofa_sdk.evaluation.support import leave_one_out_scores, support_scores
 from ofa_sdk.scoring import Calibration, fit_logistic, prototype
 from ofa_sdk.weights import load_model, read_meta, update_meta
 
@@ -64,9 +65,9 @@ def test_score_rules_by_hand(tiny_model, calibrated, tmp_path):
         assert abs(r.scores["gen-a"] - w) < 1e-5
     # the runner's batch path agrees with verify, for both rules
     embedded = [e.z for e in att.embed_stream(a[3:] + b[3:])]
-    np.testing.assert_allclose(att.support_scores(embedded, crops_a), want, atol=1e-5)
+    np.testing.assert_allclose(support_scores(att, embedded, crops_a), want, atol=1e-5)
     pair = Attributor(model=load_model(calibrated), crops=4, rule="pair", gallery=att.gallery)
-    np.testing.assert_allclose(pair.support_scores(embedded, crops_a),
+    np.testing.assert_allclose(support_scores(pair, embedded, crops_a),
                                pair.verify(a[3:] + b[3:], "gen-a"), atol=1e-5)
     s = att.same_source(a[3], b[3])
     za, zb = att.fingerprint([a[3], b[3]])
@@ -106,7 +107,7 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
             q = prof.support[2 * i:2 * i + 2]
             rest = np.delete(np.arange(10), [2 * i, 2 * i + 1])
             own.append(att.rule.head.probs(att.rule.head.query_part(q), prof.support_part[rest]).mean())
-    assert np.allclose(att.leave_one_out_scores(prof.support, 2), own, atol=1e-6)
+    assert np.allclose(leave_one_out_scores(att, prof.support, 2), own, atol=1e-6)
     # by hand: the 75% one-sided normal prediction bound on log(1 - s), n = 5
     from scipy.stats import t
     d = np.log(1 - np.asarray(own, np.float64))

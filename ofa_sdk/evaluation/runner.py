@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import images as imio
 from .protocol import image_to_model, split_support_query
+from .support import support_scores
 
 
 @dataclass
@@ -109,7 +110,7 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
         key = ("o", rule, t, c)
         if key not in cache:
             sz = np.concatenate([emb[t].z[i] for i in split.support[t]])
-            cache[key] = att.support_scores([emb[c].z[i] for i in split.query[c]], sz, rule=rule)
+            cache[key] = support_scores(att, [emb[c].z[i] for i in split.query[c]], sz, rule=rule)
         return cache[key]
 
     def base(t, c, kind="spec"):
