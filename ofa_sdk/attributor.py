@@ -17,11 +17,10 @@ profiles) and caches per-profile thresholds. It does little else.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -30,13 +29,7 @@ from . import images as imio
 from .decision import Attribution  # noqa: F401  (public)
 from .gallery import Gallery, GalleryError, Profile
 from .pipeline import EmbeddedItem, InputError, InputPolicy, embed_stream, finish  # noqa: F401
-from .snapshot import GallerySnapshot
-
-
-def crop_counts(prof: Profile):
-    """Each support image's number of crops (profiles from 0.1 record one count for all)."""
-    counts = prof.metadata.get("crop_counts")
-    return counts if counts is not None else int(prof.metadata.get("crops", 1))
+from .snapshot import GallerySnapshot, SnapshotCache, crop_counts, make_snapshot  # noqa: F401
 
 
 def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
@@ -85,14 +78,9 @@ class Attributor:
                  max_bytes: int = imio.MAX_BYTES,
                  engine_options: Optional[Dict[str, Dict]] = None, whiten: Optional[str] = None):
         from .backends import select_engine
-        from .weights import ModelBundle, load_default_model, load_model
+        from .weights import as_bundle
 
-        if model is None:
-            self.bundle = load_default_model()
-        elif isinstance(model, ModelBundle):
-            self.bundle = model
-        else:
-            self.bundle = load_model(model)
+        self.bundle = as_bundle(model)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.policy = InputPolicy(self.bundle.config.crop, crops, small, max_pixels, provenance,
@@ -108,8 +96,7 @@ class Attributor:
         self._engine, self.backend_note = select_engine(backend, self.bundle, device, strict,
                                                         engine_options)
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
-        self._own: Dict[Tuple, Any] = {}
-        self._state: Tuple[Any, Any, Any] = (None, None, None)   # (rule, profiles, prepared)
+        self._snapshots = SnapshotCache()   # prepared state and own scores, kept between calls
 
     # -- what runs -------------------------------------------------------------------------------
     @property
@@ -228,17 +215,9 @@ class Attributor:
         return self.gallery.get(name, model_id=self.bundle.ids)
 
     def _own_of(self, prof: Profile, state=None):
-        """How a loaded profile's own images score, cached per (name, enrollment time, rule,
-        and the snapshot's whitener when the rule whitens by the gallery: another set of
-        profiles is another whitener, so the cache never goes stale). ``state``: the
-        snapshot's prepared state."""
-        w = getattr(state, "whitener", None)
-        wkey = None if w is None else hashlib.sha256(w.tobytes()).hexdigest()
-        key = (prof.name, prof.created, self.rule.name, wkey)
-        if key not in self._own:
-            self._own[key] = decision.own_scores(self.rule, prof.support, crop_counts(prof),
-                                                 prof.support_part, None if w is None else state)
-        return self._own[key]
+        """How a loaded profile's own images score under this Attributor's rule, cached
+        (:class:`~ofa_sdk.snapshot.SnapshotCache`). ``state``: the snapshot's prepared state."""
+        return self._snapshots.own_of(self.rule, prof, state)
 
     def _threshold_of(self, prof: Profile, state=None) -> float:
         return decision.threshold_of(self.rule, self._own_of(prof, state), self.profile_quantile)
@@ -257,20 +236,10 @@ class Attributor:
                  threshold: Union[float, str, None] = None) -> GallerySnapshot:
         """The profiles (default: all), prepared for this Attributor's rule, with their
         thresholds (default: ``self.threshold``): a picklable value that scores without the
-        gallery."""
-        thr = self.threshold if threshold is None else decision.parse_threshold(threshold)
-        names = list(profiles) if profiles is not None else self.gallery.names()
-        profs = [self._profile(n) for n in names]
-        key = tuple((p.name, p.created) for p in profs)
-        rule, known, state = self._state
-        if rule is not self.rule or known != key:    # prepared once per set of profiles
-            state = self.rule.prepare([p.support for p in profs], [p.support_part for p in profs],
-                                      counts=[crop_counts(p) for p in profs])
-            self._state = (self.rule, key, state)
-        thresholds = tuple(self._threshold_of(p, state) if thr == "profile" else float(thr)
-                           for p in profs)
-        return GallerySnapshot(self.model_id, tuple(names), self.rule, state, thresholds,
-                               tuple(self._own_of(p, state) for p in profs))
+        gallery (:func:`~ofa_sdk.snapshot.make_snapshot`, with this Attributor's caches)."""
+        return make_snapshot(self.bundle, self.gallery, self.rule,
+                             self.threshold if threshold is None else threshold, profiles,
+                             self.profile_quantile, cache=self._snapshots)
 
     # -- scores ------------------------------------------------------------------------------------
     def scores(self, images, profiles: Optional[Sequence[str]] = None,

@@ -168,59 +168,51 @@ _DECODE_ARGS = {"num_cpus": 1, "max_calls": 0}
 
 # -- stage 2: engine, score rule, decision (an actor pool) -----------------------------------
 class _ScoreActor:
-    """One engine per actor, built once; the snapshot comes from the object store once."""
+    """One engine per actor, built once; the snapshot comes from the object store once. A batch
+    of decoded crops goes through the engine, then through the decision stage of the
+    single-process scan (:func:`ofa_sdk.decision.attribute_stream`)."""
 
     def __init__(self, snapshot, model=None, model_ref=None, backend: str = "auto",
                  device: Optional[str] = None):
         import ray
 
         from .backends import select_engine
-        from .weights import load_default_model, load_model
+        from .weights import as_bundle
         if isinstance(snapshot, ray.ObjectRef):
             snapshot = ray.get(snapshot)
         self.snapshot = snapshot
-        if model is None:
-            bundle = load_default_model()
-        elif os.path.isfile(str(model)):
-            bundle = load_model(model)
-        else:   # not on this node: the driver's copy of the file, from the object store
+        if model is not None and not os.path.isfile(str(model)):
+            # not on this node: the driver's copy of the file, from the object store
             import tempfile
             data = ray.get(model_ref)
             folder = tempfile.mkdtemp(prefix="ofa-model-")
-            path = os.path.join(folder, os.path.basename(str(model)) or "model.safetensors")
-            with open(path, "wb") as f:
+            model = os.path.join(folder, os.path.basename(str(model)) or "model.safetensors")
+            with open(model, "wb") as f:
                 f.write(data)
-            bundle = load_model(path)
+        bundle = as_bundle(model)
         if snapshot.model_id not in bundle.ids:
             raise RuntimeError(f"the worker's model {bundle.model_id} is not the model the "
                                f"gallery snapshot was made with ({snapshot.model_id})")
         self.engine, self.engine_note = select_engine(backend, bundle, device)
 
     def __call__(self, batch: Dict[str, np.ndarray]):
-        from .decision import Attribution, decide
-        snap = self.snapshot
-        sources = [str(s) for s in batch["source"]]
+        from .decision import attribute_stream
+        from .pipeline import EmbeddedItem
         errors = [str(e) for e in batch["error"]]
-        notes = [str(n) for n in batch["note"]]
-        provs = [json.loads(str(p)) for p in batch["provenance"]]
         good = [i for i, e in enumerate(errors) if not e]
-        scores = None
+        zs: Dict[int, np.ndarray] = {}
         if good:
             crops, ks = np.asarray(batch["crops"]), np.asarray(batch["k"])
             flat = np.concatenate([crops[i, :ks[i]] for i in good])   # (sum k, c, c, 3)
             z = np.asarray(self.engine.embed(np.ascontiguousarray(flat)))
             bounds = np.cumsum([0] + [int(ks[i]) for i in good])
-            scores = snap.scores([z[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
-        row_of = {i: j for j, i in enumerate(good)}
-        rows = []
-        for i, src in enumerate(sources):
-            if errors[i]:
-                r = Attribution(src, None, float("nan"), {}, errors[i], notes[i])
-            else:
-                r = decide(src, scores[row_of[i]], snap.names, snap.thresholds, notes[i],
-                           provs[i], snap)
-            rows.append(r.to_dict())
-        return _rows_to_table(rows)
+            zs = {i: z[a:b] for i, a, b in zip(good, bounds[:-1], bounds[1:])}
+        items = [EmbeddedItem(str(src), zs.get(i), errors[i], str(note), None,
+                              json.loads(str(prov)))
+                 for i, (src, note, prov) in enumerate(zip(batch["source"], batch["note"],
+                                                           batch["provenance"]))]
+        rows = attribute_stream(self.snapshot, items, chunk=max(1, len(items)))
+        return _rows_to_table([r.to_dict() for r in rows])
 
 
 # -- output folder ---------------------------------------------------------------------------
@@ -435,8 +427,9 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
     skipped because already written, and part files salvaged from an interrupted run.
     """
     ray = _ray()
-    from .attributor import Attributor
     from .pipeline import InputPolicy
+    from .snapshot import make_snapshot
+    from .weights import as_bundle
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -450,12 +443,11 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
     if not ray.is_initialized():
         ray.init(address=address, **({} if address else {"include_dashboard": False}))
 
-    # the driver: the snapshot (profiles, rule state, thresholds), made once, put once
-    att = Attributor(model=model, backend="torch", device="cpu", gallery=gallery, crops=crops,
-                     small=small, threshold=threshold, rule=rule, batch_size=batch_size,
-                     whiten=whiten)
-    policy = InputPolicy(att.crop, crops, small)
-    snap_ref = ray.put(att.snapshot(profiles, threshold))
+    # the driver: the snapshot (profiles, rule state, thresholds), made once from the gallery
+    # and the model (no engine), put once
+    bundle = as_bundle(model)
+    policy = InputPolicy(bundle.config.crop, crops, small)
+    snap_ref = ray.put(make_snapshot(bundle, gallery, rule, threshold, profiles, whiten=whiten))
     model_arg = model_ref = None
     if model is not None:
         model_arg = str(getattr(model, "path", model))

@@ -307,6 +307,16 @@ def load_default_model(device=None) -> ModelBundle:
     return load_model(DEFAULT_MODEL, device)
 
 
+def as_bundle(model=None, device=None) -> ModelBundle:
+    """A loaded model from what callers accept as ``model=``: None (the shipped model), a
+    :class:`ModelBundle` (as it is) or a model file."""
+    if model is None:
+        return load_default_model(device)
+    if isinstance(model, ModelBundle):
+        return model
+    return load_model(model, device)
+
+
 def save_model(path, model, simulator, meta: Dict, dtype="float16") -> str:
     """Write an inference model file (used by ``ofa-train export``). Returns its model id."""
     import torch

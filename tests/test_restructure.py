@@ -7,7 +7,6 @@ model itself changes, the file is remade from the new model with ``python
 tests/test_restructure.py --repin`` (and the commit says so).
 """
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -110,32 +109,6 @@ def test_engine_checks_its_input_and_never_moves_the_bundle(tiny_model):
     other.embed(np.zeros((1, 32, 32, 3), np.uint8))
     for k, v in att.bundle.model.state_dict().items():
         assert v.device.type == "cpu" and v.equal(params[k])
-
-
-def test_snapshot_pickles_and_scores_like_the_facade(tiny_model, tmp_path):
-    att = Attributor(model=tiny_model)
-    a = make_images(tmp_path / "a", 5, 2, kind="noise")
-    b = make_images(tmp_path / "b", 5, 3, kind="blocky")
-    att.enroll("gen-a", a[:3])
-    att.enroll("gen-b", b[:3])
-    snap = pickle.loads(pickle.dumps(att.snapshot()))
-    assert snap.names == ("gen-a", "gen-b") and snap.model_id == att.model_id
-    zs = [e.z for e in att.embed_stream(a[3:] + b[3:])]
-    np.testing.assert_allclose(snap.scores(zs), att.scores(a[3:] + b[3:]), atol=1e-6)
-    np.testing.assert_allclose(snap.thresholds, [att.profile_threshold(n) for n in snap.names])
-    one = snap.select(["gen-b"])
-    np.testing.assert_allclose(one.scores(zs)[:, 0], att.verify(a[3:] + b[3:], "gen-b"), atol=1e-6)
-
-
-def test_scores_raw_matrix_and_decisions_on_top(tiny_model, tmp_path):
-    att = Attributor(model=tiny_model)
-    a = make_images(tmp_path / "a", 4, 2)
-    att.enroll("gen-a", a[:3])
-    (tmp_path / "bad.png").write_bytes(b"x")
-    s = att.scores([a[3], tmp_path / "bad.png"], errors="nan")
-    assert s.shape == (2, 1) and np.isfinite(s[0]).all() and np.isnan(s[1]).all()
-    r = att.attribute([a[3]], threshold=0.0)[0]
-    assert r.profile == "gen-a" and r.threshold == 0.0 and r.score == pytest.approx(s[0, 0], abs=1e-6)
 
 
 def test_model_id_ignores_calibration_and_keeps_legacy_galleries(tiny_model, tmp_path):
