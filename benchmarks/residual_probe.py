@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.models import DnCNN, FingerprintSimulator
 from ofa_sdk.models.spectrum import log_spectrum
-from ofa_sdk.models.highpass import highpass
+from ofa_sdk.kernels.reference import highpass
 from ofa_sdk.training.common import PhotoSet, load_checkpoint, read_metadata
 
 

@@ -2,7 +2,7 @@
 as ratios to the PyTorch path measured in the same run (shared, noisy machine: absolute times
 drift, ratios much less; every repeat runs each method once, in turn, and the median is kept).
 
-    (a) torch:  torch.fft.rfft2 + |.| + Hermitian mirror + log1p, as ofa_sdk/models/spectrum.py
+    (a) torch:  torch.fft.rfft2 + |.| + Hermitian mirror + log1p, as ofa_sdk/kernels/reference.py
                 (also with 1 thread: on a loaded machine each parallel torch op waits for both)
     (b) scipy:  scipy.fft.rfft2(workers=T) + the same epilogue in numpy
     (c) csrc:   ofa_sdk._spectrum_cpu.log_spectrum(r, 255, threads=T)   (also threads=1)
@@ -31,18 +31,18 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(16, 3, 94, 94), (64, 3, 94, 94), (4, 3, 222, 222)]
 SCALE = 255.0
-from ofa_sdk.models.highpass import LAPLACIAN  # noqa: E402
+from ofa_sdk.kernels.reference import LAPLACIAN  # noqa: E402
 
 
 def torch_path():
     """The model's PyTorch path (log_spectrum_torch where the tree has it, else a copy of it)."""
     try:
-        from ofa_sdk.models.spectrum import log_spectrum_torch
-        return log_spectrum_torch, "ofa_sdk.models.spectrum.log_spectrum_torch"
+        from ofa_sdk.kernels.reference import log_spectrum_torch
+        return log_spectrum_torch, "ofa_sdk.kernels.reference.log_spectrum_torch"
     except ImportError:
         pass
 
-    def log_spectrum_torch(r):  # copy of ofa_sdk/models/spectrum.py (rfft2 + mirror)
+    def log_spectrum_torch(r):  # copy of ofa_sdk/kernels/reference.py (rfft2 + mirror)
         r = r.float()
         h, w = r.shape[-2:]
         half = torch.fft.rfft2(r).abs()

@@ -127,7 +127,7 @@ def test_both_residuals_are_stacked_pixel_aligned():
     """spectrum.residual="both": 6 channels, the denoiser's residual then the Laplacian's, each
     cut to the centre part both cover, so channel c and c+3 describe the same pixels; the
     extractor's stem reads 6 channels."""
-    from ofa_sdk.models.highpass import highpass
+    from ofa_sdk.kernels.reference import highpass
     from ofa_sdk.models.ofa import residual_channels
     cfg = compact().replace(**{"spectrum.residual": "both"})
     m = OFAModel(cfg).eval()

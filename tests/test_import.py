@@ -20,3 +20,26 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_numpy_score_rules_need_no_torch():
+    """ofa_sdk.scoring imports without torch, and its numpy rules (prototype, Gaussian) prepare
+    and score without importing it (only the pair rule's kernel path brings torch in, on use)."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import ofa_sdk.scoring as s
+        assert "torch" not in sys.modules
+        rng = np.random.default_rng(0)
+        supports = [s.unit(rng.normal(size=(6, 8))) for _ in range(3)]
+        queries = [s.unit(rng.normal(size=(2, 8))) for _ in range(4)]
+        for rule in (s.PrototypeRule(s.Calibration(10.0, -5.0)),
+                     s.GaussianRule(s.Calibration(-2.0, 0.0), whiten="gallery")):
+            out = rule.scores(rule.prepare(supports), queries)
+            assert out.shape == (4, 3) and np.isfinite(out).all()
+        assert "torch" not in sys.modules, "torch imported by a numpy rule"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

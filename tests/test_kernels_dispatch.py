@@ -178,11 +178,11 @@ def test_torch_export_traces_the_reference_without_graph_breaks():
 
         def forward(self, x):
             return dispatch.log_spectrum(self.m(x), 2.0)
-    from ofa_sdk.models import spectrum
+    from ofa_sdk.kernels import reference as spectrum
     torch.manual_seed(0)
     dispatch.set_prefer("triton")
     model, x = M(), torch.randn(1, 3, 8, 8)
-    # spectrum._mirror_index bypasses its cache while exporting: eager calls stay correct after
+    # reference._mirror_index bypasses its cache while exporting: eager calls stay correct after
     before = spectrum._mirror_index_cached.cache_info().currsize
     ep = torch.export.export(model, (x,))
     assert spectrum._mirror_index_cached.cache_info().currsize == before
@@ -254,7 +254,8 @@ def test_nothing_imported_or_queried_at_import():
     code = ("import sys, torch, ofa_sdk.models, ofa_sdk.kernels.dispatch as d\n"
             "assert 'triton' not in sys.modules, 'triton imported'\n"
             "assert not torch.cuda.is_initialized(), 'cuda initialised'\n"
-            "assert not any(m.startswith('ofa_sdk.kernels.') and m != 'ofa_sdk.kernels.dispatch'"
+            "assert not any(m.startswith('ofa_sdk.kernels.') and m not in"
+            " ('ofa_sdk.kernels.dispatch', 'ofa_sdk.kernels.reference')"
             " for m in sys.modules), 'kernel module imported'\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

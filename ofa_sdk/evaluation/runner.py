@@ -32,11 +32,11 @@ class Embedded:
 
 def highpass_spectrum(crops: np.ndarray) -> np.ndarray:
     """(k, h, w, 3) uint8 crops -> flattened (3 * (h-2) * (w-2),) mean over the crops of
-    log(1 + |FFT2|) of the fixed Laplacian high-pass residual (:mod:`ofa_sdk.models.highpass`,
+    log(1 + |FFT2|) of the fixed Laplacian high-pass residual (``ofa_sdk.kernels.reference.highpass``,
     valid part, grey levels), per channel: the representation of the fully non-learned
     baseline."""
     import torch
-    from ..models.highpass import highpass
+    from ..kernels.reference import highpass
     x = torch.from_numpy(np.asarray(crops, np.float64)).permute(0, 3, 1, 2)   # (k, 3, h, w)
     spec = torch.log1p(torch.fft.fft2(highpass(x)).abs()).mean(0)
     return spec.numpy().astype(np.float32).ravel()

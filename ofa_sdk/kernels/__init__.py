@@ -1,4 +1,9 @@
-"""Fused kernels (Triton), installed as ``ofa_sdk.kernels``.
+"""Fused kernels (Triton) and the one switch that picks them or the PyTorch reference.
+
+Imports go one way: ``ofa_sdk.models`` -> ``dispatch`` -> one file per op (``spectrum``,
+``mokconv``, ``gallery``: Triton, imported on first use) and ``reference`` (the PyTorch
+definition of every op, the Laplacian high-pass included). Nothing here imports
+``ofa_sdk.models``.
 
 * ``spectrum``: ``log1p(scale * |FFT2(r)|)`` as two DFT GEMMs (Hermitian half + mirror), with an
   optional fused 3x3 Laplacian front end;
@@ -7,7 +12,9 @@
 * ``gallery``: the pair-rule gallery score (mean sigmoid of the pair head over each profile's
   supports) without materialising query x support x hidden;
 * ``dispatch``: the one switch deciding kernel or PyTorch reference per call (the model code in
-  ``ofa_sdk.models`` calls it). Each kernel file holds its PyTorch reference.
+  ``ofa_sdk.models`` calls it);
+* ``reference``: the PyTorch definitions (each kernel file names its reference from there, so the
+  models import them without Triton).
 
 Importing this package (or ``dispatch``) imports no Triton and touches no GPU; the kernel modules
 import Triton when first used. ``available()`` answers whether Triton is usable at all.

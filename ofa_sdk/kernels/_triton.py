@@ -23,6 +23,11 @@ def _next_pow2(n: int) -> int:
     return 1 << (max(1, n) - 1).bit_length()
 
 
+def _pow2(n: int, lo: int = 16, hi: int = 64) -> int:
+    """A tile size: the power of two at or above ``n``, clamped to [lo, hi]."""
+    return max(lo, min(hi, _next_pow2(max(1, n))))
+
+
 def _need_triton():
     if triton is None:
         raise RuntimeError("Triton is not installed (pip install triton); use ofa_sdk.kernels.dispatch")

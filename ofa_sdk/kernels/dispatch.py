@@ -1,7 +1,7 @@
 """The one switch between fused kernels and the PyTorch reference, per op and per call.
 
 Ops: ``log_spectrum``, ``highpass_log_spectrum``, ``mokconv``, ``pair_gallery_scores``.
-Backends: ``"reference"`` (the PyTorch code in ``ofa_sdk.models``, the definition; for the
+Backends: ``"reference"`` (the PyTorch definitions in ``ofa_sdk.kernels.reference``; for the
 numpy pair rule, ``PairHeadWeights.mean_probs``), ``"triton"``
 (``ofa_sdk.kernels.{spectrum,mokconv,gallery}``), ``"cpp"`` (``ofa_sdk._spectrum_cpu``, CPU
 spectrum; ``ofa_sdk._gallery_cpu``, CPU pair-rule scoring) and ``"cuda_ext"``
@@ -37,11 +37,13 @@ import contextlib
 import importlib
 import importlib.util
 import os
-import sys
 from functools import lru_cache
 
 import numpy as np
 import torch
+
+from . import reference as ref
+from .reference import exporting  # noqa: F401  (rule 1; part of this module's interface)
 
 OPS = ("log_spectrum", "highpass_log_spectrum", "mokconv", "pair_gallery_scores")
 BACKENDS = ("reference", "triton", "cpp", "cuda_ext")
@@ -160,24 +162,6 @@ def cuda_ext_available() -> bool:
     return _importable("ofa_sdk._spectrum_cuda")
 
 
-def exporting() -> bool:
-    """True while torch.compile / torch.export / ONNX export / jit / FX trace the code."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and (compiler.is_compiling()
-                                 or getattr(compiler, "is_exporting", lambda: False)()):
-        return True
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    onnx = sys.modules.get("torch.onnx")
-    if onnx is not None and getattr(onnx, "is_in_onnx_export", lambda: False)():
-        return True
-    fx = sys.modules.get("torch.fx._symbolic_trace")
-    if fx is not None and getattr(fx, "is_fx_symbolic_tracing",
-                                  getattr(fx, "is_fx_tracing", lambda: False))():
-        return True
-    return False
-
-
 # ------------------------------------------------------------------------------------ decisions
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -250,9 +234,8 @@ def decide(op: str, x: torch.Tensor, *others, rest=None) -> tuple:
         return _device_backend(op, x.device, spectrum=False)
     # pair_gallery_scores
     if rest is not None:
-        from .gallery import head_layers
         try:
-            head_layers(rest)
+            ref.head_layers(rest)
         except ValueError:
             return "reference", "pair head is not Linear-ReLU-Linear"
         if isinstance(rest, torch.nn.Module):
@@ -302,8 +285,7 @@ def log_spectrum(residual: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         return _ext_spectrum("log_spectrum", "ofa_sdk._spectrum_cpu", residual, scale)
     if backend == "cuda_ext":
         return _ext_spectrum("log_spectrum", "ofa_sdk._spectrum_cuda", residual, scale)
-    from ..models.spectrum import log_spectrum_torch
-    return log_spectrum_torch(residual if scale == 1.0 else residual * scale)
+    return ref.log_spectrum_reference(residual, scale)
 
 
 def highpass_log_spectrum(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -318,13 +300,7 @@ def highpass_log_spectrum(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         return _ext_spectrum("highpass_log_spectrum", "ofa_sdk._spectrum_cpu", x, scale)
     if backend == "cuda_ext":
         return _ext_spectrum("highpass_log_spectrum", "ofa_sdk._spectrum_cuda", x, scale)
-    import torch.nn.functional as F
-    from ..models.spectrum import log_spectrum_torch
-    c = x.shape[-3] if x.dim() >= 3 else 1
-    x4 = x.reshape(-1, c, *x.shape[-2:])
-    k = x.new_tensor([[0., -1., 0.], [-1., 4., -1.], [0., -1., 0.]]).expand(c, 1, 3, 3)
-    r = F.conv2d(x4, k, groups=c) * scale        # as OFAModel.residual("highpass")
-    return log_spectrum_torch(r.reshape(*x.shape[:-2], *r.shape[-2:]))
+    return ref.highpass_log_spectrum_reference(x, scale)     # as OFAModel.residual("highpass")
 
 
 def mokconv(h: torch.Tensor, coef: torch.Tensor, weight: torch.Tensor,
@@ -334,8 +310,7 @@ def mokconv(h: torch.Tensor, coef: torch.Tensor, weight: torch.Tensor,
     if backend == "triton":
         from . import mokconv as k
         return k.mokconv(h, coef, weight, bias, input_precision=_STATE["precision"]["mokconv"])
-    from ..models.mokconv import mokconv_weight_mixing
-    return mokconv_weight_mixing(h, coef, weight, bias)
+    return ref.mokconv_weight_mixing(h, coef, weight, bias)
 
 
 def pair_gallery_scores(query_part: torch.Tensor, support_parts: torch.Tensor, counts: torch.Tensor,
@@ -347,8 +322,7 @@ def pair_gallery_scores(query_part: torch.Tensor, support_parts: torch.Tensor, c
         from . import gallery as k
         return k.pair_gallery_scores(query_part, support_parts, counts, rest,
                                      input_precision=_STATE["precision"]["pair_gallery_scores"])
-    from .gallery import pair_gallery_scores_reference
-    return pair_gallery_scores_reference(query_part, support_parts, counts, rest)
+    return ref.pair_gallery_scores_reference(query_part, support_parts, counts, rest)
 
 
 def pair_crop_means(query_part: np.ndarray, parts, head, chunk: int = 256) -> np.ndarray:

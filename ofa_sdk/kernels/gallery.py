@@ -13,48 +13,16 @@ the sigmoid and the masked sum over supports follow in registers. Nothing of siz
 (or Q x P x S) is written; padded support rows are never read (masked), so they may hold anything.
 The loop stops at the profile's count, so scores cost what the real supports cost.
 
-Reference beside it: :func:`pair_gallery_scores_reference` (PyTorch, chunked over queries).
+Reference: :func:`pair_gallery_scores_reference` (:mod:`.reference`; PyTorch, chunked over
+queries).
 A profile with count 0 scores NaN (an empty mean), in both.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _next_pow2, tl  # noqa: F401
 
-
-def head_layers(rest):
-    """``PairHead.rest`` (Linear, ReLU, Linear) or a tuple (w1, b1, w2, b2) -> the tuple with
-    w1 (h2, h), b1 (h2,), w2 (h2,), b2 (1,). Raises ValueError for any other structure."""
-    if isinstance(rest, nn.Module):
-        mods = list(rest.children()) if isinstance(rest, nn.Sequential) else [rest]
-        if (len(mods) != 3 or not isinstance(mods[0], nn.Linear) or not isinstance(mods[1], nn.ReLU)
-                or not isinstance(mods[2], nn.Linear) or mods[2].out_features != 1
-                or mods[0].bias is None or mods[2].bias is None):
-            raise ValueError("pair gallery kernel supports rest = Linear(h, h2), ReLU, Linear(h2, 1)")
-        return mods[0].weight, mods[0].bias, mods[2].weight.reshape(-1), mods[2].bias.reshape(1)
-    w1, b1, w2, b2 = rest
-    return w1, b1, w2.reshape(-1), torch.as_tensor(b2, device=w1.device, dtype=w1.dtype).reshape(1)
-
-
-# ---------------------------------------------------------------------------------- reference
-def pair_gallery_scores_reference(q, s, counts, rest, chunk: int = 256) -> torch.Tensor:
-    """(Q,h), (P,S,h), (P,), rest -> (Q,P) mean pair probability; materialises at most
-    (chunk, P, S, h)."""
-    w1, b1, w2, b2 = head_layers(rest)
-    P, S = s.shape[:2]
-    counts = counts.to(device=s.device)
-    valid = torch.arange(S, device=s.device)[None, :] < counts[:, None]          # (P, S)
-    outs = []
-    for i in range(0, q.shape[0], chunk):
-        x = F.relu(q[i:i + chunk, None, None, :] + s[None])                     # (q, P, S, h)
-        logit = F.linear(F.relu(F.linear(x, w1, b1)), w2[None, :], b2).squeeze(-1)
-        prob = torch.where(valid[None], torch.sigmoid(logit), torch.zeros_like(logit))
-        outs.append(prob.sum(-1) / counts.to(prob.dtype)[None, :])
-    if not outs:
-        return q.new_zeros((0, P))
-    return torch.cat(outs)
+from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _pow2, tl  # noqa: F401
+from .reference import head_layers, pair_gallery_scores_reference  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------- kernel
@@ -103,10 +71,6 @@ def _pair_gallery_kernel(
         acc += tl.sum(tl.where(s_ok[None, :], prob, 0.0), axis=1)
     res = acc / cnt.to(tl.float32)
     tl.store(out_ptr + offs_q * P + p, res, mask=q_ok)
-
-
-def _pow2(n: int, lo: int = 16, hi: int = 64) -> int:
-    return max(lo, min(hi, _next_pow2(max(1, n))))
 
 
 def pair_gallery_scores(q, s, counts, rest, *, input_precision: str = "ieee",

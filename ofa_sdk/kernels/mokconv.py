@@ -25,8 +25,8 @@ Backward (:class:`MoKConvFunction`), all exact decompositions, float32 accumulat
   dW[k] = sum_b coef[b, k] * dWmix[b],  dcoef[b, k, o] = <W[k, o], dWmix[b, o]> + bias[k, o] gsum[b, o],
   dbias[k] = sum_b coef[b, k] gsum[b].
 
-References beside it: :func:`mokconv_reference` (weight mixing + grouped conv, the math of
-``ofa_sdk.models.mokconv.mokconv_weight_mixing``) and ``mokconv_output_mixing`` there.
+References (:mod:`.reference`): :func:`mokconv_reference` (``mokconv_weight_mixing``: weight
+mixing + grouped conv) and ``mokconv_output_mixing``.
 
 ``input_precision`` for the dots: "ieee", "tf32x3" or "tf32"; default ``None`` follows
 ``torch.backends.cudnn.allow_tf32`` (what the reference's cuDNN convolution does: "tf32" when
@@ -37,19 +37,10 @@ input dtype).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _next_pow2, tl  # noqa: F401
 
-
-# ----------------------------------------------------------------------------------- reference
-def mokconv_reference(h, coef, weight, bias):
-    """Per-sample mixed kernels, one grouped conv with the batch folded into the groups."""
-    B, C, H, W = h.shape
-    w = torch.einsum("bko,koihw->boihw", coef, weight)
-    O = w.shape[1]
-    b = torch.einsum("bko,ko->bo", coef, bias).reshape(B * O) if bias is not None else None
-    out = F.conv2d(h.reshape(1, B * C, H, W), w.reshape(B * O, C, 3, 3), b, padding=1, groups=B)
-    return out.view(B, O, H, W)
+from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _pow2, tl  # noqa: F401
+from .reference import mokconv_output_mixing  # noqa: F401
+from .reference import mokconv_weight_mixing as mokconv_reference
 
 
 # ------------------------------------------------------------------------------------- kernels
@@ -147,10 +138,6 @@ def _mok_wgrad_kernel(
 
 
 # ------------------------------------------------------------------------------------ launchers
-def _pow2(n: int, lo: int = 16, hi: int = 64) -> int:
-    return max(lo, min(hi, _next_pow2(max(1, n))))
-
-
 def resolve_precision(input_precision):
     if input_precision is None:
         return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"

@@ -31,7 +31,8 @@ interpreter (TRITON_INTERPRET=1) computes every dot in exact float32 whatever th
 TF32 error is only visible on a GPU (tests marked cuda).
 
 The reference is :func:`log_spectrum_reference` (the model's rfft2 path with the scale applied to
-the residual first); the kernel's dot products accumulate in float32.
+the residual first; :mod:`.reference`, like the Laplacian :func:`highpass_planes` and
+:func:`highpass_log_spectrum_reference`); the kernel's dot products accumulate in float32.
 """
 from __future__ import annotations
 
@@ -39,29 +40,10 @@ import math
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
-from ofa_sdk.models.highpass import LAPLACIAN
 
-from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _next_pow2, tl  # noqa: F401
-
-
-# ----------------------------------------------------------------------------------- references
-def log_spectrum_reference(residual: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """The model's path (rfft2 + Hermitian mirror, float32) on ``residual * scale``."""
-    from ofa_sdk.models.spectrum import log_spectrum_torch
-    return log_spectrum_torch(residual if scale == 1.0 else residual * scale)
-
-
-def highpass_residual(x: torch.Tensor) -> torch.Tensor:
-    """(..., H+2, W+2) -> (..., H, W): the 3x3 Laplacian, valid part (as ``OFAModel.residual``)."""
-    lead, (h, w) = x.shape[:-2], x.shape[-2:]
-    k = x.new_tensor(LAPLACIAN).view(1, 1, 3, 3)
-    r = F.conv2d(x.reshape(-1, 1, h, w), k)
-    return r.reshape(*lead, h - 2, w - 2)
-
-
-def highpass_log_spectrum_reference(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    return log_spectrum_reference(highpass_residual(x), scale)
+from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _pow2, tl  # noqa: F401
+from .reference import (LAPLACIAN, highpass_log_spectrum_reference, highpass_planes,  # noqa: F401
+                        log_spectrum_reference)
 
 
 # ------------------------------------------------------------------------------------ constants
@@ -163,10 +145,6 @@ def _log_spectrum_kernel(
 
 
 # ------------------------------------------------------------------------------------- launcher
-def _pow2(n: int, lo: int = 16, hi: int = 1 << 30) -> int:
-    return max(lo, min(hi, _next_pow2(max(1, n))))
-
-
 def default_config(h: int, w: int, hermitian: bool = True) -> dict:
     """Tile sizes: one row tile up to 64 rows (the row transform is then recomputed
     cdiv(H, 64) times: 2x at 94, 4x at 222), 32 output columns, 32-wide reduction chunks."""

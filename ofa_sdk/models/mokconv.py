@@ -14,7 +14,7 @@ Biases mix with the same coefficients, so both paths are the same function. ``Mo
 weight mode goes through ``ofa_sdk.kernels.dispatch.mokconv``: the fused Triton kernel (mixing
 inside the weight load, forward and backward) on CUDA, ``mokconv_weight_mixing`` otherwise (on CPU
 by default, so CPU results are bit-identical to it). Output mode always runs
-``mokconv_output_mixing``.
+``mokconv_output_mixing``. Both paths are defined in ``ofa_sdk.kernels.reference``.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import dispatch
+from ..kernels.reference import mokconv_output_mixing, mokconv_weight_mixing  # noqa: F401
 
 
 class Router(nn.Module):
@@ -47,33 +48,6 @@ class Router(nn.Module):
         x = x.mean(dim=(2, 3))
         x = self.fc2(F.silu(self.fc1(x)))
         return x.view(-1, self.k, self.cout)
-
-
-def mix_weights(coef: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
-    """coef (B,K,O), weight (K,O,I,kh,kw), bias (K,O) -> per-sample (B,O,I,kh,kw), (B,O)."""
-    w = torch.einsum("bko,koihw->boihw", coef, weight)
-    b = torch.einsum("bko,ko->bo", coef, bias)
-    return w, b
-
-
-def mokconv_weight_mixing(h, coef, weight, bias, padding: int = 1):
-    """Per-sample kernels, one grouped conv with the batch folded into groups."""
-    B, C, H, W = h.shape
-    w, b = mix_weights(coef, weight, bias)
-    O = w.shape[1]
-    out = F.conv2d(h.reshape(1, B * C, H, W), w.reshape(B * O, C, *w.shape[-2:]),
-                   b.reshape(B * O), padding=padding, groups=B)
-    return out.view(B, O, out.shape[-2], out.shape[-1])
-
-
-def mokconv_output_mixing(h, coef, weight, bias, padding: int = 1):
-    """K dense convs, outputs summed with per-sample, per-channel coefficients."""
-    K = weight.shape[0]
-    out = 0
-    for k in range(K):
-        y = F.conv2d(h, weight[k], bias[k], padding=padding)
-        out = out + coef[:, k, :, None, None] * y
-    return out
 
 
 class MoKConv(nn.Module):

@@ -11,9 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import OFAConfig
+from ..kernels.reference import highpass
 from .denoiser import DnCNN
 from .heads import PairHead, RealHead
-from .highpass import highpass
 from .resnet import ResNet
 from .spectrum import log_spectrum
 
