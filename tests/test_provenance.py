@@ -448,7 +448,7 @@ def _fake_jumbf():
 
 
 def test_c2pa_detected_without_library(monkeypatch):
-    monkeypatch.setattr(provenance, "_import_c2pa", lambda: (None, "ImportError: No module named 'c2pa'"))
+    monkeypatch.setattr(provenance.c2pa, "_import_c2pa", lambda: (None, "ImportError: No module named 'c2pa'"))
     jumbf = _fake_jumbf()
     png = png_with_chunks(chunk(b"caBX", jumbf))
     jpeg = with_app_segment(jpeg_bytes(), 0xEB, b"JP\x00\x01\x00\x00\x00\x01" + jumbf)
@@ -461,7 +461,7 @@ def test_c2pa_detected_without_library(monkeypatch):
 
 
 def test_no_c2pa_means_none(monkeypatch):
-    monkeypatch.setattr(provenance, "_import_c2pa", lambda: (None, "ImportError"))
+    monkeypatch.setattr(provenance.c2pa, "_import_c2pa", lambda: (None, "ImportError"))
     assert read_provenance(png_bytes([("tEXt", "Software", "x")])).c2pa is None
 
 
