@@ -5,10 +5,13 @@ image's crop fingerprints; ``compare`` then varies only the rule, in numpy, on t
 
     python benchmarks/rules.py embed --set benchmarks/data/dev-sim benchmarks/data/wild13 \
         --jpeg 0 90 75 --crops 4 1
-    python benchmarks/rules.py compare --out benchmarks/results/rules.json
+    python benchmarks/rules.py compare --open --out benchmarks/results/rules.json
+    python benchmarks/rules.py summary benchmarks/results/rules.json      # markdown tables
 
-Protocol (aligned content, as the sets are built): the last ``QUERIES`` content indices of
-each class (at most half of them) are the queries, the others the support pool; a support of n images is the first n
+Protocol (aligned content, as the sets are built): ``QUERIES`` content indices of each class
+(at most half of them) are the queries, the others the support pool, by one seeded
+permutation (``--split random``, the evaluation protocol's) or in content order (``--split
+ordered``: the queries are photos of other sources than most of the support, a content shift); a support of n images is the first n
 of a seeded permutation of the pool. 1-vs-1 AUC as in the paper (mean over target/other pairs).
 
 Open set (``--open``): every class of a set but ``--unknown`` held-out ones is enrolled at once;
@@ -75,7 +78,7 @@ def embed(sets, jpegs, crops_list, model=None):
 class Cached:
     """One cache file: per class, a list of (k, d) crop fingerprints by content index."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, split: str = "random"):
         f = np.load(path)
         rows = np.split(f["z"], np.cumsum(f["counts"])[:-1])
         self.classes = {}
@@ -84,7 +87,11 @@ class Cached:
         self.names = sorted(self.classes)
         n = min(len(v) for v in self.classes.values())
         cut = max(n - QUERIES, n // 2)
-        self.pool, self.queries = np.arange(cut), np.arange(cut, n)
+        # "random": one seeded permutation of the content indices for every class (the
+        # evaluation protocol's aligned split); "ordered": the queries are the last content
+        # indices, photos of other sources than most of the support (a content shift)
+        order = np.random.default_rng(0).permutation(n) if split == "random" else np.arange(n)
+        self.pool, self.queries = order[:cut], order[cut:]
 
     def support(self, c, n, seed=0):
         pick = np.random.default_rng(seed).permutation(self.pool)[:n]
@@ -243,7 +250,7 @@ def compare(a):
                 p = cache_path(s, q, crops)
                 if not p.exists():
                     continue
-                data = Cached(p)
+                data = Cached(p, a.split)
                 key = f"{s}/q{q}/c{crops}"
                 report["runs"][key] = auc_runs(data, a.support, rules)
                 for n, r in report["runs"][key].items():
@@ -266,6 +273,47 @@ def compare(a):
         Path(a.out).write_text(json.dumps(report, indent=1))
 
 
+PAIRS = {"seed pairs": ["tconv4-ae-s0|tconv4-ae-s1", "unet-gan-s0|unet-gan-s1"],
+         "real vs GAN/SR upscalers": ["real|sr-x2", "real|unet-gan-s0", "real|unet-gan-s1"],
+         "classical upscaler siblings": ["bicubic-x2|lanczos-x3", "bicubic-x2|nearest-x2"]}
+
+
+def summary(a):
+    """Markdown tables of a ``compare`` report: mean 1-vs-1 AUC and top-1 per rule, the
+    per-pair view (both directions averaged), and the open-set decision."""
+    rep = json.loads(Path(a.report).read_text())
+    rules = a.rules
+    print("| set / JPEG / crops | support | " + " | ".join(rules) + " |")
+    print("|---|---|" + "---|" * len(rules))
+    for key, runs in rep["runs"].items():
+        for n, r in runs.items():
+            m = r["mean_1v1"]
+            print(f"| {key} | {n} | " + " | ".join(
+                f"{100 * m[x]:.2f} ({100 * m[x + ':top1']:.1f})" for x in rules) + " |")
+    print("\n| pairs (mean of both directions) | set / JPEG / crops, support | "
+          + " | ".join(rules) + " |")
+    print("|---|---|" + "---|" * len(rules))
+    for key, runs in rep["runs"].items():
+        for n, r in runs.items():
+            for group, pairs in PAIRS.items():
+                got = []
+                for x in rules:
+                    v = [r["pairs"][x].get(p) for p in pairs] + \
+                        [r["pairs"][x].get("|".join(p.split("|")[::-1])) for p in pairs]
+                    v = [u for u in v if u is not None]
+                    got.append(f"{100 * np.mean(v):.1f}" if v else None)
+                if all(got):
+                    print(f"| {group} | {key}, {n} | " + " | ".join(got) + " |")
+    print("\n| open set: set / JPEG / crops / rule / support | right | wrong | unknown "
+          "| never-enrolled given a label | OSCR | AUROC |")
+    print("|---|---|---|---|---|---|---|")
+    for key, r in rep["open_set"].items():
+        d, c = r[a.decision], r["curve"]
+        print(f"| {key} | {100 * d['right']:.1f} | {100 * d['wrong']:.1f} | "
+              f"{100 * d['unknown']:.1f} | {100 * d['unknown_labelled']:.1f} | "
+              f"{100 * c['oscr']:.1f} | {100 * c['auroc']:.1f} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -285,9 +333,16 @@ def main(argv=None):
     c.add_argument("--open-rules", nargs="+", default=["prototype", "gaussian-lw", "lda-gallery"])
     c.add_argument("--open-support", type=int, nargs="+", default=[20, 50])
     c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--split", default="random", choices=["random", "ordered"])
     c.add_argument("--out", default=None)
+    m = sub.add_parser("summary")
+    m.add_argument("report")
+    m.add_argument("--rules", nargs="+", default=["prototype", "gaussian-lw", "lda-gallery"])
+    m.add_argument("--decision", default="f0.05", help="open-set decision column, e.g. f0.2")
     a = ap.parse_args(argv)
-    if a.cmd == "embed":
+    if a.cmd == "summary":
+        summary(a)
+    elif a.cmd == "embed":
         import torch
         torch.set_num_threads(2)
         embed(a.set, a.jpeg, a.crops, a.model)
