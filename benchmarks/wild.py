@@ -154,7 +154,7 @@ SSIM_WEIGHT = 0.5
 
 
 def train_brief(make, seed: int, photos: PhotoSet, steps: int, log=print, loss_kind: str = "l1") -> nn.Module:
-    from ofa_sdk.perceptual import SSIMLoss
+    from ofa_sdk.training.perceptual import SSIMLoss
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(1000 + seed)
     net = make()

@@ -84,12 +84,22 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """The training photos (``ofa_sdk.training.common.PhotoSet``)."""
+    # share of the photos held out, chosen by a hash of each relative path: held-out photos give
+    # the content of evaluation sets, so evaluation never sees training photos
+    holdout: float = 0.15
+    max_side: int = 1024        # larger photos are centre-cropped (never resampled) to bound memory
+
+
+@dataclass(frozen=True)
 class Stage0Config:
     """Denoiser training on real photos with Gaussian noise of noise_sigma grey levels."""
     steps: int = 20000
     batch: int = 32
     crop: int = 64
     lr: float = 1e-3
+    lr_floor: float = 0.05      # cosine decay ends at lr_floor * lr
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,8 @@ class Stage1Config:
     w_mse: float = 1.0
     w_perc: float = 0.25
     perceptual: str = "ssim"    # "ssim" (weight-free default) or "lpips" (needs user weights)
+    lr_floor: float = 0.05
+    grad_clip: float = 1.0      # max global gradient norm
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,9 @@ class Stage2Config:
     m: int = 8                  # decoder draws per step
     crop: int = 256
     lr: float = 1e-4
+    lr_floor: float = 0.05
+    warmup: float = 0.05        # linear warm-up over this share of the steps (at least one step)
+    grad_clip: float = 5.0      # max global gradient norm
     quantize: bool = True       # reconstructions rounded to 8 bit, as generators save them
     jpeg_p: float = 0.0         # probability an image is JPEG-compressed (q in jpeg_q)
     jpeg_q: Tuple[int, int] = (70, 100)
@@ -144,6 +159,7 @@ class OFAConfig:
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     heads: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     stage0: Stage0Config = field(default_factory=Stage0Config)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
@@ -190,7 +206,7 @@ def _from_dict(cls, d: Dict[str, Any]):
 
 _SECTIONS = {
     "simulator": SimulatorConfig, "denoiser": DenoiserConfig, "spectrum": SpectrumConfig,
-    "extractor": ExtractorConfig, "heads": HeadConfig, "loss": LossConfig,
+    "extractor": ExtractorConfig, "heads": HeadConfig, "loss": LossConfig, "data": DataConfig,
     "stage0": Stage0Config, "stage1": Stage1Config, "stage2": Stage2Config,
 }
 

@@ -8,7 +8,7 @@ file written by ``ofa-train export``.
 
 A model's id (:func:`inference_id`) is a hash of what decides its fingerprints: the inference
 tensors (``model.*``, as stored) and the configuration that shapes inference (everything but the
-training stages and losses). The calibration, the training record and the file's other bytes are
+training stages, losses and data). The calibration, the training record and the file's other bytes are
 left out, so ``ofa-train calibrate`` keeps the id and an ONNX export of the same weights carries
 the same id. Gallery profiles record it; fingerprints of different models are never compared.
 Profiles enrolled before this id existed recorded a hash of the file's bytes: that hash is the
@@ -39,7 +39,7 @@ from typing import Dict, Optional, Tuple
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "compact.safetensors"
 META_KEY = "ofa"                     # the safetensors metadata key holding the JSON
 MANIFEST_NAME = "MANIFEST.json"      # {file name: {"sha256": hex, "bytes": size}} of a folder
-TRAINING_SECTIONS = ("stage0", "stage1", "stage2", "loss", "name")  # not part of the model id
+TRAINING_SECTIONS = ("stage0", "stage1", "stage2", "loss", "data", "name")  # not part of the model id
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a model file's JSON header (the shipped one is ~30 KB)
 MAX_MODEL_BYTES = 4 * 1024 ** 3       # the largest model file read
 

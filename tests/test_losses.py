@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ofa_sdk.losses import MemoryBank, mine_pairs, pair_loss, real_loss, supcon_loss, total_loss
+from ofa_sdk.training.losses import MemoryBank, mine_pairs, pair_loss, real_loss, supcon_loss, total_loss
 from ofa_sdk.config import LossConfig
 from ofa_sdk.models import PairHead, RealHead
 

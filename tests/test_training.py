@@ -112,7 +112,7 @@ def test_all_stages_resume_deterministically_and_export(photos, tmp_path):
 
 def test_lpips_loads_user_weights(tmp_path):
     from safetensors.torch import save_file
-    from ofa_sdk.perceptual import LPIPS, SSIMLoss, _CH, _VGG_CFG, make_perceptual
+    from ofa_sdk.training.perceptual import LPIPS, SSIMLoss, _CH, _VGG_CFG, make_perceptual
     torch.manual_seed(0)
     vgg, i, cin = {}, 0, 3
     for v in _VGG_CFG:

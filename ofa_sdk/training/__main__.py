@@ -80,7 +80,8 @@ def main(argv=None):
         return 0
     if not a.data:
         ap.error(f"--data is required for {a.command}")
-    data = common.PhotoSet(a.data, split="train")
+    data = common.PhotoSet(a.data, split="train", holdout=cfg.data.holdout,
+                           max_side=cfg.data.max_side)
     if a.command == "calibrate":
         from . import calibrate
         from ofa_sdk.weights import DEFAULT_MODEL

@@ -20,9 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from ofa_sdk import images
+from ofa_sdk.config import DataConfig
 from ofa_sdk.weights import read_meta, write_file
-
-MAX_SIDE = 1024  # larger photos are centre-cropped (never resampled) to bound memory
 
 
 # ------------------------------------------------------------------------------------------------
@@ -36,14 +35,14 @@ def list_images(root: str | os.PathLike) -> List[Path]:
     return list(images.list_images(root))
 
 
-def split_of(path: Path, root: Path, holdout: float = 0.15) -> str:
+def split_of(path: Path, root: Path, holdout: float = DataConfig.holdout) -> str:
     """Stable train/holdout split by a hash of the relative path (held-out photos give the
     content of evaluation sets, so evaluation never sees training photos)."""
     h = hashlib.sha1(str(path.relative_to(root)).encode()).digest()
     return "holdout" if int.from_bytes(h[:4], "big") / 2 ** 32 < holdout else "train"
 
 
-def load_photo(path: Path) -> Optional[np.ndarray]:
+def load_photo(path: Path, max_side: int = DataConfig.max_side) -> Optional[np.ndarray]:
     """HxWx3 uint8 (the SDK's own decoding: EXIF, modes, 16-bit), or None with a warning."""
     from ofa_sdk.images import to_rgb
     try:
@@ -52,23 +51,24 @@ def load_photo(path: Path) -> Optional[np.ndarray]:
         warnings.warn(f"skipping unreadable image {path}: {e}")
         return None
     h, w = arr.shape[:2]
-    if h > MAX_SIDE or w > MAX_SIDE:
-        t, l = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
-        arr = arr[t:t + MAX_SIDE, l:l + MAX_SIDE]
+    if h > max_side or w > max_side:
+        t, l = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
+        arr = arr[t:t + max_side, l:l + max_side]
     return np.ascontiguousarray(arr)
 
 
 class PhotoSet:
-    """Real photos held in memory as uint8; random crops with flips as augmentation."""
+    """Real photos held in memory as uint8; random crops with flips as augmentation. ``holdout``
+    and ``max_side``: ``OFAConfig.data`` (:class:`ofa_sdk.config.DataConfig`)."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", min_side: int = 64,
-                 holdout: float = 0.15):
+                 holdout: float = DataConfig.holdout, max_side: int = DataConfig.max_side):
         root = Path(root)
         paths = [p for p in list_images(root)
                  if split == "all" or split_of(p, root, holdout) == split]
         self.photos, self.paths, self.skipped = [], [], 0
         for p in paths:
-            a = load_photo(p)
+            a = load_photo(p, max_side)
             if a is None or min(a.shape[:2]) < min_side:
                 self.skipped += 1
                 continue

@@ -36,7 +36,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
         loss = F.mse_loss(pred * 255, net.crop_like(noise) * 255)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        lr = set_lr(opt, sc.lr, step, sc.steps)
+        lr = set_lr(opt, sc.lr, step, sc.steps, floor=sc.lr_floor)
         opt.step()
         log.step(step, sc.batch, loss=loss.item(), lr=lr)
         if step % every == 0 or step == sc.steps or step == stop_at:

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.models import FingerprintSimulator
-from ofa_sdk.perceptual import make_perceptual
 
 from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
+from .perceptual import make_perceptual
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
@@ -46,8 +46,8 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
             tot["loss"] += loss.item()
             tot["mse"] += mse.item() / sc.accum
             tot["perc"] += p.item() / sc.accum
-        torch.nn.utils.clip_grad_norm_(sim.parameters(), 1.0)
-        lr = set_lr(opt, sc.lr, step, sc.steps)
+        torch.nn.utils.clip_grad_norm_(sim.parameters(), sc.grad_clip)
+        lr = set_lr(opt, sc.lr, step, sc.steps, floor=sc.lr_floor)
         opt.step()
         psnr = -10 * torch.log10(torch.tensor(max(tot["mse"], 1e-10))).item()
         log.step(step, sc.batch * sc.accum, **tot, psnr=psnr, lr=lr, start_scale=arch.start_scale)

@@ -12,16 +12,17 @@ Loss: L = w_scl SupCon(+bank) + w_att pair BCE + w_cls real/reconstructed BCE (E
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.images import from_tensor, jpeg, quantize, to_tensor
-from ofa_sdk.losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 from ofa_sdk.models import FingerprintSimulator, OFAModel
 
 from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
+from .losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 
 REAL_LABEL = -1  # architecture ids are >= 0
 TWIN_LABEL = -2  # a perturbed twin's label is TWIN_LABEL - step: its own class, never seen again
@@ -154,8 +155,9 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
         loss = total_loss(cfg.loss, l_scl, l_att, l_cls)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        lr = set_lr(opt, sc.lr, step, sc.steps, warmup=max(1, sc.steps // 20))
+        torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
+        lr = set_lr(opt, sc.lr, step, sc.steps, warmup=max(1, math.floor(sc.steps * sc.warmup)),
+                    floor=sc.lr_floor)
         opt.step()
         bank.push(z.detach(), y)
         log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),

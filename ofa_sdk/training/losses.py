@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import LossConfig
+from ..config import LossConfig
 
 
 class MemoryBank(nn.Module):
