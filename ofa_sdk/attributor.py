@@ -297,12 +297,29 @@ class Attributor:
 
     def scan(self, sources, threshold: Union[float, str, None] = None, *, progress: bool = True,
              skip: Optional[set] = None, profiles: Optional[Sequence[str]] = None,
-             recursive: bool = True) -> Iterator[Attribution]:
-        """Stream attributions for directories, globs or file lists with bounded memory.
-        ``skip``: sources (as strings) to leave out, e.g. rows already written by a resumed
-        scan. Every input yields exactly one result (an error result when unreadable)."""
+             recursive: bool = True, output=None):
+        """Attributions for directories, globs or file lists, streamed with bounded memory.
+        Every input gives exactly one result (an error result when unreadable). ``skip``:
+        sources (as strings) to leave out.
+
+        Without ``output``: an iterator of :class:`Attribution`. With ``output`` (a ``.jsonl``,
+        ``.csv`` or ``.parquet`` file): one row per input written there, resuming what the file
+        holds (its sources skipped, a torn last row repaired), as ``ofa-sdk scan`` does
+        (:func:`ofa_sdk.scan_output.write_scan`); returns its
+        :class:`~ofa_sdk.scan_output.ScanSummary`, or raises
+        :class:`~ofa_sdk.scan_output.ScanInterrupted` (a KeyboardInterrupt carrying the
+        summary) on Ctrl-C or SIGTERM, every row written so far kept."""
+        def results(done=frozenset()):
+            return self._scan(sources, threshold, progress, set(skip or ()) | set(done),
+                              profiles, recursive)
+        if output is None:
+            return results()
+        from .scan_output import write_scan
+        return write_scan(output, results)
+
+    def _scan(self, sources, threshold, progress: bool, skip: set, profiles,
+              recursive: bool) -> Iterator[Attribution]:
         from tqdm import tqdm
-        skip = skip or set()
         paths = (p for p in imio.expand_paths(sources, recursive) if str(p) not in skip)
         bar = tqdm(desc="scan", unit="img", disable=not progress, dynamic_ncols=True,
                    mininterval=1.0)

@@ -4,7 +4,7 @@
     ofa-sdk enroll NAME --from-cluster OUT/cluster-ID   ... or from a cluster found by discover
     ofa-sdk verify DIR --against NAME  P(made by NAME) for each image
     ofa-sdk attribute DIR              best enrolled model per image, or unknown
-    ofa-sdk scan DIR -o results.jsonl  streaming scan to JSONL or CSV (resumable)
+    ofa-sdk scan DIR -o results.jsonl  streaming scan to JSONL, CSV or Parquet (resumable)
     ofa-sdk info                       model, backend, gallery
     ofa-sdk remove NAME                delete a profile
     ofa-sdk eval ROOT                  the paper's image-to-model table on a benchmark folder
@@ -117,9 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+")
     p.add_argument("--threshold", type=_threshold, default=None, help=THRESHOLD_HELP)
     _common(p)
-    p = sub.add_parser("scan", help="stream attributions to a JSONL or CSV file (resumable)")
+    p = sub.add_parser("scan", help="stream attributions to a JSONL, CSV or Parquet file "
+                                    "(resumable)")
     p.add_argument("sources", nargs="+")
-    p.add_argument("-o", "--output", required=True, help="results.jsonl or results.csv")
+    p.add_argument("-o", "--output", required=True,
+                   help="results.jsonl, results.csv or results.parquet (needs pyarrow)")
     p.add_argument("--threshold", type=_threshold, default=None, help=THRESHOLD_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--summary", action="store_true",
@@ -326,56 +328,27 @@ def _scan_ray(a) -> int:
 
 
 def cmd_scan(a, att) -> int:
-    """Stream attributions to a JSONL or CSV file (:mod:`ofa_sdk.scan_output`: escaped names,
-    neutralised CSV cells, resume and repair). Resumable: rows already in the file are skipped,
-    a torn last row is cut off and redone, damaged lines are kept and reported; each row is one
-    complete line written with one unbuffered write, so an interrupted scan (Ctrl-C, SIGTERM,
-    SIGKILL) loses no written row and leaves no partial one. Ctrl-C or SIGTERM ends it promptly
-    wherever it is (waiting on a decode, inside an engine call, between rows) with exit status
-    130."""
+    """Stream attributions to a JSONL, CSV or Parquet file through ``Attributor.scan(...,
+    output=)`` (:mod:`ofa_sdk.scan_output`: escaped names, neutralised CSV cells, resume and
+    repair). Resumable: rows already in the file are skipped, a torn last row is cut off and
+    redone, damaged lines are kept and reported; each row is one complete line written with one
+    unbuffered write, so an interrupted scan (Ctrl-C, SIGTERM, SIGKILL) loses no written row and
+    leaves no partial one. Ctrl-C or SIGTERM ends it promptly wherever it is (waiting on a
+    decode, inside an engine call, between rows) with exit status 130."""
     if a.engine == "ray":
         return _scan_ray(a)
-    from .provenance import agreement
-    from .scan_output import ScanOutput, StopSignals
-    n = bad = 0
-    declared = {"declared": 0, "agree": 0, "disagree": 0}
-    interrupted, out, results = False, None, None
-    with StopSignals() as stop:
-        try:
-            out = ScanOutput(a.output)
-            results = att.scan(a.sources, a.threshold, progress=not a.no_progress, skip=out.done)
-            out.open()
-            for r in results:
-                with stop.deferred():           # a signal here waits until the row is written
-                    out.write(r.to_dict())
-                    n += 1
-                    bad += 0 if r.ok else 1
-                    verdict = agreement(r.provenance, r.profile)
-                    if verdict:
-                        declared[verdict] += 1
-                    declared["declared"] += bool(r.provenance.get("generator"))
-                stop.check()
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            with stop.deferred():               # stop the decode threads, fsync the rows
-                if results is not None:
-                    results.close()
-                if out is not None:
-                    out.close()
-        interrupted = interrupted or stop.requested
-    done = out.done if out is not None else set()
-    summary = {"output": a.output, "written": n, "errors": bad,
-               "skipped_already_done": len(done), "interrupted": interrupted,
-               "repaired": out.repaired if out is not None else {}}
-    if a.summary:
-        summary["provenance"] = declared
+    from .scan_output import ScanInterrupted
+    try:
+        s = att.scan(a.sources, a.threshold, progress=not a.no_progress, output=a.output)
+    except ScanInterrupted as e:
+        s = e.summary
     if a.json:
-        print(json.dumps(summary))
+        print(json.dumps(s.to_dict(provenance=a.summary)))
     else:
-        print(f"wrote {n} rows to {a.output} ({bad} errors; {len(done)} rows already there were "
-              f"kept)" + ("; interrupted: rerun the same command to resume" if interrupted else ""))
-        rep = summary["repaired"]
+        print(f"wrote {s.written} rows to {a.output} ({s.errors} errors; "
+              f"{s.skipped_already_done} rows already there were kept)"
+              + ("; interrupted: rerun the same command to resume" if s.interrupted else ""))
+        rep = s.repaired
         if rep.get("torn_bytes_cut"):
             print(f"repaired: cut a torn last row ({rep['torn_bytes_cut']} bytes); its file was "
                   f"scanned again")
@@ -385,11 +358,12 @@ def cmd_scan(a, att) -> int:
                   f"{', ...' if len(rep['damaged_lines']) > 10 else ''}); their files were "
                   f"scanned again")
         if a.summary:
-            print(f"provenance: {declared['declared']} rows declare a generator; where a profile "
-                  f"was attributed too, {declared['agree']} agree and {declared['disagree']} disagree")
-    if interrupted:
+            p = s.provenance
+            print(f"provenance: {p['declared']} rows declare a generator; where a profile "
+                  f"was attributed too, {p['agree']} agree and {p['disagree']} disagree")
+    if s.interrupted:
         return 130
-    return 1 if bad else 0
+    return 1 if s.errors else 0
 
 
 def cmd_info(a, att) -> int:

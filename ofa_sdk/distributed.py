@@ -14,8 +14,9 @@ cluster::
     engine + score rule + decision   map_batches(_ScoreActor)    an actor pool; each actor
       |             builds one engine (select_engine) in __init__ and gets the GallerySnapshot
       |             (made once on the driver, ray.put once) from the object store
-    write        Parquet or JSONL part files, the fields of the single-process scan
-                 (decision.RESULT_FIELDS; JSON_FIELDS as JSON strings in Parquet)
+    write        Parquet or JSONL part files, the rows of the single-process scan
+                 (ofa_sdk.scan_output.arrow_table / jsonl_lines: decision.RESULT_FIELDS,
+                 names escaped, JSON_FIELDS as JSON strings in Parquet)
 
 Every input gives exactly one row; an unreadable, empty, corrupt or too-small input gives a row
 with its ``error``, as in the single-process scan.
@@ -57,7 +58,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import images as imio
-from .decision import JSON_FIELDS, RESULT_FIELDS   # the single-process scan's columns
+from .decision import RESULT_FIELDS   # the single-process scan's columns
 
 FORMATS = ("parquet", "jsonl")
 STAGING = "_incomplete"          # Ray's readers skip names starting with "_"
@@ -77,24 +78,18 @@ def _ray():
     return ray
 
 
-# -- the result table ------------------------------------------------------------------------
-def _schema():
-    import pyarrow as pa
-    s = pa.string()
-    floats = ("score", "threshold", "typicality")
-    return pa.schema([(k, pa.float64() if k in floats else s) for k in RESULT_FIELDS])
-
-
+# -- the result table: ofa_sdk.scan_output's rows (escaped names, strict JSON, JSON text columns)
 def _rows_to_table(rows: List[Dict]):
-    """Attribution.to_dict() rows -> an Arrow table of RESULT_FIELDS (JSON_FIELDS as JSON)."""
-    import pyarrow as pa
-    cols = {k: [json.dumps(r[k]) if k in JSON_FIELDS else r[k] for r in rows] for k in RESULT_FIELDS}
-    return pa.table(cols, schema=_schema())
+    """Attribution.to_dict() rows -> an Arrow table of RESULT_FIELDS, as the single-process
+    scan writes them (:func:`ofa_sdk.scan_output.arrow_table`)."""
+    from .scan_output import arrow_table
+    return arrow_table(rows, RESULT_FIELDS)
 
 
 def _halves(sources: Iterable[str]) -> np.ndarray:
     """(N, 2) uint64: the 16-byte blake2b digest of each source, big-endian halves."""
-    raw = b"".join(hashlib.blake2b(s.encode("utf-8"), digest_size=16).digest() for s in sources)
+    raw = b"".join(hashlib.blake2b(s.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+                   for s in sources)
     return np.frombuffer(raw, dtype=">u8").reshape(-1, 2).astype(np.uint64)
 
 
@@ -316,17 +311,13 @@ def _make_sink(path: str, fmt: str, run_id: str):
             return rows, bad
 
         def write_block_to_file(self, block, file):
+            from ofa_sdk.scan_output import jsonl_lines
             table = block.to_arrow().select(list(RESULT_FIELDS))
             if fmt == "parquet":
                 import pyarrow.parquet as pq
                 pq.write_table(table, file)
                 return
-            lines = []
-            for r in table.to_pylist():
-                for k in JSON_FIELDS:
-                    r[k] = json.loads(r[k]) if r[k] else {}
-                lines.append(json.dumps(r) + "\n")
-            file.write("".join(lines).encode("utf-8"))
+            file.write(jsonl_lines(table))
 
         def on_write_complete(self, write_result):
             super().on_write_complete(write_result)
@@ -355,7 +346,10 @@ def _build_done(*blocks) -> Tuple[np.ndarray, int]:
 
 
 def _hash_sources(batch):
-    h = _halves(str(s) for s in batch["source"])
+    """The resume key of each written row: its source as written (escaped,
+    :func:`ofa_sdk.scan_output.escape_name`) back to the path it names."""
+    from .scan_output import unescape_name
+    h = _halves(unescape_name(str(s)) for s in batch["source"])
     return {"h0": h[:, 0], "h1": h[:, 1]}
 
 

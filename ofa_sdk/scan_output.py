@@ -1,14 +1,29 @@
-"""A scan's output file: JSONL or CSV rows written one at a time, read back to resume.
+"""A scan's output file: JSONL, CSV or Parquet rows, read back to resume.
 
-    with ScanOutput("results.csv") as out:       # reads what is there, repairs a torn row
+    summary = att.scan("incoming/", output="results.csv")    # Attributor.scan writes through
+    summary = write_scan("results.jsonl", lambda done: att.scan("incoming/", skip=done))
+
+    with open_output("results.csv") as out:      # by hand: reads what is there, repairs a torn row
         for r in att.scan("incoming/", skip=out.done):
             out.write(r.to_dict())
+
+The single-process scan (``Attributor.scan(..., output=PATH)`` and ``ofa-sdk scan``) writes
+through :func:`write_scan`; the Ray scan (:mod:`ofa_sdk.distributed`) formats its rows with
+:func:`arrow_table` and :func:`jsonl_lines`, so every scan writes the same rows.
 
 Rows: the fields of :data:`ofa_sdk.decision.RESULT_FIELDS`, one row per line in JSONL, one
 record per row in CSV after a header (``scores`` and ``provenance`` hold JSON text there). Each
 row is written whole with one unbuffered write and the file is fsynced when it is closed, so an
 interrupted scan (Ctrl-C, SIGTERM, SIGKILL, a full disk) loses no written row and leaves at most
 a torn last one.
+
+Parquet (a ``.parquet`` or ``.pq`` file; needs ``pyarrow``): the same columns (``scores`` and
+``provenance`` as JSON text), written in row groups to a hidden partial file beside the output
+(``.NAME.partial``) that holds the rows already there and the new ones and replaces the output
+when the scan ends, interrupted (Ctrl-C, SIGTERM) or not. A Parquet file is only readable once
+closed, so a scan killed outright (SIGKILL, power loss) keeps the output of its previous run and
+loses its own rows: the next run deletes the partial file (reporting its size as
+``torn_bytes_cut``) and scans them again.
 
 What is written, so that every output is valid UTF-8 and strict JSON or CSV:
 
@@ -37,6 +52,7 @@ row was damaged is scanned again. :attr:`ScanOutput.repaired` says what was done
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -51,6 +67,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Set
 from .decision import JSON_FIELDS, RESULT_FIELDS
 
 SCAN_FIELDS = list(RESULT_FIELDS)
+FLOAT_FIELDS = ("score", "threshold", "typicality")   # numbers; the other columns are text
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}   # else JSONL
+PARQUET_ROW_GROUP = 1024   # rows buffered before a Parquet row group is written
 CSV_DANGEROUS = ("=", "+", "-", "@", "\t", "\r")   # a spreadsheet may read these as a formula
 MAX_RECORD_LINES = 256   # a CSV record spanning more lines is a damaged line, not a row
 
@@ -154,6 +173,51 @@ def csv_row(d: Dict, columns: Sequence[str]) -> bytes:
             v = json.dumps(v, allow_nan=False)
         cells.append(neutralise_cell(v) if isinstance(v, str) else v)
     return csv_line(cells)
+
+
+def format_of(path) -> str:
+    """A scan output's format from its file name: "csv", "parquet" or "jsonl" (any other
+    suffix)."""
+    return FORMATS.get(Path(path).suffix.lower(), "jsonl")
+
+
+def _pyarrow():
+    """pyarrow (with its Parquet module), or an ImportError that says what needs it."""
+    if importlib.util.find_spec("pyarrow") is None:
+        raise ImportError("Parquet scan output needs pyarrow: pip install pyarrow, or write "
+                          ".jsonl or .csv")
+    import pyarrow
+    import pyarrow.parquet  # noqa: F401
+    return pyarrow
+
+
+def arrow_schema(fields: Sequence[str] = SCAN_FIELDS):
+    """The Arrow schema of a scan's rows: float64 for :data:`FLOAT_FIELDS`, strings for the
+    rest (JSON text for :data:`~ofa_sdk.decision.JSON_FIELDS`)."""
+    pa = _pyarrow()
+    return pa.schema([(k, pa.float64() if k in FLOAT_FIELDS else pa.string()) for k in fields])
+
+
+def arrow_table(rows: Sequence[Dict], fields: Sequence[str] = SCAN_FIELDS, schema=None):
+    """``Attribution.to_dict()`` rows as an Arrow table of ``fields``: the values of
+    :func:`output_row` (names escaped, text valid UTF-8, no NaN), JSON fields as JSON text."""
+    pa = _pyarrow()
+    out = [output_row(d, fields) for d in rows]
+    cols = {k: [json.dumps(r[k], allow_nan=False) if k in JSON_FIELDS else r[k] for r in out]
+            for k in fields}
+    return pa.table(cols, schema=arrow_schema(fields) if schema is None else schema)
+
+
+def jsonl_lines(table) -> bytes:
+    """The JSONL lines of a table :func:`arrow_table` made (its values are already the written
+    ones: JSON text fields become objects again, nothing is escaped twice)."""
+    lines = []
+    for r in table.to_pylist():
+        for k in JSON_FIELDS:
+            if k in r:
+                r[k] = json.loads(r[k]) if r[k] else {}
+        lines.append(json.dumps(r, allow_nan=False) + "\n")
+    return "".join(lines).encode("utf-8")
 
 
 @dataclass
@@ -321,6 +385,169 @@ class ScanOutput:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ParquetScanOutput:
+    """A scan's Parquet output opened for appending rows, after resume (see the module
+    docstring): the same interface as :class:`ScanOutput`. ``done``: the sources of the rows
+    already there; ``repaired``: ``torn_bytes_cut`` (the size of a partial file a killed run
+    left, deleted) and ``damaged_lines`` (always empty: a Parquet file is read whole or not at
+    all). Raises ValueError naming the file when it is not a readable Parquet file with a
+    ``source`` column."""
+
+    def __init__(self, path, fields: Sequence[str] = SCAN_FIELDS):
+        _pyarrow()
+        import pyarrow.parquet as pq
+        self.path = Path(path)
+        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        torn = 0
+        if self.partial.exists():
+            torn = self.partial.stat().st_size
+            self.partial.unlink()
+        self.done: Set[str] = set()
+        self._schema = arrow_schema(fields)
+        self._old = None
+        if self.path.exists():
+            try:
+                self._old = pq.ParquetFile(self.path)
+                self._schema = self._old.schema_arrow
+                sources = self._old.read(columns=["source"]).column("source").to_pylist()
+            except Exception as e:
+                raise ValueError(f"{self.path} is not a readable Parquet file with a 'source' "
+                                 f"column, not a scan's output ({e}); write the scan to another "
+                                 f"file") from None
+            self.done = {unescape_name(x) for x in sources if isinstance(x, str)}
+        self.columns = list(self._schema.names)
+        self.repaired = {"torn_bytes_cut": torn, "damaged_lines": []}
+        self._writer = None
+        self._rows: List[Dict] = []
+
+    def open(self) -> "ParquetScanOutput":
+        import pyarrow.parquet as pq
+        self._writer = pq.ParquetWriter(str(self.partial), self._schema)
+        if self._old is not None:       # the rows already there, one row group at a time
+            for i in range(self._old.num_row_groups):
+                self._writer.write_table(self._old.read_row_group(i))
+        return self
+
+    def write(self, d: Dict) -> None:
+        """Add one row, ``Attribution.to_dict()``'s fields (written with the next row group)."""
+        self._rows.append(d)
+        if len(self._rows) >= PARQUET_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(arrow_table(self._rows, self.columns, self._schema))
+            self._rows = []
+
+    def close(self) -> None:
+        """Write the last rows, close the file and put it in the output's place (atomically)."""
+        if self._writer is None:
+            return
+        try:
+            self._flush()
+        finally:
+            self._writer.close()
+            self._writer = None
+        with open(self.partial, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.partial, self.path)
+
+    def __enter__(self) -> "ParquetScanOutput":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_output(path, fields: Sequence[str] = SCAN_FIELDS):
+    """The scan output ``path`` ready to resume, by its suffix: :class:`ParquetScanOutput` for
+    ``.parquet``/``.pq``, else :class:`ScanOutput` (CSV for ``.csv``, JSONL otherwise). Open it
+    (``with``, or ``.open()``) before writing rows."""
+    return (ParquetScanOutput if format_of(path) == "parquet" else ScanOutput)(path, fields)
+
+
+@dataclass
+class ScanSummary:
+    """What :func:`write_scan` did: the output file, rows written by this run, error rows among
+    them, rows already there (kept; their sources were skipped), whether the scan was stopped
+    before the end (Ctrl-C, SIGTERM), what resuming repaired (:attr:`ScanOutput.repaired`), and
+    how declared provenance compares with the attributed profiles (``declared``: rows whose file
+    names a generator; ``agree``/``disagree``: :func:`ofa_sdk.provenance.agreement`)."""
+    output: str
+    written: int = 0
+    errors: int = 0
+    skipped_already_done: int = 0
+    interrupted: bool = False
+    repaired: Dict = field(default_factory=dict)
+    provenance: Dict = field(default_factory=lambda: {"declared": 0, "agree": 0, "disagree": 0})
+
+    def to_dict(self, provenance: bool = True) -> Dict:
+        """The summary as ``ofa-sdk scan --json`` prints it (``provenance`` only when asked)."""
+        d = {"output": self.output, "written": self.written, "errors": self.errors,
+             "skipped_already_done": self.skipped_already_done, "interrupted": self.interrupted,
+             "repaired": self.repaired}
+        if provenance:
+            d["provenance"] = dict(self.provenance)
+        return d
+
+
+class ScanInterrupted(KeyboardInterrupt):
+    """A scan writing to a file was stopped by Ctrl-C or SIGTERM. Every row it wrote is in the
+    file (fsynced) and a rerun resumes after them; ``summary`` is its :class:`ScanSummary`
+    (``interrupted`` True). A KeyboardInterrupt, so a program that does not catch it stops as
+    on any Ctrl-C."""
+
+    def __init__(self, summary: ScanSummary):
+        super().__init__(f"scan to {summary.output} interrupted after {summary.written} rows; "
+                         f"run it again to resume")
+        self.summary = summary
+
+
+def write_scan(output, scan, fields: Sequence[str] = SCAN_FIELDS) -> ScanSummary:
+    """Run a scan into the file ``output`` (JSONL, CSV or Parquet by its suffix), resuming
+    what is there: ``scan(done)`` is called with the sources already written (as ``str(path)``)
+    and returns an iterator of :class:`~ofa_sdk.decision.Attribution` that leaves them out
+    (``Attributor.scan(..., skip=done)``); every result becomes one row.
+
+    SIGINT and SIGTERM stop the scan wherever it is (:class:`StopSignals`, installed from the
+    main thread only) but never in the middle of a row; the decode threads are stopped and the
+    file is fsynced before :class:`ScanInterrupted` is raised with the summary. Returns the
+    :class:`ScanSummary`; raises ValueError for a file that is not a scan's output."""
+    from .provenance import agreement
+    summary = ScanSummary(str(output))
+    out = results = None
+    with StopSignals() as stop:
+        try:
+            out = open_output(output, fields)
+            summary.skipped_already_done, summary.repaired = len(out.done), out.repaired
+            results = scan(out.done)
+            out.open()
+            for r in results:
+                with stop.deferred():           # a signal here waits until the row is written
+                    out.write(r.to_dict())
+                    summary.written += 1
+                    summary.errors += 0 if r.ok else 1
+                    verdict = agreement(r.provenance, r.profile)
+                    if verdict:
+                        summary.provenance[verdict] += 1
+                    summary.provenance["declared"] += bool(r.provenance.get("generator"))
+                stop.check()
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            with stop.deferred():               # stop the decode threads, fsync the rows
+                try:
+                    if results is not None and hasattr(results, "close"):
+                        results.close()
+                finally:
+                    if out is not None:
+                        out.close()
+        summary.interrupted = summary.interrupted or stop.requested
+    if summary.interrupted:
+        raise ScanInterrupted(summary)
+    return summary
 
 
 class StopSignals:

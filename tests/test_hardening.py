@@ -394,12 +394,12 @@ STALLING_SCAN = textwrap.dedent("""
                     return policy(item)
             att.policy = StallingPolicy()
         else:
-            scan = att.scan
+            scan = att._scan                # the results Attributor.scan writes
             def stalling_scan(*args, **kw):
                 for r in scan(*args, **kw):
                     stall_after_first()
                     yield r
-            att.scan = stalling_scan
+            att._scan = stalling_scan
         return att
     cli._attributor = attributor
     sys.exit(cli.main(sys.argv[4:]))
