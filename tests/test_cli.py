@@ -113,3 +113,24 @@ def test_cli_reports_provenance_beside_the_verdict(tiny_model, tmp_path):
     assert "Stable Diffusion" in rows["tagged.png"]["provenance"]["generator"]
     table = run("attribute", str(q), gallery=g, model=tiny_model).stdout
     assert "declared" in table and "Stable Diffusion" in table
+
+
+def test_cli_enroll_add_and_whiten(tiny_model, folders, tmp_path):
+    from ofa_sdk.weights import update_meta
+    import shutil
+    tmp, q = folders
+    g = tmp / "gallery.db"
+    model = tmp_path / "gauss.safetensors"
+    shutil.copy(tiny_model, model)
+    update_meta(model, {"calibration": {"gaussian": {"a": -2.0, "b": 0.5, "prior_var": 0.01}}})
+    run("enroll", "gen-a", str(tmp / "gen_a"), "--limit", "3", gallery=g, model=model)
+    out = json.loads(run("enroll", "gen-a", str(tmp / "gen_a"), "--add", "--json",
+                         gallery=g, model=model).stdout)
+    assert out["support"] == 8                          # 3 + 5 images, one crop each
+    run("enroll", "gen-b", str(tmp / "gen_b"), gallery=g, model=model)
+    info = json.loads(run("info", "--json", "--whiten", "gallery", gallery=g, model=model).stdout)
+    assert info["rule"] == "gaussian"
+    rows = json.loads(run("attribute", str(q), "--json", "--whiten", "gallery",
+                          gallery=g, model=model, expect=1).stdout)
+    assert {r["label"] for r in rows} <= {"gen-a", "gen-b", "unknown", "error"}
+    run("info", "--rule", "pair", "--whiten", "gallery", gallery=g, model=model, expect=2)
