@@ -68,3 +68,14 @@ def refused_model_files(folder, cases):
             load_model(bad)
         assert str(bad) in str(e.value), (name, str(e.value))
     return paths
+
+
+def wait_for(cond, timeout=60.0, what="condition"):
+    """Poll ``cond`` until it is true; fail naming ``what`` after ``timeout`` seconds (tests that
+    watch another process reach a point, whatever the machine's load)."""
+    import time
+    t = time.time()
+    while not cond():
+        if time.time() - t > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

@@ -163,3 +163,22 @@ def test_self_threshold_rejects_the_target_fraction_of_new_images(n):
         self_threshold(own[0, :2], fraction)
     with pytest.raises(ValueError):
         self_threshold(own[0], 1.0)
+
+
+def test_pair_rule_prefilter(tiny_model):
+    from ofa_sdk.scoring import PairHeadWeights, PairRule, unit
+    from ofa_sdk.weights import load_model
+    head = PairHeadWeights.from_module(load_model(tiny_model).model.pair_head)
+    rng = np.random.default_rng(0)
+    centres = unit(rng.normal(size=(12, 16)))
+    supports = [unit(c + 0.2 * rng.normal(size=(6, 16))).astype(np.float32) for c in centres]
+    queries = [unit(centres[i] + 0.2 * rng.normal(size=(2, 16))).astype(np.float32) for i in range(12)]
+    exact = PairRule(head)
+    full = exact.scores(exact.prepare(supports), queries)
+    wide = PairRule(head, prefilter=12)                      # K >= P: exhaustive
+    np.testing.assert_allclose(wide.scores(wide.prepare(supports), queries), full, atol=1e-6)
+    pre = PairRule(head, prefilter=3)
+    approx = pre.scores(pre.prepare(supports), queries)
+    assert ((approx > 0).sum(1) <= 3).all()                  # only K profiles scored per image
+    scored = approx > 0
+    np.testing.assert_allclose(approx[scored], full[scored], atol=1e-6)
