@@ -47,8 +47,7 @@ class SpectrumConfig:
     residual_scale: float = 255.0
     # Where the residual comes from: "denoiser" (the paper: x minus its denoised version, here
     # the DnCNN's predicted noise) or "highpass" (a fixed 3x3 Laplacian, nothing learned; the
-    # compact recipe's, chosen by measurement in benchmarks/RESULTS.md section 9) or "both"
-    # (the two stacked as 6 input channels). Models trained with one must be run with it; a
+    # compact recipe's, chosen by measurement). Models trained with one must be run with it; a
     # stored config without the field is a denoiser model.
     residual: str = "denoiser"
 
@@ -135,18 +134,6 @@ class Stage2Config:
     # JPEG-compressed at one shared quality drawn from jpeg_q, as a generator's images arrive
     # after one platform's re-encoding; applied before the per-image jpeg_p.
     jpeg_class_p: float = 0.0
-    # Probability that a step's last decoder draw is a *twin*: the first draw's architecture
-    # with its decoder weights perturbed (each weight tensor plus Gaussian noise of a relative
-    # size drawn from twin_sigma, times the tensor's std), labelled as a class of its own. Two
-    # weight sets of one architecture are then negatives, as two seeds of one generator are.
-    # Measured as a fine-tune and found to have no effect (benchmarks/RESULTS.md 9.8): off.
-    twin_p: float = 0.0
-    twin_sigma: Tuple[float, float] = (0.05, 0.25)
-    # Where a twin's other weights come from: "perturbed" (the noise above) or "trained" (a
-    # second simulator trained from another seed, stage1_twin.safetensors in the run folder;
-    # every draw then uses one of the two weight sets at random, and a class is an architecture
-    # under one weight set, so neither set is the twins' alone). No effect either (RESULTS 9.12).
-    twin_weights: str = "perturbed"
 
 
 @dataclass(frozen=True)
@@ -187,19 +174,27 @@ class OFAConfig:
         return OFAConfig.from_dict(d)
 
 
-def _from_dict(cls, d: Dict[str, Any]):
+# The sections (and fields) that shape training only: not part of a model's id
+# (``ofa_sdk.weights.inference_id``). A stored configuration (a model file, a checkpoint) may name
+# fields of these sections that this version no longer has -- options removed once measured, e.g.
+# the twin classes of git tag experiments-twins-both-residual -- and still loads: such fields are
+# dropped. An unknown field anywhere else is an error (it could change the fingerprints).
+TRAINING_SECTIONS = ("stage0", "stage1", "stage2", "loss", "data", "name")
+
+
+def _from_dict(cls, d: Dict[str, Any], section: str = ""):
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in d:
             continue
         v = d[f.name]
         if isinstance(v, dict):
-            v = _from_dict(_SECTIONS[f.name], v)
+            v = _from_dict(_SECTIONS[f.name], v, f.name)
         elif isinstance(v, list):
             v = tuple(v)
         kwargs[f.name] = v
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
+    if unknown and section not in TRAINING_SECTIONS:
         raise KeyError(f"unknown config fields for {cls.__name__}: {sorted(unknown)}")
     return cls(**kwargs)
 

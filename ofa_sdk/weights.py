@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from .config import TRAINING_SECTIONS  # not part of the model id
+
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "compact.safetensors"
 META_KEY = "ofa"                     # the safetensors metadata key holding the JSON
 MANIFEST_NAME = "MANIFEST.json"      # {file name: {"sha256": hex, "bytes": size}} of a folder
-TRAINING_SECTIONS = ("stage0", "stage1", "stage2", "loss", "data", "name")  # not part of the model id
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a model file's JSON header (the shipped one is ~30 KB)
 MAX_MODEL_BYTES = 4 * 1024 ** 3       # the largest model file read
 

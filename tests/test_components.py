@@ -121,32 +121,3 @@ def test_highpass_residual_option():
     bad = dataclasses.replace(hp, spectrum=dataclasses.replace(hp.spectrum, residual="sobel"))
     with pytest.raises(ValueError, match="residual"):
         OFAModel(bad)
-
-
-def test_both_residuals_are_stacked_pixel_aligned():
-    """spectrum.residual="both": 6 channels, the denoiser's residual then the Laplacian's, each
-    cut to the centre part both cover, so channel c and c+3 describe the same pixels; the
-    extractor's stem reads 6 channels."""
-    from ofa_sdk.kernels.reference import highpass
-    from ofa_sdk.models.ofa import residual_channels
-    cfg = compact().replace(**{"spectrum.residual": "both"})
-    m = OFAModel(cfg).eval()
-    assert residual_channels(cfg) == 6 and m.extractor.stem[0].in_channels == 6
-    x = torch.rand(2, 3, 40, 36, generator=torch.Generator().manual_seed(0))
-    s = cfg.denoiser.depth            # pixels the unpadded denoiser loses on each side
-    with torch.no_grad():
-        r = m.residual(x)
-        want_d = m.denoiser(x) * cfg.spectrum.residual_scale
-        want_h = highpass(x)[..., s - 1:40 - s - 1, s - 1:36 - s - 1] * cfg.spectrum.residual_scale
-    assert r.shape == (2, 6, 40 - 2 * s, 36 - 2 * s)
-    assert torch.equal(r[:, :3], want_d)
-    assert torch.equal(r[:, 3:], want_h)
-    # an impulse at input pixel p: the Laplacian channel peaks at p - s, where the denoiser
-    # channel's output for input pixel p sits (its 2s+1 window is centred on p)
-    imp = torch.zeros(1, 3, 40, 36)
-    imp[..., 20, 17] = 1.0
-    with torch.no_grad():
-        rh = m.residual(imp)[0, 3]
-    assert (rh == rh.max()).nonzero().tolist() == [[20 - s, 17 - s]]
-    with torch.no_grad():
-        assert m(x).shape == (2, cfg.extractor.dim)

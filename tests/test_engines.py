@@ -43,29 +43,19 @@ def real_and_odd_crops(c):
     return np.ascontiguousarray(np.stack(crops))
 
 
-def tiny_with_residual(folder, residual: str):
-    from ofa_sdk.testing import write_tiny_model
-    return write_tiny_model(folder / f"tiny-{residual}.safetensors", seed=1,
-                            **{"spectrum.residual": residual})
-
-
 @pytest.fixture(scope="module")
 def tiny_highpass(tmp_path_factory):
     """A small random model with the fixed high-pass residual (the ONNX Runtime engine runs its
     stencil fused into the spectrum kernel instead of the residual graph)."""
-    return tiny_with_residual(tmp_path_factory.mktemp("hp"), "highpass")
+    from ofa_sdk.testing import write_tiny_model
+    return write_tiny_model(tmp_path_factory.mktemp("hp") / "tiny-highpass.safetensors", seed=1,
+                            **{"spectrum.residual": "highpass"})
 
 
-@pytest.fixture(scope="module")
-def tiny_both(tmp_path_factory):
-    """A small random model with both residuals as 6 channels (residual.onnx computes them)."""
-    return tiny_with_residual(tmp_path_factory.mktemp("both"), "both")
-
-
-@pytest.mark.parametrize("which", ["shipped", "tiny", "tiny-highpass", "tiny-both"])
-def test_onnxruntime_matches_torch(which, shipped, tiny_model, tiny_highpass, tiny_both, tmp_path):
+@pytest.mark.parametrize("which", ["shipped", "tiny", "tiny-highpass"])
+def test_onnxruntime_matches_torch(which, shipped, tiny_model, tiny_highpass, tmp_path):
     bundle = shipped if which == "shipped" else load_model(
-        {"tiny": tiny_model, "tiny-highpass": tiny_highpass, "tiny-both": tiny_both}[which])
+        {"tiny": tiny_model, "tiny-highpass": tiny_highpass}[which])
     ref, ort = engines(bundle, tmp_path)
     assert ort.name == "onnxruntime" and ort.model_id == bundle.model_id
     # a high-pass model runs its stencil in the spectrum kernel: no session for residual.onnx

@@ -92,3 +92,32 @@ def test_configs_roundtrip_and_paper_values():
     assert compact().replace(**{"stage2.steps": 5}).stage2.steps == 5
     with pytest.raises(KeyError):
         compact().replace(**{"stage2.nope": 5})
+
+
+def test_stored_configs_with_removed_training_fields_load(tmp_path):
+    """A model file or checkpoint written before a training option was removed names its fields
+    (as those of stage 2 at git tag experiments-twins-both-residual do, at their off values): it
+    loads, the fields dropped, with the same model id. The training schedule's own constants are
+    config fields with the values the stages used. An unknown field of a section that shapes
+    inference is refused."""
+    from safetensors.torch import load_file
+    from ofa_sdk.config import OFAConfig
+    from ofa_sdk.testing import write_tiny_model
+    from ofa_sdk.weights import load_model, read_meta, write_file
+    c = compact()
+    assert (c.data.holdout, c.stage1.grad_clip, c.stage2.grad_clip, c.stage2.warmup) == (0.15, 1.0, 5.0, 0.05)
+    old = c.to_dict()
+    old["stage2"].update(retired_p=0.0, retired_range=[0.05, 0.25], retired_kind="perturbed")
+    old["loss"]["retired"] = 1.0
+    del old["data"]                                   # files older than the section
+    assert OFAConfig.from_dict(old) == c
+    path = write_tiny_model(tmp_path / "now.safetensors")
+    meta = read_meta(path)
+    meta["config"]["stage2"]["retired_p"] = 0.0
+    del meta["config"]["data"]
+    write_file(tmp_path / "old.safetensors", load_file(str(path)), meta)
+    assert load_model(tmp_path / "old.safetensors").model_id == load_model(path).model_id
+    bad = c.to_dict()
+    bad["spectrum"]["retired"] = 1
+    with pytest.raises(KeyError, match="retired"):
+        OFAConfig.from_dict(bad)

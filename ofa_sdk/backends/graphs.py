@@ -5,7 +5,7 @@ native real FFT on the CPU): the spectrum runs through
 :func:`ofa_sdk.models.spectrum.log_spectrum` (the dispatched kernel or the torch path).
 
 * ``residual``:  (B, c, c, 3) uint8 crops -> (B, C, h, w) float32 residual in grey levels
-  (C = 3, or 6 for a model with both residuals);
+  (C = 3);
 * ``extractor``: (B, C, h, w) float32 log-spectrum -> (B, d) float32 unit fingerprint.
 
 Both have a dynamic batch axis (opset 18). Each file carries the model id, the configuration

@@ -18,18 +18,7 @@ from .resnet import ResNet
 from .spectrum import log_spectrum
 
 
-RESIDUALS = ("denoiser", "highpass", "both")
-
-
-def residual_channels(cfg: OFAConfig) -> int:
-    """Channels of the residual (and of the spectrum the extractor reads): 3 per residual kind,
-    so 6 for ``spectrum.residual="both"``."""
-    return 6 if cfg.spectrum.residual == "both" else 3
-
-
-def _centre(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    top, left = (t.shape[-2] - h) // 2, (t.shape[-1] - w) // 2
-    return t[..., top:top + h, left:left + w]
+RESIDUALS = ("denoiser", "highpass")
 
 
 class OFAModel(nn.Module):
@@ -39,24 +28,18 @@ class OFAModel(nn.Module):
             raise ValueError(f"spectrum.residual must be one of {RESIDUALS}, got {cfg.spectrum.residual!r}")
         self.cfg = cfg
         self.denoiser = DnCNN(cfg.denoiser)
-        self.extractor = ResNet(cfg.extractor, residual_channels(cfg))
+        self.extractor = ResNet(cfg.extractor)
         self.pair_head = PairHead(cfg.extractor.dim, cfg.heads.pair_hidden)
         self.real_head = RealHead(cfg.extractor.dim, cfg.heads.real_hidden)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [0,1] -> noise residual in grey levels (x residual_scale): the denoiser's,
-        or with ``spectrum.residual="highpass"`` a fixed 3x3 Laplacian (valid part), or with
-        ``"both"`` the two stacked as 6 channels (denoiser first), each cut to the centre part
-        both cover (both kernels are centred, so the cut keeps them pixel-aligned)."""
+        or with ``spectrum.residual="highpass"`` a fixed 3x3 Laplacian (valid part)."""
         kind, scale = self.cfg.spectrum.residual, self.cfg.spectrum.residual_scale
         if kind == "denoiser":
             return self.denoiser(x) * scale
         if kind == "highpass":
             return highpass(x) * scale
-        if kind == "both":
-            d, h = self.denoiser(x), highpass(x)
-            size = min(d.shape[-2], h.shape[-2]), min(d.shape[-1], h.shape[-1])
-            return torch.cat([_centre(d, *size), _centre(h, *size)], dim=1) * scale
         raise ValueError(f"spectrum.residual must be one of {RESIDUALS}, got {kind!r}")
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:

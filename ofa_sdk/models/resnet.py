@@ -60,13 +60,13 @@ def _downsample(cin: int, cout: int, stride: int) -> nn.Module:
 
 
 class ResNet(nn.Module):
-    """Input (B,C,H,W) (C = 3 per residual kind) -> un-normalised fingerprint phi (B, dim)."""
+    """Input (B,3,H,W) -> un-normalised fingerprint phi (B, dim)."""
 
-    def __init__(self, cfg: ExtractorConfig, in_channels: int = 3):
+    def __init__(self, cfg: ExtractorConfig):
         super().__init__()
         block = {"basic": BasicBlock, "bottleneck": Bottleneck}[cfg.block]
         w = cfg.width
-        stem = [nn.Conv2d(in_channels, w, 7, cfg.stem_stride, 3, bias=False), nn.BatchNorm2d(w),
+        stem = [nn.Conv2d(3, w, 7, cfg.stem_stride, 3, bias=False), nn.BatchNorm2d(w),
                 nn.ReLU(inplace=True)]
         if cfg.stem_pool:
             stem.append(nn.MaxPool2d(3, 2, 1))

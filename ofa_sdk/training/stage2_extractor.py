@@ -25,12 +25,6 @@ from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_
 from .losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 
 REAL_LABEL = -1  # architecture ids are >= 0
-TWIN_LABEL = -2  # a perturbed twin's label is TWIN_LABEL - step: its own class, never seen again
-# with a second trained simulator, a class is (architecture, weight set): label id + set * stride
-# (architecture ids stay far below it: the space has about 1.6e12 of them)
-WEIGHT_SET_STRIDE = 1 << 48
-TWIN_WEIGHTS = ("perturbed", "trained")
-TWIN_CHECKPOINT = "stage1_twin.safetensors"
 
 
 def _jpeg(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.Tensor:
@@ -53,56 +47,26 @@ def _jpeg_class(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.
     return _jpeg(x, g, 1.0, (q, q))
 
 
-def perturbed_decoder(sim: FingerprintSimulator, sigma: float, g: torch.Generator):
-    """The decoder's weight tensors, each plus N(0, (sigma * its std)^2) noise: another weight
-    set of the same architectures, for :func:`torch.func.functional_call`."""
-    with torch.no_grad():
-        return {k: v + sigma * v.std() * torch.randn(v.shape, generator=g, dtype=v.dtype)
-                for k, v in sim.named_parameters() if k.startswith("decoder.") and v.ndim >= 2}
-
-
-def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator,
-               step: int = 0, twin_sim: FingerprintSimulator | None = None):
-    """Images (B,3,c,c) in [0,1], labels (B,) and each draw's label, for one step.
-    With probability ``stage2.twin_p`` the last draw is the first one's architecture under other
-    weights: with ``twin_sim`` (``stage2.twin_weights="trained"``) every draw runs under ``sim``
-    or ``twin_sim`` at random, labelled ``id + set * WEIGHT_SET_STRIDE``, and the twin under the
-    first draw's other set; without it, the twin has perturbed decoder weights
-    (:func:`perturbed_decoder`) and the label ``TWIN_LABEL - step``."""
+def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator):
+    """Images (B,3,c,c) in [0,1], labels (B,) and the architecture ids drawn, for one step."""
     sc = cfg.stage2
     archs = [sim.sample(g) for _ in range(sc.m)]
-    # each draw's weight set (0: sim, 1: twin_sim) and the network that renders it
-    sets = ([int(torch.randint(2, (1,), generator=g)) for _ in range(sc.m)]
-            if twin_sim is not None else [0] * sc.m)
-    nets = [(sim, twin_sim)[k] for k in sets]
-    labels = [a.id + k * WEIGHT_SET_STRIDE for a, k in zip(archs, sets)]
-    if sc.m > 1 and sc.twin_p > 0 and float(torch.rand(1, generator=g)) < sc.twin_p:
-        archs[-1] = archs[0]
-        if twin_sim is not None:
-            k = 1 - sets[0]
-            nets[-1], labels[-1] = (sim, twin_sim)[k], archs[0].id + k * WEIGHT_SET_STRIDE
-        else:
-            lo, hi = sc.twin_sigma
-            sigma = lo + (hi - lo) * float(torch.rand(1, generator=g))
-            w = perturbed_decoder(sim, sigma, g)
-            nets[-1] = lambda content, a: torch.func.functional_call(sim, w, (content, a))
-            labels[-1] = TWIN_LABEL - step
     xs, ys = [], []
     shared = data.batch(sc.n, sc.crop, g)              # single set content
     with torch.no_grad():
-        for a, label, net in zip(archs, labels, nets):
+        for a in archs:
             pair = []
             for content in (data.batch(sc.n, sc.crop, g), shared):
-                r = net(content, a).clamp(0, 1)
+                r = sim(content, a).clamp(0, 1)
                 if sc.quantize:
                     r = quantize(r)
                 pair.append(r)
             xs.extend(torch.split(_jpeg_class(torch.cat(pair), g, sc.jpeg_class_p, sc.jpeg_q), sc.n))
-            ys.extend(torch.full((sc.n,), label, dtype=torch.long) for _ in pair)
+            ys.extend(torch.full((sc.n,), a.id, dtype=torch.long) for _ in pair)
     xs.append(_jpeg_class(data.batch(sc.n, sc.crop, g), g, sc.jpeg_class_p, sc.jpeg_q))  # real photos
     ys.append(torch.full((sc.n,), REAL_LABEL, dtype=torch.long))
     x = _jpeg(torch.cat(xs), g, sc.jpeg_p, sc.jpeg_q)
-    return x, torch.cat(ys), labels
+    return x, torch.cat(ys), [a.id for a in archs]
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
@@ -114,17 +78,6 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     sim = FingerprintSimulator(cfg.simulator)
     load_checkpoint(out / "stage0.safetensors", {"denoiser": model.denoiser})
     s1meta, _ = load_checkpoint(out / "stage1.safetensors", {"simulator": sim})
-    if sc.twin_weights not in TWIN_WEIGHTS:
-        raise ValueError(f"stage2.twin_weights must be one of {TWIN_WEIGHTS}, got {sc.twin_weights!r}")
-    twin_sim = None
-    if sc.twin_weights == "trained":
-        if not (out / TWIN_CHECKPOINT).exists():
-            raise FileNotFoundError(
-                f"stage2.twin_weights='trained' needs {out / TWIN_CHECKPOINT}: the stage1.safetensors "
-                f"of a stage-1 run with another --seed, copied there")
-        twin_sim = FingerprintSimulator(cfg.simulator)
-        load_checkpoint(out / TWIN_CHECKPOINT, {"simulator": twin_sim})
-        twin_sim.eval().requires_grad_(False)
     torch.manual_seed(seed + 2)
     for p in list(sim.parameters()) + list(model.denoiser.parameters()):
         p.requires_grad_(False)
@@ -143,7 +96,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     log = RunLog(out / "stage2.jsonl", sc.steps, start, "stage2 extractor", quiet)
     model.extractor.train()
     for step in range(start + 1, sc.steps + 1):
-        x, y, arch_ids = make_batch(sim, data, cfg, g, step, twin_sim)
+        x, y, arch_ids = make_batch(sim, data, cfg, g)
         with torch.no_grad():
             spec = model.spectrum(x)
         phi = model.extract(spec)
