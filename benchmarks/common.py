@@ -1,4 +1,4 @@
-"""Shared plumbing of the scoring benchmarks (scoring.py, thresholds.py, fusion.py)."""
+"""Shared plumbing of the scoring benchmarks (scoring.py, thresholds.py)."""
 from __future__ import annotations
 
 import argparse

@@ -5,14 +5,9 @@ model's residual; the high-pass one has nothing learned).
 
     python benchmarks/jpeg_table.py [--tags candidate candidate4200] [--dir benchmarks/results/jpeg]
     python benchmarks/jpeg_table.py --pairs --tags candidate4200 seed1
-    python benchmarks/jpeg_table.py --dir benchmarks/results/attenuated --sets wild-a50 wild-a25 \
-        --tags candidate4200 seed1
-
-    python benchmarks/jpeg_table.py --fusion benchmarks/results/fusion_wild_4b50.json
     python benchmarks/jpeg_table.py --tags candidate4200 crops9 --crops 1 4 9
 
-A condition whose result files are not all there is left out. ``--fusion`` prints the same
-per-pair summary for the rules of a ``benchmarks/fusion.py`` result.
+A condition whose result files are not all there is left out.
 
 ``--pairs`` prints what the means hide, from the per-pair AUCs that ``benchmarks/scoring.py``
 records (results written before it did are skipped): per model and condition, the mean over the
@@ -75,28 +70,15 @@ def pairs_table(models, d, sets, crops=(1, 4)):
                           f"{100 * w:.1f} ({t} vs {o}) | {n} |")
 
 
-def fusion_table(path):
-    pairs = json.loads(Path(path).read_text())["pairs"]
-    print("| run | rule | seed pairs | real pairs | worst pair | pairs < %.2f |" % WEAK)
-    print("|---|---|---|---|---|---|")
-    for key, rules in pairs.items():
-        for rule, matrix in rules.items():
-            sm, rm, (w, t, o), n = pair_summary(matrix)
-            print(f"| {key} | {rule} | {_pct(sm)} | {_pct(rm)} | {100 * w:.1f} ({t} vs {o}) | {n} |")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tags", nargs="+", default=["candidate"])
     ap.add_argument("--dir", default="benchmarks/results/jpeg")
     ap.add_argument("--sets", nargs="+", default=["dev", "wild", "wild13"], help="result file prefixes")
     ap.add_argument("--pairs", action="store_true", help="the per-pair summary instead of the means")
-    ap.add_argument("--fusion", default=None, help="a benchmarks/fusion.py result: its per-pair summary")
     ap.add_argument("--crops", nargs="+", type=int, default=[1, 4],
                     help="crop counts to show; a run without one shows '-'")
     a = ap.parse_args(argv)
-    if a.fusion:
-        return fusion_table(a.fusion)
     if a.pairs:
         return pairs_table(a.tags, a.dir, a.sets, a.crops)
     models = ["shipped"] + a.tags

@@ -14,11 +14,6 @@ $PY benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 --photos "$P
     --out benchmarks/results/scoring_dev.json | tee benchmarks/results/scoring_dev.txt
 $PY benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 --jpeg 90 $MODEL_ARG \
     --out benchmarks/results/scoring_dev_jpeg90.json | tee benchmarks/results/scoring_dev_jpeg90.txt
-# fusing the fingerprint with the fixed high-pass spectrum (a measurement, not shipped)
-$PY benchmarks/fusion.py --set benchmarks/data/dev-sim $MODEL_ARG --out benchmarks/results/fusion_dev.json \
-    | tee benchmarks/results/fusion_dev.txt
-$PY benchmarks/fusion.py --set benchmarks/data/wild --support 75 --queries 100 --crops 1 4 9 $MODEL_ARG \
-    --out benchmarks/results/fusion_wild.json | tee benchmarks/results/fusion_wild.txt
 $PY benchmarks/scoring.py --set benchmarks/data/wild --support 75 --queries 100 --crops 1 4 9 $MODEL_ARG \
     --out benchmarks/results/scoring_wild.json | tee benchmarks/results/scoring_wild.txt
 $PY benchmarks/eval_wild.py --photos "$PHOTOS" --crops 1 4 9 $MODEL_ARG | tee benchmarks/results/eval_wild.txt
@@ -32,7 +27,4 @@ $PY benchmarks/thresholds.py --set benchmarks/data/wild $MODEL_ARG \
     --out benchmarks/results/thresholds_wild.json | tee benchmarks/results/thresholds_wild.txt
 $PY -m ofa_sdk.cli eval benchmarks/data/wild --support 75 --queries 100 --crops 4 --gallery /tmp/ofa-eval.db \
     --matrix benchmarks/results/wild_matrix_crops4.png $MODEL_ARG | tee benchmarks/results/cli_eval.txt
-$PY benchmarks/residual_probe.py --photos "$PHOTOS" --simulator runs/compact/stage1.safetensors \
-    --denoiser sigma1=runs/failed-2/stage0.safetensors --denoiser sigma3=runs/compact/stage0.safetensors \
-    | tee benchmarks/results/residual_probe.txt
 $PY benchmarks/sizing.py | tee benchmarks/results/sizing.txt
