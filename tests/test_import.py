@@ -43,3 +43,21 @@ def test_numpy_score_rules_need_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_kernels_import_nothing_of_the_models():
+    """Imports go one way: models -> kernels (dispatch -> op files, reference); no module of
+    ofa_sdk.kernels imports ofa_sdk.models, at module level or inside a function."""
+    import ast
+    from pathlib import Path
+    import ofa_sdk
+    folder = Path(ofa_sdk.__file__).parent / "kernels"
+    for f in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = ["." * node.level + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("models" in n.split(".") for n in names), (f.name, names)
