@@ -446,6 +446,23 @@ class GaussianFit:
     alpha: float          # the shrinkage used
 
 
+def _eig_desc(xc: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Nonzero eigenvalues (descending) and eigenvectors (rows) of the covariance xc^T xc / n of
+    centred rows ``xc`` (n, d), from the smaller of the n x n Gram matrix and the d x d
+    covariance (a symmetric eigensolver: several times faster than an SVD at these sizes)."""
+    n, d = xc.shape
+    if n <= d:
+        w, u = np.linalg.eigh(xc @ xc.T)
+        w, u = w[::-1], u[:, ::-1]
+        keep = w > 1e-10 * max(w[0], 1e-300)
+        w, u = w[keep], u[:, keep]
+        return w / n, (u / np.sqrt(w)).T @ xc
+    w, v = np.linalg.eigh(xc.T @ xc / n)
+    w, v = w[::-1], v[:, ::-1]
+    keep = w > 1e-10 * max(w[0], 1e-300)
+    return w[keep], v[:, keep].T
+
+
 def fit_gaussian(x: np.ndarray, method: str = "ledoit-wolf", rank: int = RANK,
                  prior_var: Optional[float] = None) -> GaussianFit:
     """Mean and shrunk covariance of the rows of ``x`` (n >= 1, d) in the low-rank form.
@@ -462,11 +479,10 @@ def fit_gaussian(x: np.ndarray, method: str = "ledoit-wolf", rank: int = RANK,
             raise ValueError(f"a Gaussian of {n} point(s) with no spread needs a prior variance")
         return GaussianFit(mean, np.zeros((0, d)), np.zeros(0), float(var), 1.0)
     alpha = shrinkage(x, method)
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    ev = s ** 2 / n                                     # nonzero eigenvalues of S, descending
+    ev, vt = _eig_desc(xc)                              # eigenpairs of S, descending
     mu = ev.sum() / d
     floor = max(mu, 1e-12) * 1e-6                       # keeps identical support points finite
-    k = int(min(rank, np.count_nonzero(ev > 1e-12 * max(ev.max(initial=0), 1e-300))))
+    k = int(min(rank, len(ev)))
     lam = (1 - alpha) * ev[:k] + alpha * mu
     lam = np.maximum(lam, floor)
     if k < d:
