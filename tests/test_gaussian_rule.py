@@ -234,3 +234,25 @@ def test_enrolling_more_images_updates_the_profile(gauss_model, tmp_path):
     s = att.scores(a[7:])
     np.testing.assert_allclose(s[:, att.gallery.names().index("legacy")],
                                s[:, att.gallery.names().index("gen-a")], rtol=1e-9)
+
+
+def test_whitening_with_one_profile_and_with_too_few_points():
+    rng = np.random.default_rng(11)
+    d = 6
+    x = unit(rng.normal(size=(12, d)) * np.linspace(2, 0.5, d) + 2 * rng.normal(size=d))
+    rule = GaussianRule(RAW, whiten="gallery", prior_var=0.03)
+    # one profile: the whitener is that profile's own shrunk covariance, and the pooled
+    # variance becomes the prior of small profiles
+    state = rule.prepare([x])
+    w, var = pooled_whitener([x])
+    np.testing.assert_allclose(state.whitener, w, rtol=1e-9)
+    assert state.prior_var == pytest.approx(var)
+    # a one-image profile beside it gets the gallery's pooled variance, in whitened space
+    state = rule.prepare([x, x[:1]])
+    q = unit(rng.normal(size=(3, d)))
+    got = 1 - rule.raw_scores(state, [z[None] for z in q])[:, 1]
+    want = (((q - x[0]) @ state.whitener) ** 2).sum(1) / state.prior_var / d
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # profiles with fewer than 3 residuals in all: nothing to whiten by, the model's prior
+    state = rule.prepare([x[:1], x[1:3]])
+    assert state.whitener is None and state.prior_var == 0.03
