@@ -213,10 +213,11 @@ setup(
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],   # backends/onnxruntime.py, graphs.py
         "tensorrt": ["tensorrt>=10"],                                     # backends/tensorrt.py (CUDA)
         "triton": ["triton>=3.0"],                                        # ofa_sdk/kernels/*.py (CUDA)
-        "c2pa": ["c2pa-python>=0.38"],                                    # provenance.py, C2PA manifests
+        "c2pa": ["c2pa-python>=0.38"],                                    # provenance/c2pa.py, C2PA manifests
         "eval": ["matplotlib"],                                           # benchmarks/harness.py plots
         "ray": ["ray[data]>=2.60", "aiohttp"],                            # distributed.py
         "discover": ["scikit-learn>=1.3"],                                # discovery.py (HDBSCAN)
+        "parquet": ["pyarrow>=14"],                                       # scan_output.py, .parquet scans
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn", "scipy", "cryptography",
                  "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "c2pa-python>=0.38",
                  "ray[data]>=2.60", "aiohttp", "triton>=3.0"],

@@ -184,7 +184,7 @@ def format_of(path) -> str:
 def _pyarrow():
     """pyarrow (with its Parquet module), or an ImportError that says what needs it."""
     if importlib.util.find_spec("pyarrow") is None:
-        raise ImportError("Parquet scan output needs pyarrow: pip install pyarrow, or write "
+        raise ImportError("Parquet scan output needs pyarrow: pip install 'ofa-sdk[parquet]', or write "
                           ".jsonl or .csv")
     import pyarrow
     import pyarrow.parquet  # noqa: F401
@@ -257,7 +257,8 @@ def _lines(f) -> Iterator[tuple]:
         off += len(raw)
 
 
-def _read_jsonl(lines: Iterator[tuple], st: OutputState) -> None:
+def _read_jsonl(lines: Iterator[tuple], st: OutputState) -> Iterator[Dict]:
+    """The complete rows of JSONL ``lines`` (``source`` unescaped), counted into ``st``."""
     for no, off, text, n in lines:
         st.end = off + n
         try:
@@ -269,11 +270,13 @@ def _read_jsonl(lines: Iterator[tuple], st: OutputState) -> None:
             st.damaged.append(no)       # not a row: kept as it is, reported
             continue
         st.rows += 1
-        st.done.add(unescape_name(src))
+        row["source"] = unescape_name(src)
+        yield row
 
 
-def _read_csv(lines: Iterator[tuple], st: OutputState) -> None:
-    """Records of CSV ``lines`` into ``st``. A record is read line by line: while it is inside
+def _read_csv(lines: Iterator[tuple], st: OutputState) -> Iterator[Dict]:
+    """The rows of CSV ``lines`` (every cell restored, ``source`` unescaped; text as written:
+    JSON fields as JSON text, numbers as their text, None as ""), counted into ``st``. A record is read line by line: while it is inside
     a quoted field (a field holding a newline) the next line is added, up to
     :data:`MAX_RECORD_LINES`; a line that starts no valid record is damaged, and the lines read
     after it are read again as the records they are."""
@@ -292,7 +295,8 @@ def _read_csv(lines: Iterator[tuple], st: OutputState) -> None:
             # the end of the file inside a quoted field: a torn last record (cut off: st.end
             # stays before it), unless complete rows follow its first line (then it was damaged)
             rest = OutputState(header=st.header)
-            _read_csv(iter(pending[1:]), rest)
+            for _ in _read_csv(iter(pending[1:]), rest):
+                pass
             if not rest.rows:
                 return
             damaged(pending[0])
@@ -307,7 +311,9 @@ def _read_csv(lines: Iterator[tuple], st: OutputState) -> None:
             st.header = fields
         elif fields is not None and "source" in st.header and len(fields) == len(st.header):
             st.rows += 1
-            st.done.add(unescape_name(restore_cell(fields[st.header.index("source")])))
+            row = dict(zip(st.header, map(restore_cell, fields)))
+            row["source"] = unescape_name(row["source"])
+            yield row
         else:                           # no row starts here: the first line is damaged, the
             damaged(pending[0])         # others are read again
             todo.extend(reversed(pending[1:]))
@@ -319,14 +325,67 @@ def _read_csv(lines: Iterator[tuple], st: OutputState) -> None:
 
 def read_output(path) -> OutputState:
     """Read a scan's output file in one streaming pass (see the module docstring)."""
-    path = Path(path)
     st = OutputState()
-    if not path.exists():
-        return st
-    st.size = path.stat().st_size
-    with open(path, "rb") as f:
-        (_read_csv if path.suffix.lower() == ".csv" else _read_jsonl)(_lines(f), st)
+    for row in read_rows(path, state=st):
+        st.done.add(row["source"])
     return st
+
+
+def read_rows(path, columns: Optional[Sequence[str]] = None,
+              state: Optional[OutputState] = None) -> Iterator[Dict]:
+    """The complete rows of a scan's output file (JSONL, CSV or Parquet by its suffix), in
+    order, as dicts with the values that were written: ``source`` unescaped
+    (:func:`unescape_name`: the name as ``os.fsdecode`` gives it), CSV cells restored
+    (:func:`restore_cell`; a CSV row holds text: JSON fields as JSON text, numbers as their
+    text, None as ""). What resume reads (:func:`read_output`, :class:`ParquetScanOutput`) and
+    what :func:`ofa_sdk.discovery.unknown_sources` reads.
+
+    A torn last row is left out and a damaged line skipped, as resume does; ``state`` (an
+    :class:`OutputState`), when given, is filled with what was found (rows, damaged line
+    numbers, the CSV header, where the last complete row ends). ``columns``: the columns the
+    file must have (a CSV header or Parquet schema without one of them raises ValueError; a
+    JSONL row without one has None there); Parquet reads only these. A file that does not exist
+    holds no rows."""
+    path = Path(path)
+    st = OutputState() if state is None else state
+    if not path.exists():
+        return
+    st.size = path.stat().st_size
+    if format_of(path) == "parquet":
+        _pyarrow()
+        import pyarrow.parquet as pq
+        for row in parquet_rows(pq.ParquetFile(path), columns, path):
+            st.rows += 1
+            yield row
+        st.end = st.size
+        return
+
+    def check() -> None:                # the CSV header has the columns asked for
+        missing = [c for c in columns or () if st.header is not None and c not in st.header]
+        if missing:
+            raise ValueError(f"{path} has no {', '.join(map(repr, missing))} column: not a "
+                             f"scan's output")
+    with open(path, "rb") as f:
+        for row in (_read_csv if format_of(path) == "csv" else _read_jsonl)(_lines(f), st):
+            check()
+            yield row if columns is None else {c: row.get(c) for c in columns}
+    check()
+
+
+def parquet_rows(pf, columns: Optional[Sequence[str]] = None, name=None) -> Iterator[Dict]:
+    """The rows of an open ``pyarrow.parquet.ParquetFile`` of a scan, one row group at a time
+    (``source`` unescaped); ``columns``: the columns to read (ValueError naming ``name`` when
+    one is missing)."""
+    have = pf.schema_arrow.names
+    missing = [c for c in (columns or ()) if c not in have]
+    if missing:
+        raise ValueError(f"{name or 'the Parquet file'} has no "
+                         f"{', '.join(map(repr, missing))} column: not a scan's output")
+    for i in range(pf.num_row_groups):
+        for row in pf.read_row_group(i, columns=list(columns) if columns else None).to_pylist():
+            if isinstance(row.get("source"), str):
+                row["source"] = unescape_name(row["source"])
+            yield row
 
 
 class ScanOutput:
@@ -411,12 +470,12 @@ class ParquetScanOutput:
             try:
                 self._old = pq.ParquetFile(self.path)
                 self._schema = self._old.schema_arrow
-                sources = self._old.read(columns=["source"]).column("source").to_pylist()
+                self.done = {r["source"] for r in parquet_rows(self._old, ["source"])
+                             if isinstance(r["source"], str)}
             except Exception as e:
                 raise ValueError(f"{self.path} is not a readable Parquet file with a 'source' "
                                  f"column, not a scan's output ({e}); write the scan to another "
                                  f"file") from None
-            self.done = {unescape_name(x) for x in sources if isinstance(x, str)}
         self.columns = list(self._schema.names)
         self.repaired = {"torn_bytes_cut": torn, "damaged_lines": []}
         self._writer = None
