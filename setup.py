@@ -207,7 +207,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ofa_sdk", "ofa_sdk.*"]),
     package_data={"ofa_sdk": ["weights/*.safetensors", "weights/*.json", "weights/engines/*/*.onnx"]},
-    install_requires=["torch>=2.4", "numpy>=1.24", "pillow>=10", "safetensors>=0.4", "tqdm>=4.60"],
+    install_requires=["torch>=2.4", "numpy>=1.24", "pillow>=10", "safetensors>=0.4", "tqdm>=4.60",
+                      "threadpoolctl>=3"],
     extras_require={
         # each extra installs exactly what its code path imports
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],   # backends/onnxruntime.py, graphs.py

@@ -26,6 +26,7 @@ on the development set, and by how much, is in benchmarks/RESULTS.md (section 3.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
@@ -463,6 +464,18 @@ def _eig_desc(xc: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return w[keep], v[:, keep].T
 
 
+def one_blas_thread():
+    """A context in which BLAS/LAPACK use one thread. The Gaussian rule's per-profile fits are
+    small (100 x 128) eigenproblems run by the hundred: on one thread each takes about a
+    millisecond, while a multi-threaded BLAS on a busy machine spends tens of milliseconds
+    synchronising its threads (measured in benchmarks/RESULTS.md section 5)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                 # not installed: the BLAS keeps its own setting
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def fit_gaussian(x: np.ndarray, method: str = "ledoit-wolf", rank: int = RANK,
                  prior_var: Optional[float] = None) -> GaussianFit:
     """Mean and shrunk covariance of the rows of ``x`` (n >= 1, d) in the low-rank form.
@@ -594,11 +607,13 @@ class GaussianRule:
         """One Gaussian per support set; ``counts``: each set's crops (see :func:`image_ids`)."""
         pts = [self.points(s, None if counts is None else counts[i]) for i, s in enumerate(supports)]
         d = pts[0].shape[1] if pts else 0
-        w, prior = pooled_whitener(pts, self.shrink) if self.whiten == "gallery" else (None, None)
-        if w is not None:
-            pts = [p @ w for p in pts]
-        prior = self.prior_var if prior is None else prior
-        return _stack([fit_gaussian(p, self.shrink, self.rank, prior) for p in pts], d, w, prior)
+        with one_blas_thread():
+            w, prior = pooled_whitener(pts, self.shrink) if self.whiten == "gallery" else (None, None)
+            if w is not None:
+                pts = [p @ w for p in pts]
+            prior = self.prior_var if prior is None else prior
+            fits = [fit_gaussian(p, self.shrink, self.rank, prior) for p in pts]
+        return _stack(fits, d, w, prior)
 
     def select(self, state: GaussianState, idx: Sequence[int]) -> GaussianState:
         # the whitener stays the one of the gallery the snapshot was made from
@@ -650,10 +665,11 @@ class GaussianRule:
             pts = pts @ whitener
         folds = min(n, LOO_FOLDS)
         out = np.empty(n)
-        for f in range(folds):
-            held = np.arange(f, n, folds)
-            fit = fit_gaussian(np.delete(pts, held, 0), self.shrink, self.rank, prior_var)
-            out[held] = 1.0 - mahalanobis(fit, pts[held]) / pts.shape[1]
+        with one_blas_thread():
+            for f in range(folds):
+                held = np.arange(f, n, folds)
+                fit = fit_gaussian(np.delete(pts, held, 0), self.shrink, self.rank, prior_var)
+                out[held] = 1.0 - mahalanobis(fit, pts[held]) / pts.shape[1]
         return out
 
     def to_prob(self, raw):
