@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -520,7 +521,12 @@ def is_scan_output(path) -> bool:
 
 
 def unknown_sources(path, label: str = "unknown") -> List[str]:
-    """The sources of a scan output's rows labelled ``label`` (default: unknown), in order."""
+    """The sources of a scan output's rows labelled ``label`` (default: unknown), in order, as
+    the paths of the files scanned: read by :func:`ofa_sdk.scan_output.read_rows`, the reader
+    resume uses, so escaped file names (a backslash, a byte that is not UTF-8) and neutralised
+    CSV cells come back as they were. A torn last row is left out; a damaged line is skipped
+    with a warning."""
+    from .scan_output import OutputState, read_rows
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"scan output {p} does not exist")
@@ -528,32 +534,12 @@ def unknown_sources(path, label: str = "unknown") -> List[str]:
                    and not q.name.startswith((".", "_"))) if p.is_dir() else [p]
     out: List[str] = []
     for q in files:
-        suffix = q.suffix.lower()
-        if suffix in (".parquet", ".pq"):
-            try:
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise ImportError(f"reading {q} needs pyarrow: pip install pyarrow") from None
-            cols = pq.read_table(q, columns=["source", "label"]).to_pydict()
-            out += [s for s, lab in zip(cols["source"], cols["label"]) if lab == label]
-        elif suffix == ".csv":
-            import csv
-            with open(q, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-                reader = csv.DictReader(fh)
-                if not reader.fieldnames or not {"source", "label"} <= set(reader.fieldnames):
-                    raise ValueError(f"{q} has no 'source' and 'label' columns: not a scan output")
-                out += [r["source"] for r in reader if r.get("label") == label]
-        else:
-            with open(q, encoding="utf-8", errors="surrogateescape") as fh:
-                for i, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        r = json.loads(line)
-                    except ValueError:
-                        if not line.endswith("\n"):
-                            break          # a torn last row of an interrupted scan
-                        raise ValueError(f"{q}, line {i}: not JSON (not a scan output?)") from None
-                    if isinstance(r, dict) and r.get("label") == label and "source" in r:
-                        out.append(str(r["source"]))
+        st = OutputState()
+        out += [r["source"] for r in read_rows(q, ("source", "label"), st)
+                if r["label"] == label and isinstance(r["source"], str)]
+        if st.damaged and not st.rows:
+            raise ValueError(f"{q}: no row of a scan (lines {st.damaged[:5]} are not rows): "
+                             f"not a scan output")
+        if st.damaged:
+            warnings.warn(f"{q}: lines {st.damaged[:10]} are not rows of a scan; skipped")
     return out

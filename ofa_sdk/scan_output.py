@@ -48,6 +48,10 @@ still inside a quoted field at the end of the file (a write cut short inside a f
 a newline). A damaged line anywhere else (a stray quote, a line that is not a row) is kept as it
 is and reported with its line number; the rows after it are read as usual, and the file whose
 row was damaged is scanned again. :attr:`ScanOutput.repaired` says what was done.
+
+Reading rows back (:func:`read_rows`): the one reader of these files, for resume and for
+:func:`ofa_sdk.discovery.unknown_sources` alike; it gives every complete row with its source
+unescaped and its CSV cells restored, so the names are the paths of the files scanned.
 """
 from __future__ import annotations
 

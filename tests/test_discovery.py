@@ -190,8 +190,46 @@ def test_unknown_rows_of_scan_outputs(tmp_path):
     assert discovery.is_scan_output(folder) and not discovery.is_scan_output(tmp_path)
     assert discovery.unknown_sources(folder) == ["a.png", "d.png"]
     (tmp_path / "other.csv").write_text("x,y\n1,2\n")
-    with pytest.raises(ValueError, match="no 'source' and 'label' columns"):
+    with pytest.raises(ValueError, match="no 'source', 'label' column"):
         discovery.unknown_sources(tmp_path / "other.csv")
+    (tmp_path / "other.jsonl").write_text("not json\n[1]\n")
+    with pytest.raises(ValueError, match="not a scan output"):
+        discovery.unknown_sources(tmp_path / "other.jsonl")
+
+
+# File names a scan output writes in another form: escaped (a backslash, a byte that is not
+# UTF-8) or, in CSV, neutralised (a leading = + - @ or ').
+HOSTILE_NAMES = [b"=a.png", b"back\\slash.png", b"caf\xe9.png", b"+b.png", b"-c,d.png",
+                 b"@e.png", b"'f.png", b"\\x41.png", b"plain.png"]
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv", "parquet"])
+def test_unknown_sources_are_the_files_scanned(tiny_model, tmp_path, monkeypatch, suffix):
+    """A real scan over files whose names the output escapes or neutralises: the unknowns read
+    back (and discovered) are the exact paths of those files, relative ones included (a
+    relative name is the CSV cell that starts with the character itself)."""
+    import os
+    from ofa_sdk import Attributor
+    if suffix == "parquet":
+        pytest.importorskip("pyarrow")
+    folder = tmp_path / "in"
+    made = make_images(folder, len(HOSTILE_NAMES), 40, kind="blocky")
+    for src, name in zip(made, HOSTILE_NAMES):
+        os.rename(os.fsencode(src), os.path.join(os.fsencode(folder), name))
+    monkeypatch.chdir(folder)
+    names = [os.fsdecode(n) for n in HOSTILE_NAMES]
+    att = Attributor(model=tiny_model, crops=1, gallery=tmp_path / "g.db")
+    out = tmp_path / f"scan.{suffix}"
+    att.scan(names, threshold=1.0, progress=False, output=out)
+    if suffix == "csv":     # the names really are written in another form
+        text = out.read_text()
+        assert "'=a.png" in text and "back\\\\slash.png" in text and "caf\\xe9.png" in text
+    found = discovery.unknown_sources(out)
+    assert found == names and all(os.path.exists(s) for s in found)
+    res = att.discover(out, pictures=False)
+    assert res.skipped == [] and sorted(res.sources) == sorted(names)
+    # a rescan to the same output resumes through the same reader: nothing is scanned again
+    assert att.scan(names, threshold=1.0, progress=False, output=out).written == 0
 
 
 def test_the_api_clusters_fingerprints_and_asks_the_rule_for_its_metric(tiny_model):
