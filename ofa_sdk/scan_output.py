@@ -280,10 +280,10 @@ def _read_jsonl(lines: Iterator[tuple], st: OutputState) -> Iterator[Dict]:
 
 def _read_csv(lines: Iterator[tuple], st: OutputState) -> Iterator[Dict]:
     """The rows of CSV ``lines`` (every cell restored, ``source`` unescaped; text as written:
-    JSON fields as JSON text, numbers as their text, None as ""), counted into ``st``. A record is read line by line: while it is inside
-    a quoted field (a field holding a newline) the next line is added, up to
-    :data:`MAX_RECORD_LINES`; a line that starts no valid record is damaged, and the lines read
-    after it are read again as the records they are."""
+    JSON fields as JSON text, numbers as their text, None as ""), counted into ``st``. A record
+    is read line by line: while it is inside a quoted field (a field holding a newline) the next
+    line is added, up to :data:`MAX_RECORD_LINES`; a line that starts no valid record is
+    damaged, and the lines read after it are read again as the records they are."""
     todo: List[tuple] = []              # lines to read again (after a damaged one), a stack
     pending: List[tuple] = []           # the lines of a record still inside a quoted field
 
