@@ -200,6 +200,19 @@ def set_lr(opt: torch.optim.Optimizer, base: float, step: int, total: int,
     return lr
 
 
+def open_run(out: Path, stage: str, modules: Dict[str, torch.nn.Module],
+             optimizer: torch.optim.Optimizer, generator: torch.Generator, resume: bool,
+             total: int, desc: str, quiet: bool = False) -> Tuple[Path, int, "RunLog"]:
+    """A stage's checkpoint ``out/STAGE.safetensors``, the step it resumes after (0: a fresh run;
+    with ``resume`` an existing checkpoint is loaded into ``modules``, the optimizer and the
+    generator) and its log ``out/STAGE.jsonl``."""
+    ckpt, start = out / f"{stage}.safetensors", 0
+    if resume and ckpt.exists():
+        meta, _ = load_checkpoint(ckpt, modules, optimizer, generator)
+        start = meta["step"]
+    return ckpt, start, RunLog(out / f"{stage}.jsonl", total, start, desc, quiet)
+
+
 # ------------------------------------------------------------------------------------------------
 # Logging and progress
 # ------------------------------------------------------------------------------------------------

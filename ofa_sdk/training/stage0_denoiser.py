@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.models import DnCNN
 
-from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
+from .common import PhotoSet, set_lr, git_commit, save_checkpoint, open_run
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
@@ -21,11 +21,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     g = torch.Generator().manual_seed(seed)
     net = DnCNN(cfg.denoiser)
     opt = torch.optim.Adam(net.parameters(), lr=sc.lr)
-    ckpt, start = out / "stage0.safetensors", 0
-    if resume and ckpt.exists():
-        meta, _ = load_checkpoint(ckpt, {"denoiser": net}, opt, g)
-        start = meta["step"]
-    log = RunLog(out / "stage0.jsonl", sc.steps, start, "stage0 denoiser", quiet)
+    ckpt, start, log = open_run(out, "stage0", {"denoiser": net}, opt, g, resume, sc.steps, "stage0 denoiser", quiet)
     sigma = cfg.denoiser.noise_sigma / 255.0
     net.train()
     for step in range(start + 1, sc.steps + 1):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.models import FingerprintSimulator
 
-from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
+from .common import PhotoSet, set_lr, git_commit, save_checkpoint, open_run
 from .perceptual import make_perceptual
 
 
@@ -26,11 +26,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     sim = FingerprintSimulator(cfg.simulator)
     perc = make_perceptual(sc.perceptual, lpips_vgg, lpips_lin)
     opt = torch.optim.Adam(sim.parameters(), lr=sc.lr)
-    ckpt, start = out / "stage1.safetensors", 0
-    if resume and ckpt.exists():
-        meta, _ = load_checkpoint(ckpt, {"simulator": sim}, opt, g)
-        start = meta["step"]
-    log = RunLog(out / "stage1.jsonl", sc.steps, start, "stage1 simulator", quiet)
+    ckpt, start, log = open_run(out, "stage1", {"simulator": sim}, opt, g, resume, sc.steps, "stage1 simulator", quiet)
     sim.train()
     for step in range(start + 1, sc.steps + 1):
         opt.zero_grad(set_to_none=True)

@@ -21,7 +21,7 @@ from ofa_sdk.config import OFAConfig
 from ofa_sdk.images import from_tensor, jpeg, quantize, to_tensor
 from ofa_sdk.models import FingerprintSimulator, OFAModel
 
-from .common import PhotoSet, set_lr, RunLog, git_commit, load_checkpoint, save_checkpoint
+from .common import PhotoSet, set_lr, git_commit, load_checkpoint, save_checkpoint, open_run
 from .losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 
 REAL_LABEL = -1  # architecture ids are >= 0
@@ -89,11 +89,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     opt = torch.optim.Adam(params, lr=sc.lr)
     trained = {"extractor": model.extractor, "pair_head": model.pair_head,
                "real_head": model.real_head, "bank": bank}
-    ckpt, start = out / "stage2.safetensors", 0
-    if resume and ckpt.exists():
-        meta, _ = load_checkpoint(ckpt, trained, opt, g)
-        start = meta["step"]
-    log = RunLog(out / "stage2.jsonl", sc.steps, start, "stage2 extractor", quiet)
+    ckpt, start, log = open_run(out, "stage2", trained, opt, g, resume, sc.steps, "stage2 extractor", quiet)
     model.extractor.train()
     for step in range(start + 1, sc.steps + 1):
         x, y, arch_ids = make_batch(sim, data, cfg, g)
