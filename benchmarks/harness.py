@@ -273,6 +273,13 @@ def section_gallery(a, report):
         row["gaussian_bytes_per_profile"] = gs.nbytes / P
         row["gaussian_loo_ms_per_profile"] = 1e3 * median_time(
             lambda: gauss.leave_one_out(supports[0], 1), a.repeats)
+        if P == sizes[0]:       # one fit on one BLAS thread (as the rule runs it) and on the default
+            from ofa_sdk.scoring import fit_gaussian, one_blas_thread
+            with one_blas_thread():
+                row["gaussian_fit_ms_one_blas_thread"] = 1e3 * median_time(
+                    lambda: fit_gaussian(supports[0]), 20)
+            row["gaussian_fit_ms_default_blas_threads"] = 1e3 * median_time(
+                lambda: fit_gaussian(supports[0]), 20)
         pair = PairRule(head)
         ps = pair.prepare(supports)
         reps = 1 if P >= 1000 else a.repeats

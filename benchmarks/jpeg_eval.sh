@@ -8,7 +8,7 @@
 # unless PREVIOUS=FILE names another; the committed "shipped" results are the previous (denoiser)
 # default: git show 60f4c62:ofa_sdk/weights/compact.safetensors > previous.safetensors.
 # The candidate: stage 2 retrained on the shipped stage-0/1 checkpoints (ofa-train unpack) with
-# the fixed high-pass residual and whole classes JPEG-compressed (see RESULTS.md section 9).
+# the fixed high-pass residual and whole classes JPEG-compressed (see docs/experiment-log.md section 9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

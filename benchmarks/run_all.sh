@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
-# Every figure in benchmarks/RESULTS.md, in one go (CPU, about 45 minutes on 2 cores).
-# Needs: the shipped model (or MODEL=file), the real photos (PHOTOS=dir), a venv at .venv.
+# Every figure in benchmarks/RESULTS.md, in one go (CPU; a few hours on 2 cores, most of it the
+# development sets' generators, the harness and the Ray scans).
+# Needs: the shipped model, the real photos (PHOTOS=dir), a venv at .venv with '.[test]'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PHOTOS=${PHOTOS:-../shared/data/real-photos}
-MODEL_ARG=${MODEL:+--model $MODEL}
-mkdir -p benchmarks/results
-[ -f benchmarks/data/wild/MANIFEST.json ] || $PY benchmarks/wild.py --photos "$PHOTOS" --exclude real sr-x2 --out benchmarks/data/wild
-[ -f benchmarks/data/dev-sim/MANIFEST.json ] || $PY benchmarks/dev_sim.py --photos "$PHOTOS" $MODEL_ARG
-# score rules: chosen on the development set (unseen simulator architectures), then the wild set
-$PY benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 --photos "$PHOTOS" $MODEL_ARG \
-    --out benchmarks/results/scoring_dev.json | tee benchmarks/results/scoring_dev.txt
-$PY benchmarks/scoring.py --set benchmarks/data/dev-sim --crops 1 4 --jpeg 90 $MODEL_ARG \
-    --out benchmarks/results/scoring_dev_jpeg90.json | tee benchmarks/results/scoring_dev_jpeg90.txt
-$PY benchmarks/scoring.py --set benchmarks/data/wild --support 75 --queries 100 --crops 1 4 9 $MODEL_ARG \
-    --out benchmarks/results/scoring_wild.json | tee benchmarks/results/scoring_wild.txt
-$PY benchmarks/eval_wild.py --photos "$PHOTOS" --crops 1 4 9 $MODEL_ARG | tee benchmarks/results/eval_wild.txt
-$PY benchmarks/open_set.py --photos "$PHOTOS" $MODEL_ARG | tee benchmarks/results/open_set.txt
-$PY benchmarks/open_set.py --wild benchmarks/data/dev-sim --photos "$PHOTOS" --known 5 --support 50 --queries 70 \
-    --out benchmarks/results/open_set_dev.json $MODEL_ARG | tee benchmarks/results/open_set_dev.txt
-# per-profile threshold estimators at small support sizes (chosen on the development set)
-$PY benchmarks/thresholds.py --set benchmarks/data/dev-sim $MODEL_ARG \
-    --out benchmarks/results/thresholds_dev.json | tee benchmarks/results/thresholds_dev.txt
-$PY benchmarks/thresholds.py --set benchmarks/data/wild $MODEL_ARG \
-    --out benchmarks/results/thresholds_wild.json | tee benchmarks/results/thresholds_wild.txt
-$PY -m ofa_sdk.cli eval benchmarks/data/wild --support 75 --queries 100 --crops 4 --gallery /tmp/ofa-eval.db \
-    --matrix benchmarks/results/wild_matrix_crops4.png $MODEL_ARG | tee benchmarks/results/cli_eval.txt
-$PY benchmarks/sizing.py | tee benchmarks/results/sizing.txt
+R=benchmarks/results
+mkdir -p $R
+# 1. the development sets
+[ -f benchmarks/data/dev-sim/MANIFEST.json ] || $PY benchmarks/dev_sim.py --photos "$PHOTOS" --ids \
+    1467947688592 1526 65355 1258425474582 71031634 1055523705408 424282667499 1353444123167 3948 24467581
+[ -f benchmarks/data/wild13/MANIFEST.json ] || $PY benchmarks/wild.py --photos "$PHOTOS"
+# 2-3. score rules, crops, the open-set label (one embedding pass per set, JPEG quality and crops)
+$PY benchmarks/rules.py embed --set benchmarks/data/dev-sim benchmarks/data/wild13 --jpeg 0 90 75 --crops 4 1
+$PY benchmarks/rules.py embed --set benchmarks/data/dev-sim benchmarks/data/wild13 --jpeg 0 90 --crops 9
+$PY benchmarks/rules.py compare --sets wild13 --support 5 10 20 50 100 --open --open-support 20 100 \
+    --out $R/rules_wild13.json
+$PY benchmarks/rules.py compare --sets dev-sim --support 5 10 20 50 --open --open-support 20 50 \
+    --out $R/rules_dev.json
+$PY benchmarks/rules.py compare --sets wild13 --jpeg 0 90 --crops 4 --support 100 \
+    --rules prototype gaussian-lw lda-gallery --split ordered --open --open-support 100 \
+    --out $R/rules_wild13_ordered.json
+$PY benchmarks/rules.py compare --sets wild13 dev-sim --jpeg 0 90 --crops 9 --support 20 50 100 \
+    --rules prototype gaussian-lw --out $R/rules_crops9.json
+# 4. the main job
+$PY benchmarks/demo.py --photos "$PHOTOS" | tee $R/demo.txt
+# 5. throughput, gallery scale, scans
+$PY benchmarks/harness.py --repeats 2 --sections e2e paper scan mokconv
+$PY benchmarks/harness.py --repeats 3 --sections gallery --sets benchmarks/data/dev-sim benchmarks/data/wild13 \
+    --out $R/harness_gallery.json --plot ""
+# 6. engines and kernels
+$PY benchmarks/spectrum_cpu.py --repeats 41
+[ -f benchmarks/data/wild/MANIFEST.json ] || $PY benchmarks/wild.py --photos "$PHOTOS" --exclude real sr-x2 \
+    --out benchmarks/data/wild          # the 11-class set the int8 figures were measured on
+$PY benchmarks/ort_int8.py --photos "$PHOTOS"
+$PY benchmarks/ray_scan.py --n 300 --repeats 3 --out $R/ray_scan.json
+$PY benchmarks/soak.py --model tiny --calls 10000 --every 500 --warmup 200 --out /tmp/soak_tiny.json
+# 8. discovery
+$PY benchmarks/discover.py quality --sets dev-sim wild13 --seeds 5 --real-photos "$PHOTOS" \
+    --out $R/discover_quality.json
+$PY benchmarks/discover.py scale --out $R/discover_scale.json

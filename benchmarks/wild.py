@@ -17,7 +17,7 @@ Classes (one folder each, identical file names across folders = identical conten
   for a generator's image; the held-out measurement of issue 11 found real photos against a
   learned upscaler among the weakest pairs).
 
-benchmarks/RESULTS.md calls the 13-class set ``wild13`` (section 9.10). Its sections up to 9.9
+benchmarks/RESULTS.md calls the 13-class set ``wild13``. Sections up to 9.9 of docs/experiment-log.md
 used the 11 classes from before ``sr-x2`` and ``real`` were added, the set called ``wild``:
 ``--exclude real sr-x2`` builds it again.
 

@@ -39,7 +39,7 @@ DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
 from .scan_output import SCAN_FIELDS  # noqa: E402,F401  (the scan's columns; public)
 
 
-RECOMMENDED_SUPPORT = 20  # support images per profile for a tight per-profile threshold (RESULTS §5.2)
+RECOMMENDED_SUPPORT = 20  # support images per profile for a tight per-profile threshold (docs/experiment-log.md section 5.2)
 THRESHOLD_HELP = "a score in [0, 1], or 'profile' for per-profile thresholds (the default)"
 
 

@@ -214,7 +214,7 @@ def paper() -> OFAConfig:
 def compact() -> OFAConfig:
     """CPU-trainable recipe of the model shipped in the package (sizing: benchmarks/RESULTS.md
     section 2): the fixed high-pass residual and stage 2 with whole classes JPEG-compressed
-    (issue 11, RESULTS.md section 9). ``ofa-train all --config compact`` retrains it."""
+    (issue 11, docs/experiment-log.md section 9). ``ofa-train all --config compact`` retrains it."""
     return OFAConfig(
         name="compact",
         crop=96,

@@ -6,7 +6,8 @@ profile's threshold. The default, ``threshold="profile"``, gives each profile it
 generator's own new images should fall, estimated from its support images' leave-one-out
 scores with :func:`ofa_sdk.scoring.self_threshold`. A number sets one threshold for every
 profile; 0.5 is each rule's own decision point. How these choices were made and what they
-cost is in benchmarks/RESULTS.md (sections 5.1-5.2).
+cost is in docs/experiment-log.md (sections 5.1-5.2) and, for the Gaussian rule,
+benchmarks/RESULTS.md (section 3).
 """
 from __future__ import annotations
 

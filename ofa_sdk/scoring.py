@@ -22,7 +22,7 @@ Two rules, both in [0, 1], higher meaning "made by this generator":
   (:class:`PairHeadWeights`), not in the engine: an engine only produces fingerprints.
 
 Rules hold only numpy arrays and floats, so they pickle (workers, Ray actors). Which rule won
-on the development set, and by how much, is in benchmarks/RESULTS.md (section 3.1).
+on the development sets, and by how much, is in benchmarks/RESULTS.md (section 2).
 """
 from __future__ import annotations
 
@@ -204,7 +204,7 @@ def self_threshold(own: Sequence[float], fraction: float) -> float:
     one-sided (1 - fraction) prediction bound mean + t_{1-fraction, n-1} * sd * sqrt(1 + 1/n)
     on the log-distance, mapped back to the similarity scale. Unlike the empirical ``fraction``
     quantile of n scores, it does not sit near the minimum of a small support set (measured in
-    benchmarks/RESULTS.md, section 5.2)."""
+    docs/experiment-log.md, section 5.2)."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
     return OwnScores.from_scores(own).threshold(fraction)

@@ -200,7 +200,7 @@ def test_shipped_model_tells_two_upscalers_apart():
     """Real attribution with the shipped model on photos that scikit-learn ships: images made
     by nearest-neighbour x2 vs bicubic x2 upscaling of the same content (128 px, 8 support and 8
     query images per class). The bar is "clearly better than chance", not a quality target
-    (those are in benchmarks/RESULTS.md): the high-pass default of section 9.3 scores 0.70 and
+    (those are in benchmarks/RESULTS.md): the high-pass default (docs/experiment-log.md 9.3) scores 0.70 and
     0.78 here (the denoiser model before it: 1.0), a trade-off recorded there (on the 256 px
     wild set the same pair stays at 0.98-0.99)."""
     datasets = pytest.importorskip("sklearn.datasets")

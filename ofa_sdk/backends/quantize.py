@@ -9,7 +9,7 @@ One home for the quantiser, used by two paths:
   :func:`quantize_graphs` with ``for_tensorrt=True`` writes exactly that.
 * ONNX Runtime: ``benchmarks/ort_int8.py`` measured int8 there (uint8 activations,
   ``for_tensorrt=False``) and it is not offered: it did not hold quality at a speed-up that paid
-  (benchmarks/RESULTS.md, section 7.2b).
+  (benchmarks/RESULTS.md, section 6.2b).
 
 Only convolutions and matrix products are quantised; by default the first and last of each graph
 stay in float (``keep_ends``), where quantisation error costs most. The graphs keep the float
