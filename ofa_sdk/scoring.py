@@ -466,9 +466,9 @@ def _eig_desc(xc: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 def one_blas_thread():
     """A context in which BLAS/LAPACK use one thread. The Gaussian rule's per-profile fits are
-    small (100 x 128) eigenproblems run by the hundred: on one thread each takes about a
-    millisecond, while a multi-threaded BLAS on a busy machine spends tens of milliseconds
-    synchronising its threads (measured in benchmarks/RESULTS.md section 5)."""
+    small eigenproblems run by the hundred: a multi-threaded BLAS spends more time synchronising
+    its threads than computing them, many times more on a busy machine (benchmarks/RESULTS.md
+    section 5)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:                 # not installed: the BLAS keeps its own setting
