@@ -67,7 +67,8 @@ def rules(att, emb, split, centre=None):
 
     def sdk(t, c, rule):  # exactly what Attributor.verify returns with that rule
         sz = np.concatenate([emb[t].z[i] for i in split.support[t]])
-        return support_scores(att, [emb[c].z[i] for i in split.query[c]], sz, rule=rule)
+        return support_scores(att, [emb[c].z[i] for i in split.query[c]], sz,
+                              [len(emb[t].z[i]) for i in split.support[t]], rule=rule)
 
     def pair_logit(t, c):
         sz = np.concatenate([emb[t].z[i] for i in split.support[t]])

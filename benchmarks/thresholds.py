@@ -38,8 +38,8 @@ def run(att, emb, ns, draws, queries, fraction, seed=0):
             for t in classes:
                 perm = rng.permutation(len(emb[t]))
                 sup = np.concatenate([emb[t][i] for i in perm[:n]])
-                own = support_scores(att, [emb[t][i] for i in perm[n:n + queries]], sup)
-                oth = np.concatenate([support_scores(att, [emb[c][i] for i in rng.permutation(len(emb[c]))[:queries]], sup)
+                own = support_scores(att, [emb[t][i] for i in perm[n:n + queries]], sup, k)
+                oth = np.concatenate([support_scores(att, [emb[c][i] for i in rng.permutation(len(emb[c]))[:queries]], sup, k)
                                       for c in classes if c != t])
                 loo = leave_one_out_scores(att, sup, k)
                 loo = att.rule.to_prob(loo)

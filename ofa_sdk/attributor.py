@@ -41,7 +41,8 @@ def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
     for k in ("images", "used", "skipped"):
         meta[k] = int(old.metadata.get(k, 0)) + int(new[k])
     meta["crop_counts"] = counts + new["crop_counts"]
-    meta["added_at"] = list(old.metadata.get("added_at", [])) + [new["enrolled_at"]]
+    meta["added"] = list(old.metadata.get("added", [])) + [
+        {"at": new["enrolled_at"], **{k: new[k] for k in ("images", "used", "skipped")}}]
     meta["enrolled_at"] = old.metadata.get("enrolled_at", new["enrolled_at"])
     n_old, n_new = len(counts), len(new["crop_counts"])
     meta["_spectrum"] = spectrum if old.spectrum is None or old.spectrum.shape != spectrum.shape \
@@ -272,8 +273,8 @@ class Attributor:
         """Score that images a and b come from the same generator: each image scored as a
         one-image profile for the other, averaged over both orders."""
         za, zb = self._one(a), self._one(b)
-        ab = self.rule.scores(self.rule.prepare([za]), [zb])[0, 0]
-        ba = self.rule.scores(self.rule.prepare([zb]), [za])[0, 0]
+        ab = self.rule.scores(self.rule.prepare([za], counts=[len(za)]), [zb])[0, 0]
+        ba = self.rule.scores(self.rule.prepare([zb], counts=[len(zb)]), [za])[0, 0]
         return float((ab + ba) / 2)
 
     def _one(self, x) -> np.ndarray:

@@ -234,6 +234,9 @@ def cmd_enroll(a, att) -> int:
         if a.sources or a.limit:
             raise ValueError("--from-cluster takes its images from the cluster folder; "
                              "give no SOURCES and no --limit")
+        if a.add:
+            raise ValueError("--from-cluster makes a new profile from a cluster; --add is not "
+                             "supported with it (enroll the cluster under its own name)")
         prof = att.enroll_cluster(a.name, a.from_cluster, overwrite=a.overwrite)
         return _enrolled(a, att, prof)
     if not a.sources:
@@ -251,7 +254,9 @@ def cmd_enroll(a, att) -> int:
 
 
 def _enrolled(a, att, prof) -> int:
-    m = prof.metadata
+    m = dict(prof.metadata)
+    if getattr(a, "add", False) and m.get("added"):     # report this call's images, not the sums
+        m.update(m["added"][-1])
     thr = att.profile_threshold(prof.name)
     res = {"name": prof.name, "support": prof.n_support, "images": m["images"],
            "skipped": m["skipped"], "model_id": prof.model_id, "threshold": thr,
@@ -259,13 +264,15 @@ def _enrolled(a, att, prof) -> int:
     if a.json:
         print(json.dumps(res))
     else:
-        print(f"enrolled {prof.name!r}: {m['used']} images ({prof.n_support} fingerprints), "
+        verb = "added to" if "at" in m else "enrolled"
+        print(f"{verb} {prof.name!r}: {m['used']} images ({prof.n_support} fingerprints in all), "
               f"{m['skipped']} skipped, model {prof.model_id}, threshold {thr:.3f}")
-        if m["used"] < RECOMMENDED_SUPPORT:
+        used = prof.metadata["used"]                    # the whole support, after an add too
+        if used < RECOMMENDED_SUPPORT:
             from .decision import FALLBACK_THRESHOLD, MIN_PROFILE_IMAGES
-            print(f"note: {m['used']} support images; its threshold is "
+            print(f"note: {used} support images; its threshold is "
                   + (f"a fixed {FALLBACK_THRESHOLD} below {MIN_PROFILE_IMAGES} images"
-                     if m["used"] < MIN_PROFILE_IMAGES else "loose")
+                     if used < MIN_PROFILE_IMAGES else "loose")
                   + f" (unknown generators are accepted more often); {RECOMMENDED_SUPPORT}+ recommended",
                   file=sys.stderr)
         for s in m["skipped_examples"]:

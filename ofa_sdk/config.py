@@ -5,7 +5,8 @@ Two named configurations exist:
 * ``paper``   -- every hyperparameter of the paper (Fei et al., AAAI 2026) and the authors'
   scripts as pinned down in METHOD.md. GPU scale.
 * ``compact`` -- the CPU-trainable default that ships inside the package. Same method, smaller
-  networks and crops; sized by measuring throughput on a 2-core CPU (see benchmarks/RESULTS.md).
+  networks and crops; sized by measuring throughput on a 2-core CPU (docs/experiment-log.md,
+  section 2).
 
 Configs are frozen dataclasses; ``to_dict``/``from_dict`` round-trip them through JSON so a
 checkpoint's metadata carries the exact configuration it was trained with.
@@ -212,7 +213,7 @@ def paper() -> OFAConfig:
 
 
 def compact() -> OFAConfig:
-    """CPU-trainable recipe of the model shipped in the package (sizing: benchmarks/RESULTS.md
+    """CPU-trainable recipe of the model shipped in the package (sizing: docs/experiment-log.md
     section 2): the fixed high-pass residual and stage 2 with whole classes JPEG-compressed
     (issue 11, docs/experiment-log.md section 9). ``ofa-train all --config compact`` retrains it."""
     return OFAConfig(

@@ -13,7 +13,8 @@ Clustering runs with scikit-learn (the ``discover`` extra), in a feature space g
 is the unit fingerprint itself, where Euclidean distance is a monotone function of the cosine
 the prototype score rule uses. A score rule may define its own metric: ``Attributor.discover``
 asks the rule for ``feature_map(snapshot)``, a callable of that contract, and uses it when
-present, so a whitened (Mahalanobis-type) rule clusters in its own metric.
+present. No shipped rule defines one yet (the Gaussian rule's covariance is per profile, with no
+single metric for unknown images), so discovery clusters in the cosine geometry.
 
 Two methods: ``"hdbscan"`` (density based: finds the number of clusters and calls sparse points
 noise) and ``"agglomerative"`` (average linkage cut at a distance derived from the enrolled

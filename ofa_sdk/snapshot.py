@@ -118,8 +118,13 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     cache = SnapshotCache() if cache is None else cache
     names = list(profiles) if profiles is not None else gallery.names()
     profs = [gallery.get(n, model_id=bundle.ids) for n in names]
-    state = cache.prepared(rule, profs)
-    own = tuple(cache.own_of(rule, p, state) for p in profs)
+    if getattr(rule, "whiten", None) is None:
+        state = full = cache.prepared(rule, profs)
+    else:   # the whitener is the whole gallery's, whichever profiles are asked for
+        every = gallery.names()
+        full = cache.prepared(rule, [gallery.get(n, model_id=bundle.ids) for n in every])
+        state = rule.select(full, [every.index(n) for n in names])
+    own = tuple(cache.own_of(rule, p, full) for p in profs)
     thresholds = tuple(decision.threshold_of(rule, o, quantile) if thr == "profile" else float(thr)
                        for o in own)
     return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own)

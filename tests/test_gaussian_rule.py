@@ -219,7 +219,7 @@ def test_enrolling_more_images_updates_the_profile(gauss_model, tmp_path):
     want = np.concatenate([e.z for e in att.embed_stream(a[:7])])
     np.testing.assert_allclose(prof.support, want, atol=1e-6)
     assert prof.metadata["used"] == 7 and prof.metadata["crop_counts"] == [4] * 7
-    assert len(prof.metadata["added_at"]) == 1
+    assert prof.metadata["added"][0]["used"] == 3 and prof.metadata["skipped"] == 0
     after = att.snapshot()
     ref = GaussianRule(att.rule.calibration, prior_var=att.rule.prior_var).prepare([want], counts=[4])
     np.testing.assert_allclose(after.state.means, ref.means, atol=1e-6)
@@ -256,3 +256,40 @@ def test_whitening_with_one_profile_and_with_too_few_points():
     # profiles with fewer than 3 residuals in all: nothing to whiten by, the model's prior
     state = rule.prepare([x[:1], x[1:3]])
     assert state.whitener is None and state.prior_var == 0.03
+
+
+def test_evaluation_and_same_source_fit_images_not_crops(gauss_model, tmp_path):
+    """The evaluation runner's support scores and same_source fit the Gaussian on images (crop
+    means), exactly as an enrolled profile does."""
+    from ofa_sdk.evaluation.support import support_scores
+    a = make_images(tmp_path / "a", 8, 2, kind="noise")
+    b = make_images(tmp_path / "b", 2, 3, kind="blocky")
+    att = Attributor(model=gauss_model, crops=4)
+    att.enroll("gen-a", a[:6])
+    zs = [e.z for e in att.embed_stream(a + b)]
+    sup = att.gallery.get("gen-a").support
+    np.testing.assert_allclose(support_scores(att, zs[6:], sup, 4), att.verify(a[6:] + b, "gen-a"),
+                               rtol=1e-6)
+    # same_source: each image a one-image profile (isotropic, the model's prior variance)
+    za, zb = zs[6], zs[8]
+    d = za.shape[1]
+    d2 = ((image_points(zb, 4)[0] - image_points(za, 4)[0]) ** 2).sum() / att.rule.prior_var / d
+    want = 1 / (1 + np.exp(-(-3.0 * np.log(d2) + 1.0)))
+    assert att.same_source(a[6], b[0]) == pytest.approx(want, rel=1e-6)
+
+
+def test_whitened_scores_do_not_depend_on_the_profiles_asked_for(gauss_model, tmp_path):
+    a = make_images(tmp_path / "a", 7, 2, kind="noise")
+    b = make_images(tmp_path / "b", 7, 3, kind="blocky")
+    c = make_images(tmp_path / "c", 7, 4, kind="noise")
+    att = Attributor(model=gauss_model, crops=4, whiten="gallery")
+    for name, ims in (("gen-a", a), ("gen-b", b), ("gen-c", c)):
+        att.enroll(name, ims[:5])
+    q = a[5:] + b[5:]
+    full = att.scores(q)
+    np.testing.assert_allclose(att.verify(q, "gen-b"), full[:, 1], rtol=1e-9)
+    snap = att.snapshot(["gen-c", "gen-a"])
+    whole = att.snapshot()
+    np.testing.assert_allclose(snap.state.whitener, whole.state.whitener)
+    assert snap.thresholds == (whole.thresholds[2], whole.thresholds[0])
+    assert att.profile_threshold("gen-b") == pytest.approx(whole.thresholds[1])

@@ -49,7 +49,7 @@ def pinned_values(crops) -> dict:
     zs = [e.z for e in att.embed_stream(ims)]
     sup = np.concatenate(zs[:3])
     for rule in ("prototype", "pair"):
-        out[f"scores_{rule}_crops{crops}"] = np.asarray(support_scores(att, zs[3:], sup, rule=rule)).tolist()
+        out[f"scores_{rule}_crops{crops}"] = np.asarray(support_scores(att, zs[3:], sup, [len(z) for z in zs[:3]], rule=rule)).tolist()
     for rule, suffix in (("prototype", ""), ("pair", "_pair")):
         a = Attributor(model=att.bundle, crops=crops, rule=rule, backend="torch")
         a.enroll("a", ims[:3])

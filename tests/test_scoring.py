@@ -65,9 +65,9 @@ def test_score_rules_by_hand(tiny_model, calibrated, tmp_path):
         assert abs(r.scores["gen-a"] - w) < 1e-5
     # the runner's batch path agrees with verify, for both rules
     embedded = [e.z for e in att.embed_stream(a[3:] + b[3:])]
-    np.testing.assert_allclose(support_scores(att, embedded, crops_a), want, atol=1e-5)
+    np.testing.assert_allclose(support_scores(att, embedded, crops_a, 4), want, atol=1e-5)
     pair = Attributor(model=load_model(calibrated), crops=4, rule="pair", gallery=att.gallery)
-    np.testing.assert_allclose(support_scores(pair, embedded, crops_a),
+    np.testing.assert_allclose(support_scores(pair, embedded, crops_a, 4),
                                pair.verify(a[3:] + b[3:], "gen-a"), atol=1e-5)
     s = att.same_source(a[3], b[3])
     za, zb = att.fingerprint([a[3], b[3]])

@@ -110,7 +110,8 @@ def evaluate(att, classes: Dict[str, Sequence[Any]], support: int = 100, queries
         key = ("o", rule, t, c)
         if key not in cache:
             sz = np.concatenate([emb[t].z[i] for i in split.support[t]])
-            cache[key] = support_scores(att, [emb[c].z[i] for i in split.query[c]], sz, rule=rule)
+            cache[key] = support_scores(att, [emb[c].z[i] for i in split.query[c]], sz,
+                                        [len(emb[t].z[i]) for i in split.support[t]], rule=rule)
         return cache[key]
 
     def base(t, c, kind="spec"):

@@ -21,14 +21,15 @@ def rule_of(att, rule: Optional[str] = None):
     return att.rule if rule in (None, att.rule.name) else scoring.make_rule(rule, att.bundle)
 
 
-def support_scores(att, query_z: Sequence[np.ndarray], support_z: np.ndarray,
+def support_scores(att, query_z: Sequence[np.ndarray], support_z: np.ndarray, crops,
                    rule: Optional[str] = None) -> np.ndarray:
     """(Q,) scores of query images (each (k, d) crop fingerprints, as ``Attributor.embed_stream``
-    yields them) against one support set of (S, d) fingerprints, with ``att``'s rule or the
+    yields them) against one support set of (sum k_i, d) crop fingerprints, image by image
+    (``crops``: k for every support image, or each image's k_i), with ``att``'s rule or the
     named one: what ``Attributor.verify`` gives for the same images once the support set is
-    enrolled."""
+    enrolled alone (a rule that whitens by the gallery sees a gallery of this one profile)."""
     r = rule_of(att, rule)
-    return r.scores(r.prepare([support_z]), list(query_z))[:, 0]
+    return r.scores(r.prepare([support_z], counts=[crops]), list(query_z))[:, 0]
 
 
 def leave_one_out_scores(att, support_z: np.ndarray, crops,

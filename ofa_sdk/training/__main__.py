@@ -2,7 +2,8 @@
 
     ofa-train stage0|stage1|stage2|all --config compact --data DIR [--out runs/compact]
     ofa-train export [--out runs/compact] [--dest FILE]
-    ofa-train calibrate --data DIR [--dest FILE]     (prototype-score calibration, after export)
+    ofa-train calibrate --data DIR [--dest FILE] [--rules R ...]
+                                                     (score calibrations, after export)
     ofa-train unpack --model FILE [--out DIR]        (stage 0/1 checkpoints from a model file)
 
 Runs resume from their checkpoints in --out unless --fresh is given. Overrides use dotted
