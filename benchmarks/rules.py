@@ -143,9 +143,7 @@ def raw_matrix(name, rule, supports, counts, queries):
         return _knn(supports, counts, queries)
     if name == "gaussian-crops":
         return _gauss_crops(rule, supports, queries)
-    if isinstance(rule, scoring.GaussianRule):
-        return rule.raw_scores(rule.prepare(supports, counts=counts), queries)
-    return rule.raw_scores(rule.prepare(supports), queries)
+    return rule.raw_scores(rule.prepare(supports, counts=counts), queries)
 
 
 def mean_1v1(S, owner, names):
@@ -196,12 +194,8 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         known = [c for c in names if c not in held]
         sup = [data.support(c, n, seed + f) for c in known]
         supports, counts = [s for s, _ in sup], [k for _, k in sup]
-        if isinstance(rule, scoring.GaussianRule):
-            state = rule.prepare(supports, counts=counts)
-            loo = [rule.leave_one_out(s, k, state=state) for s, k in sup]
-        else:
-            state = rule.prepare(supports)
-            loo = [rule.leave_one_out(s, k) for s, k in sup]
+        state = rule.prepare(supports, counts=counts)
+        loo = [rule.leave_one_out(s, k, state=state) for s, k in sup]
         own = [scoring.OwnScores.from_scores(x) for x in loo]
         kq, ko = [], []
         for p, c in enumerate(known):

@@ -358,10 +358,7 @@ class Attributor:
         per_image = {}
         for n in snap.names:
             prof = self._profile(n)
-            img = scoring.image_ids(len(prof.support), crop_counts(prof))
-            sums = np.zeros((img.max() + 1, prof.support.shape[1]))
-            np.add.at(sums, img, prof.support)
-            per_image[n] = scoring.unit(sums)
+            per_image[n] = scoring.image_points(prof.support, crop_counts(prof))
 
         def score_fn(x: np.ndarray) -> np.ndarray:
             return snap.scores([r[None, :].astype(np.float32) for r in np.asarray(x)])

@@ -51,8 +51,7 @@ def own_scores(rule, support: np.ndarray, crops, part: Optional[np.ndarray] = No
     leave-one-out depends on the other profiles (the Gaussian rule whitened by the gallery)."""
     if len(np.unique(scoring.image_ids(len(support), crops))) < MIN_PROFILE_IMAGES:
         return None
-    kw = {} if state is None else {"state": state}
-    return scoring.OwnScores.from_scores(rule.leave_one_out(support, crops, part, **kw))
+    return scoring.OwnScores.from_scores(rule.leave_one_out(support, crops, part, state))
 
 
 def threshold_of(rule, own: Optional[scoring.OwnScores], fraction: float = DEFAULT_FRACTION) -> float:

@@ -1,16 +1,21 @@
 """Score rules: how a query's crop fingerprints are scored against enrolled support sets.
 
-A rule is an object with one contract, so the facade, workers and kernels treat both alike:
+A rule is an object with one contract, so the facade, workers and kernels treat them alike:
 
-* ``prepare(supports, parts=None)`` -> a plain state (numpy arrays) computed once per gallery;
+* ``prepare(supports, parts=None, counts=None)`` -> a plain state (numpy arrays) computed once
+  per set of profiles (``counts``: each support set's crops per image);
 * ``scores(state, queries)`` -> (B, P) scores of B query images (each (k, d) crop fingerprints)
   against the P prepared profiles, in one call, on the probability scale;
-* ``leave_one_out(support, crops, part=None)`` -> (S,) raw scores of each support image
-  against the others (what per-profile thresholds are estimated from);
+* ``leave_one_out(support, crops, part=None, state=None)`` -> (S,) raw scores of each support
+  image against the others (what per-profile thresholds are estimated from; ``state``, the
+  snapshot's prepared state, matters only to a rule that whitens by the gallery);
 * ``to_prob(raw)`` -> the probability scale.
 
-Two rules, both in [0, 1], higher meaning "made by this generator":
+Three rules, all in [0, 1], higher meaning "made by this generator":
 
+* :class:`GaussianRule` (``"gaussian"``, the default of a model calibrated for it) -- each
+  profile a Gaussian over its images' crop-mean fingerprints with a shrunk covariance; the
+  query's squared Mahalanobis distance, calibrated (see the class).
 * :class:`PrototypeRule` (``"prototype"``) -- the cosine between the query's crop-averaged
   fingerprint and the support's mean fingerprint (its prototype), mapped to a probability by a
   logistic calibration ``sigmoid(a * cos + b)`` stored in the model file (``ofa-train
@@ -100,14 +105,26 @@ def image_ids(n: int, crops) -> np.ndarray:
     return np.repeat(np.arange(len(counts)), counts)
 
 
+def image_sums(support: np.ndarray, crops) -> np.ndarray:
+    """(sum k_i, d) crop fingerprints, image by image (``crops`` as in :func:`image_ids`) ->
+    (S, d) float64 sum of each image's crop fingerprints."""
+    z = np.asarray(support, np.float64)
+    img = image_ids(len(z), crops)
+    out = np.zeros((img.max() + 1 if len(img) else 0, z.shape[-1]))
+    np.add.at(out, img, z)
+    return out
+
+
+def image_points(support: np.ndarray, crops) -> np.ndarray:
+    """(sum k_i, d) crop fingerprints -> (S, d) unit crop-mean fingerprint of each image."""
+    return unit(image_sums(support, crops))
+
+
 def leave_one_out_cosines(support: np.ndarray, crops) -> np.ndarray:
     """(sum k_i, d) support crop fingerprints, image by image (``crops``: k for every image, or
     each image's k_i) -> (S,) cosine of each support image's crop-averaged fingerprint to the
     prototype of the *other* images."""
-    z = np.asarray(support, np.float64)
-    img = image_ids(len(z), crops)
-    per_image = np.zeros((img.max() + 1 if len(img) else 0, z.shape[-1]))
-    np.add.at(per_image, img, z)                                  # (S, d) crop sums
+    per_image = image_sums(support, crops)                        # (S, d) crop sums
     if len(per_image) < 2:
         raise ValueError("leave-one-out needs at least 2 support images")
     rest = unit(per_image.sum(0, keepdims=True) - per_image)     # prototype without image i
@@ -290,7 +307,8 @@ class PrototypeRule:
     def scores(self, state: np.ndarray, queries: Sequence[np.ndarray]) -> np.ndarray:
         return self.to_prob(self.raw_scores(state, queries))
 
-    def leave_one_out(self, support: np.ndarray, crops, part=None) -> np.ndarray:
+    def leave_one_out(self, support: np.ndarray, crops, part=None, state=None) -> np.ndarray:
+        """(S,) leave-one-out cosines (``state`` is not needed)."""
         return leave_one_out_cosines(support, crops)
 
     def to_prob(self, raw):
@@ -361,9 +379,9 @@ class PairRule:
             out[b, top] = self._crop_means(qpart, [state.parts[p] for p in top]).mean(0)
         return out
 
-    def leave_one_out(self, support: np.ndarray, crops, part=None) -> np.ndarray:
+    def leave_one_out(self, support: np.ndarray, crops, part=None, state=None) -> np.ndarray:
         """(S,) each support image's mean pair probability against the other images' crops
-        (``crops`` as in :func:`image_ids`)."""
+        (``crops`` as in :func:`image_ids`; ``state`` is not needed)."""
         z = np.asarray(support, np.float32)
         img = image_ids(len(z), crops)
         if len(img) == 0 or img.max() < 1:
@@ -394,16 +412,6 @@ WHITEN = (None, "gallery")
 RANK = 32          # eigenpairs kept per profile beyond the isotropic remainder
 MIN_POINTS = 3     # support images below which a profile's covariance is isotropic
 LOO_FOLDS = 10     # held-out folds for a profile's own scores (leave-one-out below this many images)
-
-
-def image_points(support: np.ndarray, crops) -> np.ndarray:
-    """(sum k_i, d) crop fingerprints -> (S, d) unit crop-mean fingerprint of each image
-    (``crops`` as in :func:`image_ids`)."""
-    z = np.asarray(support, np.float64)
-    img = image_ids(len(z), crops)
-    out = np.zeros((img.max() + 1 if len(img) else 0, z.shape[-1]))
-    np.add.at(out, img, z)
-    return unit(out)
 
 
 def shrinkage(x: np.ndarray, method: str = "ledoit-wolf") -> float:
@@ -598,14 +606,10 @@ class GaussianRule:
         if self.whiten not in WHITEN:
             raise ValueError(f"whiten must be one of {WHITEN}, got {self.whiten!r}")
 
-    def points(self, support: np.ndarray, crops=None) -> np.ndarray:
-        """(S, d) image points of a support set of crop fingerprints (one image per row when
-        ``crops`` is None)."""
-        return image_points(support, 1 if crops is None else crops)
-
     def prepare(self, supports: Sequence[np.ndarray], parts=None, counts=None) -> GaussianState:
-        """One Gaussian per support set; ``counts``: each set's crops (see :func:`image_ids`)."""
-        pts = [self.points(s, None if counts is None else counts[i]) for i, s in enumerate(supports)]
+        """One Gaussian per support set; ``counts``: each set's crops (see :func:`image_ids`;
+        None: one crop per image)."""
+        pts = [image_points(s, 1 if counts is None else counts[i]) for i, s in enumerate(supports)]
         d = pts[0].shape[1] if pts else 0
         with one_blas_thread():
             w, prior = pooled_whitener(pts, self.shrink) if self.whiten == "gallery" else (None, None)

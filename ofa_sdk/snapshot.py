@@ -77,7 +77,7 @@ class SnapshotCache:
         key = (prof.name, prof.created, rule.name, wkey)
         if key not in self.own:
             self.own[key] = decision.own_scores(rule, prof.support, crop_counts(prof),
-                                                prof.support_part, None if w is None else state)
+                                                prof.support_part, state)
         return self.own[key]
 
     def prepared(self, rule, profs) -> Any:
