@@ -200,13 +200,16 @@ def _ext_modules():
     ]
 
 
+SERVE = ["fastapi>=0.115", "uvicorn>=0.30", "python-multipart>=0.0.18", "prometheus-client>=0.20"]
+
 setup(
     name="ofa-sdk",
     version="0.1.0",
     description="Attribution of synthetic images to their generators, trained on real photos only",
     python_requires=">=3.10",
     packages=find_packages(include=["ofa_sdk", "ofa_sdk.*"]),
-    package_data={"ofa_sdk": ["weights/*.safetensors", "weights/*.json", "weights/engines/*/*.onnx"]},
+    package_data={"ofa_sdk": ["weights/*.safetensors", "weights/*.json", "weights/engines/*/*.onnx",
+                               "serve/static/*"]},
     install_requires=["torch>=2.4", "numpy>=1.24", "pillow>=10", "safetensors>=0.4", "tqdm>=4.60",
                       "threadpoolctl>=3"],
     extras_require={
@@ -219,9 +222,11 @@ setup(
         "ray": ["ray[data]>=2.60", "aiohttp"],                            # distributed.py
         "discover": ["scikit-learn>=1.3"],                                # discovery.py (HDBSCAN)
         "parquet": ["pyarrow>=14"],                                       # scan_output.py, .parquet scans
+        "serve": SERVE,                                                   # ofa_sdk/serve/ (ofa-sdk serve)
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn", "scipy", "cryptography",
                  "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "c2pa-python>=0.38",
-                 "ray[data]>=2.60", "aiohttp", "triton>=3.0"],
+                 "ray[data]>=2.60", "aiohttp", "triton>=3.0", *SERVE,
+                 "selenium>=4.20"],   # selenium: the review page's browser test (with a system Chromium)
     },
     entry_points={"console_scripts": ["ofa-sdk=ofa_sdk.cli:main",
                                       "ofa-train=ofa_sdk.training.__main__:main"]},

@@ -28,7 +28,8 @@ from . import decision, scoring
 from . import images as imio
 from .decision import Attribution  # noqa: F401  (public)
 from .gallery import Gallery, GalleryError, Profile
-from .pipeline import EmbeddedItem, InputError, InputPolicy, embed_stream, finish  # noqa: F401
+from .pipeline import (EmbeddedItem, InputError, InputPolicy, embed_prepared,  # noqa: F401
+                       embed_stream, finish)
 from .snapshot import GallerySnapshot, SnapshotCache, crop_counts, make_snapshot  # noqa: F401
 
 
@@ -148,6 +149,12 @@ class Attributor:
         """One :class:`~ofa_sdk.pipeline.EmbeddedItem` per input, in order (see
         :func:`ofa_sdk.pipeline.embed_stream`); unusable inputs carry their reason."""
         return embed_stream(self._engine, items, self.policy, self.batch_size, self.workers, spectra)
+
+    def embed_prepared(self, prepared: Iterable) -> Iterator[EmbeddedItem]:
+        """:meth:`embed_stream` on inputs the input policy already decoded and cropped
+        (``self.policy(item)``: :class:`~ofa_sdk.images.Prepared` or
+        :class:`~ofa_sdk.images.ImageError`), batched as ``embed_stream`` batches them."""
+        return embed_prepared(self._engine, prepared, self.batch_size)
 
     def _embedded(self, images) -> Iterator[EmbeddedItem]:
         return self.embed_stream(imio.iter_items(images))

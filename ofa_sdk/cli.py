@@ -13,6 +13,7 @@
     ofa-sdk fit-closed-set REAL_DIR    (T+1)-way head on enrolled models + reconstructed reals
     ofa-sdk open-set DIR               closed/open-set attribution with that head
     ofa-sdk export --format onnx|engine  inference graphs (ONNX) or TensorRT engines
+    ofa-sdk serve                      HTTP service with batching and the review page (docs/serving.md)
 
 Every command takes --gallery PATH (default: $OFA_SDK_GALLERY, else
 ~/.cache/ofa-sdk/gallery.db) and --model FILE. Tables on a terminal; JSON with --json.
@@ -192,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("remove", help="delete an enrolled profile")
     p.add_argument("name")
+    _common(p)
+    p = sub.add_parser("serve", help="HTTP service: attribute, verify, gallery, review page "
+                                     "(pip install 'ofa-sdk[serve]')")
+    from .serve import add_arguments
+    add_arguments(p)
     _common(p)
     return ap
 
@@ -534,17 +540,22 @@ def cmd_export(a, att) -> int:
     return 0
 
 
+def cmd_serve(a, att) -> int:
+    from .serve import serve
+    return serve(a, lambda: _attributor(a))   # loaded by the server, which answers /healthz meanwhile
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     from .gallery import GalleryError
     if a.cmd == "export":
         a.backend = "torch"   # exporting needs the reference model, not a compiled engine
     try:
-        att = None if getattr(a, "engine", "local") == "ray" else _attributor(a)
+        att = None if getattr(a, "engine", "local") == "ray" or a.cmd == "serve" else _attributor(a)
         return {"enroll": cmd_enroll, "verify": cmd_verify, "attribute": cmd_attribute,
                 "scan": cmd_scan, "info": cmd_info, "remove": cmd_remove, "eval": cmd_eval,
                 "show": cmd_show, "discover": cmd_discover, "fit-closed-set": cmd_fit_closed_set,
-                "open-set": cmd_open_set, "export": cmd_export}[a.cmd](a, att)
+                "open-set": cmd_open_set, "export": cmd_export, "serve": cmd_serve}[a.cmd](a, att)
     except (GalleryError, FileNotFoundError, ValueError, RuntimeError) as e:
         msg = str(e)
         print(json.dumps({"error": msg}) if getattr(a, "json", False) else f"error: {msg}",

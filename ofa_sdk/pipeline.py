@@ -140,6 +140,15 @@ def embed_stream(engine, items: Iterable[Any], policy: InputPolicy, batch_size: 
     """One :class:`EmbeddedItem` per item, in order, batching crops across items. With
     ``spectra=True`` each usable item also carries its mean residual log-spectrum over its
     crops, from the same forward pass."""
+    return embed_prepared(engine, prefetch(items, policy, workers, ahead=max(2 * batch_size, 8)),
+                          batch_size, spectra)
+
+
+def embed_prepared(engine, prepared: Iterable[Union[imio.Prepared, imio.ImageError]],
+                   batch_size: int = 32, spectra: bool = False) -> Iterator[EmbeddedItem]:
+    """:func:`embed_stream` after the input policy: items ``policy(item)`` already made (for a
+    caller that decodes elsewhere, such as the HTTP server, which decodes each upload in its
+    own request and then batches)."""
     pending: List[Union[imio.Prepared, imio.ImageError]] = []
     n_crops = 0
 
@@ -162,7 +171,7 @@ def embed_stream(engine, items: Iterable[Any], policy: InputPolicy, batch_size: 
                                    spec[k:k + n].mean(0) if spectra else None, p.provenance)
                 k += n
 
-    for p in prefetch(items, policy, workers, ahead=max(2 * batch_size, 8)):
+    for p in prepared:
         pending.append(p)
         n_crops += len(p.crops) if isinstance(p, imio.Prepared) else 0
         if n_crops >= batch_size:
