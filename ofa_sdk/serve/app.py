@@ -253,10 +253,14 @@ class Service:
                 self.changed()
         return go()
 
-    def profile_row(self, prof) -> Dict:
+    def profile_row(self, prof, added: bool = False) -> Dict:
+        """A profile as the API shows it; ``added``: images, used and skipped of the last add
+        (as ``ofa-sdk enroll --add`` reports), the support of the whole profile."""
         snap = self.snapshot((None, None))
         thr = snap.thresholds[snap.names.index(prof.name)] if prof.name in snap.names else None
         m = prof.metadata
+        if added and m.get("added"):
+            m = {**m, **m["added"][-1]}
         return {"name": prof.name, "support": prof.n_support, "images": m.get("images"),
                 "used": m.get("used"), "skipped": m.get("skipped"),
                 "skipped_examples": m.get("skipped_examples", []), "model_id": prof.model_id,
@@ -453,7 +457,7 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
                                        overwrite=overwrite)
             except Exception as e:
                 raise library_errors(e) from None
-            return svc.profile_row(prof)
+            return svc.profile_row(prof, added=add)
 
     @app.post(f"{API}/profiles/{{name}}", response_model=ProfileOut, status_code=201,
               tags=["gallery"], openapi_extra=UPLOAD_BODY,
