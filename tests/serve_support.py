@@ -66,10 +66,11 @@ def post_images(url: str, path: str, files: Sequence[Tuple[str, bytes]], token: 
     return call(url, "POST", path, body, headers)
 
 
-def discover_output(out: Path, groups: Sequence[List[Path]]) -> Path:
+def discover_output(out: Path, groups: Sequence[List[Path]], att=None) -> Path:
     """A discover output folder (the library's ``write_report``, contact sheets included) with
     one cluster per group of image files: the clustering is the library's, run on fingerprints
-    made to fall in one tight group per ``groups`` entry."""
+    made to fall in one tight group per ``groups`` entry; with ``att``, scored against its
+    profiles (nearest profile, cohesion) as ``Attributor.discover`` does."""
     from ofa_sdk import discovery
     rng = np.random.default_rng(0)
     x, src = [], []
@@ -79,8 +80,9 @@ def discover_output(out: Path, groups: Sequence[List[Path]]) -> Path:
         for f in files:
             x.append(centre + 0.01 * rng.standard_normal(16))
             src.append(str(f))
+    setup = att.discovery_setup() if att is not None else {}
     res = discovery.discover(np.array(x), src, method="agglomerative", distance=0.5,
-                             min_cluster_size=3)
+                             min_cluster_size=3, **setup)
     assert len(res.clusters) == len(groups), res.summary()
     return discovery.write_report(res, out)
 
