@@ -2,8 +2,9 @@
 (Debian: apt-get install chromium chromium-driver), driven by Selenium through the system's
 chromedriver. The test opens a discover output, enrolls a cluster under a name by clicking,
 and checks that the page's gallery and the gallery itself have the profile. Skipped, saying
-why, where no browser is installed."""
+why, where no browser is installed (unless OFA_SDK_REQUIRE_BROWSER is set: then it fails)."""
 import json
+import os
 import shutil
 
 import pytest
@@ -24,6 +25,9 @@ def _binaries():
                     if shutil.which(b)), None)
     driver = shutil.which("chromedriver")
     if not browser or not driver:
+        if os.environ.get("OFA_SDK_REQUIRE_BROWSER"):     # CI sets it: a missing browser fails
+            pytest.fail("OFA_SDK_REQUIRE_BROWSER is set but Chromium or chromedriver is missing "
+                        "(apt-get install chromium chromium-driver)")
         pytest.skip("no headless browser installed: the review page's browser test needs Chromium "
                     "and its driver (Debian: apt-get install chromium chromium-driver); CI "
                     "installs them")
