@@ -39,21 +39,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic(n: int, size: int):
-    import io
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        if i % 2:
-            a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        else:
-            h = (size + 1) // 2
-            a = rng.integers(0, 256, (h, h, 3), dtype=np.uint8).repeat(2, 0).repeat(2, 1)[:size, :size]
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="PNG")
-        out.append(("image/png", buf.getvalue()))
-    return out
+def synthetic(n: int, size: int, seed: int = 0):
+    """n PNGs, alternately blocky and noise (ofa_sdk.evaluation.synthetic), as (type, bytes)."""
+    from ofa_sdk.evaluation.synthetic import png_images
+    blocky, noise = png_images((n + 1) // 2, seed, size, "blocky"), png_images(n // 2, seed + 1, size, "noise")
+    return [("image/png", b) for pair in zip(blocky, noise + [None]) for b in pair if b is not None][:n]
 
 
 def photos(folder: str, n: int):
@@ -107,6 +97,7 @@ def load(port: int, images, clients: int, requests: int, seconds: float):
                 if r.status == 503:
                     with lock:
                         refused.append(r.getheader("Retry-After"))
+                    time.sleep(0.05)        # a refused client tries again soon, not at once
                     continue
             except (OSError, http.client.HTTPException) as e:
                 ok, payload = False, repr(e).encode()
@@ -218,7 +209,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ofa-serve-load-"))
     gallery = tmp / "gallery.db"
     att = Attributor(model=a.model, gallery=gallery)
-    enroll = synthetic(16, a.size)
+    enroll = synthetic(16, a.size, seed=100)         # not the query images
     att.enroll("gen-noise", [b for _, b in enroll[1::2]])
     att.enroll("gen-blocky", [b for _, b in enroll[0::2]])
     info = att.info()

@@ -3,7 +3,6 @@ the standard library, and a discover output folder written by the library's own 
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import uuid
 from pathlib import Path
@@ -15,16 +14,8 @@ import numpy as np
 
 def png(seed: int, size: int = 40, kind: str = "noise") -> bytes:
     """One small PNG, seeded ("noise": RGB noise; "blocky": noise upsampled 2x)."""
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    if kind == "noise":
-        a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    else:
-        h = (size + 1) // 2
-        a = rng.integers(0, 256, (h, h, 3), dtype=np.uint8).repeat(2, 0).repeat(2, 1)[:size, :size]
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="PNG")
-    return buf.getvalue()
+    from ofa_sdk.evaluation.synthetic import png_images
+    return png_images(1, seed, size, kind)[0]
 
 
 def multipart(files: Sequence[Tuple[str, bytes]], fields: Optional[Dict[str, str]] = None,
