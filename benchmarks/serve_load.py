@@ -3,7 +3,8 @@ against the library's batched ``Attributor.attribute`` on the same images in the
 
     python benchmarks/serve_load.py [--model FILE] [--photos DIR] [--images 64] [--size 256]
                                     [--clients 1 8 32] [--requests 320] [--seconds 120]
-                                    [--overload-clients 128] [--out serve_load.json]
+                                    [--overload-clients 128] [--overload-seconds 30]
+                                    [--out serve_load.json]
 
 The server runs as ``ofa-sdk serve`` in a process of its own on 127.0.0.1 (a free port; never
 another host), over a gallery of two profiles enrolled here; the clients are threads of this
@@ -16,8 +17,9 @@ the ratio uses their mean). Images: ``--images`` synthetic PNGs (seeded noise an
 ``--size`` pixels square) made here, or the first ``--images`` files of ``--photos``.
 
 Then the overload phase: a second server admitting at most 8 requests at once, under
-``--overload-clients`` clients sending up to 4 x ``--requests`` requests (bounded by
-``--seconds``): the requests served and refused with 503, and the server's resident memory.
+``--overload-clients`` clients for ``--overload-seconds`` (a refused client retries after 50 ms;
+at most 100,000 requests): the requests served and refused with 503, and the server's resident
+memory, sampled every 0.2 s, after a warm-up at the admitted load and through the phase.
 """
 from __future__ import annotations
 
@@ -164,7 +166,7 @@ def overload_run(gallery, a, images):
     resident memory at the start, at its peak (sampled every 0.2 s) and at the end."""
     port, server = start_server(gallery, a.model, "--max-inflight", "8")
     try:
-        load(port, images, 4, 16, 60)
+        load(port, images, 8, 64, 60)                     # warm-up at the admitted load
         samples, done = [rss_mib(server.pid)], threading.Event()
 
         def sample():
@@ -172,20 +174,24 @@ def overload_run(gallery, a, images):
                 samples.append(rss_mib(server.pid))
         th = threading.Thread(target=sample)
         th.start()
-        lat, errors, wall, refused = load(port, images, a.overload_clients, 4 * a.requests,
-                                          a.seconds)
+        lat, errors, wall, refused = load(port, images, a.overload_clients, 100_000,
+                                          a.overload_seconds)
         done.set()
         th.join()
         row = {"clients": a.overload_clients, "max_inflight": 8, "served": len(lat),
                "refused_503": len(refused), "retry_after": sorted(set(map(str, refused))),
                "errors": len(errors), "served_img_per_s": len(lat) / wall,
-               "rss_mib": {"start": samples[0], "peak": max(samples), "end": samples[-1]}}
+               "seconds": wall,
+               "rss_mib": {"start": samples[0], "peak": max(samples),
+                           "quarters": [samples[int(q * (len(samples) - 1))] for q in (.25, .5, .75, 1)]}}
     finally:
         stop(server)
-    print(f"overload, {row['clients']} clients, max-inflight 8: {row['served']} served, "
-          f"{row['refused_503']} refused (503), {row['errors']} errors; server RSS "
-          f"{row['rss_mib']['start']:.0f} -> peak {row['rss_mib']['peak']:.0f} -> "
-          f"{row['rss_mib']['end']:.0f} MiB", flush=True)
+    print(f"overload, {row['clients']} clients for {wall:.0f} s, max-inflight 8: "
+          f"{row['served']} served ({row['served_img_per_s']:.1f} img/s), "
+          f"{row['refused_503']} refused (503), {row['errors']} errors; server RSS (MiB) after "
+          f"warm-up {samples[0]:.0f}, at 1/4, 1/2, 3/4 and the end of the phase "
+          + ", ".join(f"{x:.0f}" for x in row["rss_mib"]["quarters"])
+          + f"; peak {row['rss_mib']['peak']:.0f}", flush=True)
     return row
 
 
@@ -201,6 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=120, help="time cap per level")
     ap.add_argument("--overload-clients", type=int, default=128,
                     help="clients of the overload phase (0: none)")
+    ap.add_argument("--overload-seconds", type=float, default=30, help="length of that phase")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
