@@ -414,3 +414,22 @@ def test_cli_serve_starts_on_loopback_and_answers(env, tmp_path):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_a_model_that_fails_to_load_leaves_a_live_server_that_is_not_ready():
+    from ofa_sdk.serve import Running
+    from ofa_sdk.serve.app import Settings
+
+    def load():
+        raise ValueError("model file /nowhere/model.safetensors: not found")
+    srv = Running(load, Settings(token=TOKEN))
+    with pytest.raises(RuntimeError, match="not found"):
+        srv.__enter__()
+    try:
+        assert call(srv.url, "GET", "/healthz")[0] == 200
+        st, h, b = call(srv.url, "GET", "/readyz")
+        assert st == 503 and b["status"] == "failed" and "not found" in b["error"]
+        st, h, b = call(srv.url, "POST", "/v1/attribute", png(1), {"Content-Type": "image/png"})
+        assert st == 503 and b["kind"] == "not_ready" and h["retry-after"] == "1"
+    finally:
+        srv.__exit__(None, None, None)

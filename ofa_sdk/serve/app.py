@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -94,6 +95,7 @@ class Service:
         self._generation = 0            # bumped by this server's own gallery writes
         self._inflight = 0
         self._ready = threading.Event()
+        self._settled = threading.Event()       # loading ended, ready or failed
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,6 +110,9 @@ class Service:
             self._ready.set()
         except Exception as e:                   # reported by /readyz; the server stays up
             self.failed = f"{type(e).__name__}: {e}"
+            print(f"ofa-sdk serve: the model failed to load: {self.failed}", file=sys.stderr)
+        finally:
+            self._settled.set()
 
     def stop(self) -> None:
         self.batcher.stop()
@@ -117,7 +122,9 @@ class Service:
         return self._ready.is_set()
 
     def wait_ready(self, timeout: float) -> bool:
-        return self._ready.wait(timeout)
+        """Wait until loading ended (or ``timeout``); whether the service is ready."""
+        self._settled.wait(timeout)
+        return self.ready
 
     def require_ready(self):
         if not self.ready:
