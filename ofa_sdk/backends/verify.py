@@ -45,7 +45,7 @@ TOLERANCES: Dict[str, Tuple[float, float]] = {
     "int8": (1e-1, 2e-2),
 }
 _PACKAGES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "torch": "triton"}
-_MEMO: Dict[str, Dict] = {}     # key -> record, for cache folders that cannot be written
+_MEMO: Dict[str, Dict] = {}     # record path -> record, for cache folders that cannot be written
 
 
 def records_dir() -> Path:
@@ -143,10 +143,10 @@ def ensure_verified(engine, bundle, force: bool = False) -> Tuple[Optional[str],
     fields = host_fields(engine, bundle.model_id)
     key = record_key(fields)
     path = records_dir() / f"{engine.name}-{key}.json"
-    rec = None if force else _MEMO.get(key) or _read(path, key)
+    rec = None if force else _MEMO.get(str(path)) or _read(path, key)
     if rec is None:
         rec = {"key": key, **fields, **check(engine, bundle)}
-        _MEMO[key] = rec
+        _MEMO[str(path)] = rec
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, json.dumps(rec, indent=1).encode())
