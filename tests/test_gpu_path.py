@@ -358,3 +358,20 @@ def test_probe_crops_are_fixed():
     a, b = probe_crops(32), probe_crops(32)
     assert a.dtype == np.uint8 and a.shape == (8, 32, 32, 3) and np.array_equal(a, b)
     assert a.min() == 0 and a.max() == 255 and len({x.tobytes() for x in a}) == 8
+
+
+# ---------------------------------------------------------------- on a GPU host (gpu_check)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("spectrum", ["triton", "cuda_ext", "reference"])
+def test_torch_engine_on_cuda_matches_the_cpu(spectrum):
+    from ofa_sdk.backends.verify import TOLERANCES, probe_crops
+    from ofa_sdk.kernels import dispatch
+    if spectrum == "cuda_ext" and not dispatch.cuda_ext_available():
+        pytest.skip("the CUDA extension is not built")
+    bundle = load_default_model()
+    crops = probe_crops(bundle.config.crop)
+    want = select_engine("torch", bundle, "cpu").engine.embed(crops)
+    ctx = dispatch.reference() if spectrum == "reference" else dispatch.prefer(spectrum)
+    with ctx:
+        got = select_engine("torch", bundle, "cuda", strict=True).engine.embed(crops)
+    assert np.abs(got - want).max() <= TOLERANCES["fp32"][0]

@@ -4,6 +4,12 @@ the same CUDA stream.
     crops (uint8, host) -> [residual engine] -> residual -> log_spectrum (CUDA kernel) ->
     [extractor engine] -> fingerprints (host)
 
+(a model with the fixed high-pass residual builds no residual engine: its stencil runs fused in
+float32 into the spectrum kernel, as in the ONNX Runtime engine, never in fp16 or TF32.)
+``embed()`` copies only the fingerprints to the host; ``embed_spectra()`` the spectra too.
+Every CUDA call (deserialising, contexts, streams, kernels, execution) runs with the engine's
+device current (:func:`ofa_sdk.backends.torch.device_guard`).
+
 Written to the TensorRT 10 Python API (tensor-name I/O, ``execute_async_v3``). Device buffers
 and the stream are torch CUDA tensors and a ``torch.cuda.Stream``: the spectrum between the two
 engines is a torch/Triton op (:func:`ofa_sdk.models.spectrum.log_spectrum`, dispatched to the
@@ -16,7 +22,7 @@ and the precision (:func:`cache_key`), with a JSON file beside each engine and a
 cache. Builds take a file lock and write atomically; an engine whose JSON does not match its key
 (stale or foreign) is rebuilt, never reused.
 
-Precisions: ``fp32``; ``fp16`` (the default); ``int8``: explicit quantisation, built from the
+Precisions: ``fp32`` (TF32 cleared: TensorRT allows it by default); ``fp16`` (the default); ``int8``: explicit quantisation, built from the
 QDQ int8 graphs of :mod:`ofa_sdk.backends.quantize` (calibrated on real photos: the engine
 option ``calibration=<folder>``, or graphs made earlier with ``ofa-sdk export --format onnx
 --int8 PHOTOS``: found beside the model file, or in ``graphs_dir=DIR`` after ``-o DIR``), as a
