@@ -85,15 +85,23 @@ def test_cuda_device_index_is_fixed_and_checked(monkeypatch):
     assert cuda.entered == [0]
 
 
-def test_every_triton_launch_is_guarded_to_its_tensors_device(monkeypatch):
-    pytest.importorskip("triton")
-    from ofa_sdk.kernels import _triton, gallery, mokconv, spectrum
+def test_a_triton_launch_guard_makes_the_tensors_device_current(monkeypatch):
+    from ofa_sdk.kernels import _triton
     cuda = FakeCuda(monkeypatch)
-    on = _triton.on_device(types.SimpleNamespace(device=torch.device("cuda", 1)))
-    with on:
+    with _triton.on_device(types.SimpleNamespace(device=torch.device("cuda", 1))):
         assert cuda.current == 1
     assert cuda.entered == [1] and cuda.current == 0
-    # each launcher enters the guard with the tensor it launches on (CPU here: the interpreter)
+    with _triton.on_device(torch.zeros(1)):
+        pass
+    assert cuda.entered == [1]
+
+
+def test_every_triton_launch_enters_the_guard_with_its_tensor(monkeypatch):
+    """Each launcher calls the guard with the tensor it launches on (on the CPU here, the
+    interpreter; on a GPU host the compiled kernels)."""
+    pytest.importorskip("triton")
+    from ofa_sdk.kernels import gallery, mokconv, spectrum
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seen = []
 
     def recorder(t):
@@ -102,14 +110,15 @@ def test_every_triton_launch_is_guarded_to_its_tensors_device(monkeypatch):
     for mod in (spectrum, gallery, mokconv):
         monkeypatch.setattr(mod, "on_device", recorder)
     g = torch.Generator().manual_seed(0)
-    spectrum.log_spectrum(torch.randn(1, 6, 6, generator=g))
-    rest = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
-    gallery.pair_gallery_scores(torch.randn(2, 4), torch.randn(1, 2, 4), torch.tensor([2]), rest)
-    h = torch.randn(1, 2, 4, 4, requires_grad=True)
-    w = torch.randn(2, 2, 2, 3, 3, requires_grad=True)
-    out = mokconv.mokconv(h, torch.randn(1, 2, 2), w, torch.randn(2, 2))
+    spectrum.log_spectrum(torch.randn(1, 6, 6, generator=g).to(dev))
+    rest = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)).to(dev)
+    gallery.pair_gallery_scores(torch.randn(2, 4, device=dev), torch.randn(1, 2, 4, device=dev),
+                                torch.tensor([2], device=dev), rest)
+    h = torch.randn(1, 2, 4, 4, device=dev, requires_grad=True)
+    w = torch.randn(2, 2, 2, 3, 3, device=dev, requires_grad=True)
+    out = mokconv.mokconv(h, torch.randn(1, 2, 2, device=dev), w, torch.randn(2, 2, device=dev))
     out.sum().backward()                              # forward, dgrad and wgrad launches
-    assert len(seen) == 5 and all(d.type == "cpu" for d in seen)
+    assert len(seen) == 5 and all(d.type == dev.type for d in seen)
 
 
 @pytest.fixture
