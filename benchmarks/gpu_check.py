@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -41,10 +42,25 @@ import numpy as np
 SCORE_TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 1e-1}   # |score diff| / range of scores
 
 
-def _write(out: Path, name: str, data: dict) -> None:
+def _write(out: Path, name: str, data: dict, quiet: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(data, indent=1, default=str))
-    print(json.dumps(data, default=str)[:2000], flush=True)
+    tmp = out / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(out / f"{name}.json")
+    if not quiet:
+        print(json.dumps(data, default=str)[:2000], flush=True)
+
+
+class Partial(dict):
+    """A step's results, written to its JSON after every row: a step cut off by its time box
+    keeps what it finished."""
+
+    def __init__(self, a, name: str, **fields):
+        super().__init__(fields, partial=True)
+        self.out, self.name = Path(a.out), name
+
+    def save(self) -> None:
+        _write(self.out, self.name, self, quiet=True)
 
 
 def _version(mod: str):
@@ -85,10 +101,11 @@ def engines_to_check(a):
                 ("torch cpu (PyTorch reference)", "torch", "cpu", {}, "reference")]
     rows = [("torch cuda (Triton kernels)", "torch", "cuda", {}, None),
             ("torch cuda (CUDA extension spectrum)", "torch", "cuda", {}, "cuda_ext"),
-            ("torch cuda (PyTorch reference, cuFFT)", "torch", "cuda", {}, "reference")]
+            ("torch cuda (PyTorch reference, cuFFT)", "torch", "cuda", {}, "reference"),
+            ("onnxruntime cpu", "onnxruntime", "cpu", {}, None)]
+    # last: a first TensorRT build takes tens of seconds (cached in $OFA_SDK_CACHE after)
     rows += [(f"tensorrt {p}", "tensorrt", "cuda", {"tensorrt": {"precision": p}}, None)
-             for p in ("fp32", "fp16")]
-    rows.append(("onnxruntime cpu", "onnxruntime", "cpu", {}, None))
+             for p in ("fp16", "fp32")]
     return rows
 
 
@@ -140,8 +157,8 @@ def step_parity(a) -> dict:
         ref.enroll(name, items)
     z_ref, s_ref = ref.fingerprint(ims), np.asarray(ref.scores(queries))
     spread = float(s_ref.max() - s_ref.min()) or 1.0
-    res = {"inputs": source, "reference": "torch engine on the CPU", "rule": ref.rule.name,
-           "engines": {}}
+    res = Partial(a, "parity", inputs=source, reference="torch engine on the CPU",
+                  rule=ref.rule.name, engines={})
     for label, backend, device, opts, ctx in engines_to_check(a):
         row = {}
         try:
@@ -172,6 +189,7 @@ def step_parity(a) -> dict:
         except Exception as e:  # noqa: BLE001 - a failing engine is a result, not a crash
             row = {"error": f"{type(e).__name__}: {e}"[:800], "passed": False}
         res["engines"][label] = row
+        res.save()
         print(label, row, flush=True)
     return res
 
@@ -186,11 +204,9 @@ def step_e2e(a) -> dict:
     batches = (2, 4) if a.dry_run else (64, 256)
     blobs = encoded(images(2 * max(batches), 128, seed=2))
     engines = [("torch cpu (baseline)", "torch", "cpu", {})]
-    engines += [(l, b, d, o) for l, b, d, o, ctx in engines_to_check(a)
-                if ctx is None and not l.startswith("onnxruntime")]
-    engines.append(("onnxruntime cpu", "onnxruntime", "cpu", {}))
-    res = {"images": f"{len(blobs)} PNG-encoded 128x128 images, 1 crop each, decode included",
-           "rows": {}}
+    engines += [(l, b, d, o) for l, b, d, o, ctx in engines_to_check(a) if ctx is None]
+    res = Partial(a, "e2e", images=f"{len(blobs)} PNG-encoded 128x128 images, 1 crop each, "
+                  "decode included", rows={})
     for batch in batches:
         base = None
         for label, backend, device, opts in engines:
@@ -208,6 +224,7 @@ def step_e2e(a) -> dict:
             except Exception as e:  # noqa: BLE001
                 row = {"error": f"{type(e).__name__}: {e}"[:500]}
             res["rows"][key] = row
+            res.save()
             print(key, row, flush=True)
     return res
 
@@ -245,9 +262,9 @@ def step_train(a) -> dict:
         data.mkdir()
         for i, arr in enumerate(images(4 if a.dry_run else 16, 160, seed=3)):
             Image.fromarray(arr).save(data / f"p{i}.png")
-    res = {"data": str(data) if a.photos else "synthetic 160x160 images",
-           "model": "shipped compact configuration, stage 0/1 from the shipped model"}
-    runs = {}
+    res = Partial(a, "train", data=str(data) if a.photos else "synthetic 160x160 images",
+                  model="shipped compact configuration, stage 0/1 from the shipped model")
+    runs = res["runs"] = {}
     for device, steps in ((("cpu", 2),) if a.dry_run else (("cuda", 30), ("cpu", 3))):
         if device == "cuda" and not torch.cuda.is_available():
             runs[device] = {"unavailable": "CUDA is not available"}
@@ -257,8 +274,8 @@ def step_train(a) -> dict:
         from ofa_sdk.weights import DEFAULT_MODEL
         export.unpack(DEFAULT_MODEL, run)     # stage 0/1 checkpoints of the shipped model
         runs[device] = _train_rate(a, run, data, device, steps)
+        res.save()
         print(device, runs[device], flush=True)
-    res["runs"] = runs
     if runs.get("cuda", {}).get("steps_per_s") and runs.get("cpu", {}).get("steps_per_s"):
         res["x_cuda_vs_cpu"] = round(runs["cuda"]["steps_per_s"] / runs["cpu"]["steps_per_s"], 1)
     return res
@@ -294,8 +311,14 @@ def step_summary(a) -> dict:
         p = out / f"{name}.json"
         parts[name] = json.loads(p.read_text()) if p.exists() else None
     kr = kernel_ratios(parts["kernels_gpu"] or {})
+    tests_log = (out / "tests.log").read_text() if (out / "tests.log").exists() else ""
+    tests = {k: len(re.findall(rf"(?m) {k}(?: |$)", tests_log))
+             for k in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
+    m = re.search(r"(\d+) tests? collected", tests_log)
+    tests["collected"] = int(m.group(1)) if m else None
+    tests["failed"] = re.findall(r"(?m)^(\S+::\S+) (?:FAILED|ERROR)", tests_log)[:50]
     report = {"dry_run": a.dry_run, "steps": steps, "time_boxes_s": sum(s["box_s"] for s in steps),
-              "kernel_vs_best_torch": kr, **parts}
+              "tests": tests, "kernel_vs_best_torch": kr, **parts}
     lines = [f"# GPU check {'(DRY RUN on the CPU: times mean nothing)' if a.dry_run else ''}", "",
              "| step | exit | seconds | box |", "|---|---|---|---|"]
     lines += [f"| {s['step']} | {s['rc']}{' (timed out)' if s['rc'] in (124, 137) else ''} | "
@@ -303,7 +326,12 @@ def step_summary(a) -> dict:
     env = parts["env"] or {}
     lines += ["", f"GPU: {env.get('gpu')}; torch {env.get('torch')} (CUDA {env.get('cuda_build')}); "
               f"triton {env.get('triton')}; tensorrt {env.get('tensorrt')}; "
-              f"CUDA extension: {env.get('cuda_ext')}", "", "## Parity against torch on the CPU", ""]
+              f"CUDA extension: {env.get('cuda_ext')}", "",
+              (f"GPU tests (dry run: collected only): {tests['collected']}" if a.dry_run else
+               f"GPU tests: {tests['PASSED']} passed, {tests['FAILED']} failed, {tests['ERROR']} "
+              f"errors, {tests['SKIPPED']} skipped" + (f" (failed: {', '.join(tests['failed'][:10])})"
+                                                       if tests["failed"] else "")),
+              "", "## Parity against torch on the CPU", ""]
     for label, row in ((parts["parity"] or {}).get("engines") or {}).items():
         if "fingerprint_max_abs" in row:
             lines.append(f"- {label}: {'PASS' if row['passed'] else 'FAIL'}: fingerprints max "
@@ -340,6 +368,7 @@ def main(argv=None):
     t0 = time.time()
     data = STEPS[a.step](a)
     data["step_seconds"] = round(time.time() - t0, 2)
+    data.pop("partial", None)           # finished
     _write(Path(a.out), "gpu_check" if a.step == "summary" else a.step, data)
     return 0
 

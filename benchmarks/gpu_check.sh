@@ -11,8 +11,9 @@
 #
 #   env      20 s  versions, GPU, what the kernel dispatch finds         -> env.json
 #   install  80 s  pip install -e . (builds the C++ and CUDA extensions) -> install.log
-#   tests   100 s  the kernel and extension tests on the GPU (every kernel against its float64
-#                  reference), the GPU-path tests                        -> tests.log
+#   tests   100 s  the GPU-path tests (CPU against GPU fingerprints per spectrum path), the
+#                  extension and kernel tests on the GPU (every kernel against its float64
+#                  reference)                                            -> tests.log
 #   parity   60 s  per engine, fingerprints and scores against torch on the CPU on real photos
 #                  (--photos DIR, else synthetic); records each engine's parity check, so
 #                  backend="auto" may pick it on this host              -> parity.json
@@ -49,6 +50,9 @@ if [ -n "$DRY" ]; then
     export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # not installed in a dry run
 fi
+# quickest first: a time box that runs out still leaves the verdicts of the files before
+GPU_TESTS=(tests/test_gpu_path.py tests/test_csrc_spectrum.py tests/test_kernels_dispatch.py
+           tests/test_kernels_spectrum.py tests/test_kernels_gallery.py tests/test_kernels_mokconv.py)
 CHECK=("$PY" benchmarks/gpu_check.py --out "$OUT" ${DRY:+--dry-run} ${PHOTOS:+--photos "$PHOTOS"})
 
 step() {  # step NAME SECONDS CMD...: run CMD in a time box, log it, record its exit status
@@ -72,14 +76,10 @@ fi
 step env 20 "${CHECK[@]}" env
 if [ -n "$DRY" ]; then
     step install 80 "$PY" -m pip install --dry-run --no-deps --no-build-isolation -e .
-    step tests 100 "$PY" -m pytest -q --collect-only -p no:cacheprovider tests/test_kernels_spectrum.py \
-        tests/test_kernels_mokconv.py tests/test_kernels_gallery.py tests/test_kernels_dispatch.py \
-        tests/test_csrc_spectrum.py tests/test_gpu_path.py
+    step tests 100 "$PY" -m pytest -q --collect-only -p no:cacheprovider "${GPU_TESTS[@]}"
 else
     step install 80 "$PY" -m pip install --no-deps --no-build-isolation -e .
-    step tests 100 "$PY" -m pytest -q --maxfail=20 -p no:cacheprovider tests/test_kernels_spectrum.py \
-        tests/test_kernels_mokconv.py tests/test_kernels_gallery.py tests/test_kernels_dispatch.py \
-        tests/test_csrc_spectrum.py tests/test_gpu_path.py
+    step tests 100 "$PY" -m pytest -v --tb=short -p no:cacheprovider "${GPU_TESTS[@]}"
 fi
 step parity 60 "${CHECK[@]}" parity
 if [ -n "$DRY" ]; then

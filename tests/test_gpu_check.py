@@ -43,6 +43,7 @@ def test_dry_run_writes_every_step_and_the_summary(tmp_path):
     bad = {k: (s["rc"], (out / f"{k}.log").read_text()[-1500:]) for k, s in steps.items() if s["rc"]}
     assert not bad, bad
     assert report["time_boxes_s"] <= BUDGET_S
+    assert report["tests"]["collected"] > 20           # the GPU tests import and collect here
     parity = report["parity"]["engines"]
     assert parity["onnxruntime cpu"]["passed"] and parity["onnxruntime cpu"]["parity_record_passed"]
     assert parity["torch cpu (PyTorch reference)"]["fingerprint_max_abs"] < 1e-5

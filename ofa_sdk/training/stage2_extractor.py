@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ofa_sdk.backends.torch import exact_fp32
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.images import from_tensor, jpeg, quantize, to_tensor
 from ofa_sdk.models import FingerprintSimulator, OFAModel
@@ -103,8 +104,8 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     loader = Prefetcher(lambda gs: make_batch(sim, data, cfg, gs), seed, "stage2", start,
                         sc.steps, dev)
     for step, (x, y, arch_ids) in loader:
-        with torch.no_grad():
-            spec = model.spectrum(x)                    # float32: the fingerprint's input
+        with torch.no_grad(), exact_fp32(dev, allow_tf32=False):
+            spec = model.spectrum(x)    # float32, TF32 off: as the inference engines compute it
         with autocast(dev, precision):
             phi = model.extract(spec)
         z = torch.nn.functional.normalize(phi.float(), dim=-1)
