@@ -299,6 +299,15 @@ def test_torch_engine_turns_tf32_off_on_cuda_and_restores_it():
             assert torch.backends.cudnn.allow_tf32
         with exact_fp32(torch.device("cpu"), allow_tf32=False):
             assert torch.backends.cudnn.allow_tf32
+        # overlapping blocks (two engines, two threads): off until the last one leaves
+        outer = exact_fp32(torch.device("cuda", 0), allow_tf32=False)
+        inner = exact_fp32(torch.device("cuda", 1), allow_tf32=False)
+        outer.__enter__()
+        inner.__enter__()
+        outer.__exit__(None, None, None)
+        assert not torch.backends.cudnn.allow_tf32
+        inner.__exit__(None, None, None)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 

@@ -8,8 +8,8 @@ On CUDA every call runs with that device current (:func:`device_guard`), so ``"c
 touches device 0, and with TF32 off for cuDNN convolutions and matmuls (PyTorch's default lets
 convolutions round their inputs to TF32, about 1e-3 relative: fingerprints would then differ
 from the CPU's by more than float32 rounding; ``tf32=True`` allows it, for speed). The flags
-are process-global in PyTorch, so they are set and restored around each call under the
-engine's lock.
+are process-global in PyTorch: they are off while any engine call is running and restored
+after the last (:func:`exact_fp32`), so other CUDA work of the process sees them off then.
 """
 from __future__ import annotations
 
@@ -50,20 +50,34 @@ def device_guard(dev):
     return torch.cuda.device(dev)
 
 
+_TF32_LOCK = threading.Lock()
+_TF32 = {"depth": 0, "saved": None}     # nested/concurrent users of exact_fp32, flags to restore
+
+
 @contextlib.contextmanager
 def exact_fp32(dev, allow_tf32: bool):
-    """TF32 off for cuDNN and cuBLAS while the block runs on CUDA (restored after)."""
+    """TF32 off for cuDNN and cuBLAS while the block runs on CUDA. The flags are process-global
+    in PyTorch: the first of any overlapping blocks (threads included) turns them off and the
+    last one restores them, so concurrent calls never leave them changed."""
     import torch
     if getattr(dev, "type", None) != "cuda" or allow_tf32:
         yield
         return
-    mm = torch.backends.cuda.matmul.allow_tf32
-    with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = mm
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    with _TF32_LOCK:
+        if _TF32["depth"] == 0:
+            _TF32["saved"] = tuple(f.allow_tf32 for f in flags)
+            for f in flags:
+                f.allow_tf32 = False
+        _TF32["depth"] += 1
+    try:
+        yield
+    finally:
+        with _TF32_LOCK:
+            _TF32["depth"] -= 1
+            if _TF32["depth"] == 0:
+                for f, v in zip(flags, _TF32["saved"]):
+                    f.allow_tf32 = v
 
 
 class TorchEngine:
@@ -85,13 +99,12 @@ class TorchEngine:
         from ..images import to_tensor
         return to_tensor(check_crops(crops, self.crop)).to(self._dev)
 
+    @contextlib.contextmanager
     def _running(self):
-        stack = contextlib.ExitStack()
-        stack.enter_context(self._lock)
-        stack.enter_context(device_guard(self._dev))
-        stack.enter_context(exact_fp32(self._dev, self.tf32))
-        stack.enter_context(self._torch.inference_mode())
-        return stack
+        """One forward: this engine's lock, its device current, TF32 off on CUDA."""
+        with self._lock, device_guard(self._dev), exact_fp32(self._dev, self.tf32), \
+                self._torch.inference_mode():
+            yield
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         x = self._input(crops)
