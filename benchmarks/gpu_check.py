@@ -159,8 +159,14 @@ def step_parity(a) -> dict:
     spread = float(s_ref.max() - s_ref.min()) or 1.0
     res = Partial(a, "parity", inputs=source, reference="torch engine on the CPU",
                   rule=ref.rule.name, engines={})
+    from ofa_sdk.kernels import dispatch
+    dispatch.refresh()                  # the extensions may have been built since import
     for label, backend, device, opts, ctx in engines_to_check(a):
         row = {}
+        if ctx == "cuda_ext" and not dispatch.cuda_ext_available():
+            res["engines"][label] = {"unavailable": "ofa_sdk._spectrum_cuda is not built or "
+                                     "does not import (install.log says why)"}
+            continue
         try:
             with _dispatch_context(ctx):
                 att = Attributor(model=bundle, backend=backend, device=device, strict=True,
@@ -323,10 +329,14 @@ def step_summary(a) -> dict:
              "| step | exit | seconds | box |", "|---|---|---|---|"]
     lines += [f"| {s['step']} | {s['rc']}{' (timed out)' if s['rc'] in (124, 137) else ''} | "
               f"{s['seconds']} | {s['box_s']} |" for s in steps]
+    install_log = (out / "install.log").read_text() if (out / "install.log").exists() else ""
+    report["extensions_built"] = [l.strip() for l in install_log.splitlines()
+                                  if "ofa_sdk._spectrum" in l or "ofa_sdk._gallery" in l][:10]
     env = parts["env"] or {}
     lines += ["", f"GPU: {env.get('gpu')}; torch {env.get('torch')} (CUDA {env.get('cuda_build')}); "
               f"triton {env.get('triton')}; tensorrt {env.get('tensorrt')}; "
-              f"CUDA extension: {env.get('cuda_ext')}", "",
+              f"CUDA extension before install: {env.get('cuda_ext')}; install: "
+              f"{'; '.join(report['extensions_built']) or 'no extension lines in install.log'}", "",
               (f"GPU tests (dry run: collected only): {tests['collected']}" if a.dry_run else
                f"GPU tests: {tests['PASSED']} passed, {tests['FAILED']} failed, {tests['ERROR']} "
               f"errors, {tests['SKIPPED']} skipped" + (f" (failed: {', '.join(tests['failed'][:10])})"

@@ -46,9 +46,10 @@ export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 export OUT
 # parity records and engine caches of this check stay with its results unless the caller set one
 export OFA_SDK_CACHE="${OFA_SDK_CACHE:-$OUT/cache}"
+# this tree's code whatever is installed (a dry run installs nothing; env runs before install)
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "$DRY" ]; then
     export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
-    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"   # not installed in a dry run
 fi
 # quickest first: a time box that runs out still leaves the verdicts of the files before
 GPU_TESTS=(tests/test_gpu_path.py tests/test_csrc_spectrum.py tests/test_kernels_dispatch.py
@@ -78,7 +79,7 @@ if [ -n "$DRY" ]; then
     step install 80 "$PY" -m pip install --dry-run --no-deps --no-build-isolation -e .
     step tests 100 "$PY" -m pytest -q --collect-only -p no:cacheprovider "${GPU_TESTS[@]}"
 else
-    step install 80 "$PY" -m pip install --no-deps --no-build-isolation -e .
+    step install 80 "$PY" -m pip install -v --no-deps --no-build-isolation -e .
     step tests 100 "$PY" -m pytest -v --tb=short -p no:cacheprovider "${GPU_TESTS[@]}"
 fi
 step parity 60 "${CHECK[@]}" parity
