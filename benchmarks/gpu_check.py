@@ -330,8 +330,8 @@ def step_summary(a) -> dict:
     lines += [f"| {s['step']} | {s['rc']}{' (timed out)' if s['rc'] in (124, 137) else ''} | "
               f"{s['seconds']} | {s['box_s']} |" for s in steps]
     install_log = (out / "install.log").read_text() if (out / "install.log").exists() else ""
-    report["extensions_built"] = [l.strip() for l in install_log.splitlines()
-                                  if "ofa_sdk._spectrum" in l or "ofa_sdk._gallery" in l][:10]
+    report["extensions_built"] = sorted({l.strip() for l in install_log.splitlines()
+                                         if l.strip().startswith("ofa-sdk:")})[:10]
     env = parts["env"] or {}
     lines += ["", f"GPU: {env.get('gpu')}; torch {env.get('torch')} (CUDA {env.get('cuda_build')}); "
               f"triton {env.get('triton')}; tensorrt {env.get('tensorrt')}; "

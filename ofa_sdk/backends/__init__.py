@@ -11,8 +11,8 @@ then torch on CUDA (with the Triton kernels), then ONNX Runtime, then torch on t
 keeping only the candidates on the requested device when one is given, and takes the first
 that constructs and has passed its parity check on this host (:mod:`.verify`; the CPU reference
 needs none), noting what it chose and what it skipped and why. ``device`` takes what PyTorch
-does (:func:`resolve_device`: 0, "cuda:1", "cpu", a ``torch.device``). No fallback is silent: ``Attributor.backend`` and ``backend_note``
-say what runs.
+does (:func:`resolve_device`: 0, "cuda:1", "cpu", a ``torch.device``). No fallback is silent:
+``Attributor.backend`` and ``backend_note`` say what runs.
 """
 from __future__ import annotations
 
@@ -75,10 +75,11 @@ def resolve_device(device) -> Optional[str]:
     """``device=`` as PyTorch and detector SDKs take it -> ``None`` (any), ``"cpu"`` or
     ``"cuda:N"``: an int N or a digit string (CUDA device N), ``"cuda"``, ``"cuda:N"``,
     ``"cpu"``, or a ``torch.device``. Anything else is a ValueError naming the input."""
+    bad = f"device must be an int, 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}"
     if device is None:
         return None
     if isinstance(device, bool):
-        raise ValueError(f"device must be an int, 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}")
+        raise ValueError(bad)
     if isinstance(device, int):
         if device < 0:
             raise ValueError(f"device={device!r}: a CUDA device index must be >= 0")
@@ -91,7 +92,7 @@ def resolve_device(device) -> Optional[str]:
         return "cpu"
     if kind == "cuda" and (not index or index.isdigit()):
         return text
-    raise ValueError(f"device must be an int, 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}")
+    raise ValueError(bad)
 
 
 def _make(name: str, bundle, device, options: Optional[Dict] = None):
