@@ -336,7 +336,7 @@ def step_summary(a) -> dict:
     lines += ["", f"GPU: {env.get('gpu')}; torch {env.get('torch')} (CUDA {env.get('cuda_build')}); "
               f"triton {env.get('triton')}; tensorrt {env.get('tensorrt')}; "
               f"CUDA extension before install: {env.get('cuda_ext')}; install: "
-              f"{'; '.join(report['extensions_built']) or 'no extension lines in install.log'}", "",
+              f"{'; '.join(report['extensions_built']) or 'setup reported nothing skipped or failed'}", "",
               (f"GPU tests (dry run: collected only): {tests['collected']}" if a.dry_run else
                f"GPU tests: {tests['PASSED']} passed, {tests['FAILED']} failed, {tests['ERROR']} "
               f"errors, {tests['SKIPPED']} skipped" + (f" (failed: {', '.join(tests['failed'][:10])})"
