@@ -9,7 +9,6 @@ import contextlib
 import importlib.machinery
 import sys
 import types
-import warnings
 
 import numpy as np
 import pytest
