@@ -32,22 +32,21 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
         return x, torch.randn(x.shape, generator=gs) * sigma
 
     net.train()
-    loader = Prefetcher(draw, seed, "stage0", start, sc.steps, dev)
-    for step, (x, noise) in loader:
-        with autocast(dev, precision):
-            pred = net(x + noise)
-        # Loss in grey levels so its scale is readable (target std = noise_sigma).
-        loss = F.mse_loss(pred.float() * 255, net.crop_like(noise) * 255)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        lr = set_lr(opt, sc.lr, step, sc.steps, floor=sc.lr_floor)
-        opt.step()
-        log.step(step, sc.batch, loss=loss.item(), lr=lr)
-        if step % every == 0 or step == sc.steps or step == stop_at:
-            save_checkpoint(ckpt, {"denoiser": net}, _meta(cfg, data, step, seed), opt, g)
-        if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
-            break
-    loader.close()
+    with Prefetcher(draw, seed, "stage0", start, sc.steps, dev) as loader:
+        for step, (x, noise) in loader:
+            with autocast(dev, precision):
+                pred = net(x + noise)
+            # Loss in grey levels so its scale is readable (target std = noise_sigma).
+            loss = F.mse_loss(pred.float() * 255, net.crop_like(noise) * 255)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            lr = set_lr(opt, sc.lr, step, sc.steps, floor=sc.lr_floor)
+            opt.step()
+            log.step(step, sc.batch, loss=loss.item(), lr=lr)
+            if step % every == 0 or step == sc.steps or step == stop_at:
+                save_checkpoint(ckpt, {"denoiser": net}, _meta(cfg, data, step, seed), opt, g)
+            if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
+                break
     log.close()
     return ckpt
 

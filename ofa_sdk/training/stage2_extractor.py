@@ -100,36 +100,37 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
                "real_head": model.real_head, "bank": bank}
     ckpt, start, log = open_run(out, "stage2", trained, opt, g, resume, sc.steps, "stage2 extractor", quiet)
     model.extractor.train()
-    # the simulator's draws and reconstructions, the crops and JPEG run on the loader's thread
-    loader = Prefetcher(lambda gs: make_batch(sim, data, cfg, gs), seed, "stage2", start,
-                        sc.steps, dev)
-    for step, (x, y, arch_ids) in loader:
-        with torch.no_grad(), exact_fp32(dev, allow_tf32=False):
-            spec = model.spectrum(x)    # float32, TF32 off: as the inference engines compute it
-        with autocast(dev, precision):
-            phi = model.extract(spec)
-        z = torch.nn.functional.normalize(phi.float(), dim=-1)
-        bf, bl = bank.get()
-        l_scl = supcon_loss(z, y, cfg.loss.tau, bf, bl)
-        l_att, acc = pair_loss(model.pair_head, z, y, g)
-        l_cls = real_loss(model.real_head, z, y != REAL_LABEL)
-        loss = total_loss(cfg.loss, l_scl, l_att, l_cls)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
-        lr = set_lr(opt, sc.lr, step, sc.steps, warmup=max(1, math.floor(sc.steps * sc.warmup)),
-                    floor=sc.lr_floor)
-        opt.step()
-        bank.push(z.detach(), y)
-        log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
-                 cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
-        if step % every == 0 or step == sc.steps or step == stop_at:
-            meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
-                    "data": data.describe(), "commit": git_commit(),
-                    "simulator_perceptual": s1meta.get("perceptual")}
-            save_checkpoint(ckpt, trained, meta, opt, g)
-        if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
-            break
-    loader.close()
+    # the simulator's draws and reconstructions, the crops and JPEG run on the loader's thread;
+    # TF32 is off for the whole run (the flags are process-wide: the loader's simulator and the
+    # spectra alike, as inference computes them); the extractor runs under bf16 autocast
+    with exact_fp32(dev, allow_tf32=False), Prefetcher(
+            lambda gs: make_batch(sim, data, cfg, gs), seed, "stage2", start, sc.steps, dev) as loader:
+        for step, (x, y, arch_ids) in loader:
+            with torch.no_grad():
+                spec = model.spectrum(x)    # float32, TF32 off (above): as inference computes it
+            with autocast(dev, precision):
+                phi = model.extract(spec)
+            z = torch.nn.functional.normalize(phi.float(), dim=-1)
+            bf, bl = bank.get()
+            l_scl = supcon_loss(z, y, cfg.loss.tau, bf, bl)
+            l_att, acc = pair_loss(model.pair_head, z, y, g)
+            l_cls = real_loss(model.real_head, z, y != REAL_LABEL)
+            loss = total_loss(cfg.loss, l_scl, l_att, l_cls)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
+            lr = set_lr(opt, sc.lr, step, sc.steps, warmup=max(1, math.floor(sc.steps * sc.warmup)),
+                        floor=sc.lr_floor)
+            opt.step()
+            bank.push(z.detach(), y)
+            log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
+                     cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
+            if step % every == 0 or step == sc.steps or step == stop_at:
+                meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
+                        "data": data.describe(), "commit": git_commit(),
+                        "simulator_perceptual": s1meta.get("perceptual")}
+                save_checkpoint(ckpt, trained, meta, opt, g)
+            if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
+                break
     log.close()
     return ckpt
