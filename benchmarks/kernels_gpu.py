@@ -2,7 +2,10 @@
 
     python benchmarks/kernels_gpu.py [--out PATH] [--peak-gbs 4800] [--no-compile] [--quick]
 
-Writes one JSON (default ``$OUT/kernels_gpu.json``, else ``./kernels_gpu.json``) with, per case,
+Writes one JSON (default ``$OUT/kernels_gpu.json``, else ``./kernels_gpu.json``; rewritten
+after each case, so a time-boxed run keeps what it finished) with, per case (named
+``"<case> | <implementation>"``; ``benchmarks/gpu_check.py`` compares each kernel row with the
+best torch row of its case),
 the median time in microseconds (``triton.testing.do_bench``: CUDA events, L2 flushed between
 runs), the max abs error against a float64 reference, and, for the spectrum, the memory-bandwidth
 bound ``bytes_min / peak`` (peak from ``--peak-gbs``; 4800 GB/s is the H200's HBM3e spec) and the
@@ -13,8 +16,8 @@ Cases
   denoiser at depth 1, 90 at depth 3) and the paper's (crop 256 -> 222), batch x 3 channels:
   Triton (ieee / tf32x3 / tf32, Hermitian half or all columns, a few tile configs) vs torch eager
   (the model's rfft2 + mirror = cuFFT), cuFFT fft2 + abs + log1p, torch.compile of the model's
-  path, and the same DFT-as-GEMM in torch (cuBLAS); plus the fused high-pass variant vs
-  conv + spectrum.
+  path, and the same DFT-as-GEMM in torch (cuBLAS); the CUDA extension (``ofa_sdk._spectrum_cuda``)
+  where built; plus the fused high-pass variant vs conv + spectrum.
 * MoKConv forward and forward+backward at the simulator's shapes (B=8, C=O in 32..96,
   48x48 / 24x24 / 12x12, K=4): Triton vs grouped-conv weight mixing (cuDNN), output mixing
   (K dense convs) and torch.compile of weight mixing.
@@ -54,7 +57,8 @@ def bench(fn, args) -> float:
 
 
 def run_case(results, name, fn, args, **extra):
-    """Time one case; any failure is recorded, not fatal."""
+    """Time one case; any failure is recorded, not fatal. The JSON is rewritten after every
+    case (``args.save``), so a time-boxed run keeps what it finished."""
     row = dict(extra)
     try:
         row["us"] = round(bench(fn, args), 2)
@@ -65,6 +69,8 @@ def run_case(results, name, fn, args, **extra):
     results.append(dict(name=name, **row))
     msg = f"{row['us']:10.1f} us" if "us" in row else "  ERROR " + row["error"][:120]
     print(f"{name:70s} {msg}", flush=True)
+    if getattr(args, "save", None):
+        args.save()
     return row
 
 
@@ -106,12 +112,12 @@ def spectrum_cases(args, dev, results):
             re, im = ch @ yc - sh @ ys, sh @ yc + ch @ ys
             return torch.log1p(torch.sqrt(re * re + im * im))   # half spectrum only (lower bound)
 
-        run_case(results, f"{tag} torch eager (rfft2+mirror, cuFFT)", lambda: log_spectrum_torch(r), args,
+        run_case(results, f"{tag} | torch eager (rfft2+mirror, cuFFT)", lambda: log_spectrum_torch(r), args,
                  err=maxerr(log_spectrum_torch(r), ref))
-        run_case(results, f"{tag} cuFFT fft2+abs+log1p", lambda: torch.log1p(torch.fft.fft2(r).abs()), args)
-        run_case(results, f"{tag} torch DFT-GEMM (cuBLAS, half spectrum, no mirror)", torch_gemm, args)
+        run_case(results, f"{tag} | torch cuFFT fft2+abs+log1p", lambda: torch.log1p(torch.fft.fft2(r).abs()), args)
+        run_case(results, f"{tag} | torch DFT-GEMM (cuBLAS, half spectrum, no mirror)", torch_gemm, args)
         if comp is not None:
-            run_case(results, f"{tag} torch.compile(rfft2+mirror)", lambda: comp(r), args)
+            run_case(results, f"{tag} | torch.compile(rfft2+mirror)", lambda: comp(r), args)
         for prec in ("ieee", "tf32x3", "tf32"):
             for herm in (True, False):
                 for ci, cfg in enumerate(configs if (prec == "ieee" and herm) else configs[:1]):
@@ -121,7 +127,7 @@ def spectrum_cases(args, dev, results):
                     except Exception as e:  # noqa: BLE001
                         err = f"{type(e).__name__}: {e}"[:300]
                     cost = ks.spectrum_cost(n_img, n, n, cfg, hermitian=herm)
-                    row = run_case(results, f"{tag} triton {prec} herm={herm} cfg{ci}",
+                    row = run_case(results, f"{tag} | triton {prec} herm={herm} cfg{ci}",
                                    lambda prec=prec, herm=herm, cfg=cfg: ks.log_spectrum(
                                        r, input_precision=prec, hermitian=herm, config=cfg),
                                    args, err=err, config=cfg, **cost)
@@ -130,15 +136,32 @@ def spectrum_cases(args, dev, results):
                         row["bandwidth_bound_us"] = round(bound, 2)
                         row["fraction_of_bound"] = round(bound / row["us"], 3)
                         row["tflops_issued"] = round(cost["flops_issued"] / row["us"] / 1e6, 2)
+        ext = _cuda_ext(args)
+        if ext is not None:
+            run_case(results, f"{tag} | cuda_ext (cuFFT R2C + fused epilogue)",
+                     lambda: ext.log_spectrum(r, 1.0), args, err=maxerr(ext.log_spectrum(r, 1.0), ref))
         # fused high-pass front end vs Laplacian conv + spectrum
         x = torch.rand(batch, 3, n + 2, n + 2, device=dev, generator=g)
         lap = x.new_tensor([[0., -1., 0.], [-1., 4., -1.], [0., -1., 0.]]).expand(3, 1, 3, 3)
         ref_hp = torch.log1p(torch.fft.fft2(F.conv2d(x.double(), lap.double(), groups=3)).abs())
-        run_case(results, f"{tag} highpass: conv + torch eager spectrum",
+        run_case(results, f"{tag} highpass | torch conv + eager spectrum",
                  lambda: log_spectrum_torch(F.conv2d(x, lap, groups=3)), args)
-        run_case(results, f"{tag} highpass: triton fused ieee", lambda: ks.highpass_log_spectrum(x), args,
+        run_case(results, f"{tag} highpass | triton fused ieee", lambda: ks.highpass_log_spectrum(x), args,
                  err=maxerr(ks.highpass_log_spectrum(x), ref_hp),
                  **ks.spectrum_cost(n_img, n, n, highpass=True))
+        if ext is not None:
+            run_case(results, f"{tag} highpass | cuda_ext (Laplacian + cuFFT R2C + epilogue)",
+                     lambda: ext.highpass_log_spectrum(x, 1.0), args,
+                     err=maxerr(ext.highpass_log_spectrum(x, 1.0), ref_hp))
+
+
+def _cuda_ext(args):
+    """ofa_sdk._spectrum_cuda when built and on a GPU (never under --smoke), else None."""
+    from ofa_sdk.kernels import dispatch
+    if args.smoke or not dispatch.cuda_ext_available():
+        return None
+    import importlib
+    return importlib.import_module("ofa_sdk._spectrum_cuda")
 
 
 # ------------------------------------------------------------------------------------ mokconv
@@ -148,7 +171,7 @@ def mokconv_cases(args, dev, results):
 
     shapes = [(8, c, hw, 4) for c in (32, 64, 96) for hw in (48, 24, 12)]
     if args.quick:
-        shapes = [(8, 32, 48, 4), (8, 96, 12, 4), (8, 64, 24, 4)]
+        shapes = [(8, 32, 48, 4), (8, 96, 12, 4)]
     if args.smoke:
         shapes = [(2, 5, 6, 2)]
     comp = compiled(mokconv_weight_mixing, args)
@@ -190,10 +213,10 @@ def mokconv_cases(args, dev, results):
                     err = maxerr(fn(*ins), ref)
             except Exception as e:  # noqa: BLE001
                 err = f"{type(e).__name__}: {e}"[:300]
-            row = run_case(results, f"{tag} fwd {name}", fwd(fn), args, err=err, **cost)
+            row = run_case(results, f"{tag} fwd | {name}", fwd(fn), args, err=err, **cost)
             if "us" in row:
                 row["tflops"] = round(cost["flops_fwd"] / row["us"] / 1e6, 2)
-            run_case(results, f"{tag} fwd+bwd {name}", fwd_bwd(fn), args, flops_fwd_bwd=3 * cost["flops_fwd"])
+            run_case(results, f"{tag} fwd+bwd | {name}", fwd_bwd(fn), args, flops_fwd_bwd=3 * cost["flops_fwd"])
     print(f"(cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}: the cuDNN rows use TF32 when True)")
 
 
@@ -212,14 +235,14 @@ def gallery_cases(args, dev, results):
         with torch.no_grad():
             ref = kg.pair_gallery_scores_reference(q.double(), s.double(), counts, rest.double())
             rest.float()
-            run_case(results, f"{tag} torch reference (chunk 256)",
+            run_case(results, f"{tag} | torch reference (chunk 256)",
                      lambda: kg.pair_gallery_scores_reference(q, s, counts, rest), args,
                      err=maxerr(kg.pair_gallery_scores_reference(q, s, counts, rest), ref))
             comp = compiled(lambda a, b_, c: kg.pair_gallery_scores_reference(a, b_, c, rest, chunk=Q), args)
             if comp is not None:
-                run_case(results, f"{tag} torch.compile(reference)", lambda: comp(q, s, counts), args)
+                run_case(results, f"{tag} | torch.compile(reference)", lambda: comp(q, s, counts), args)
             for prec in ("ieee", "tf32x3", "tf32"):
-                run_case(results, f"{tag} triton {prec}",
+                run_case(results, f"{tag} | triton {prec}",
                          lambda prec=prec: kg.pair_gallery_scores(q, s, counts, rest, input_precision=prec),
                          args, err=maxerr(kg.pair_gallery_scores(q, s, counts, rest, input_precision=prec), ref))
 
@@ -230,7 +253,7 @@ def main(argv=None):
     ap.add_argument("--out", default=str(default_out))
     ap.add_argument("--peak-gbs", type=float, default=4800.0,
                     help="peak memory bandwidth in GB/s for the bandwidth bound (H200: 4800)")
-    ap.add_argument("--ops", nargs="+", default=["spectrum", "mokconv", "gallery"])
+    ap.add_argument("--ops", nargs="+", default=["spectrum", "gallery", "mokconv"])
     ap.add_argument("--warmup", type=int, default=10, help="do_bench warmup (ms)")
     ap.add_argument("--rep", type=int, default=50, help="do_bench repetition time (ms)")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile rows (compile time)")
@@ -253,12 +276,19 @@ def main(argv=None):
             "peak_gbs": args.peak_gbs, "smoke": args.smoke, "argv": sys.argv[1:]}
     results: list = []
     t0 = time.time()
-    for op in args.ops:
-        {"spectrum": spectrum_cases, "mokconv": mokconv_cases, "gallery": gallery_cases}[op](args, dev, results)
-    meta["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+    def save():
+        meta["seconds"] = round(time.time() - t0, 1)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        tmp.replace(out)
+    args.save = save
+    for op in args.ops:
+        {"spectrum": spectrum_cases, "mokconv": mokconv_cases, "gallery": gallery_cases}[op](args, dev, results)
+        meta["done"] = args.ops[:args.ops.index(op) + 1]
+    save()
     print(f"wrote {out} ({len(results)} rows, {meta['seconds']} s)")
 
 

@@ -1,6 +1,7 @@
 // CUDA log-magnitude spectrum: out = log1p(scale * |FFT2(r)|) over (planes, H, W) float32.
 //
-// cuFFT R2C (one batched 2D plan per (device, planes, H, W), cached) into a stream-ordered
+// cuFFT R2C (one batched 2D plan per (device, planes, H, W), cached; each call brings its own
+// stream-ordered work area, so calls on different streams never share one) into a stream-ordered
 // half-spectrum buffer (planes, H, W/2+1), then ONE fused epilogue kernel: magnitude, scale,
 // log1p and the Hermitian mirror |X[k1, k2]| = |X[-k1 mod H, W - k2]| for k2 > W/2, written in
 // (planes, H, W) float32 layout. The high-pass variant runs one 3x3 Laplacian kernel (valid part)
@@ -16,6 +17,8 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "spectrum_cuda.h"
 
@@ -114,46 +117,91 @@ struct Scratch {
 };
 
 using PlanKey = std::tuple<int, int64_t, int, int>;  // device, planes, H, W
-std::mutex g_mutex;                                   // guards the cache and SetStream + Exec
-std::map<PlanKey, cufftHandle> g_plans;
+struct Plan {
+    cufftHandle handle;
+    size_t work_bytes;  // the work area each call brings (auto-allocation is off)
+};
+// g_mutex guards the cache and every use of a cached plan: SetStream, SetWorkArea and Exec of
+// one call run under it as one unit (a cuFFT plan is not thread-safe). No plan owns a work
+// area: each call allocates its own, stream-ordered on its stream (released after its FFT in
+// that stream's order), so two streams never share one while the FFT runs on the GPU.
+std::mutex g_mutex;
+std::map<PlanKey, Plan> g_plans;
 constexpr size_t kMaxPlans = 16;
 
-// Destroys every cached plan after its device has finished (work may still be queued on it);
-// the caller holds g_mutex.
-void destroy_plans() {
+// Plans taken out of the cache (under g_mutex) are destroyed after their device has finished
+// the work already queued with them; this waits for the device, so it runs with g_mutex
+// released (other threads keep enqueueing meanwhile).
+void destroy_retired(std::vector<std::pair<PlanKey, Plan>>& retired) {
     int prev = -1;
     cudaGetDevice(&prev);
-    for (auto& kv : g_plans) {
+    for (auto& kv : retired) {
         cudaSetDevice(std::get<0>(kv.first));
         cudaDeviceSynchronize();
-        cufftDestroy(kv.second);
+        cufftDestroy(kv.second.handle);
     }
-    g_plans.clear();
+    retired.clear();
     if (prev >= 0) cudaSetDevice(prev);
 }
 
-// Enqueues R2C of `r` into `half` on `stream`; the caller holds g_mutex.
+// Moves every cached plan to `retired`; the caller holds g_mutex.
+void retire_all(std::vector<std::pair<PlanKey, Plan>>& retired) {
+    for (auto& kv : g_plans) retired.emplace_back(kv.first, kv.second);
+    g_plans.clear();
+}
+
+// The cached plan for `key`, made when missing (the cache is emptied into `retired` when
+// full); the caller holds g_mutex.
+std::string find_plan(const PlanKey& key, Plan* out,
+                      std::vector<std::pair<PlanKey, Plan>>& retired) {
+    auto it = g_plans.find(key);
+    if (it == g_plans.end()) {
+        if (g_plans.size() >= kMaxPlans) retire_all(retired);
+        Plan p{};
+        cufftResult fe = cufftCreate(&p.handle);
+        if (fe != CUFFT_SUCCESS) return cufft_msg("cufftCreate", fe);
+        fe = cufftSetAutoAllocation(p.handle, 0);
+        int n[2] = {std::get<2>(key), std::get<3>(key)};
+        if (fe == CUFFT_SUCCESS)
+            fe = cufftMakePlanMany(p.handle, 2, n, nullptr, 1, 0, nullptr, 1, 0, CUFFT_R2C,
+                                   int(std::get<1>(key)), &p.work_bytes);
+        if (fe != CUFFT_SUCCESS) {
+            cufftDestroy(p.handle);
+            return cufft_msg("cufftMakePlanMany", fe);
+        }
+        it = g_plans.emplace(key, p).first;
+    }
+    *out = it->second;
+    return "";
+}
+
+// Enqueues R2C of `r` into `half` on `stream` with its own work area `work` (allocated here,
+// stream-ordered; the caller releases it after the FFT on the same stream). Takes g_mutex for
+// the plan's whole use; destroys evicted plans after releasing it.
 std::string exec_r2c(const float* r, cufftComplex* half, int64_t planes, int H, int W,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, Scratch* work) {
     int device = 0;
     cudaError_t ce = cudaGetDevice(&device);
     if (ce != cudaSuccess) return cuda_msg("cudaGetDevice", ce);
-    const PlanKey key{device, planes, H, W};
-    auto it = g_plans.find(key);
-    if (it == g_plans.end()) {
-        if (g_plans.size() >= kMaxPlans) destroy_plans();
-        cufftHandle plan;
-        int n[2] = {H, W};
-        const cufftResult fe = cufftPlanMany(&plan, 2, n, nullptr, 1, 0, nullptr, 1, 0, CUFFT_R2C,
-                                             int(planes));
-        if (fe != CUFFT_SUCCESS) return cufft_msg("cufftPlanMany", fe);
-        it = g_plans.emplace(key, plan).first;
+    std::vector<std::pair<PlanKey, Plan>> retired;
+    std::string err;
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        Plan plan{};
+        err = find_plan(PlanKey{device, planes, H, W}, &plan, retired);
+        if (err.empty() && plan.work_bytes > 0) {
+            ce = work->alloc(plan.work_bytes, stream);
+            if (ce != cudaSuccess) err = cuda_msg("allocating the cuFFT work area", ce);
+        }
+        cufftResult fe = CUFFT_SUCCESS;
+        if (err.empty()) fe = cufftSetStream(plan.handle, stream);
+        if (err.empty() && fe == CUFFT_SUCCESS) fe = cufftSetWorkArea(plan.handle, work->ptr);
+        if (err.empty() && fe == CUFFT_SUCCESS)
+            fe = cufftExecR2C(plan.handle, const_cast<cufftReal*>(r), half);
+        if (err.empty() && fe != CUFFT_SUCCESS) err = cufft_msg("cufftExecR2C", fe);
     }
-    cufftResult fe = cufftSetStream(it->second, stream);
-    if (fe != CUFFT_SUCCESS) return cufft_msg("cufftSetStream", fe);
-    fe = cufftExecR2C(it->second, const_cast<cufftReal*>(r), half);
-    if (fe != CUFFT_SUCCESS) return cufft_msg("cufftExecR2C", fe);
-    return "";
+    destroy_retired(retired);
+    return err;
 }
 
 std::string check_shape(int64_t planes, int H, int W) {
@@ -170,10 +218,9 @@ std::string run(const float* r, Scratch* r_owned, float* out, int64_t planes, in
     cudaError_t ce = half.alloc(sizeof(cufftComplex) * size_t(planes) * H * Wh, stream);
     std::string err;
     if (ce != cudaSuccess) err = cuda_msg("allocating the half spectrum", ce);
-    if (err.empty()) {
-        std::lock_guard<std::mutex> lock(g_mutex);
-        err = exec_r2c(r, static_cast<cufftComplex*>(half.ptr), planes, H, W, stream);
-    }
+    Scratch work;  // this call's cuFFT work area
+    if (err.empty())
+        err = exec_r2c(r, static_cast<cufftComplex*>(half.ptr), planes, H, W, stream, &work);
     if (err.empty()) {
         const int64_t rows = planes * H;
         log_mag_mirror_kernel<<<grid_for(rows, W), kThreads, 0, stream>>>(
@@ -182,6 +229,7 @@ std::string run(const float* r, Scratch* r_owned, float* out, int64_t planes, in
         ce = cudaGetLastError();
         if (ce != cudaSuccess) err = cuda_msg("log_mag_mirror_kernel", ce);
     }
+    work.release(stream);
     half.release(stream);
     if (r_owned) r_owned->release(stream);
     return err;
@@ -219,8 +267,12 @@ std::string highpass_log_spectrum(const float* x, float* out, int64_t planes, in
 }
 
 void clear_plans() {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    destroy_plans();
+    std::vector<std::pair<PlanKey, Plan>> retired;
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        retire_all(retired);
+    }
+    destroy_retired(retired);  // waits for the devices without holding the lock
 }
 
 std::string version_info() {

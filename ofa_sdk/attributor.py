@@ -55,7 +55,8 @@ class Attributor:
     """Fingerprint, enroll, score, attribute and scan images with one model and one gallery.
 
     ``model``: a model file, a loaded :class:`~ofa_sdk.weights.ModelBundle`, or None for the
-    shipped one. ``backend``: "auto" or an engine name (:mod:`ofa_sdk.backends`); ``device``;
+    shipped one. ``backend``: "auto" or an engine name (:mod:`ofa_sdk.backends`); ``device``:
+    0, "cuda:1", "cpu" or a ``torch.device`` (:func:`ofa_sdk.backends.resolve_device`);
     ``strict`` raises instead of falling back. ``gallery``: a SQLite file, a
     :class:`~ofa_sdk.gallery.Gallery`, or None (in memory). ``crops``: crops per image, an int
     or "auto" (tiles covering the image up to a cap, :func:`ofa_sdk.images.crop_count`);
@@ -70,7 +71,7 @@ class Attributor:
     ``workers``: decoding threads; ``engine_options``: per engine, constructor keywords.
     """
 
-    def __init__(self, model=None, backend: str = "auto", device: Optional[str] = None,
+    def __init__(self, model=None, backend: str = "auto", device: Union[int, str, Any, None] = None,
                  gallery=None, strict: bool = False, *, batch_size: int = 32,
                  crops: Union[int, str] = imio.AUTO,
                  small: str = "reject", threshold: Union[float, str, None] = None,

@@ -73,9 +73,12 @@ def test_cpu_defaults():
 def test_highpass_reference_is_the_model_formula():
     x = torch.rand(2, 3, 12, 11)
     k = x.new_tensor(LAP).expand(3, 1, 3, 3)
+    from ofa_sdk.kernels.reference import highpass
     with dispatch.reference():
-        want = log_spectrum(F.conv2d(x, k, groups=3) * 255.0)      # OFAModel.spectrum, highpass
+        want = log_spectrum(highpass(x) * 255.0)                   # OFAModel.spectrum, highpass
         assert torch.equal(dispatch.highpass_log_spectrum(x, 255.0), want)
+        # the exact Laplacian is the convolution with LAPLACIAN, up to float32 rounding
+        torch.testing.assert_close(highpass(x), F.conv2d(x, k, groups=3), rtol=0, atol=1e-6)
 
 
 @needs_interpreter

@@ -148,3 +148,67 @@ def test_shipped_default_model_loads():
     # trained to the end of its own recorded schedule, and its prototype score calibrated
     assert b.meta["training"]["stage2"]["step"] == b.config.stage2.steps >= compact().stage2.steps
     assert b.meta["calibration"]["prototype"]["a"] > 0
+
+
+def test_prefetcher_draws_ahead_on_its_own_thread_within_its_bound():
+    import threading
+    import time
+    drawn, main = [], threading.get_ident()
+
+    def draw(g):
+        drawn.append((threading.get_ident(), time.monotonic()))
+        return torch.rand(2, generator=g), "tag"
+    loader = common.Prefetcher(draw, 0, "t", 3, 9, torch.device("cpu"), depth=2)
+    got = []
+    for step, (x, tag) in loader:
+        time.sleep(0.05)                   # a slow training step: the loader fills its queue
+        got.append(step)
+        assert len(drawn) <= len(got) + 3   # at most depth queued plus one being drawn
+    loader.close()
+    assert got == [4, 5, 6, 7, 8, 9] and all(t != main for t, _ in drawn)
+    # a step's data depends on (seed, stage, step) only: resuming draws the same
+    again = dict(common.Prefetcher(draw, 0, "t", 6, 9, torch.device("cpu")))
+    first = dict(common.Prefetcher(draw, 0, "t", 0, 9, torch.device("cpu")))
+    for s in (7, 8, 9):
+        assert torch.equal(again[s][0], first[s][0])
+    assert not torch.equal(first[1][0], first[2][0])
+
+    def broken(g):
+        raise OSError("disk gone")
+    with pytest.raises(RuntimeError, match="drawing the data failed: disk gone"):
+        list(common.Prefetcher(broken, 0, "t", 0, 3, torch.device("cpu")))
+    early = common.Prefetcher(draw, 0, "t", 0, 1000, torch.device("cpu"), depth=1)
+    next(iter(early))
+    early.close()                            # leaving early stops the thread
+    assert not early.thread.is_alive()
+
+
+def test_training_takes_a_device_and_bf16_autocast_runs_on_the_cpu(photos, tmp_path, monkeypatch):
+    """The CUDA path's code (device, autocast, prefetching loader) run on the CPU: bf16 autocast
+    is what ``--precision auto`` uses on CUDA; ``--precision bf16`` asks for it here."""
+    from ofa_sdk.models import OFAModel
+    seen = []
+    extract = OFAModel.extract
+
+    def recording(self, spec):
+        seen.append((torch.is_autocast_enabled("cpu"), spec.dtype))
+        return extract(self, spec)
+    monkeypatch.setattr(OFAModel, "extract", recording)
+    with pytest.warns(UserWarning):
+        assert train_main(["all", "--device", "cpu", "--precision", "bf16"]
+                          + _args(photos, tmp_path, 3)) == 0
+    assert seen and all(on and dt == torch.float32 for on, dt in seen)   # spectra stay float32
+    for stage in ("stage0", "stage1", "stage2"):
+        log = [json.loads(l) for l in (tmp_path / f"{stage}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    assert common.autocast(torch.device("cpu")).__class__.__name__ == "nullcontext"
+    import warnings
+    with warnings.catch_warnings():       # made on a host without CUDA: torch says so
+        warnings.simplefilter("ignore")
+        assert isinstance(common.autocast(torch.device("cuda")), torch.autocast)
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            train_main(["stage2", "--device", "cuda"] + _args(photos, tmp_path, 3))
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            common.train_device(0)
+    assert common.train_device(None) == torch.device("cpu")

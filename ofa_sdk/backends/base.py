@@ -17,6 +17,8 @@ Rules every engine follows:
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Protocol, Tuple, runtime_checkable
 
 import numpy as np
@@ -49,3 +51,12 @@ def check_crops(crops: np.ndarray, crop: int) -> np.ndarray:
         raise ValueError(f"an engine takes (B, {crop}, {crop}, 3) uint8 crops, got "
                          f"{a.dtype} array of shape {a.shape}")
     return np.ascontiguousarray(a)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part
+    (engine plans, their records, parity records)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

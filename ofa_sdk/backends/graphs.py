@@ -27,7 +27,7 @@ OPSET = 18
 GRAPHS = ("residual", "extractor")
 INPUTS = {"residual": "crops", "extractor": "spectrum"}
 OUTPUTS = {"residual": "residual", "extractor": "fingerprint"}
-FORMAT_VERSION = 1                 # bumped when the graphs' contract changes
+FORMAT_VERSION = 2                 # bumped when the graphs' contract changes (2: Cast first)
 
 
 def default_cache_dir() -> Path:
@@ -54,7 +54,9 @@ def _modules(model):
             self.model = model
 
         def forward(self, crops):
-            return self.model.residual(crops.permute(0, 3, 1, 2).to(torch.float32).div(255.0))
+            # cast first: TensorRT takes a uint8 network input only into a Cast (or Identity)
+            # layer, so the graph's first node on ``crops`` must be the Cast, not the Transpose
+            return self.model.residual(crops.to(torch.float32).permute(0, 3, 1, 2).div(255.0))
 
     class Extractor(nn.Module):
         def __init__(self):
@@ -127,12 +129,16 @@ def read_metadata(path) -> Dict[str, str]:
 
 
 def check_graph(path, model_id: str, graph: str) -> Optional[str]:
-    """None when ``path`` is a usable graph of model ``model_id``, else why not."""
+    """None when ``path`` is a usable graph of model ``model_id``, else why not. Raises
+    ImportError when ``onnx`` is not installed (the engines turn that into
+    :class:`~ofa_sdk.backends.base.EngineUnavailable`)."""
     path = Path(path)
     if not path.is_file():
         return f"{path} does not exist"
     try:
         md = read_metadata(path)
+    except ImportError:     # onnx missing: a missing package, not a bad file (the caller says so)
+        raise
     except Exception as e:  # truncated or not ONNX
         return f"{path} is not a readable ONNX file: {e}"
     if md.get("ofa_sdk.model_id") != model_id:

@@ -4,6 +4,12 @@ the same CUDA stream.
     crops (uint8, host) -> [residual engine] -> residual -> log_spectrum (CUDA kernel) ->
     [extractor engine] -> fingerprints (host)
 
+(a model with the fixed high-pass residual builds no residual engine: its stencil runs fused in
+float32 into the spectrum kernel, as in the ONNX Runtime engine, never in fp16 or TF32.)
+``embed()`` copies only the fingerprints to the host; ``embed_spectra()`` the spectra too.
+Every CUDA call (deserialising, contexts, streams, kernels, execution) runs with the engine's
+device current (:func:`ofa_sdk.backends.torch.device_guard`).
+
 Written to the TensorRT 10 Python API (tensor-name I/O, ``execute_async_v3``). Device buffers
 and the stream are torch CUDA tensors and a ``torch.cuda.Stream``: the spectrum between the two
 engines is a torch/Triton op (:func:`ofa_sdk.models.spectrum.log_spectrum`, dispatched to the
@@ -16,7 +22,7 @@ and the precision (:func:`cache_key`), with a JSON file beside each engine and a
 cache. Builds take a file lock and write atomically; an engine whose JSON does not match its key
 (stale or foreign) is rebuilt, never reused.
 
-Precisions: ``fp32``; ``fp16`` (the default); ``int8``: explicit quantisation, built from the
+Precisions: ``fp32`` (TF32 cleared: TensorRT allows it by default); ``fp16`` (the default); ``int8``: explicit quantisation, built from the
 QDQ int8 graphs of :mod:`ofa_sdk.backends.quantize` (calibrated on real photos: the engine
 option ``calibration=<folder>``, or graphs made earlier with ``ofa-sdk export --format onnx
 --int8 PHOTOS``: found beside the model file, or in ``graphs_dir=DIR`` after ``-o DIR``), as a
@@ -32,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +46,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from ..weights import file_id
-from .base import EngineUnavailable, check_crops
+from .base import EngineUnavailable, atomic_write, check_crops  # noqa: F401 (atomic_write: tests)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Operators of the exported graphs that TensorRT's ONNX parser supports (its operators.md).
@@ -111,12 +116,6 @@ def file_lock(path: Path):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def default_dir() -> Path:
     from .graphs import default_cache_dir
     return default_cache_dir().parent / "tensorrt"
@@ -135,6 +134,8 @@ def _build(trt, onnx_path: Path, input_name: str, input_shape, profile: BatchPro
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errs}")
     config = builder.create_builder_config()
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)    # TensorRT allows TF32 by default: fp32 means fp32
     if precision == "fp16" or (precision == "int8" and not strong):
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8" and not strong:
@@ -153,6 +154,8 @@ def _build(trt, onnx_path: Path, input_name: str, input_shape, profile: BatchPro
 
 
 class TensorRTEngine:
+    """Every CUDA call (deserialising, contexts, streams, the spectrum kernel, execution) runs
+    with this engine's device current, so ``device="cuda:1"`` never touches device 0."""
     name = "tensorrt"
 
     def __init__(self, bundle, device: Optional[str] = None, *, precision: str = "fp16",
@@ -166,42 +169,55 @@ class TensorRTEngine:
             raise EngineUnavailable("TensorRT is not installed (pip install 'ofa-sdk[tensorrt]' "
                                     "on a machine with an NVIDIA GPU)") from None
         import torch
-        if not torch.cuda.is_available():
-            raise EngineUnavailable("the tensorrt engine needs a CUDA device")
-        dev = torch.device(device or "cuda")
-        if dev.type != "cuda":
+
+        from .torch import cuda_device, device_guard
+        if device is not None and torch.device(device).type != "cuda":
             raise EngineUnavailable(f"the tensorrt engine runs on CUDA, not {device!r}")
+        dev = cuda_device(device)           # the index fixed now: later calls use this GPU
         from .graphs import INPUTS, OUTPUTS, ensure_graphs, residual_shape
         self._torch, self._trt, self._dev = torch, trt, dev
         self.device, self.model_id, self.crop = str(dev), bundle.model_id, bundle.config.crop
         self.profile, self.precision = profile, precision
+        sp = bundle.config.spectrum
+        # a fixed high-pass residual runs fused into the spectrum kernel in float32 (as in the
+        # ONNX Runtime engine), not as a TensorRT engine that may run it in fp16 or TF32
+        self._highpass_scale = sp.residual_scale if sp.residual == "highpass" else None
         props = torch.cuda.get_device_properties(dev)
         folder = Path(cache_dir or default_dir())
-        if precision == "int8":     # before any build: a missing calibration fails fast
-            from .quantize import ensure_int8_graphs
-            graphs = ensure_int8_graphs(bundle, calibration, graphs_dir=graphs_dir)
-        else:
-            graphs = ensure_graphs(bundle, graphs_dir=graphs_dir)
+        try:
+            if precision == "int8":     # before any build: a missing calibration fails fast
+                from .quantize import ensure_int8_graphs
+                graphs = ensure_int8_graphs(bundle, calibration, graphs_dir=graphs_dir)
+            else:
+                graphs = ensure_graphs(bundle, graphs_dir=graphs_dir)
+        except ImportError as e:       # onnx / onnxscript missing beside tensorrt
+            raise EngineUnavailable(f"cannot export the ONNX graphs TensorRT builds from: {e} "
+                                    "(pip install 'ofa-sdk[onnx]')") from None
+        if self._highpass_scale is not None:
+            graphs = {g: p for g, p in graphs.items() if g != "residual"}
         shapes = {"residual": (profile.opt, self.crop, self.crop, 3),
                   "extractor": (profile.opt, *residual_shape(bundle.config))}
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines, self._io, self.paths = {}, {}, {}
-        for g, onnx_path in graphs.items():
-            key = cache_key(self.model_id, props.name, (props.major, props.minor), trt.__version__,
-                            profile, precision, g, file_id(onnx_path)[:12])
-            plan_path, json_path = folder / f"{key}.engine", folder / f"{key}.json"
-            with file_lock(folder / f"{key}.lock"):
-                if not (plan_path.exists() and record_matches(json_path, key)):
-                    plan = _build(trt, onnx_path, INPUTS[g], shapes[g], profile, precision,
-                                  folder / f"timing-trt{trt.__version__}-sm{props.major}{props.minor}.cache")
-                    atomic_write(plan_path, plan)
-                    atomic_write(json_path, json.dumps(key_record(
-                        key, model_id=self.model_id, graph=g, source=str(onnx_path), gpu=props.name,
-                        capability=[props.major, props.minor], tensorrt=trt.__version__,
-                        profile=asdict(profile), precision=precision), indent=1).encode())
-            self.engines[g] = runtime.deserialize_cuda_engine(plan_path.read_bytes())
-            self.paths[g] = plan_path
-            self._io[g] = (INPUTS[g], OUTPUTS[g])
+        with device_guard(dev):      # engines are deserialised onto the current device
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            for g, onnx_path in graphs.items():
+                key = cache_key(self.model_id, props.name, (props.major, props.minor),
+                                trt.__version__, profile, precision, g, file_id(onnx_path)[:12])
+                plan_path, json_path = folder / f"{key}.engine", folder / f"{key}.json"
+                with file_lock(folder / f"{key}.lock"):
+                    if not (plan_path.exists() and record_matches(json_path, key)):
+                        plan = _build(trt, onnx_path, INPUTS[g], shapes[g], profile, precision,
+                                      folder / f"timing-trt{trt.__version__}-sm{props.major}{props.minor}.cache")
+                        atomic_write(plan_path, plan)
+                        atomic_write(json_path, json.dumps(key_record(
+                            key, model_id=self.model_id, graph=g, source=str(onnx_path),
+                            gpu=props.name, capability=[props.major, props.minor],
+                            tensorrt=trt.__version__, profile=asdict(profile),
+                            precision=precision), indent=1).encode())
+                self.engines[g] = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+                self.paths[g] = plan_path
+                self._io[g] = (INPUTS[g], OUTPUTS[g])
+        self._guard = device_guard
         self._local = threading.local()
 
     def _context(self, g: str):
@@ -232,20 +248,35 @@ class TensorRTEngine:
             raise RuntimeError(f"TensorRT execution of the {g} engine failed")
         return out
 
-    def embed_spectra(self, crops: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        from ..models.spectrum import log_spectrum
+    def _embed(self, crops: np.ndarray, spectra: bool):
+        """Fingerprints on the host; the spectra too (copied to the host) only when asked."""
         torch = self._torch
         x = torch.from_numpy(check_crops(crops, self.crop))
         zs, specs = [], []
-        stream = self._stream()
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for a, b in self.profile.chunks(len(x)):
-                xd = x[a:b].to(self._dev, non_blocking=True).contiguous()
-                spec = log_spectrum(self._run("residual", xd, stream)).contiguous()
-                zs.append(self._run("extractor", spec, stream).cpu())
-                specs.append(spec.cpu())
-        stream.synchronize()
-        return torch.cat(zs).numpy(), torch.cat(specs).numpy()
+        with self._guard(self._dev):        # contexts, kernels and engines on this GPU
+            stream = self._stream()
+            with torch.cuda.stream(stream), torch.inference_mode():
+                for a, b in self.profile.chunks(len(x)):
+                    xd = x[a:b].to(self._dev, non_blocking=True).contiguous()
+                    spec = self._spectrum(xd, stream)
+                    zs.append(self._run("extractor", spec, stream).cpu())
+                    if spectra:
+                        specs.append(spec.cpu())
+            stream.synchronize()
+        z = torch.cat(zs).numpy()
+        return (z, torch.cat(specs).numpy()) if spectra else z
+
+    def _spectrum(self, xd, stream):
+        """(b, c, c, 3) uint8 on the device -> (b, C, h, w) float32 log-spectrum."""
+        if self._highpass_scale is not None:
+            from ..kernels.dispatch import highpass_log_spectrum
+            img = xd.permute(0, 3, 1, 2).float().div_(255.0)
+            return highpass_log_spectrum(img, self._highpass_scale).contiguous()
+        from ..models.spectrum import log_spectrum
+        return log_spectrum(self._run("residual", xd, stream)).contiguous()
+
+    def embed_spectra(self, crops: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        return self._embed(crops, spectra=True)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
-        return self.embed_spectra(crops)[0]
+        return self._embed(crops, spectra=False)

@@ -1,6 +1,9 @@
 """What every Triton kernel file shares: the guarded import (the references beside each kernel
-import without Triton; the kernels need it), the matmul precisions, and small helpers."""
+import without Triton; the kernels need it), the matmul precisions, the device guard of every
+launch, and small helpers."""
 from __future__ import annotations
+
+import contextlib
 
 try:  # the references below import without Triton; the kernels need it
     import triton
@@ -31,3 +34,14 @@ def _pow2(n: int, lo: int = 16, hi: int = 64) -> int:
 def _need_triton():
     if triton is None:
         raise RuntimeError("Triton is not installed (pip install triton); use ofa_sdk.kernels.dispatch")
+
+
+def on_device(t):
+    """The context every kernel launch runs in: Triton launches on the *current* CUDA device,
+    so a tensor on ``cuda:1`` is launched with device 1 current (nothing to do on the CPU, where
+    only the interpreter runs)."""
+    dev = t.device
+    if dev.type != "cuda":
+        return contextlib.nullcontext()
+    import torch
+    return torch.cuda.device(dev)

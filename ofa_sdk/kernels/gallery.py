@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _pow2, tl  # noqa: F401
+from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _pow2, on_device, tl  # noqa: F401
 from .reference import head_layers, pair_gallery_scores_reference  # noqa: F401
 
 
@@ -98,10 +98,11 @@ def pair_gallery_scores(q, s, counts, rest, *, input_precision: str = "ieee",
     q, s = q.detach().contiguous(), s.detach().contiguous()
     w1t = w1.detach().t().contiguous()                                      # (h, h2)
     grid = (P, _cdiv(Q, cfg["BLOCK_Q"]))
-    _pair_gallery_kernel[grid](
-        q, s, counts.to(device=q.device, dtype=torch.int32).contiguous(), w1t,
-        b1.detach().contiguous(), w2.detach().contiguous(), b2.detach().contiguous(), out,
-        Q, P, S, HD, H2, INPUT_PRECISION=input_precision,
-        BLOCK_Q=cfg["BLOCK_Q"], BLOCK_S=cfg["BLOCK_S"], BLOCK_K=cfg["BLOCK_K"],
-        BLOCK_H2=cfg["BLOCK_H2"], num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 2))
+    with on_device(q):
+        _pair_gallery_kernel[grid](
+            q, s, counts.to(device=q.device, dtype=torch.int32).contiguous(), w1t,
+            b1.detach().contiguous(), w2.detach().contiguous(), b2.detach().contiguous(), out,
+            Q, P, S, HD, H2, INPUT_PRECISION=input_precision,
+            BLOCK_Q=cfg["BLOCK_Q"], BLOCK_S=cfg["BLOCK_S"], BLOCK_K=cfg["BLOCK_K"],
+            BLOCK_H2=cfg["BLOCK_H2"], num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 2))
     return out

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _pow2, tl  # noqa: F401
+from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _pow2, on_device, tl  # noqa: F401
 from .reference import mokconv_output_mixing  # noqa: F401
 from .reference import mokconv_weight_mixing as mokconv_reference
 
@@ -156,12 +156,13 @@ def _conv(x, coef, wt, bias, mix_on_r: bool, precision: str, config=None):
     if out.numel() == 0:
         return out
     grid = (_cdiv(H * W, cfg["BLOCK_M"]), _cdiv(N, cfg["BLOCK_N"]), B)
-    _mok_conv_kernel[grid](
-        x, coef, wt, bias if bias is not None else wt, out,
-        R, N, H, W, K, coef.shape[2],
-        HAS_BIAS=bias is not None, MIX_ON_R=mix_on_r, INPUT_PRECISION=precision,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_R=cfg["BLOCK_R"],
-        num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 2))
+    with on_device(x):
+        _mok_conv_kernel[grid](
+            x, coef, wt, bias if bias is not None else wt, out,
+            R, N, H, W, K, coef.shape[2],
+            HAS_BIAS=bias is not None, MIX_ON_R=mix_on_r, INPUT_PRECISION=precision,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_R=cfg["BLOCK_R"],
+            num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 2))
     return out
 
 
@@ -173,9 +174,10 @@ def _wgrad(g, x, precision: str, config=None):
     cfg.update(config or {})
     out = torch.empty((B, 9, O, C), device=g.device, dtype=torch.float32)
     grid = (_cdiv(O, cfg["BLOCK_O"]) * _cdiv(C, cfg["BLOCK_C"]), 9, B)
-    _mok_wgrad_kernel[grid](g, x, out, O, C, H, W, INPUT_PRECISION=precision,
-                            BLOCK_O=cfg["BLOCK_O"], BLOCK_C=cfg["BLOCK_C"], BLOCK_P=cfg["BLOCK_P"],
-                            num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 2))
+    with on_device(g):
+        _mok_wgrad_kernel[grid](g, x, out, O, C, H, W, INPUT_PRECISION=precision,
+                                BLOCK_O=cfg["BLOCK_O"], BLOCK_C=cfg["BLOCK_C"], BLOCK_P=cfg["BLOCK_P"],
+                                num_warps=cfg["num_warps"], num_stages=cfg.get("num_stages", 2))
     return out
 
 

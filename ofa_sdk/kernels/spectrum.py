@@ -41,7 +41,7 @@ from functools import lru_cache
 
 import torch
 
-from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _pow2, tl  # noqa: F401
+from ._triton import PRECISIONS, _cdiv, _jit, _need_triton, _pow2, on_device, tl  # noqa: F401
 from .reference import (LAPLACIAN, highpass_log_spectrum_reference, highpass_planes,  # noqa: F401
                         log_spectrum_reference)
 
@@ -173,13 +173,14 @@ def _launch(x: torch.Tensor, h: int, w: int, scale: float, highpass: bool,
     cw, sw = dft_matrices(w, ncols, x.device)
     ch, sh = dft_matrices(h, h, x.device)
     grid = (n_img, _cdiv(h, cfg["BLOCK_M"]), _cdiv(ncols, cfg["BLOCK_N"]))
-    _log_spectrum_kernel[grid](
-        xi, out, cw, sw, ch, sh, float(abs(scale)),
-        h, w, ncols, xi.stride(0), xi.stride(1), out.stride(0),
-        HIGHPASS=highpass, MIRROR=hermitian, INPUT_PRECISION=input_precision,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_KH=cfg["BLOCK_KH"],
-        BLOCK_KW=cfg["BLOCK_KW"], num_warps=cfg.get("num_warps", 4),
-        num_stages=cfg.get("num_stages", 2))
+    with on_device(xi):
+        _log_spectrum_kernel[grid](
+            xi, out, cw, sw, ch, sh, float(abs(scale)),
+            h, w, ncols, xi.stride(0), xi.stride(1), out.stride(0),
+            HIGHPASS=highpass, MIRROR=hermitian, INPUT_PRECISION=input_precision,
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_KH=cfg["BLOCK_KH"],
+            BLOCK_KW=cfg["BLOCK_KW"], num_warps=cfg.get("num_warps", 4),
+            num_stages=cfg.get("num_stages", 2))
     return out.reshape(*lead, h, w)
 
 

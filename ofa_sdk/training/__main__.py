@@ -1,6 +1,7 @@
 """ofa-train: one command per stage, one for all, and export.
 
     ofa-train stage0|stage1|stage2|all --config compact --data DIR [--out runs/compact]
+              [--device cuda] [--precision auto|fp32|bf16]
     ofa-train export [--out runs/compact] [--dest FILE]
     ofa-train calibrate --data DIR [--dest FILE] [--rules R ...]
                                                      (score calibrations, after export)
@@ -42,6 +43,10 @@ def main(argv=None):
     ap.add_argument("--fresh", action="store_true", help="ignore existing checkpoints")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--device", default=None,
+                    help="cpu (default), cuda, cuda:N or N: where the stages train")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="auto: bf16 autocast on CUDA, float32 on the CPU")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--stop-at", type=int, default=None,
                     help="stop each stage after this step (checkpointed; rerun to resume)")
@@ -81,6 +86,10 @@ def main(argv=None):
         return 0
     if not a.data:
         ap.error(f"--data is required for {a.command}")
+    try:
+        on = {"device": common.train_device(a.device), "precision": a.precision}
+    except (RuntimeError, ValueError) as e:
+        ap.error(str(e))
     data = common.PhotoSet(a.data, split="train", holdout=cfg.data.holdout,
                            max_side=cfg.data.max_side)
     if a.command == "calibrate":
@@ -90,19 +99,20 @@ def main(argv=None):
                             log=None if a.quiet else (lambda m: print(m, file=sys.stderr)))
         print(json.dumps(cal))
         return 0
-    print(json.dumps({"data": data.describe(), "config": cfg.name}), file=sys.stderr)
+    print(json.dumps({"data": data.describe(), "config": cfg.name, "device": str(on["device"]),
+                      "precision": a.precision}), file=sys.stderr)
     stages = ["stage0", "stage1", "stage2"] if a.command == "all" else [a.command]
     for st in stages:
         if st == "stage0":
             from .stage0_denoiser import run
-            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at)
+            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at, **on)
         elif st == "stage1":
             from .stage1_simulator import run
             run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at,
-                lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin)
+                lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin, **on)
         else:
             from .stage2_extractor import run
-            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at)
+            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at, **on)
     return 0
 
 

@@ -1,19 +1,32 @@
-"""Shared training machinery: photo data, checkpoints (safetensors + JSON, no pickle), logs.
+"""Shared training machinery: photo data, the device and its precision, the prefetching loader,
+checkpoints (safetensors + JSON, no pickle), logs.
 
-Determinism: every random choice of a stage draws from one ``torch.Generator`` seeded from the
-run's seed; its state is saved in each checkpoint, so a resumed run continues the same stream.
+Determinism: the data of step t (photos, crops, flips, noise, simulator architectures) is drawn
+from a generator seeded by (run seed, stage, t) alone (:func:`step_generator`), so it does not
+depend on what ran before or on which thread drew it, and a resumed run draws what an
+uninterrupted one would. The other random choices of a stage (pair mining) draw from one
+``torch.Generator`` seeded from the run's seed, whose state is saved in each checkpoint.
+
+Devices (:func:`train_device`): ``"cpu"``, ``"cuda"``, ``"cuda:N"``, an int N. On CUDA the
+trained network's forward runs under bf16 autocast (:func:`autocast`; losses, spectra and the
+frozen simulator stay float32); ``precision="bf16"`` does the same on the CPU (how the tests
+exercise that path here). The data of the coming steps is drawn on a background thread
+(:class:`Prefetcher`), a bounded queue ahead of the training thread, in pinned memory on CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -106,6 +119,126 @@ class PhotoSet:
 
 
 # ------------------------------------------------------------------------------------------------
+# Device, precision and the prefetching loader
+# ------------------------------------------------------------------------------------------------
+
+PRECISIONS = ("auto", "fp32", "bf16")
+PREFETCH = 2          # batches drawn ahead of the training thread
+
+
+def train_device(device=None) -> torch.device:
+    """The training device: ``device`` as :func:`ofa_sdk.backends.resolve_device` takes it
+    (None: the CPU); a CUDA device that is not there is a clear error."""
+    from ofa_sdk.backends import resolve_device
+    name = resolve_device(device) or "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {device}: CUDA is not available (torch "
+                               f"{torch.__version__}, built for CUDA {torch.version.cuda})")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"--device {device}: this host has {torch.cuda.device_count()} "
+                               "CUDA device(s)")
+    return dev
+
+
+def autocast(dev: torch.device, precision: str = "auto"):
+    """The context the trained network's forward runs in: bf16 autocast on CUDA (``"auto"``)
+    or wherever ``"bf16"`` asks for it, else nothing (float32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    on = precision == "bf16" or (precision == "auto" and dev.type == "cuda")
+    if not on:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+
+
+def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    """The generator of step ``step``'s data: a function of (seed, stage, step) only."""
+    h = hashlib.sha1(f"{seed}/{stage}/{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(h[:8], "big") & (2 ** 63 - 1))
+
+
+def to_device(batch, dev: torch.device):
+    """Tensors of a (nested) tuple/list/dict batch moved to ``dev`` (asynchronously from
+    pinned memory); anything else passes through."""
+    if torch.is_tensor(batch):
+        return batch.to(dev, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, dev) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, dev) for k, v in batch.items()}
+    return batch
+
+
+def _pin(batch):
+    if torch.is_tensor(batch):
+        return batch.pin_memory()
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_pin(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _pin(v) for k, v in batch.items()}
+    return batch
+
+
+class Prefetcher:
+    """The data of steps ``start+1 .. stop``, drawn on a background thread at most ``depth``
+    batches ahead of the training thread (a bounded queue), so decoding, cropping, JPEG and the
+    simulator's draws overlap the training step. ``draw(generator)`` makes one step's batch
+    from :func:`step_generator`; on CUDA it is pinned there and moved to the device as it is
+    taken. Iterating yields ``(step, batch)``; an error in ``draw`` is raised in the training
+    thread; leaving early (``close``, or the ``with`` block) stops the thread."""
+
+    def __init__(self, draw: Callable[[torch.Generator], object], seed: int, stage: str,
+                 start: int, stop: int, device: torch.device, depth: int = PREFETCH):
+        self.draw, self.seed, self.stage, self.dev = draw, seed, stage, torch.device(device)
+        self.steps = range(start + 1, stop + 1)
+        self.queue: "queue.Queue" = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name=f"ofa-train-{stage}-data",
+                                       daemon=True)
+        self.thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self):
+        pin = self.dev.type == "cuda"
+        try:
+            for step in self.steps:
+                batch = self.draw(step_generator(self.seed, self.stage, step))
+                if not self._put((step, _pin(batch) if pin else batch, None)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread
+            self._put((None, None, e))
+
+    def __iter__(self):
+        for _ in self.steps:
+            step, batch, err = self.queue.get()
+            if err is not None:
+                raise RuntimeError(f"{self.stage}: drawing the data failed: {err}") from err
+            yield step, to_device(batch, self.dev)
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(timeout=10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------
 # Checkpoints: safetensors tensors + JSON metadata in the header. No pickle anywhere.
 # ------------------------------------------------------------------------------------------------
 
@@ -124,7 +257,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> Tuple[Dict[str, torch.Tenso
     for pid, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{k}"] = v.contiguous()
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{k}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
@@ -150,7 +283,7 @@ def save_checkpoint(path: Path, modules: Dict[str, torch.nn.Module], meta: Dict,
     tensors = {}
     for name, mod in modules.items():
         for k, v in mod.state_dict().items():
-            tensors[f"{name}.{k}"] = v.detach().contiguous()
+            tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
     meta = dict(meta)
     if optimizer is not None:
         ot, om = optimizer_tensors(optimizer)
@@ -160,7 +293,7 @@ def save_checkpoint(path: Path, modules: Dict[str, torch.nn.Module], meta: Dict,
         tensors["rng.generator"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     for k, v in (extra or {}).items():
-        tensors[f"extra.{k}"] = v.detach().contiguous()
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
     write_file(path, tensors, meta)
 
 

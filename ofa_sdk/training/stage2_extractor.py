@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from ofa_sdk.backends.torch import exact_fp32
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.images import from_tensor, jpeg, quantize, to_tensor
 from ofa_sdk.models import FingerprintSimulator, OFAModel
 
-from .common import PhotoSet, set_lr, git_commit, load_checkpoint, save_checkpoint, open_run
+from .common import (PhotoSet, Prefetcher, autocast, git_commit, load_checkpoint, open_run,
+                     save_checkpoint, set_lr, train_device)
 from .losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 
 REAL_LABEL = -1  # architecture ids are >= 0
@@ -48,8 +50,11 @@ def _jpeg_class(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.
 
 
 def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator):
-    """Images (B,3,c,c) in [0,1], labels (B,) and the architecture ids drawn, for one step."""
+    """Images (B,3,c,c) in [0,1] on the CPU, labels (B,) and the architecture ids drawn, for one
+    step. The simulator runs in float32 on its own device (reconstructions carry the
+    fingerprints: no reduced precision there), the JPEG steps on the CPU."""
     sc = cfg.stage2
+    dev = next(sim.parameters()).device
     archs = [sim.sample(g) for _ in range(sc.m)]
     xs, ys = [], []
     shared = data.batch(sc.n, sc.crop, g)              # single set content
@@ -57,10 +62,10 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
         for a in archs:
             pair = []
             for content in (data.batch(sc.n, sc.crop, g), shared):
-                r = sim(content, a).clamp(0, 1)
+                r = sim(content.to(dev), a).float().clamp(0, 1)
                 if sc.quantize:
                     r = quantize(r)
-                pair.append(r)
+                pair.append(r.cpu())
             xs.extend(torch.split(_jpeg_class(torch.cat(pair), g, sc.jpeg_class_p, sc.jpeg_q), sc.n))
             ys.extend(torch.full((sc.n,), a.id, dtype=torch.long) for _ in pair)
     xs.append(_jpeg_class(data.batch(sc.n, sc.crop, g), g, sc.jpeg_class_p, sc.jpeg_q))  # real photos
@@ -70,8 +75,10 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
-        every: int = 50, quiet: bool = False, stop_at: int | None = None) -> Path:
+        every: int = 50, quiet: bool = False, stop_at: int | None = None, device=None,
+        precision: str = "auto") -> Path:
     sc = cfg.stage2
+    dev = train_device(device)
     torch.manual_seed(seed + 2)
     g = torch.Generator().manual_seed(seed + 2)
     model = OFAModel(cfg)
@@ -83,7 +90,9 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
         p.requires_grad_(False)
     sim.eval()
     model.denoiser.eval()
-    bank = MemoryBank(cfg.loss.bank_size, cfg.extractor.dim)
+    model.to(dev)
+    sim.to(dev)
+    bank = MemoryBank(cfg.loss.bank_size, cfg.extractor.dim).to(dev)
     params = list(model.extractor.parameters()) + list(model.pair_head.parameters()) + \
         list(model.real_head.parameters())
     opt = torch.optim.Adam(params, lr=sc.lr)
@@ -91,32 +100,37 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
                "real_head": model.real_head, "bank": bank}
     ckpt, start, log = open_run(out, "stage2", trained, opt, g, resume, sc.steps, "stage2 extractor", quiet)
     model.extractor.train()
-    for step in range(start + 1, sc.steps + 1):
-        x, y, arch_ids = make_batch(sim, data, cfg, g)
-        with torch.no_grad():
-            spec = model.spectrum(x)
-        phi = model.extract(spec)
-        z = torch.nn.functional.normalize(phi, dim=-1)
-        bf, bl = bank.get()
-        l_scl = supcon_loss(z, y, cfg.loss.tau, bf, bl)
-        l_att, acc = pair_loss(model.pair_head, z, y, g)
-        l_cls = real_loss(model.real_head, z, y != REAL_LABEL)
-        loss = total_loss(cfg.loss, l_scl, l_att, l_cls)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
-        lr = set_lr(opt, sc.lr, step, sc.steps, warmup=max(1, math.floor(sc.steps * sc.warmup)),
-                    floor=sc.lr_floor)
-        opt.step()
-        bank.push(z.detach(), y)
-        log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
-                 cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
-        if step % every == 0 or step == sc.steps or step == stop_at:
-            meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
-                    "data": data.describe(), "commit": git_commit(),
-                    "simulator_perceptual": s1meta.get("perceptual")}
-            save_checkpoint(ckpt, trained, meta, opt, g)
-        if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
-            break
+    # the simulator's draws and reconstructions, the crops and JPEG run on the loader's thread;
+    # TF32 is off for the whole run (the flags are process-wide: the loader's simulator and the
+    # spectra alike, as inference computes them); the extractor runs under bf16 autocast
+    with exact_fp32(dev, allow_tf32=False), Prefetcher(
+            lambda gs: make_batch(sim, data, cfg, gs), seed, "stage2", start, sc.steps, dev) as loader:
+        for step, (x, y, arch_ids) in loader:
+            with torch.no_grad():
+                spec = model.spectrum(x)    # float32, TF32 off (above): as inference computes it
+            with autocast(dev, precision):
+                phi = model.extract(spec)
+            z = torch.nn.functional.normalize(phi.float(), dim=-1)
+            bf, bl = bank.get()
+            l_scl = supcon_loss(z, y, cfg.loss.tau, bf, bl)
+            l_att, acc = pair_loss(model.pair_head, z, y, g)
+            l_cls = real_loss(model.real_head, z, y != REAL_LABEL)
+            loss = total_loss(cfg.loss, l_scl, l_att, l_cls)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
+            lr = set_lr(opt, sc.lr, step, sc.steps, warmup=max(1, math.floor(sc.steps * sc.warmup)),
+                        floor=sc.lr_floor)
+            opt.step()
+            bank.push(z.detach(), y)
+            log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
+                     cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
+            if step % every == 0 or step == sc.steps or step == stop_at:
+                meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
+                        "data": data.describe(), "commit": git_commit(),
+                        "simulator_perceptual": s1meta.get("perceptual")}
+                save_checkpoint(ckpt, trained, meta, opt, g)
+            if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
+                break
     log.close()
     return ckpt
