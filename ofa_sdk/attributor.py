@@ -220,18 +220,19 @@ class Attributor:
         (:class:`~ofa_sdk.snapshot.SnapshotCache`). ``state``: the snapshot's prepared state."""
         return self._snapshots.own_of(self.rule, prof, state)
 
-    def _threshold_of(self, prof: Profile, state=None) -> float:
-        return decision.threshold_of(self.rule, self._own_of(prof, state), self.profile_quantile)
+    def _threshold_of(self, prof: Profile, state=None, crops: Optional[int] = None) -> float:
+        return decision.threshold_of(self.rule, self._own_of(prof, state), self.profile_quantile,
+                                     crops)
 
-    def profile_threshold(self, name: str) -> float:
+    def profile_threshold(self, name: str, crops: Optional[int] = None) -> float:
         """The threshold ``threshold="profile"`` holds profile ``name``'s scores to (see
-        :mod:`ofa_sdk.decision`); for a rule that whitens by the gallery, in a snapshot of the
-        whole gallery."""
+        :mod:`ofa_sdk.decision`) for a query of ``crops`` crops (None: whole support images);
+        for a rule that whitens by the gallery, in a snapshot of the whole gallery."""
         prof = self._profile(name)
         if getattr(self.rule, "whiten", None) is None:
-            return self._threshold_of(prof)
+            return self._threshold_of(prof, crops=crops)
         snap = self.snapshot(threshold="profile")
-        return snap.thresholds[snap.names.index(name)]
+        return snap.thresholds_at(crops)[snap.names.index(name)]
 
     def snapshot(self, profiles: Optional[Sequence[str]] = None,
                  threshold: Union[float, str, None] = None) -> GallerySnapshot:

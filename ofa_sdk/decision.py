@@ -3,9 +3,10 @@
 ``attribute`` answers with the best-scoring profile, or "unknown" when that score is below the
 profile's threshold. The default, ``threshold="profile"``, gives each profile its own
 (:func:`profile_threshold`): a threshold below which about ``fraction`` (5% by default) of the
-generator's own new images should fall, estimated from its support images' leave-one-out
-scores with :func:`ofa_sdk.scoring.self_threshold`. A number sets one threshold for every
-profile; 0.5 is each rule's own decision point. How these choices were made and what they
+generator's own new images should fall, estimated from its support images' held-out scores
+with :func:`ofa_sdk.scoring.held_out_stats`, for the query's crop count (a 1-crop query is
+held to how single crops of the support images score, not whole images). A number sets one
+threshold for every profile; 0.5 is each rule's own decision point. How these choices were made and what they
 cost is in docs/experiment-log.md (sections 5.1-5.2) and, for the Gaussian rule,
 benchmarks/RESULTS.md (section 3).
 """
@@ -44,26 +45,29 @@ def parse_threshold(t) -> Threshold:
 
 
 def own_scores(rule, support: np.ndarray, crops, part: Optional[np.ndarray] = None,
-               state=None) -> Optional[scoring.OwnScores]:
-    """How a support set's own images score (:class:`~ofa_sdk.scoring.OwnScores`), from its
-    leave-one-out scores; None below :data:`MIN_PROFILE_IMAGES` images. ``crops``: k for every
+               state=None) -> Optional[scoring.OwnByCrops]:
+    """How a support set's own images score at each query crop count
+    (:class:`~ofa_sdk.scoring.OwnByCrops`, :func:`~ofa_sdk.scoring.held_out_stats`); None
+    below :data:`MIN_PROFILE_IMAGES` images. ``crops``: k for every
     image, or each image's k_i; ``state``: the snapshot's prepared state, for a rule whose
     leave-one-out depends on the other profiles (the Gaussian rule whitened by the gallery)."""
     if len(np.unique(scoring.image_ids(len(support), crops))) < MIN_PROFILE_IMAGES:
         return None
-    return scoring.OwnScores.from_scores(rule.leave_one_out(support, crops, part, state))
+    return scoring.held_out_stats(rule, support, crops, part, state)
 
 
-def threshold_of(rule, own: Optional[scoring.OwnScores], fraction: float = DEFAULT_FRACTION) -> float:
-    """A profile's threshold on the rule's probability scale, from how its own images score
-    (:data:`FALLBACK_THRESHOLD` when too few support images to tell)."""
-    return FALLBACK_THRESHOLD if own is None else float(rule.to_prob(own.threshold(fraction)))
+def threshold_of(rule, own: Optional[scoring.OwnByCrops], fraction: float = DEFAULT_FRACTION,
+                 crops: Optional[int] = None) -> float:
+    """A profile's threshold on the rule's probability scale for a query of ``crops`` crops
+    (None: whole support images), from how its own images score (:data:`FALLBACK_THRESHOLD`
+    when too few support images to tell)."""
+    return FALLBACK_THRESHOLD if own is None else float(rule.to_prob(own.threshold(fraction, crops)))
 
 
 def profile_threshold(rule, support: np.ndarray, crops, fraction: float = DEFAULT_FRACTION,
-                      part: Optional[np.ndarray] = None) -> float:
+                      part: Optional[np.ndarray] = None, query_crops: Optional[int] = None) -> float:
     """The per-profile threshold of a support set of (sum k_i, d) fingerprints."""
-    return threshold_of(rule, own_scores(rule, support, crops, part), fraction)
+    return threshold_of(rule, own_scores(rule, support, crops, part), fraction, query_crops)
 
 
 @dataclass
@@ -101,14 +105,18 @@ class Attribution:
 
 
 def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
-           provenance: Optional[Dict] = None, snapshot=None) -> Attribution:
-    """One image's scores against ``names`` -> its :class:`Attribution` (with ``snapshot``,
-    also the typicality of the score for the best profile)."""
+           provenance: Optional[Dict] = None, snapshot=None, crops: Optional[int] = None
+           ) -> Attribution:
+    """One image's scores against ``names`` -> its :class:`Attribution`. With ``snapshot``, the
+    thresholds are the snapshot's for a query of ``crops`` crops (``thresholds`` is then not
+    read) and the typicality of the score for the best profile is reported too."""
     if not len(names):
         return Attribution(source, None, float("nan"), {}, None, note, None, provenance or {})
+    if snapshot is not None:
+        thresholds = snapshot.thresholds_at(crops)
     best = int(np.argmax(row))
     score, thr = float(row[best]), float(thresholds[best])
-    typ = snapshot.typicality(best, score) if snapshot is not None else None
+    typ = snapshot.typicality(best, score, crops) if snapshot is not None else None
     return Attribution(source, names[best] if score >= thr else None, score,
                        {n: float(v) for n, v in zip(names, row)}, None, note, thr, provenance or {},
                        typ)
@@ -126,8 +134,8 @@ def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[
             if not e.ok:
                 yield Attribution(e.source, None, float("nan"), {}, e.error, e.note)
             else:
-                yield decide(e.source, next(rows), snapshot.names, snapshot.thresholds, e.note,
-                             e.provenance, snapshot)
+                yield decide(e.source, next(rows), snapshot.names, None, e.note,
+                             e.provenance, snapshot, len(e.z))
 
     for e in embedded:
         buf.append(e)

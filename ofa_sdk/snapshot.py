@@ -11,13 +11,13 @@ model id it was made with.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import decision, scoring
-from .scoring import OwnScores
+from .scoring import OwnByCrops
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,27 @@ class GallerySnapshot:
     names: Tuple[str, ...]
     rule: Any                      # scoring.PrototypeRule | scoring.PairRule
     state: Any                     # rule.prepare(...) of the profiles, in ``names`` order
-    thresholds: Tuple[float, ...]  # per profile, on the rule's probability scale
-    own: Tuple[Optional[OwnScores], ...] = ()   # per profile, how its own images score
+    thresholds: Tuple[float, ...]  # per profile, on the rule's probability scale, whole images
+    own: Tuple[Optional[OwnByCrops], ...] = ()   # per profile, how its own images score
+    policy: Union[float, str] = decision.DEFAULT_THRESHOLD   # "profile" or one number
+    fraction: float = decision.DEFAULT_FRACTION
+    _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
 
-    def typicality(self, i: int, score: float) -> Optional[float]:
-        """The share of profile i's own images expected to score below ``score``."""
+    def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
+        """The share of profile i's own images of ``crops`` crops (None: whole support images)
+        expected to score below ``score``."""
         o = self.own[i] if i < len(self.own) else None
-        return None if o is None else o.typicality(self.rule.from_prob(score))
+        return None if o is None else o.typicality(self.rule.from_prob(score), crops)
+
+    def thresholds_at(self, crops: Optional[int] = None) -> Tuple[float, ...]:
+        """Per profile, the threshold a query of ``crops`` crops is held to (None: whole
+        support images, :attr:`thresholds`)."""
+        if crops is None or self.policy != "profile":
+            return self.thresholds
+        if crops not in self._at:
+            self._at[crops] = tuple(decision.threshold_of(self.rule, o, self.fraction, crops)
+                                    for o in self.own)
+        return self._at[crops]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -48,7 +62,8 @@ class GallerySnapshot:
         idx = [self.names.index(n) for n in names]
         return GallerySnapshot(self.model_id, tuple(names), self.rule,
                                self.rule.select(self.state, idx), tuple(self.thresholds[i] for i in idx),
-                               tuple(self.own[i] for i in idx) if self.own else ())
+                               tuple(self.own[i] for i in idx) if self.own else (),
+                               self.policy, self.fraction)
 
 
 def crop_counts(prof) -> Union[int, Sequence[int]]:
@@ -69,7 +84,7 @@ class SnapshotCache:
         self.own: Dict[Tuple, Any] = {}
         self.state: Tuple[Any, Any, Any] = (None, None, None)
 
-    def own_of(self, rule, prof, state=None) -> Optional[OwnScores]:
+    def own_of(self, rule, prof, state=None) -> Optional[OwnByCrops]:
         """How a loaded profile's own images score under ``rule`` (``state``: the snapshot's
         prepared state, which the leave-one-out of a rule that whitens by the gallery needs)."""
         w = getattr(state, "whitener", None)
@@ -127,4 +142,5 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     own = tuple(cache.own_of(rule, p, full) for p in profs)
     thresholds = tuple(decision.threshold_of(rule, o, quantile) if thr == "profile" else float(thr)
                        for o in own)
-    return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own)
+    return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
+                           quantile)

@@ -183,12 +183,14 @@ def test_attributor_gaussian_scores_by_hand(gauss_model, tmp_path, whiten):
         d2 = _ref_d2(x @ w, q, shrinkage(x @ w)) / q.shape[1]
         want = 1 / (1 + np.exp(-(-3.0 * np.log(d2) + 1.0)))
         np.testing.assert_allclose(att.scores(a[5:] + b[5:])[:, p], want, rtol=2e-3, atol=1e-6)
-    # thresholds: the prediction bound on the leave-one-out log-distances, per profile
+    # thresholds: the prediction bound on the held-out distances, per profile and crop count
+    from ofa_sdk.scoring import held_out_stats
     for p, name in enumerate(snap.names):
-        loo = att.rule.leave_one_out(att.gallery.get(name).support, 4, state=snap.state)
-        from ofa_sdk.scoring import OwnScores
-        assert snap.thresholds[p] == pytest.approx(att.rule.to_prob(OwnScores.from_scores(loo).threshold(0.05)))
+        own = held_out_stats(att.rule, att.gallery.get(name).support, 4, state=snap.state)
+        assert snap.thresholds[p] == pytest.approx(att.rule.to_prob(own.threshold(0.05)))
         assert att.profile_threshold(name) == pytest.approx(snap.thresholds[p])
+        assert snap.thresholds_at(1)[p] == pytest.approx(att.rule.to_prob(own.threshold(0.05, 1)))
+        assert att.profile_threshold(name, crops=1) == pytest.approx(snap.thresholds_at(1)[p])
     # a snapshot pickles (workers, Ray actors) and scores the same afterwards
     queries = [e.z for e in att.embed_stream(a[5:])]
     back = pickle.loads(pickle.dumps(snap))
