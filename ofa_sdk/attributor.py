@@ -31,13 +31,16 @@ from .gallery import Gallery, GalleryError, Profile
 from .pipeline import EmbeddedItem, InputError, InputPolicy, embed_stream, finish  # noqa: F401
 from .snapshot import GallerySnapshot, SnapshotCache, crop_counts, make_snapshot  # noqa: F401
 
+USER = "user"   # the profile metadata key under which enroll(metadata=...) is kept, apart from ours
+
 
 def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
     """Metadata of ``old`` extended by a new enrollment's: counts summed, crop counts appended,
-    the mean spectrum weighted by images (returned under ``_spectrum``)."""
+    user metadata updated, the mean spectrum weighted by images (returned under ``_spectrum``)."""
     counts = crop_counts(old)
     counts = list(counts) if not isinstance(counts, int) else [counts] * (len(old.support) // counts)
     meta = {**old.metadata, **{k: v for k, v in new.items() if k not in ("images", "used", "skipped")}}
+    meta[USER] = {**old.metadata.get(USER, {}), **new.get(USER, {})}
     for k in ("images", "used", "skipped"):
         meta[k] = int(old.metadata.get(k, 0)) + int(new[k])
     meta["crop_counts"] = counts + new["crop_counts"]
@@ -173,10 +176,19 @@ class Attributor:
         skipped and counted in the profile's metadata; fewer than ``min_images`` usable ones
         raise :class:`InputError`. ``add=True`` adds the images to an existing profile's
         support instead (every rule's state is rebuilt from the support, so the profile's
-        mean, covariance and threshold follow)."""
+        mean, covariance and threshold follow); the merge reads and writes the profile in one
+        transaction (:meth:`~ofa_sdk.gallery.Gallery.update`), so concurrent adds all land and
+        an add never brings back a profile removed while it embedded. ``metadata`` (yours) is
+        kept under ``profile.metadata["user"]``, apart from the SDK's own fields."""
+        return self._enroll(name, images, overwrite, add, metadata, {}, min_images)
+
+    def _enroll(self, name: str, images, overwrite: bool, add: bool, user: Optional[Dict],
+                internal: Dict, min_images: int) -> Profile:
         if overwrite and add:
             raise ValueError("enroll: overwrite=True replaces a profile, add=True extends it; pass one")
-        old = self._profile(name) if add and name in self.gallery else None
+        existed = add and name in self.gallery
+        if existed:
+            self._profile(name)                 # another model's profile: refused before embedding
         if not (overwrite or add) and name in self.gallery:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it "
                                f"or add=True to add these images to it")
@@ -196,18 +208,25 @@ class Attributor:
         meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
                 "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
                 "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
-                "enrolled_at": time.time()}
-        meta.update(metadata or {})
+                "enrolled_at": time.time(), **internal, USER: dict(user or {})}
         spectrum = np.mean(specs, axis=0).astype(np.float32)
-        if old is not None:
-            meta = _added(old, meta, spectrum)
-            spectrum = meta.pop("_spectrum")
-            support = np.concatenate([old.support, support])
         head = scoring.PairHeadWeights.from_module(self.bundle.model.pair_head)
-        prof = Profile(name, self.model_id, support, head.support_part(support), meta,
-                       time.time(), spectrum)
-        self.gallery.put(prof, overwrite=overwrite or old is not None)
-        return prof
+        part = head.support_part(support)
+        if not add:
+            prof = Profile(name, self.model_id, support, part, meta, time.time(), spectrum)
+            self.gallery.put(prof, overwrite=overwrite)
+            return prof
+
+        def merge(old: Optional[Profile]) -> Profile:      # inside the write transaction
+            if old is None:
+                return Profile(name, self.model_id, support, part, meta, time.time(), spectrum)
+            if old.model_id not in self.bundle.ids:
+                self._profile(name)                       # raises ModelMismatch
+            m = _added(old, meta, spectrum)
+            return Profile(name, self.model_id, np.concatenate([old.support, support]),
+                           np.concatenate([old.support_part, part]), m, time.time(),
+                           m.pop("_spectrum"))
+        return self.gallery.update(name, merge, must_exist=existed)
 
     def profiles(self) -> List[Dict]:
         return self.gallery.info()
@@ -418,5 +437,4 @@ class Attributor:
                                 "method": meta.get("method"), "sources": meta["sources"]}}
         if not meta["sources"]:
             raise ValueError(f"cluster {cluster_dir} has no members")
-        return self.enroll(name, meta["sources"], overwrite=overwrite,
-                           metadata={**origin, **(metadata or {})})
+        return self._enroll(name, meta["sources"], overwrite, False, metadata, origin, 1)

@@ -131,14 +131,22 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     thr = decision.parse_threshold(decision.DEFAULT_THRESHOLD if threshold is None else threshold)
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
     cache = SnapshotCache() if cache is None else cache
-    names = list(profiles) if profiles is not None else gallery.names()
-    profs = [gallery.get(n, model_id=bundle.ids) for n in names]
-    if getattr(rule, "whiten", None) is None:
+    # one read transaction: a concurrent enroll or remove is seen wholly or not at all
+    whiten = getattr(rule, "whiten", None) is not None
+    every = gallery.read(None if whiten or profiles is None else list(profiles), bundle.ids)
+    if whiten:   # the whitener is the whole gallery's, whichever profiles are asked for
+        by_name = {p.name: p for p in every}
+        names = list(profiles) if profiles is not None else list(by_name)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            from .gallery import ProfileNotFound
+            raise ProfileNotFound(f"no profile named {missing[0]!r} in {gallery!r}")
+        profs = [by_name[n] for n in names]
+        full = cache.prepared(rule, every)
+        state = rule.select(full, [list(by_name).index(n) for n in names])
+    else:
+        profs, names = every, [p.name for p in every]
         state = full = cache.prepared(rule, profs)
-    else:   # the whitener is the whole gallery's, whichever profiles are asked for
-        every = gallery.names()
-        full = cache.prepared(rule, [gallery.get(n, model_id=bundle.ids) for n in every])
-        state = rule.select(full, [every.index(n) for n in names])
     own = tuple(cache.own_of(rule, p, full) for p in profs)
     thresholds = tuple(decision.threshold_of(rule, o, quantile) if thr == "profile" else float(thr)
                        for o in own)
