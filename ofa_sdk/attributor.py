@@ -318,10 +318,11 @@ class Attributor:
 
     def scan(self, sources, threshold: Union[float, str, None] = None, *, progress: bool = True,
              skip: Optional[set] = None, profiles: Optional[Sequence[str]] = None,
-             recursive: bool = True, output=None):
+             recursive: bool = True, output=None, allow_mismatch: bool = False,
+             retry_errors: bool = False):
         """Attributions for directories, globs or file lists, streamed with bounded memory.
         Every input gives exactly one result (an error result when unreadable). ``skip``:
-        sources (as strings) to leave out.
+        sources to leave out, matched by resolved absolute path.
 
         Without ``output``: an iterator of :class:`Attribution`. With ``output`` (a ``.jsonl``,
         ``.csv`` or ``.parquet`` file): one row per input written there, resuming what the file
@@ -329,19 +330,42 @@ class Attributor:
         (:func:`ofa_sdk.scan_output.write_scan`); returns its
         :class:`~ofa_sdk.scan_output.ScanSummary`, or raises
         :class:`~ofa_sdk.scan_output.ScanInterrupted` (a KeyboardInterrupt carrying the
-        summary) on Ctrl-C or SIGTERM, every row written so far kept."""
+        summary) on Ctrl-C or SIGTERM, every row written so far kept. The output's rows name
+        files by absolute path; what made them is recorded beside it
+        (:func:`ofa_sdk.scan_output.run_record`: model id, rule, threshold policy, gallery
+        digest), and resuming with another model, rule, threshold policy or gallery raises
+        :class:`~ofa_sdk.scan_output.ScanMismatch` unless ``allow_mismatch``.
+        ``retry_errors``: the files of error rows already there are scanned again."""
         def results(done=frozenset()):
             return self._scan(sources, threshold, progress, set(skip or ()) | set(done),
-                              profiles, recursive)
+                              profiles, recursive, absolute=output is not None)
         if output is None:
             return results()
         from .scan_output import write_scan
-        return write_scan(output, results)
+        return write_scan(output, results, run=self.run_info(threshold, profiles),
+                          allow_mismatch=allow_mismatch, retry_errors=retry_errors)
+
+    def run_info(self, threshold: Union[float, str, None] = None,
+                 profiles: Optional[Sequence[str]] = None) -> Dict:
+        """What a scan's verdicts depend on (recorded beside its output): model id, rule,
+        threshold policy, crops and a digest of the gallery's profiles."""
+        names = list(profiles) if profiles is not None else None
+        return {"model_id": self.model_id, "rule": self.rule.name,
+                "whiten": getattr(self.rule, "whiten", None),
+                "threshold": self.threshold if threshold is None else
+                decision.parse_threshold(threshold),
+                "profile_quantile": self.profile_quantile, "crops": self.crops,
+                "gallery": str(self.gallery.path.resolve()) if self.gallery.path else "memory",
+                "gallery_digest": self.gallery.digest(names),
+                "profiles": len(names) if names is not None else len(self.gallery)}
 
     def _scan(self, sources, threshold, progress: bool, skip: set, profiles,
-              recursive: bool) -> Iterator[Attribution]:
+              recursive: bool, absolute: bool = False) -> Iterator[Attribution]:
         from tqdm import tqdm
-        paths = (p for p in imio.expand_paths(sources, recursive) if str(p) not in skip)
+        done = {os.path.realpath(s) for s in skip}
+        paths = (Path(os.path.abspath(p)) if absolute else p
+                 for p in imio.expand_paths(sources, recursive)
+                 if os.path.realpath(p) not in done)
         bar = tqdm(desc="scan", unit="img", disable=not progress, dynamic_ncols=True,
                    mininterval=1.0)
         try:

@@ -489,6 +489,20 @@ class Gallery:
                 raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
             self._cache.pop(name, None)
 
+    def digest(self, names: Optional[Sequence[str]] = None) -> str:
+        """A digest of the profiles ``names`` (None: all) as enrolled now: their names, model
+        ids, enrollment times and support sizes (re-enrolling or adding images changes it)."""
+        import hashlib
+        with self._reading() as db:
+            rows = db.execute("SELECT name, model_id, created, n_support FROM profiles "
+                              "ORDER BY name").fetchall()
+        want = None if names is None else set(names)
+        h = hashlib.sha256()
+        for r in rows:
+            if want is None or r[0] in want:
+                h.update(json.dumps([r[0], r[1], repr(r[2]), r[3]]).encode())
+        return h.hexdigest()[:16]
+
     def info(self) -> List[Dict]:
         with self._reading() as db:
             rows = db.execute(
