@@ -70,6 +70,8 @@ class Attributor:
     ``threshold``: "profile" (default) or a number; ``profile_quantile``: the share of a
     generator's own images a profile threshold rejects. ``batch_size``: crops per engine call;
     ``workers``: decoding threads; ``engine_options``: per engine, constructor keywords.
+    ``verbose``: progress bars (on stderr) for scans and enrollment; off by default in the
+    library, on in the CLI.
     """
 
     def __init__(self, model=None, backend: str = "auto", device: Optional[str] = None,
@@ -80,7 +82,8 @@ class Attributor:
                  profile_quantile: float = decision.DEFAULT_FRACTION,
                  max_pixels: int = imio.MAX_PIXELS, provenance: bool = True,
                  max_bytes: int = imio.MAX_BYTES,
-                 engine_options: Optional[Dict[str, Dict]] = None, whiten: Optional[str] = None):
+                 engine_options: Optional[Dict[str, Dict]] = None, whiten: Optional[str] = None,
+                 verbose: bool = False):
         from .backends import select_engine
         from .weights import as_bundle
 
@@ -97,6 +100,7 @@ class Attributor:
         self.profile_quantile = float(profile_quantile)
         self.rule = scoring.make_rule(rule, self.bundle, whiten)
         self.strict = strict
+        self.verbose = bool(verbose)
         self._engine, self.backend_note = select_engine(backend, self.bundle, device, strict,
                                                         engine_options)
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
@@ -193,7 +197,10 @@ class Attributor:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it "
                                f"or add=True to add these images to it")
         zs, specs, skipped, sources = [], [], [], 0
-        for i, e in enumerate(self.embed_stream(imio.iter_items(images), spectra=True)):
+        from tqdm import tqdm
+        stream = tqdm(self.embed_stream(imio.iter_items(images), spectra=True), desc=f"enroll {name}",
+                      unit="img", disable=not self.verbose, dynamic_ncols=True, mininterval=1.0)
+        for i, e in enumerate(stream):
             sources += 1
             if e.ok:
                 zs.append(e.z)
@@ -264,10 +271,11 @@ class Attributor:
 
     # -- scores ------------------------------------------------------------------------------------
     def scores(self, images, profiles: Optional[Sequence[str]] = None,
-               errors: str = "raise") -> np.ndarray:
+               errors: str = "raise", names: bool = False):
         """(N, P) scores of N images against the profiles ``profiles`` (default: every profile,
         in ``gallery.names()`` order), on the rule's probability scale, no threshold applied.
-        Unusable inputs: :class:`InputError` (``errors='raise'``) or NaN rows (``'nan'``)."""
+        Unusable inputs: :class:`InputError` (``errors='raise'``) or NaN rows (``'nan'``).
+        ``names=True``: (scores, the profile names of its columns), read in one snapshot."""
         snap = self.snapshot(profiles)
         rows: List[Optional[int]] = []
         good, errs = [], []
@@ -283,7 +291,8 @@ class Attributor:
         for i, r in enumerate(rows):
             if r is not None:
                 out[i] = s[r]
-        return finish(out, errs, errors)
+        out = finish(out, errs, errors)
+        return (out, snap.names) if names else out
 
     def verify(self, images, name: str, errors: str = "raise") -> np.ndarray:
         """(N,) score that each image was made by the generator of profile ``name``."""
@@ -316,13 +325,15 @@ class Attributor:
         snap = self.snapshot(profiles, threshold)
         return decision.attribute_stream(snap, self.embed_stream(items), chunk=self.batch_size)
 
-    def scan(self, sources, threshold: Union[float, str, None] = None, *, progress: bool = True,
+    def scan(self, sources, threshold: Union[float, str, None] = None, *,
+             progress: Optional[bool] = None,
              skip: Optional[set] = None, profiles: Optional[Sequence[str]] = None,
              recursive: bool = True, output=None, allow_mismatch: bool = False,
              retry_errors: bool = False):
         """Attributions for directories, globs or file lists, streamed with bounded memory.
         Every input gives exactly one result (an error result when unreadable). ``skip``:
-        sources to leave out, matched by resolved absolute path.
+        sources to leave out, matched by resolved absolute path; ``progress``: a progress bar
+        (None: ``verbose``).
 
         Without ``output``: an iterator of :class:`Attribution`. With ``output`` (a ``.jsonl``,
         ``.csv`` or ``.parquet`` file): one row per input written there, resuming what the file
@@ -337,7 +348,8 @@ class Attributor:
         :class:`~ofa_sdk.scan_output.ScanMismatch` unless ``allow_mismatch``.
         ``retry_errors``: the files of error rows already there are scanned again."""
         def results(done=frozenset()):
-            return self._scan(sources, threshold, progress, set(skip or ()) | set(done),
+            return self._scan(sources, threshold, self.verbose if progress is None else progress,
+                              set(skip or ()) | set(done),
                               profiles, recursive, absolute=output is not None)
         if output is None:
             return results()
