@@ -244,7 +244,7 @@ class Attributor:
     def _own_of(self, prof: Profile, state=None):
         """How a loaded profile's own images score under this Attributor's rule, cached
         (:class:`~ofa_sdk.snapshot.SnapshotCache`). ``state``: the snapshot's prepared state."""
-        return self._snapshots.own_of(self.rule, prof, state)
+        return self._snapshots.own_of(self.rule, prof, state, self.gallery, self.model_id)
 
     def _threshold_of(self, prof: Profile, state=None, crops: Optional[int] = None) -> float:
         return decision.threshold_of(self.rule, self._own_of(prof, state), self.profile_quantile,

@@ -49,7 +49,7 @@ MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {}
 
 # What each write transaction does, in the words of a read-only refusal.
 _WRITES = {"open": "creating or upgrading it", "put": "enrolling a profile",
-           "update": "adding images to a profile",
+           "update": "adding images to a profile", "state": "storing prepared profile state",
            "remove": "removing a profile", "put_head": "fitting a closed-set head"}
 
 # Test hook: called inside every write transaction, after its statements and before COMMIT
@@ -68,6 +68,20 @@ _TABLES = """
         classes TEXT NOT NULL, dim INTEGER NOT NULL, hidden INTEGER NOT NULL,
         weights BLOB NOT NULL, metadata TEXT NOT NULL);
 """
+
+
+# Prepared per-profile state (snapshot.SnapshotCache): each profile's fit and held-out scores,
+# under a key of model id, rule, settings and support digest, so a later process reuses them. An
+# additive table, created by the first write of state: older SDKs ignore it, and a read-only
+# gallery without it simply has no stored state.
+_STATE_TABLE = ("CREATE TABLE IF NOT EXISTS profile_state (key TEXT PRIMARY KEY, "
+                "name TEXT NOT NULL, value BLOB NOT NULL)")
+
+
+def _drop_state(db: sqlite3.Connection, name: str) -> None:
+    """Forget the stored state of profile ``name`` (inside a write transaction)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='profile_state'").fetchone():
+        db.execute("DELETE FROM profile_state WHERE name=?", (name,))
 
 
 def _repair_v1(db: sqlite3.Connection) -> None:
@@ -424,6 +438,7 @@ class Gallery:
                 raise ValueError(f"update of {name!r} returned profile {new.name!r}")
             self._db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                              self._row(new))
+            _drop_state(self._db, name)
             self._cache.pop(name, None)
         return new
 
@@ -436,6 +451,7 @@ class Gallery:
                                             (profile.name,)).fetchone() is not None:
                 raise GalleryError(f"profile {profile.name!r} exists; pass overwrite=True to replace it")
             db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            _drop_state(db, profile.name)
             self._cache.pop(profile.name, None)
 
     def get(self, name: str, model_id: Union[str, Sequence[str], None] = None) -> Profile:
@@ -487,7 +503,34 @@ class Gallery:
         with self._write("remove") as db:
             if db.execute("DELETE FROM profiles WHERE name=?", (name,)).rowcount == 0:
                 raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
+            _drop_state(db, name)
             self._cache.pop(name, None)
+
+    def get_state(self, keys: Sequence[str]) -> Dict[str, bytes]:
+        """The stored prepared state under ``keys`` (those present)."""
+        out: Dict[str, bytes] = {}
+        with self._reading() as db:
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' "
+                              "AND name='profile_state'").fetchone():
+                return out
+            keys = list(keys)
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                out.update(db.execute(f"SELECT key, value FROM profile_state WHERE key IN "
+                                      f"({','.join('?' * len(chunk))})", chunk).fetchall())
+        return out
+
+    def put_state(self, items: Dict[str, tuple]) -> bool:
+        """Store prepared state: {key: (profile name, bytes)}, in one write transaction, for
+        profiles that still exist. A read-only gallery stores nothing (False)."""
+        if not items or self.read_only is not None:
+            return False
+        with self._write("state") as db:
+            db.execute(_STATE_TABLE)
+            have = {r[0] for r in db.execute("SELECT name FROM profiles")}
+            db.executemany("INSERT OR REPLACE INTO profile_state VALUES (?,?,?)",
+                           [(k, n, v) for k, (n, v) in items.items() if n in have])
+        return True
 
     def digest(self, names: Optional[Sequence[str]] = None) -> str:
         """A digest of the profiles ``names`` (None: all) as enrolled now: their names, model

@@ -747,18 +747,30 @@ class GaussianRule:
         if self.whiten not in WHITEN:
             raise ValueError(f"whiten must be one of {WHITEN}, got {self.whiten!r}")
 
-    def prepare(self, supports: Sequence[np.ndarray], parts=None, counts=None) -> GaussianState:
+    def prepare(self, supports: Sequence[np.ndarray], parts=None, counts=None,
+                fits: Optional[Sequence[Optional[GaussianFit]]] = None) -> GaussianState:
         """One Gaussian per support set; ``counts``: each set's crops (see :func:`image_ids`;
-        None: one crop per image)."""
+        None: one crop per image). ``fits``: per set, a fit already made (:meth:`fit_one`,
+        persisted by the gallery) or None; used only when the rule does not whiten."""
         pts = [image_points(s, 1 if counts is None else counts[i]) for i, s in enumerate(supports)]
         d = pts[0].shape[1] if pts else 0
         with one_blas_thread():
             w, prior = pooled_whitener(pts, self.shrink) if self.whiten == "gallery" else (None, None)
             if w is not None:
-                pts = [p @ w for p in pts]
+                pts, fits = [p @ w for p in pts], None
             prior = self.prior_var if prior is None else prior
-            fits = [fit_gaussian(p, self.shrink, self.rank, prior) for p in pts]
+            fits = [f if fits is not None and f is not None else
+                    fit_gaussian(p, self.shrink, self.rank, prior) for p, f in
+                    zip(pts, fits if fits is not None else [None] * len(pts))]
         return _stack(fits, d, w, prior)
+
+    def fit_one(self, support: np.ndarray, crops) -> GaussianFit:
+        """The Gaussian of one support set as :meth:`prepare` fits it without whitening (what a
+        gallery persists per profile)."""
+        if self.whiten is not None:
+            raise ValueError("fit_one: a rule that whitens by the gallery fits profiles together")
+        with one_blas_thread():
+            return fit_gaussian(image_points(support, crops), self.shrink, self.rank, self.prior_var)
 
     def select(self, state: GaussianState, idx: Sequence[int]) -> GaussianState:
         # the whitener stays the one of the gallery the snapshot was made from
