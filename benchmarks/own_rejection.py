@@ -1,0 +1,105 @@
+"""Per-profile thresholds on the development sets (issue 32): the share of a generator's own new
+images its profile refuses, against the nominal share (decision.DEFAULT_FRACTION, 5%), by
+support size, query crops (4 and 1, against 4-crop support images) and JPEG quality.
+
+    python benchmarks/own_rejection.py --sets dev-sim wild13 --jpeg 0 90 \
+        --out benchmarks/results/own_rejection.json
+
+Fingerprints come from the embedding caches of benchmarks/rules.py
+(``benchmarks/data/cache/<set>_q<Q>_c<crops>.npz``; ``rules.py embed ... --crops 4 1`` writes
+them): support images and 4-crop queries from the 4-crop cache, 1-crop queries from the 1-crop
+cache (the same images embedded with ``crops=1``). Per class and seed, one permutation of its
+images: the first n are the support, up to 75 of the rest the queries. Columns: the SDK's
+threshold now (``scoring.held_out_stats``: held-out scores at two fit sizes extrapolated to n,
+one level per query crop count) and the previous one (the log-distance prediction bound of the
+whole-image leave-one-out scores, for every crop count), both on the Gaussian rule's raw scale
+(or ``--rule prototype``). Figures: means over classes and seeds, in percent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ofa_sdk import decision, scoring
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / "data" / "cache"
+QUERIES = 75
+RAW = scoring.Calibration(1.0, 0.0)
+
+
+def load(name: str, q: int, crops: int):
+    """{class: {content index: (k, d) crop fingerprints}} of one cache file (None: missing)."""
+    path = CACHE / f"{name}_q{q}_c{crops}.npz"
+    if not path.exists():
+        return None
+    f = np.load(path)
+    rows = np.split(f["z"], np.cumsum(f["counts"])[:-1])
+    out = {}
+    for c, i, r in zip(f["cls"], f["idx"], rows):
+        out.setdefault(str(c), {})[int(i)] = r
+    return out
+
+
+def rejection(rule, c4, c1, sizes, seeds, fraction):
+    """{n: {"now_4", "now_1", "before_4", "before_1", "profiles"}}: mean refused shares."""
+    acc = {n: {k: [] for k in ("now_4", "now_1", "before_4", "before_1")} for n in sizes}
+    for c in sorted(c4):
+        idx = sorted(set(c4[c]) & set(c1[c]))
+        for seed in range(seeds):
+            order = np.random.default_rng(seed).permutation(idx)
+            for n in sizes:
+                if len(order) < n + 10:
+                    continue
+                sup = [c4[c][i] for i in order[:n]]
+                support, counts = np.concatenate(sup), [len(x) for x in sup]
+                state = rule.prepare([support], counts=[counts])
+                now = scoring.held_out_stats(rule, support, counts)
+                before = scoring.OwnScores.from_scores(rule.leave_one_out(support, counts))
+                for k, cache in ((4, c4), (1, c1)):
+                    qs = [cache[c][i] for i in order[n:n + QUERIES]]
+                    raw = rule.raw_scores(state, qs)[:, 0]
+                    thr = np.array([now.threshold(fraction, len(q)) for q in qs])
+                    acc[n][f"now_{k}"].append(float((raw < thr).mean()))
+                    acc[n][f"before_{k}"].append(float((raw < before.threshold(fraction)).mean()))
+    return {n: {**{k: 100 * float(np.mean(v)) for k, v in a.items() if v},
+                "profiles": len(a["now_4"])} for n, a in acc.items() if a["now_4"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sets", nargs="+", default=["dev-sim", "wild13"])
+    ap.add_argument("--jpeg", nargs="+", type=int, default=[0, 90])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[5, 10, 20, 50, 100])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--rule", choices=["gaussian", "prototype"], default="gaussian")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    rule = scoring.GaussianRule(RAW) if a.rule == "gaussian" else scoring.PrototypeRule(RAW)
+    fraction = decision.DEFAULT_FRACTION
+    results = {}
+    print(f"own-rejection (%), nominal {100 * fraction:g}%, rule {a.rule}: now (before)")
+    print("| set | JPEG | support images | 4-crop queries | 1-crop queries | profiles |")
+    print("|---|---|---|---|---|---|")
+    for s in a.sets:
+        for q in a.jpeg:
+            c4, c1 = load(s, q, 4), load(s, q, 1)
+            if c4 is None or c1 is None:
+                print(f"| {s} | {q or 'clean'} | missing cache ({CACHE}/{s}_q{q}_c4/c1.npz) | | | |")
+                continue
+            res = rejection(rule, c4, c1, a.sizes, a.seeds, fraction)
+            results[f"{s}_q{q}"] = res
+            for n, r in res.items():
+                print(f"| {s} | {q or 'clean'} | {n} | {r['now_4']:.1f} ({r['before_4']:.1f}) | "
+                      f"{r['now_1']:.1f} ({r['before_1']:.1f}) | {r['profiles']} |", flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"rule": a.rule, "fraction": fraction,
+                                           "seeds": a.seeds, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
