@@ -32,6 +32,7 @@ on the development sets, and by how much, is in benchmarks/RESULTS.md (section 2
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
@@ -155,9 +156,10 @@ def student_t_cdf(x: float, dof: int) -> float:
     return v if x >= 0 else 1.0 - v
 
 
+@functools.lru_cache(maxsize=4096)
 def student_t_quantile(p: float, dof: int) -> float:
     """Quantile of Student's t distribution (bisection on :func:`student_t_cdf`), accurate to
-    about 1e-12 relative."""
+    about 1e-12 relative; memoised (every profile of one size and fraction asks the same)."""
     if not 0 < p < 1 or dof < 1 or int(dof) != dof:
         raise ValueError(f"student_t_quantile needs 0 < p < 1 and an integer dof >= 1, got {p!r}, {dof!r}")
     if p < 0.5:
