@@ -116,6 +116,14 @@ def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
             for k, t in tally.items()}
 
 
+def caches(sets, jpegs):
+    """(set, quality, 4-crop cache, 1-crop cache) for each; both None when one is missing."""
+    for s in sets:
+        for q in jpegs:
+            c4, c1 = load(s, q, 4), load(s, q, 1)
+            yield (s, q, c4, c1) if c4 is not None and c1 is not None else (s, q, None, None)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=["dev-sim", "wild13"])
@@ -137,39 +145,31 @@ def main():
     print(f"own-rejection (%), nominal {100 * fraction:g}%, rule {a.rule}: now (before)")
     print("| set | JPEG | support images | 4-crop queries | 1-crop queries | profiles |")
     print("|---|---|---|---|---|---|")
-    for s in a.sets:
-        for q in a.jpeg:
-            c4, c1 = load(s, q, 4), load(s, q, 1)
-            if c4 is None or c1 is None:
-                print(f"| {s} | {q or 'clean'} | missing cache ({CACHE}/{s}_q{q}_c4/c1.npz) | | | |")
-                continue
-            res = rejection(rule, c4, c1, a.sizes, a.seeds, fraction)
-            results[f"{s}_q{q}"] = res
-            for n, r in res.items():
-                print(f"| {s} | {q or 'clean'} | {n} | {r['now_4']:.1f} ({r['before_4']:.1f}) | "
-                      f"{r['now_1']:.1f} ({r['before_1']:.1f}) | {r['profiles']} |", flush=True)
+    for s, q, c4, c1 in caches(a.sets, a.jpeg):
+        if c4 is None:
+            print(f"| {s} | {q or 'clean'} | missing cache ({CACHE}/{s}_q{q}_c4/c1.npz) | | | |")
+            continue
+        res = rejection(rule, c4, c1, a.sizes, a.seeds, fraction)
+        results[f"{s}_q{q}"] = res
+        for n, r in res.items():
+            print(f"| {s} | {q or 'clean'} | {n} | {r['now_4']:.1f} ({r['before_4']:.1f}) | "
+                  f"{r['now_1']:.1f} ({r['before_1']:.1f}) | {r['profiles']} |", flush=True)
     opened = {}
     if a.open:
         print(f"\nopen set: all but {a.unknown} classes enrolled ({a.folds} folds); known queries "
               f"right / wrong / unknown, held-out queries labelled (%): now (before)")
         print("| set | JPEG | support | query crops | right | wrong | unknown | held-out labelled |")
         print("|---|---|---|---|---|---|---|---|")
-        for s in a.sets:
-            for q in a.jpeg:
-                c4, c1 = load(s, q, 4), load(s, q, 1)
-                if c4 is None or c1 is None:
-                    continue
-                m = min(len(set(c4[c]) & set(c1[c])) for c in c4)
-                for n in a.open_sizes:
-                    if m < n + 10:
-                        continue
-                    res = open_set(rule, c4, c1, n, a.unknown, a.folds, fraction)
-                    opened[f"{s}_q{q}_n{n}"] = res
-                    for k, r in res.items():
-                        now, bef = r["now"], r["before"]
-                        print(f"| {s} | {q or 'clean'} | {n} | {k} | " + " | ".join(
-                            f"{now[x]:.1f} ({bef[x]:.1f})" for x in
-                            ("right", "wrong", "unknown", "held_out_labelled")) + " |", flush=True)
+        for s, q, c4, c1 in caches(a.sets, a.jpeg):
+            m = 0 if c4 is None else min(len(set(c4[c]) & set(c1[c])) for c in c4)
+            for n in (n for n in a.open_sizes if m >= n + 10):
+                res = open_set(rule, c4, c1, n, a.unknown, a.folds, fraction)
+                opened[f"{s}_q{q}_n{n}"] = res
+                for k, r in res.items():
+                    now, bef = r["now"], r["before"]
+                    print(f"| {s} | {q or 'clean'} | {n} | {k} | " + " | ".join(
+                        f"{now[x]:.1f} ({bef[x]:.1f})" for x in
+                        ("right", "wrong", "unknown", "held_out_labelled")) + " |", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"rule": a.rule, "fraction": fraction,

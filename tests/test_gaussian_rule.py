@@ -1,7 +1,6 @@
 """The Gaussian score rule against a float64 numpy reference (full covariance matrices, explicit
 inverses, refits without each held-out image) and scikit-learn's shrinkage estimators."""
 import pickle
-import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from conftest import make_images
 from ofa_sdk import Attributor
 from ofa_sdk.scoring import (Calibration, GaussianRule, fit_gaussian, image_points, mahalanobis,
                              pooled_whitener, shrinkage, unit)
-from ofa_sdk.weights import update_meta
 
 RAW = Calibration(1.0, 0.0)
 
@@ -156,15 +154,6 @@ def test_leave_one_out_refits_without_each_image(n):
         assert got[i] == pytest.approx(want, rel=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         rule.leave_one_out(s[:2], 2)
-
-
-@pytest.fixture
-def gauss_model(tiny_model, tmp_path):
-    path = tmp_path / "gauss.safetensors"
-    shutil.copy(tiny_model, path)
-    update_meta(path, {"calibration": {"prototype": {"a": 8.0, "b": -4.0},
-                                       "gaussian": {"a": -3.0, "b": 1.0, "prior_var": 0.01}}})
-    return path
 
 
 @pytest.mark.parametrize("whiten", [None, "gallery"])

@@ -71,16 +71,6 @@ def test_make_snapshot_from_a_gallery_and_a_model_equals_the_attributors(tiny_mo
         make_snapshot(bundle, str(g), att.rule, whiten="gallery")
 
 
-@pytest.fixture
-def gauss_model(tiny_model, tmp_path):
-    from ofa_sdk.weights import update_meta
-    path = tmp_path / "gauss.safetensors"
-    shutil.copy(tiny_model, path)
-    update_meta(path, {"calibration": {"prototype": {"a": 8.0, "b": -4.0},
-                                       "gaussian": {"a": -3.0, "b": 1.0, "prior_var": 0.01}}})
-    return path
-
-
 def test_profile_state_persists_in_the_gallery_and_only_changed_profiles_refit(
         gauss_model, tmp_path, monkeypatch):
     """Each profile's fit and held-out scores are stored in the gallery under a key of model
