@@ -285,7 +285,8 @@ def held_out_stats(rule, support: np.ndarray, crops, part=None, state=None) -> O
     without it. Those refits hold fewer points than the n-point profile that queries meet, so
     their scores read lower; the held-out scale's mean and sd are computed at two fit sizes,
     m1 (the rule's own folds: n - 1, or n - n/10 for the Gaussian rule) and m2 (2 folds, n/2),
-    and extrapolated to n as ``a + b / m`` (the form of a mean's error in m points). Measured
+    and extrapolated to n as ``a + b / m`` (the form of a mean's error in m points; from 8
+    images up, where the n/2-image fits have a shape of their own). Measured
     against nominal on synthetic Gaussians in tests/test_thresholds.py and on the development
     sets in benchmarks/RESULTS.md."""
     z = np.asarray(support)
@@ -303,10 +304,12 @@ def held_out_stats(rule, support: np.ndarray, crops, part=None, state=None) -> O
         level_of += [level] * len(gi)
     level_of = np.asarray(level_of)
     m1, m2 = n - n / folds1, n - n / FIT_SIZE_FOLDS
+    # the smaller fits must have a shape of their own (more than MIN_POINTS images), else none
+    second = m2 < m1 and n - math.ceil(n / FIT_SIZE_FOLDS) > MIN_POINTS
     y1 = _to_scale(1.0 - rule.held_out(z, crops, folds1, groups, part, state), power)
     y2 = _to_scale(1.0 - rule.held_out(z, crops, FIT_SIZE_FOLDS, groups, part, state), power) \
-        if m2 < m1 else y1
-    c = (1 / n - 1 / m1) / (1 / m1 - 1 / m2) if m2 < m1 else 0.0
+        if second else y1
+    c = (1 / n - 1 / m1) / (1 / m1 - 1 / m2) if second else 0.0
     levels = []
     for level in range(1, int(counts.max()) + 1):
         a, b = y1[level_of == level], y2[level_of == level]
