@@ -43,5 +43,4 @@ $PY benchmarks/discover.py quality --sets dev-sim wild13 --seeds 5 --real-photos
 $PY benchmarks/discover.py scale --out $R/discover_scale.json
 # 9. thresholds and persisted profile state (issue 32)
 $PY benchmarks/state_cache.py --profiles 1000 --images 20
-$PY benchmarks/rules.py embed --set benchmarks/data/dev-sim benchmarks/data/wild13 --jpeg 0 90 --crops 4 1
 $PY benchmarks/own_rejection.py --sets dev-sim wild13 --jpeg 0 90 --open --out $R/own_rejection.json
