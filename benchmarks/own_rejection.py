@@ -116,11 +116,15 @@ def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
             for k, t in tally.items()}
 
 
-def caches(sets, jpegs):
-    """(set, quality, 4-crop cache, 1-crop cache) for each; both None when one is missing."""
+def caches(sets, jpegs, one_crop: str = "centre"):
+    """(set, quality, 4-crop cache, 1-crop cache) for each; both None when one is missing.
+    ``one_crop="grid"``: the 1-crop queries are the first crop of the 4-crop grid instead of
+    the ``crops=1`` (centre crop) embedding."""
     for s in sets:
         for q in jpegs:
-            c4, c1 = load(s, q, 4), load(s, q, 1)
+            c4 = load(s, q, 4)
+            c1 = load(s, q, 1) if one_crop == "centre" or c4 is None else \
+                {c: {i: z[:1] for i, z in d.items()} for c, d in c4.items()}
             yield (s, q, c4, c1) if c4 is not None and c1 is not None else (s, q, None, None)
 
 
@@ -136,6 +140,8 @@ def main():
     ap.add_argument("--open-sizes", nargs="+", type=int, default=[10, 20, 100])
     ap.add_argument("--unknown", type=int, default=2)
     ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--one-crop", choices=["centre", "grid"], default="centre",
+                    help="1-crop queries: the crops=1 embedding (centre crop) or a grid crop")
     a = ap.parse_args()
     # raw scores on a probability-like scale that grows with the score (decide compares them)
     rule = scoring.GaussianRule(scoring.Calibration(-1.0, 0.0)) if a.rule == "gaussian" else \
@@ -145,7 +151,7 @@ def main():
     print(f"own-rejection (%), nominal {100 * fraction:g}%, rule {a.rule}: now (before)")
     print("| set | JPEG | support images | 4-crop queries | 1-crop queries | profiles |")
     print("|---|---|---|---|---|---|")
-    for s, q, c4, c1 in caches(a.sets, a.jpeg):
+    for s, q, c4, c1 in caches(a.sets, a.jpeg, a.one_crop):
         if c4 is None:
             print(f"| {s} | {q or 'clean'} | missing cache ({CACHE}/{s}_q{q}_c4/c1.npz) | | | |")
             continue
@@ -160,7 +166,7 @@ def main():
               f"right / wrong / unknown, held-out queries labelled (%): now (before)")
         print("| set | JPEG | support | query crops | right | wrong | unknown | held-out labelled |")
         print("|---|---|---|---|---|---|---|---|")
-        for s, q, c4, c1 in caches(a.sets, a.jpeg):
+        for s, q, c4, c1 in caches(a.sets, a.jpeg, a.one_crop):
             m = 0 if c4 is None else min(len(set(c4[c]) & set(c1[c])) for c in c4)
             for n in (n for n in a.open_sizes if m >= n + 10):
                 res = open_set(rule, c4, c1, n, a.unknown, a.folds, fraction)
