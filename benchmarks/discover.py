@@ -23,20 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ofa_sdk import discovery
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DATA = ROOT / "benchmarks" / "data"
 CACHE = DATA / "cache"
 QUALITIES = (0, 90, 75)
 SUPPORT = 50
-
-from ofa_sdk import discovery  # noqa: E402
 
 
 def unit(x):
@@ -81,7 +79,6 @@ def real_photos(photos: str, q: int, crops: int = 4, limit: int = 120):
         from ofa_sdk import Attributor
         from ofa_sdk.evaluation.runner import embed_items
         from ofa_sdk.training.common import PhotoSet
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         from wild import content_crops
         content = list(content_crops(PhotoSet(photos, split="holdout"), 256, 2))[:limit]
         att = Attributor(crops=crops)

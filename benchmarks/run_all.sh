@@ -41,3 +41,8 @@ $PY benchmarks/soak.py --model tiny --calls 10000 --every 500 --warmup 200 --out
 $PY benchmarks/discover.py quality --sets dev-sim wild13 --seeds 5 --real-photos "$PHOTOS" \
     --out $R/discover_quality.json
 $PY benchmarks/discover.py scale --out $R/discover_scale.json
+# 9. serving
+$PY benchmarks/serve_load.py --out $R/serve_load.json
+# 10. thresholds and persisted profile state (issue 32)
+$PY benchmarks/state_cache.py --profiles 1000 --images 20
+$PY benchmarks/own_rejection.py --sets dev-sim wild13 --jpeg 0 90 --open --out $R/own_rejection.json

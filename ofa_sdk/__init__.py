@@ -8,10 +8,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Attributor", "load_default_model", "load_model", "get_config", "__version__"]
+__all__ = ["Attributor", "Attribution", "InputError", "GalleryError", "load_default_model",
+           "load_model", "get_config", "__version__"]
 
 _LAZY = {
     "Attributor": ("ofa_sdk.attributor", "Attributor"),
+    "Attribution": ("ofa_sdk.decision", "Attribution"),       # a result
+    "InputError": ("ofa_sdk.pipeline", "InputError"),         # unusable inputs
+    "GalleryError": ("ofa_sdk.gallery", "GalleryError"),      # every gallery failure
     "load_default_model": ("ofa_sdk.weights", "load_default_model"),
     "load_model": ("ofa_sdk.weights", "load_model"),
     "get_config": ("ofa_sdk.config", "get_config"),

@@ -32,13 +32,16 @@ from .pipeline import (EmbeddedItem, InputError, InputPolicy, embed_prepared,  #
                        embed_stream, finish)
 from .snapshot import GallerySnapshot, SnapshotCache, crop_counts, make_snapshot  # noqa: F401
 
+USER = "user"   # the profile metadata key under which enroll(metadata=...) is kept, apart from ours
+
 
 def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
     """Metadata of ``old`` extended by a new enrollment's: counts summed, crop counts appended,
-    the mean spectrum weighted by images (returned under ``_spectrum``)."""
+    user metadata updated, the mean spectrum weighted by images (returned under ``_spectrum``)."""
     counts = crop_counts(old)
     counts = list(counts) if not isinstance(counts, int) else [counts] * (len(old.support) // counts)
     meta = {**old.metadata, **{k: v for k, v in new.items() if k not in ("images", "used", "skipped")}}
+    meta[USER] = {**old.metadata.get(USER, {}), **new.get(USER, {})}
     for k in ("images", "used", "skipped"):
         meta[k] = int(old.metadata.get(k, 0)) + int(new[k])
     meta["crop_counts"] = counts + new["crop_counts"]
@@ -69,6 +72,8 @@ class Attributor:
     ``threshold``: "profile" (default) or a number; ``profile_quantile``: the share of a
     generator's own images a profile threshold rejects. ``batch_size``: crops per engine call;
     ``workers``: decoding threads; ``engine_options``: per engine, constructor keywords.
+    ``verbose``: progress bars (on stderr) for scans and enrollment; off by default in the
+    library, on in the CLI.
     """
 
     def __init__(self, model=None, backend: str = "auto", device: Union[int, str, Any, None] = None,
@@ -79,7 +84,8 @@ class Attributor:
                  profile_quantile: float = decision.DEFAULT_FRACTION,
                  max_pixels: int = imio.MAX_PIXELS, provenance: bool = True,
                  max_bytes: int = imio.MAX_BYTES,
-                 engine_options: Optional[Dict[str, Dict]] = None, whiten: Optional[str] = None):
+                 engine_options: Optional[Dict[str, Dict]] = None, whiten: Optional[str] = None,
+                 verbose: bool = False):
         from .backends import select_engine
         from .weights import as_bundle
 
@@ -96,6 +102,7 @@ class Attributor:
         self.profile_quantile = float(profile_quantile)
         self.rule = scoring.make_rule(rule, self.bundle, whiten)
         self.strict = strict
+        self.verbose = bool(verbose)
         self._engine, self.backend_note = select_engine(backend, self.bundle, device, strict,
                                                         engine_options)
         self.gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
@@ -181,15 +188,27 @@ class Attributor:
         skipped and counted in the profile's metadata; fewer than ``min_images`` usable ones
         raise :class:`InputError`. ``add=True`` adds the images to an existing profile's
         support instead (every rule's state is rebuilt from the support, so the profile's
-        mean, covariance and threshold follow)."""
+        mean, covariance and threshold follow); the merge reads and writes the profile in one
+        transaction (:meth:`~ofa_sdk.gallery.Gallery.update`), so concurrent adds all land and
+        an add never brings back a profile removed while it embedded. ``metadata`` (yours) is
+        kept under ``profile.metadata["user"]``, apart from the SDK's own fields."""
+        return self._enroll(name, images, overwrite, add, metadata, {}, min_images)
+
+    def _enroll(self, name: str, images, overwrite: bool, add: bool, user: Optional[Dict],
+                internal: Dict, min_images: int) -> Profile:
         if overwrite and add:
             raise ValueError("enroll: overwrite=True replaces a profile, add=True extends it; pass one")
-        old = self._profile(name) if add and name in self.gallery else None
+        existed = add and name in self.gallery
+        if existed:
+            self._profile(name)                 # another model's profile: refused before embedding
         if not (overwrite or add) and name in self.gallery:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it "
                                f"or add=True to add these images to it")
         zs, specs, skipped, sources = [], [], [], 0
-        for i, e in enumerate(self.embed_stream(imio.iter_items(images), spectra=True)):
+        from tqdm import tqdm
+        stream = tqdm(self.embed_stream(imio.iter_items(images), spectra=True), desc=f"enroll {name}",
+                      unit="img", disable=not self.verbose, dynamic_ncols=True, mininterval=1.0)
+        for i, e in enumerate(stream):
             sources += 1
             if e.ok:
                 zs.append(e.z)
@@ -204,18 +223,25 @@ class Attributor:
         meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
                 "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
                 "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
-                "enrolled_at": time.time()}
-        meta.update(metadata or {})
+                "enrolled_at": time.time(), **internal, USER: dict(user or {})}
         spectrum = np.mean(specs, axis=0).astype(np.float32)
-        if old is not None:
-            meta = _added(old, meta, spectrum)
-            spectrum = meta.pop("_spectrum")
-            support = np.concatenate([old.support, support])
         head = scoring.PairHeadWeights.from_module(self.bundle.model.pair_head)
-        prof = Profile(name, self.model_id, support, head.support_part(support), meta,
-                       time.time(), spectrum)
-        self.gallery.put(prof, overwrite=overwrite or old is not None)
-        return prof
+        part = head.support_part(support)
+        if not add:
+            prof = Profile(name, self.model_id, support, part, meta, time.time(), spectrum)
+            self.gallery.put(prof, overwrite=overwrite)
+            return prof
+
+        def merge(old: Optional[Profile]) -> Profile:      # inside the write transaction
+            if old is None:
+                return Profile(name, self.model_id, support, part, meta, time.time(), spectrum)
+            if old.model_id not in self.bundle.ids:
+                self._profile(name)                       # raises ModelMismatch
+            m = _added(old, meta, spectrum)
+            return Profile(name, self.model_id, np.concatenate([old.support, support]),
+                           np.concatenate([old.support_part, part]), m, time.time(),
+                           m.pop("_spectrum"))
+        return self.gallery.update(name, merge, must_exist=existed)
 
     def profiles(self) -> List[Dict]:
         return self.gallery.info()
@@ -226,20 +252,21 @@ class Attributor:
     def _own_of(self, prof: Profile, state=None):
         """How a loaded profile's own images score under this Attributor's rule, cached
         (:class:`~ofa_sdk.snapshot.SnapshotCache`). ``state``: the snapshot's prepared state."""
-        return self._snapshots.own_of(self.rule, prof, state)
+        return self._snapshots.own_of(self.rule, prof, state, self.gallery, self.model_id)
 
-    def _threshold_of(self, prof: Profile, state=None) -> float:
-        return decision.threshold_of(self.rule, self._own_of(prof, state), self.profile_quantile)
+    def _threshold_of(self, prof: Profile, state=None, crops: Optional[int] = None) -> float:
+        return decision.threshold_of(self.rule, self._own_of(prof, state), self.profile_quantile,
+                                     crops)
 
-    def profile_threshold(self, name: str) -> float:
+    def profile_threshold(self, name: str, crops: Optional[int] = None) -> float:
         """The threshold ``threshold="profile"`` holds profile ``name``'s scores to (see
-        :mod:`ofa_sdk.decision`); for a rule that whitens by the gallery, in a snapshot of the
-        whole gallery."""
+        :mod:`ofa_sdk.decision`) for a query of ``crops`` crops (None: whole support images);
+        for a rule that whitens by the gallery, in a snapshot of the whole gallery."""
         prof = self._profile(name)
         if getattr(self.rule, "whiten", None) is None:
-            return self._threshold_of(prof)
+            return self._threshold_of(prof, crops=crops)
         snap = self.snapshot(threshold="profile")
-        return snap.thresholds[snap.names.index(name)]
+        return snap.thresholds_at(crops)[snap.names.index(name)]
 
     def snapshot(self, profiles: Optional[Sequence[str]] = None,
                  threshold: Union[float, str, None] = None) -> GallerySnapshot:
@@ -252,10 +279,11 @@ class Attributor:
 
     # -- scores ------------------------------------------------------------------------------------
     def scores(self, images, profiles: Optional[Sequence[str]] = None,
-               errors: str = "raise") -> np.ndarray:
+               errors: str = "raise", names: bool = False):
         """(N, P) scores of N images against the profiles ``profiles`` (default: every profile,
         in ``gallery.names()`` order), on the rule's probability scale, no threshold applied.
-        Unusable inputs: :class:`InputError` (``errors='raise'``) or NaN rows (``'nan'``)."""
+        Unusable inputs: :class:`InputError` (``errors='raise'``) or NaN rows (``'nan'``).
+        ``names=True``: (scores, the profile names of its columns), read in one snapshot."""
         snap = self.snapshot(profiles)
         rows: List[Optional[int]] = []
         good, errs = [], []
@@ -271,7 +299,8 @@ class Attributor:
         for i, r in enumerate(rows):
             if r is not None:
                 out[i] = s[r]
-        return finish(out, errs, errors)
+        out = finish(out, errs, errors)
+        return (out, snap.names) if names else out
 
     def verify(self, images, name: str, errors: str = "raise") -> np.ndarray:
         """(N,) score that each image was made by the generator of profile ``name``."""
@@ -304,12 +333,15 @@ class Attributor:
         snap = self.snapshot(profiles, threshold)
         return decision.attribute_stream(snap, self.embed_stream(items), chunk=self.batch_size)
 
-    def scan(self, sources, threshold: Union[float, str, None] = None, *, progress: bool = True,
+    def scan(self, sources, threshold: Union[float, str, None] = None, *,
+             progress: Optional[bool] = None,
              skip: Optional[set] = None, profiles: Optional[Sequence[str]] = None,
-             recursive: bool = True, output=None):
+             recursive: bool = True, output=None, allow_mismatch: bool = False,
+             retry_errors: bool = False):
         """Attributions for directories, globs or file lists, streamed with bounded memory.
         Every input gives exactly one result (an error result when unreadable). ``skip``:
-        sources (as strings) to leave out.
+        sources to leave out, matched by resolved absolute path; ``progress``: a progress bar
+        (None: ``verbose``).
 
         Without ``output``: an iterator of :class:`Attribution`. With ``output`` (a ``.jsonl``,
         ``.csv`` or ``.parquet`` file): one row per input written there, resuming what the file
@@ -317,19 +349,43 @@ class Attributor:
         (:func:`ofa_sdk.scan_output.write_scan`); returns its
         :class:`~ofa_sdk.scan_output.ScanSummary`, or raises
         :class:`~ofa_sdk.scan_output.ScanInterrupted` (a KeyboardInterrupt carrying the
-        summary) on Ctrl-C or SIGTERM, every row written so far kept."""
+        summary) on Ctrl-C or SIGTERM, every row written so far kept. The output's rows name
+        files by absolute path; what made them is recorded beside it
+        (:func:`ofa_sdk.scan_output.run_record`: model id, rule, threshold policy, gallery
+        digest), and resuming with another model, rule, threshold policy or gallery raises
+        :class:`~ofa_sdk.scan_output.ScanMismatch` unless ``allow_mismatch``.
+        ``retry_errors``: the files of error rows already there are scanned again."""
         def results(done=frozenset()):
-            return self._scan(sources, threshold, progress, set(skip or ()) | set(done),
-                              profiles, recursive)
+            return self._scan(sources, threshold, self.verbose if progress is None else progress,
+                              set(skip or ()) | set(done),
+                              profiles, recursive, absolute=output is not None)
         if output is None:
             return results()
         from .scan_output import write_scan
-        return write_scan(output, results)
+        return write_scan(output, results, run=self.run_info(threshold, profiles),
+                          allow_mismatch=allow_mismatch, retry_errors=retry_errors)
+
+    def run_info(self, threshold: Union[float, str, None] = None,
+                 profiles: Optional[Sequence[str]] = None) -> Dict:
+        """What a scan's verdicts depend on (recorded beside its output): model id, rule,
+        threshold policy, crops and a digest of the gallery's profiles."""
+        names = list(profiles) if profiles is not None else None
+        return {"model_id": self.model_id, "rule": self.rule.name,
+                "whiten": getattr(self.rule, "whiten", None),
+                "threshold": self.threshold if threshold is None else
+                decision.parse_threshold(threshold),
+                "profile_quantile": self.profile_quantile, "crops": self.crops,
+                "gallery": str(self.gallery.path.resolve()) if self.gallery.path else "memory",
+                "gallery_digest": self.gallery.digest(names),
+                "profiles": len(names) if names is not None else len(self.gallery)}
 
     def _scan(self, sources, threshold, progress: bool, skip: set, profiles,
-              recursive: bool) -> Iterator[Attribution]:
+              recursive: bool, absolute: bool = False) -> Iterator[Attribution]:
         from tqdm import tqdm
-        paths = (p for p in imio.expand_paths(sources, recursive) if str(p) not in skip)
+        done = {os.path.realpath(s) for s in skip}
+        paths = (Path(os.path.abspath(p)) if absolute else p
+                 for p in imio.expand_paths(sources, recursive)
+                 if os.path.realpath(p) not in done)
         bar = tqdm(desc="scan", unit="img", disable=not progress, dynamic_ncols=True,
                    mininterval=1.0)
         try:
@@ -425,5 +481,4 @@ class Attributor:
                                 "method": meta.get("method"), "sources": meta["sources"]}}
         if not meta["sources"]:
             raise ValueError(f"cluster {cluster_dir} has no members")
-        return self.enroll(name, meta["sources"], overwrite=overwrite,
-                           metadata={**origin, **(metadata or {})})
+        return self._enroll(name, meta["sources"], overwrite, False, metadata, origin, 1)

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--summary", action="store_true",
                    help="count where declared provenance and the attributed profile agree")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="resume an output written with another model, rule, threshold or gallery")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="on resume, scan the files of error rows again (their rows are replaced)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: a Ray cluster (pip install 'ofa-sdk[ray]')")
     p.add_argument("--address", default=None, help="Ray cluster address (--engine ray)")
@@ -208,7 +212,8 @@ def _attributor(a):
                if a.graphs else None)
     return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
                       batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule,
-                      engine_options=options, max_bytes=a.max_bytes, whiten=a.whiten)
+                      engine_options=options, max_bytes=a.max_bytes, whiten=a.whiten,
+                      verbose=not getattr(a, "no_progress", False))
 
 
 def _fmt(v) -> str:
@@ -352,7 +357,8 @@ def cmd_scan(a, att) -> int:
         return _scan_ray(a)
     from .scan_output import ScanInterrupted
     try:
-        s = att.scan(a.sources, a.threshold, progress=not a.no_progress, output=a.output)
+        s = att.scan(a.sources, a.threshold, progress=not a.no_progress, output=a.output,
+                     allow_mismatch=a.allow_mismatch, retry_errors=a.retry_errors)
     except ScanInterrupted as e:
         s = e.summary
     if a.json:

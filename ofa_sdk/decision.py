@@ -1,11 +1,12 @@
 """The last stage of the data flow: scores -> decisions (threshold, label).
 
-``attribute`` answers with the best-scoring profile, or "unknown" when that score is below the
-profile's threshold. The default, ``threshold="profile"``, gives each profile its own
+``attribute`` answers with the profile the image is most typical of among those whose
+threshold it meets (:func:`decide`), or "unknown" when it meets none. The default, ``threshold="profile"``, gives each profile its own
 (:func:`profile_threshold`): a threshold below which about ``fraction`` (5% by default) of the
-generator's own new images should fall, estimated from its support images' leave-one-out
-scores with :func:`ofa_sdk.scoring.self_threshold`. A number sets one threshold for every
-profile; 0.5 is each rule's own decision point. How these choices were made and what they
+generator's own new images should fall, estimated from its support images' held-out scores
+with :func:`ofa_sdk.scoring.held_out_stats`, for the query's crop count (a 1-crop query is
+held to how single crops of the support images score, not whole images). A number sets one
+threshold for every profile; 0.5 is each rule's own decision point. How these choices were made and what they
 cost is in docs/experiment-log.md (sections 5.1-5.2) and, for the Gaussian rule,
 benchmarks/RESULTS.md (section 3).
 """
@@ -44,42 +45,45 @@ def parse_threshold(t) -> Threshold:
 
 
 def own_scores(rule, support: np.ndarray, crops, part: Optional[np.ndarray] = None,
-               state=None) -> Optional[scoring.OwnScores]:
-    """How a support set's own images score (:class:`~ofa_sdk.scoring.OwnScores`), from its
-    leave-one-out scores; None below :data:`MIN_PROFILE_IMAGES` images. ``crops``: k for every
+               state=None) -> Optional[scoring.OwnByCrops]:
+    """How a support set's own images score at each query crop count
+    (:class:`~ofa_sdk.scoring.OwnByCrops`, :func:`~ofa_sdk.scoring.held_out_stats`); None
+    below :data:`MIN_PROFILE_IMAGES` images. ``crops``: k for every
     image, or each image's k_i; ``state``: the snapshot's prepared state, for a rule whose
     leave-one-out depends on the other profiles (the Gaussian rule whitened by the gallery)."""
     if len(np.unique(scoring.image_ids(len(support), crops))) < MIN_PROFILE_IMAGES:
         return None
-    return scoring.OwnScores.from_scores(rule.leave_one_out(support, crops, part, state))
+    return scoring.held_out_stats(rule, support, crops, part, state)
 
 
-def threshold_of(rule, own: Optional[scoring.OwnScores], fraction: float = DEFAULT_FRACTION) -> float:
-    """A profile's threshold on the rule's probability scale, from how its own images score
-    (:data:`FALLBACK_THRESHOLD` when too few support images to tell)."""
-    return FALLBACK_THRESHOLD if own is None else float(rule.to_prob(own.threshold(fraction)))
+def threshold_of(rule, own: Optional[scoring.OwnByCrops], fraction: float = DEFAULT_FRACTION,
+                 crops: Optional[int] = None) -> float:
+    """A profile's threshold on the rule's probability scale for a query of ``crops`` crops
+    (None: whole support images), from how its own images score (:data:`FALLBACK_THRESHOLD`
+    when too few support images to tell)."""
+    return FALLBACK_THRESHOLD if own is None else float(rule.to_prob(own.threshold(fraction, crops)))
 
 
 def profile_threshold(rule, support: np.ndarray, crops, fraction: float = DEFAULT_FRACTION,
-                      part: Optional[np.ndarray] = None) -> float:
+                      part: Optional[np.ndarray] = None, query_crops: Optional[int] = None) -> float:
     """The per-profile threshold of a support set of (sum k_i, d) fingerprints."""
-    return threshold_of(rule, own_scores(rule, support, crops, part), fraction)
+    return threshold_of(rule, own_scores(rule, support, crops, part), fraction, query_crops)
 
 
 @dataclass
 class Attribution:
     source: str
-    profile: Optional[str]               # best enrolled profile at or above its threshold, else None
-    score: float                         # best score over the profiles (NaN on error)
+    profile: Optional[str]               # the chosen profile among those accepting (decide), else None
+    score: float                         # its score; the best score when none accepts (NaN on error)
     scores: Dict[str, float] = field(default_factory=dict)
     error: Optional[str] = None
     note: str = ""
-    threshold: Optional[float] = None    # the threshold the best profile's score was held to
+    threshold: Optional[float] = None    # the threshold that profile's score was held to
     # What the file itself declares about its origin (C2PA, IPTC, generator text chunks;
     # ofa_sdk.provenance), reported beside the verdict and never used to make it: metadata is
     # stripped by most platforms and trivially forged. {} when the file declares nothing.
     provenance: Dict = field(default_factory=dict)
-    # The share of the best profile's own images expected to score below this one (0.5: a
+    # The share of that profile's own images expected to score below this one (0.5: a
     # typical image of that generator; the default threshold sits at 0.05). None when the
     # profile has fewer than MIN_PROFILE_IMAGES support images.
     typicality: Optional[float] = None
@@ -101,17 +105,46 @@ class Attribution:
 
 
 def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
-           provenance: Optional[Dict] = None, snapshot=None) -> Attribution:
-    """One image's scores against ``names`` -> its :class:`Attribution` (with ``snapshot``,
-    also the typicality of the score for the best profile)."""
+           provenance: Optional[Dict] = None, snapshot=None, crops: Optional[int] = None
+           ) -> Attribution:
+    """One image's scores against ``names`` -> its :class:`Attribution`. With ``snapshot``, the
+    thresholds are the snapshot's for a query of ``crops`` crops (``thresholds`` is then not
+    read) and the typicality of the chosen profile's score is reported too.
+
+    One decision across profiles: of the profiles whose threshold the image meets, the one it
+    is most typical of (:func:`choose`), not the highest raw score held to its own threshold
+    alone (an image a loose profile accepts but that scores higher on a tight one was
+    ``unknown``). When none accepts: ``unknown``, reported with the highest score."""
     if not len(names):
         return Attribution(source, None, float("nan"), {}, None, note, None, provenance or {})
-    best = int(np.argmax(row))
-    score, thr = float(row[best]), float(thresholds[best])
-    typ = snapshot.typicality(best, score) if snapshot is not None else None
-    return Attribution(source, names[best] if score >= thr else None, score,
+    if snapshot is not None:
+        thresholds = snapshot.thresholds_at(crops)
+    thr_all = np.asarray(thresholds, np.float64)
+    accepted = np.flatnonzero(np.asarray(row, np.float64) >= thr_all)
+    best = choose(row, thr_all, accepted, snapshot, crops) if len(accepted) else int(np.argmax(row))
+    score, thr = float(row[best]), float(thr_all[best])
+    typ = snapshot.typicality(best, score, crops) if snapshot is not None else None
+    return Attribution(source, names[best] if len(accepted) else None, score,
                        {n: float(v) for n, v in zip(names, row)}, None, note, thr, provenance or {},
                        typ)
+
+
+def choose(row: np.ndarray, thresholds: np.ndarray, accepted: np.ndarray, snapshot=None,
+           crops: Optional[int] = None) -> int:
+    """Which of the ``accepted`` profiles an image goes to, by a measure comparable across
+    profiles: its typicality (the share of each generator's own images expected to score
+    lower, the scale every per-profile threshold is set on) when every accepted profile has
+    one, else its margin over each threshold on the probability scale (with one threshold for
+    all, the highest score). Ties go to the higher score."""
+    if len(accepted) == 1:
+        return int(accepted[0])
+    typ = [snapshot.typicality(int(p), float(row[p]), crops) for p in accepted] \
+        if snapshot is not None and snapshot.policy == "profile" else [None]
+    if all(t is not None for t in typ):
+        key = [(t, row[p]) for t, p in zip(typ, accepted)]
+    else:
+        key = [(row[p] - thresholds[p], row[p]) for p in accepted]
+    return int(accepted[max(range(len(accepted)), key=key.__getitem__)])
 
 
 def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[Attribution]:
@@ -126,8 +159,8 @@ def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[
             if not e.ok:
                 yield Attribution(e.source, None, float("nan"), {}, e.error, e.note)
             else:
-                yield decide(e.source, next(rows), snapshot.names, snapshot.thresholds, e.note,
-                             e.provenance, snapshot)
+                yield decide(e.source, next(rows), snapshot.names, None, e.note,
+                             e.provenance, snapshot, len(e.z))
 
     for e in embedded:
         buf.append(e)

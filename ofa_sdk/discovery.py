@@ -13,8 +13,9 @@ Clustering runs with scikit-learn (the ``discover`` extra), in a feature space g
 is the unit fingerprint itself, where Euclidean distance is a monotone function of the cosine
 the prototype score rule uses. A score rule may define its own metric: ``Attributor.discover``
 asks the rule for ``feature_map(snapshot)``, a callable of that contract, and uses it when
-present. No shipped rule defines one yet (the Gaussian rule's covariance is per profile, with no
-single metric for unknown images), so discovery clusters in the cosine geometry.
+present: the Gaussian rule whitens by the profiles' pooled within-profile covariance
+(:meth:`ofa_sdk.scoring.GaussianRule.feature_map`); the prototype and pair rules cluster in the
+cosine geometry.
 
 Two methods: ``"hdbscan"`` (density based: finds the number of clusters and calls sparse points
 noise) and ``"agglomerative"`` (average linkage cut at a distance derived from the enrolled
@@ -167,7 +168,9 @@ class Cluster:
     cohesion: Optional[float]        # spread / the enrolled profiles' median spread (1: as tight)
     own_cosine: float                # mean leave-one-out cosine (prototype rule's raw scale)
     nearest_profile: Optional[str] = None
-    nearest_score: Optional[float] = None       # the cluster's mean fingerprint, scored
+    # the profile whose scores of the members are highest (median), and that median: scored
+    # from the members, since the cluster's mean fingerprint reads higher than any member
+    nearest_score: Optional[float] = None
     nearest_threshold: Optional[float] = None
     member_score_median: Optional[float] = None
     representatives: List[int] = field(default_factory=list)
@@ -389,13 +392,12 @@ def _describe(cid: int, idx: np.ndarray, x: np.ndarray, f: np.ndarray,
                 representatives=members[:N_EXAMPLES],
                 outliers=members[::-1][:min(N_EXAMPLES, max(0, len(members) - N_EXAMPLES))])
     if score_fn is not None and names:
-        proto = unit_features(x[idx].mean(0, keepdims=True))
-        s = np.asarray(score_fn(proto), np.float64)[0]
-        best = int(np.argmax(s))
-        c.nearest_profile, c.nearest_score = names[best], float(s[best])
+        sample = x[idx[order[:256]]]                       # the members nearest the centre
+        med = np.median(np.asarray(score_fn(sample), np.float64), axis=0)
+        best = int(np.argmax(med))
+        c.nearest_profile, c.nearest_score = names[best], float(med[best])
         c.nearest_threshold = float(thresholds[best]) if best < len(thresholds) else None
-        sample = x[idx[order[:256]]]
-        c.member_score_median = float(np.median(np.asarray(score_fn(sample))[:, best]))
+        c.member_score_median = c.nearest_score
     return c
 
 

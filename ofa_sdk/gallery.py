@@ -49,6 +49,7 @@ MIGRATIONS: Dict[int, Callable[[sqlite3.Connection], None]] = {}
 
 # What each write transaction does, in the words of a read-only refusal.
 _WRITES = {"open": "creating or upgrading it", "put": "enrolling a profile",
+           "update": "adding images to a profile", "state": "storing prepared profile state",
            "remove": "removing a profile", "put_head": "fitting a closed-set head"}
 
 # Test hook: called inside every write transaction, after its statements and before COMMIT
@@ -67,6 +68,20 @@ _TABLES = """
         classes TEXT NOT NULL, dim INTEGER NOT NULL, hidden INTEGER NOT NULL,
         weights BLOB NOT NULL, metadata TEXT NOT NULL);
 """
+
+
+# Prepared per-profile state (snapshot.SnapshotCache): each profile's fit and held-out scores,
+# under a key of model id, rule, settings and support digest, so a later process reuses them. An
+# additive table, created by the first write of state: older SDKs ignore it, and a read-only
+# gallery without it simply has no stored state.
+_STATE_TABLE = ("CREATE TABLE IF NOT EXISTS profile_state (key TEXT PRIMARY KEY, "
+                "name TEXT NOT NULL, value BLOB NOT NULL)")
+
+
+def _drop_state(db: sqlite3.Connection, name: str) -> None:
+    """Forget the stored state of profile ``name`` (inside a write transaction)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='profile_state'").fetchone():
+        db.execute("DELETE FROM profile_state WHERE name=?", (name,))
 
 
 def _repair_v1(db: sqlite3.Connection) -> None:
@@ -177,6 +192,16 @@ def _unblob(b: bytes, cols: int) -> np.ndarray:
 
 def _ids(model_id: Union[str, Sequence[str], None]) -> tuple:
     return (model_id,) if isinstance(model_id, str) else tuple(model_id or ())
+
+
+def _check_model(prof: Profile, model_id) -> Profile:
+    ids = _ids(model_id)
+    if ids and prof.model_id not in ids:
+        raise ModelMismatch(
+            f"profile {prof.name!r} was enrolled with model {prof.model_id}, but this Attributor "
+            f"uses model {ids[0]}; fingerprints of different models are not comparable -- "
+            f"re-enroll {prof.name!r} with this model")
+    return prof
 
 
 class Gallery:
@@ -386,15 +411,39 @@ class Gallery:
         with self._reading() as db:
             return [r[0] for r in db.execute("SELECT name FROM profiles ORDER BY name")]
 
-    def put(self, profile: Profile, overwrite: bool = False) -> None:
+    @staticmethod
+    def _row(profile: Profile) -> tuple:
         if not profile.name or not isinstance(profile.name, str):
             raise ValueError("a profile needs a non-empty name")
-        row = (profile.name, profile.model_id, profile.created or time.time(),
-               profile.support.shape[1], profile.support_part.shape[1], profile.n_support,
-               _blob(profile.support), _blob(profile.support_part),
-               json.dumps(profile.metadata, default=str),
-               None if profile.spectrum is None else _blob(profile.spectrum),
-               None if profile.spectrum is None else json.dumps(list(profile.spectrum.shape)))
+        return (profile.name, profile.model_id, profile.created or time.time(),
+                profile.support.shape[1], profile.support_part.shape[1], profile.n_support,
+                _blob(profile.support), _blob(profile.support_part),
+                json.dumps(profile.metadata, default=str),
+                None if profile.spectrum is None else _blob(profile.spectrum),
+                None if profile.spectrum is None else json.dumps(list(profile.spectrum.shape)))
+
+    def update(self, name: str, change: Callable[[Optional[Profile]], Profile], *,
+               must_exist: bool) -> Profile:
+        """Read profile ``name`` (None when absent), ``change`` it and write the result, all in
+        one write transaction: two processes adding images to one profile at once both land
+        (the second reads what the first wrote), and a profile removed meanwhile is not brought
+        back (``must_exist``: :class:`ProfileNotFound`, nothing written)."""
+        with self._write("update"):
+            old = self._load(name)
+            if old is None and must_exist:
+                raise ProfileNotFound(f"profile {name!r} was removed from {self!r} while images "
+                                      f"were being added to it; nothing was written")
+            new = change(old)
+            if new.name != name:
+                raise ValueError(f"update of {name!r} returned profile {new.name!r}")
+            self._db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                             self._row(new))
+            _drop_state(self._db, name)
+            self._cache.pop(name, None)
+        return new
+
+    def put(self, profile: Profile, overwrite: bool = False) -> None:
+        row = self._row(profile)
         with self._write("put") as db:
             # checked inside the transaction: another process cannot slip a profile of the same
             # name in between the check and the insert
@@ -402,38 +451,100 @@ class Gallery:
                                             (profile.name,)).fetchone() is not None:
                 raise GalleryError(f"profile {profile.name!r} exists; pass overwrite=True to replace it")
             db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            _drop_state(db, profile.name)
             self._cache.pop(profile.name, None)
 
     def get(self, name: str, model_id: Union[str, Sequence[str], None] = None) -> Profile:
         """The profile ``name``; with ``model_id`` (one id or the ids a model answers to, see
         ``ModelBundle.ids``), a profile made with another model raises :class:`ModelMismatch`."""
         with self._reading():
+            cached = self._load(name)
+        if cached is None:
+            raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
+        return _check_model(cached, model_id)
+
+    def _load(self, name: str) -> Optional[Profile]:
+        """Profile ``name`` from the open connection (the caller holds the lock), or None; the
+        decoded arrays are cached by enrollment time."""
+        row = self._db.execute("SELECT created FROM profiles WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
+        cached = self._cache.get(name)
+        if cached is None or cached.created != row[0]:
             row = self._db.execute(
                 "SELECT name, model_id, created, dim, hidden, support, support_part, metadata, "
-                "spectrum, spectrum_shape "
-                "FROM profiles WHERE name=?", (name,)).fetchone()
-            if row is None:
-                raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
-            cached = self._cache.get(name)
-            if cached is None or cached.created != row[2]:
-                spec = None if row[8] is None else \
-                    np.frombuffer(row[8], np.float32).reshape(json.loads(row[9])).copy()
-                cached = Profile(row[0], row[1], _unblob(row[5], row[3]), _unblob(row[6], row[4]),
-                                 json.loads(row[7]), row[2], spec)
-                self._cache[name] = cached
-        ids = _ids(model_id)
-        if ids and cached.model_id not in ids:
-            raise ModelMismatch(
-                f"profile {name!r} was enrolled with model {cached.model_id}, but this Attributor "
-                f"uses model {ids[0]}; fingerprints of different models are not comparable -- "
-                f"re-enroll {name!r} with this model")
+                "spectrum, spectrum_shape FROM profiles WHERE name=?", (name,)).fetchone()
+            spec = None if row[8] is None else \
+                np.frombuffer(row[8], np.float32).reshape(json.loads(row[9])).copy()
+            cached = Profile(row[0], row[1], _unblob(row[5], row[3]), _unblob(row[6], row[4]),
+                             json.loads(row[7]), row[2], spec)
+            self._cache[name] = cached
         return cached
+
+    def read(self, names: Optional[Sequence[str]] = None,
+             model_id: Union[str, Sequence[str], None] = None) -> List[Profile]:
+        """Profiles ``names`` (None: every profile, in :meth:`names` order) read in one
+        transaction, so that a concurrent enroll or remove is seen wholly or not at all (a
+        snapshot never meets a profile listed and then gone). ``model_id`` as in :meth:`get`."""
+        with self._reading() as db:
+            db.execute("BEGIN")
+            try:
+                if names is None:
+                    names = [r[0] for r in db.execute("SELECT name FROM profiles ORDER BY name")]
+                profs = [self._load(n) for n in names]
+            finally:
+                db.execute("COMMIT")
+        for n, p in zip(names, profs):
+            if p is None:
+                raise ProfileNotFound(f"no profile named {n!r} in {self!r}")
+        return [_check_model(p, model_id) for p in profs]
 
     def remove(self, name: str) -> None:
         with self._write("remove") as db:
             if db.execute("DELETE FROM profiles WHERE name=?", (name,)).rowcount == 0:
                 raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
+            _drop_state(db, name)
             self._cache.pop(name, None)
+
+    def get_state(self, keys: Sequence[str]) -> Dict[str, bytes]:
+        """The stored prepared state under ``keys`` (those present)."""
+        out: Dict[str, bytes] = {}
+        with self._reading() as db:
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' "
+                              "AND name='profile_state'").fetchone():
+                return out
+            keys = list(keys)
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                out.update(db.execute(f"SELECT key, value FROM profile_state WHERE key IN "
+                                      f"({','.join('?' * len(chunk))})", chunk).fetchall())
+        return out
+
+    def put_state(self, items: Dict[str, tuple]) -> bool:
+        """Store prepared state: {key: (profile name, bytes)}, in one write transaction, for
+        profiles that still exist. A read-only gallery stores nothing (False)."""
+        if not items or self.read_only is not None:
+            return False
+        with self._write("state") as db:
+            db.execute(_STATE_TABLE)
+            have = {r[0] for r in db.execute("SELECT name FROM profiles")}
+            db.executemany("INSERT OR REPLACE INTO profile_state VALUES (?,?,?)",
+                           [(k, n, v) for k, (n, v) in items.items() if n in have])
+        return True
+
+    def digest(self, names: Optional[Sequence[str]] = None) -> str:
+        """A digest of the profiles ``names`` (None: all) as enrolled now: their names, model
+        ids, enrollment times and support sizes (re-enrolling or adding images changes it)."""
+        import hashlib
+        with self._reading() as db:
+            rows = db.execute("SELECT name, model_id, created, n_support FROM profiles "
+                              "ORDER BY name").fetchall()
+        want = None if names is None else set(names)
+        h = hashlib.sha256()
+        for r in rows:
+            if want is None or r[0] in want:
+                h.update(json.dumps([r[0], r[1], repr(r[2]), r[3]]).encode())
+        return h.hexdigest()[:16]
 
     def info(self) -> List[Dict]:
         with self._reading() as db:

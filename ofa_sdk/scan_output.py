@@ -49,6 +49,16 @@ a newline). A damaged line anywhere else (a stray quote, a line that is not a ro
 is and reported with its line number; the rows after it are read as usual, and the file whose
 row was damaged is scanned again. :attr:`ScanOutput.repaired` says what was done.
 
+What made the rows (:func:`run_record`): a file ``NAME.run.json`` beside the output records the
+model id, score rule, threshold policy, crops and a digest of the gallery's profiles of every
+run that wrote to it. Resume refuses a run of another model, rule, threshold policy or gallery
+(:class:`ScanMismatch`, naming what differs) unless ``allow_mismatch`` (``ofa-sdk scan
+--allow-mismatch``) opts in, and the record then lists both runs. Rows name files by absolute
+path and resume matches them by resolved path (``Attributor.scan``), so a scan resumed from
+another working directory writes no row twice. ``retry_errors`` (``--retry-errors``) drops the
+error rows already there (the file is rewritten without them, atomically) and scans their
+files again.
+
 Reading rows back (:func:`read_rows`): the one reader of these files, for resume and for
 :func:`ofa_sdk.discovery.unknown_sources` alike; it gives every complete row with its source
 unescaped and its CSV cells restored, so the names are the paths of the files scanned.
@@ -233,6 +243,7 @@ class OutputState:
     size: int = 0                                  # the file's size
     rows: int = 0                                  # complete rows read
     damaged: List[int] = field(default_factory=list)   # line numbers (1-based) of damaged lines
+    errors: List[tuple] = field(default_factory=list)  # (start, end) bytes of error rows
 
     @property
     def torn_bytes(self) -> int:
@@ -275,6 +286,8 @@ def _read_jsonl(lines: Iterator[tuple], st: OutputState) -> Iterator[Dict]:
             continue
         st.rows += 1
         row["source"] = unescape_name(src)
+        if row.get("error"):
+            st.errors.append((off, off + n))
         yield row
 
 
@@ -317,6 +330,8 @@ def _read_csv(lines: Iterator[tuple], st: OutputState) -> Iterator[Dict]:
             st.rows += 1
             row = dict(zip(st.header, map(restore_cell, fields)))
             row["source"] = unescape_name(row["source"])
+            if row.get("error"):
+                st.errors.append((pending[0][1], pending[-1][1] + pending[-1][3]))
             yield row
         else:                           # no row starts here: the first line is damaged, the
             damaged(pending[0])         # others are read again
@@ -327,12 +342,76 @@ def _read_csv(lines: Iterator[tuple], st: OutputState) -> Iterator[Dict]:
         pending = []
 
 
-def read_output(path) -> OutputState:
-    """Read a scan's output file in one streaming pass (see the module docstring)."""
+def read_output(path, retry_errors: bool = False) -> OutputState:
+    """Read a scan's output file in one streaming pass (see the module docstring); with
+    ``retry_errors`` the sources of error rows are not counted done."""
     st = OutputState()
     for row in read_rows(path, state=st):
-        st.done.add(row["source"])
+        if not (retry_errors and row.get("error")):
+            st.done.add(row["source"])
     return st
+
+
+def _drop_spans(path: Path, spans: Sequence[tuple], end: int) -> None:
+    """Rewrite ``path`` without the byte ranges ``spans`` (sorted) and anything after ``end``,
+    atomically (a temporary file beside it, fsynced, then renamed over it)."""
+    tmp = path.with_name(f".{path.name}.retry")
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        pos = 0
+        for a, b in list(spans) + [(end, end)]:
+            src.seek(pos)
+            dst.write(src.read(a - pos))
+            pos = b
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)
+
+
+def run_file(output) -> Path:
+    """Where the record of what wrote a scan's output lives: ``NAME.run.json`` beside it."""
+    output = Path(output)
+    return output.with_name(output.name + ".run.json")
+
+
+# what must match for a resumed scan to append to an output (the rest is recorded only)
+RUN_KEYS = ("model_id", "rule", "whiten", "threshold", "profile_quantile", "gallery_digest")
+
+
+class ScanMismatch(ValueError):
+    """A scan would append verdicts of another model, rule, threshold policy or gallery to an
+    output that already holds rows."""
+
+
+def run_record(output, run: Dict, has_rows: bool, allow_mismatch: bool = False) -> Dict:
+    """Check ``run`` (what this scan uses: :data:`RUN_KEYS` and more) against the record of
+    ``output`` and write the updated record (atomically). An output with rows made by another
+    run raises :class:`ScanMismatch` naming what differs, unless ``allow_mismatch``; an output
+    with rows and no record (an older SDK's) is taken as it is. Returns the record."""
+    path = run_file(output)
+    try:
+        rec = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} (the record of what wrote {output}) is unreadable ({e}); "
+                         f"move it away to resume without the check") from None
+    runs = [r for r in rec.get("runs", []) if isinstance(r, dict)]
+    last = runs[-1] if runs and has_rows else None
+    differ = [k for k in RUN_KEYS if last is not None and last.get(k) != run.get(k)]
+    if differ and not allow_mismatch:
+        what = "; ".join(f"{k} {last.get(k)!r} there, {run.get(k)!r} now" for k in differ)
+        raise ScanMismatch(f"{output} holds rows of another run ({what}): resuming would mix their "
+                           f"verdicts with this run's; write to another file, or pass "
+                           f"--allow-mismatch (allow_mismatch=True) to append anyway (the record "
+                           f"{path.name} then lists both runs)")
+    clean_run = clean(dict(run))
+    if not has_rows:
+        runs = []
+    if not runs or any(runs[-1].get(k) != clean_run.get(k) for k in RUN_KEYS):
+        runs.append(clean_run)
+    rec = {"output": Path(output).name, "runs": runs, "mixed": len(runs) > 1}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(rec, indent=1, default=str))
+    os.replace(tmp, path)
+    return rec
 
 
 def read_rows(path, columns: Optional[Sequence[str]] = None,
@@ -400,10 +479,10 @@ class ScanOutput:
     what resuming did (``torn_bytes_cut``, ``damaged_lines``, the line numbers of damaged
     lines kept as they are). Raises ValueError for a CSV file that is not a scan's output."""
 
-    def __init__(self, path, fields: Sequence[str] = SCAN_FIELDS):
+    def __init__(self, path, fields: Sequence[str] = SCAN_FIELDS, retry_errors: bool = False):
         self.path = Path(path)
         self.is_csv = self.path.suffix.lower() == ".csv"
-        st = read_output(self.path)
+        st = read_output(self.path, retry_errors)
         if self.is_csv and st.header is not None and "source" not in st.header:
             raise ValueError(f"{self.path} is a CSV file without a 'source' column, not a "
                              f"scan's output; write the scan to another file")
@@ -411,7 +490,11 @@ class ScanOutput:
         self.columns = list(st.header or fields)
         self._header = self.is_csv and st.header is None
         self.repaired = {"torn_bytes_cut": st.torn_bytes, "damaged_lines": st.damaged}
-        if st.torn_bytes:
+        if retry_errors:
+            self.repaired["error_rows_retried"] = len(st.errors)
+        if retry_errors and st.errors:
+            _drop_spans(self.path, st.errors, st.end)
+        elif st.torn_bytes:
             with open(self.path, "r+b") as f:
                 f.truncate(st.end)
         self._f = None
@@ -458,9 +541,10 @@ class ParquetScanOutput:
     all). Raises ValueError naming the file when it is not a readable Parquet file with a
     ``source`` column."""
 
-    def __init__(self, path, fields: Sequence[str] = SCAN_FIELDS):
+    def __init__(self, path, fields: Sequence[str] = SCAN_FIELDS, retry_errors: bool = False):
         _pyarrow()
         import pyarrow.parquet as pq
+        self.retry_errors = retry_errors
         self.path = Path(path)
         self.partial = self.path.with_name(f".{self.path.name}.partial")
         torn = 0
@@ -474,14 +558,18 @@ class ParquetScanOutput:
             try:
                 self._old = pq.ParquetFile(self.path)
                 self._schema = self._old.schema_arrow
-                self.done = {r["source"] for r in parquet_rows(self._old, ["source"])
-                             if isinstance(r["source"], str)}
+                cols = ["source", "error"] if "error" in self._schema.names else ["source"]
+                rows = [r for r in parquet_rows(self._old, cols) if isinstance(r["source"], str)]
+                errs = sum(bool(r.get("error")) for r in rows) if retry_errors else 0
+                self.done = {r["source"] for r in rows if not (retry_errors and r.get("error"))}
             except Exception as e:
                 raise ValueError(f"{self.path} is not a readable Parquet file with a 'source' "
                                  f"column, not a scan's output ({e}); write the scan to another "
                                  f"file") from None
         self.columns = list(self._schema.names)
         self.repaired = {"torn_bytes_cut": torn, "damaged_lines": []}
+        if retry_errors:
+            self.repaired["error_rows_retried"] = errs
         self._writer = None
         self._rows: List[Dict] = []
 
@@ -489,8 +577,12 @@ class ParquetScanOutput:
         import pyarrow.parquet as pq
         self._writer = pq.ParquetWriter(str(self.partial), self._schema)
         if self._old is not None:       # the rows already there, one row group at a time
+            import pyarrow.compute as pc
             for i in range(self._old.num_row_groups):
-                self._writer.write_table(self._old.read_row_group(i))
+                t = self._old.read_row_group(i)
+                if self.retry_errors and "error" in t.column_names:   # error rows: scanned again
+                    t = t.filter(pc.fill_null(pc.equal(pc.fill_null(t["error"], ""), ""), True))
+                self._writer.write_table(t)
         return self
 
     def write(self, d: Dict) -> None:
@@ -524,11 +616,13 @@ class ParquetScanOutput:
         self.close()
 
 
-def open_output(path, fields: Sequence[str] = SCAN_FIELDS):
+def open_output(path, fields: Sequence[str] = SCAN_FIELDS, retry_errors: bool = False):
     """The scan output ``path`` ready to resume, by its suffix: :class:`ParquetScanOutput` for
     ``.parquet``/``.pq``, else :class:`ScanOutput` (CSV for ``.csv``, JSONL otherwise). Open it
-    (``with``, or ``.open()``) before writing rows."""
-    return (ParquetScanOutput if format_of(path) == "parquet" else ScanOutput)(path, fields)
+    (``with``, or ``.open()``) before writing rows. ``retry_errors``: error rows already there
+    are dropped and their sources not counted done."""
+    return (ParquetScanOutput if format_of(path) == "parquet" else ScanOutput)(path, fields,
+                                                                               retry_errors)
 
 
 @dataclass
@@ -568,7 +662,8 @@ class ScanInterrupted(KeyboardInterrupt):
         self.summary = summary
 
 
-def write_scan(output, scan, fields: Sequence[str] = SCAN_FIELDS) -> ScanSummary:
+def write_scan(output, scan, fields: Sequence[str] = SCAN_FIELDS, *, run: Optional[Dict] = None,
+               allow_mismatch: bool = False, retry_errors: bool = False) -> ScanSummary:
     """Run a scan into the file ``output`` (JSONL, CSV or Parquet by its suffix), resuming
     what is there: ``scan(done)`` is called with the sources already written (as ``str(path)``)
     and returns an iterator of :class:`~ofa_sdk.decision.Attribution` that leaves them out
@@ -577,13 +672,21 @@ def write_scan(output, scan, fields: Sequence[str] = SCAN_FIELDS) -> ScanSummary
     SIGINT and SIGTERM stop the scan wherever it is (:class:`StopSignals`, installed from the
     main thread only) but never in the middle of a row; the decode threads are stopped and the
     file is fsynced before :class:`ScanInterrupted` is raised with the summary. Returns the
-    :class:`ScanSummary`; raises ValueError for a file that is not a scan's output."""
+    :class:`ScanSummary`; raises ValueError for a file that is not a scan's output.
+
+    ``run``: what this scan uses (model id, rule, threshold policy, gallery digest;
+    :func:`run_record`), checked against the output's record before anything is written
+    (:class:`ScanMismatch` unless ``allow_mismatch``); ``retry_errors``: scan the files of
+    error rows again (the rows are dropped first)."""
     from .provenance import agreement
     summary = ScanSummary(str(output))
     out = results = None
     with StopSignals() as stop:
         try:
-            out = open_output(output, fields)
+            if run is not None:         # checked before the output is touched
+                has_rows = Path(output).exists() and Path(output).stat().st_size > 0
+                run_record(output, run, has_rows, allow_mismatch)
+            out = open_output(output, fields, retry_errors)
             summary.skipped_already_done, summary.repaired = len(out.done), out.repaired
             results = scan(out.done)
             out.open()

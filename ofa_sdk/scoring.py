@@ -32,6 +32,7 @@ on the development sets, and by how much, is in benchmarks/RESULTS.md (section 2
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
@@ -155,9 +156,10 @@ def student_t_cdf(x: float, dof: int) -> float:
     return v if x >= 0 else 1.0 - v
 
 
+@functools.lru_cache(maxsize=4096)
 def student_t_quantile(p: float, dof: int) -> float:
     """Quantile of Student's t distribution (bisection on :func:`student_t_cdf`), accurate to
-    about 1e-12 relative."""
+    about 1e-12 relative; memoised (every profile of one size and fraction asks the same)."""
     if not 0 < p < 1 or dof < 1 or int(dof) != dof:
         raise ValueError(f"student_t_quantile needs 0 < p < 1 and an integer dof >= 1, got {p!r}, {dof!r}")
     if p < 0.5:
@@ -173,25 +175,48 @@ def student_t_quantile(p: float, dof: int) -> float:
 
 
 MIN_DISTANCE = 1e-6
+FIT_SIZE_FOLDS = 2   # the second, smaller fit size whose held-out scores extrapolate to n points
+
+
+def _to_scale(dist, power: float):
+    """Distances 1 - s on the scale that is taken as normal: log for ``power`` 0, else the
+    Box-Cox power ``dist ** power`` (1/3: Wilson-Hilferty, which makes chi-square-like squared
+    distances nearly normal, where the log leaves them left-skewed and overstates their upper
+    tail)."""
+    d = np.maximum(np.asarray(dist, np.float64), MIN_DISTANCE if power == 0 else 0.0)
+    return np.log(d) if power == 0 else d ** power
+
+
+def _from_scale(y: float, power: float) -> float:
+    return math.exp(y) if power == 0 else max(y, 0.0) ** (1 / power)
 
 
 @dataclass(frozen=True)
 class OwnScores:
-    """How a generator's own images score against its profile, from the leave-one-out scores
-    of its n >= 3 support images (raw scale, at most 1): the log-distance log(1 - s) is taken as
-    normal, and a new image's log-distance then follows a Student t with n - 1 degrees of
-    freedom, centred on their mean, scaled by sd * sqrt(1 + 1/n) (the prediction interval)."""
+    """How a generator's own new images score against its profile, from the held-out scores of
+    its n >= 3 support images (raw scale, at most 1): the distance 1 - s on the rule's scale
+    (:func:`_to_scale`, ``power``) is taken as normal, and a new image's then follows a Student
+    t with n - 1 degrees of freedom, centred on ``mean``, scaled by sd * sqrt(1 + 1/n) (the
+    prediction interval). ``mean`` and ``sd`` are those of the n-point fit that queries meet
+    (:func:`held_out_stats` extrapolates them from smaller refits); ``dof`` (None: n - 1) is
+    more when the sd was taken over more held-out values than images (runs of crops)."""
     mean: float
     sd: float
     n: int
+    power: float = 0.0
+    dof: Optional[int] = None
+
+    @property
+    def _dof(self) -> int:
+        return self.n - 1 if self.dof is None else max(int(self.dof), 1)
 
     @classmethod
-    def from_scores(cls, own: Sequence[float]) -> "OwnScores":
+    def from_scores(cls, own: Sequence[float], power: float = 0.0) -> "OwnScores":
         s = np.asarray(own, np.float64)
         if s.ndim != 1 or len(s) < 3:
             raise ValueError(f"self_threshold needs at least 3 leave-one-out scores, got {s.shape}")
-        d = np.log(np.maximum(1.0 - s, MIN_DISTANCE))
-        return cls(float(d.mean()), float(d.std(ddof=1)), len(d))
+        d = _to_scale(1.0 - s, power)
+        return cls(float(d.mean()), float(d.std(ddof=1)), len(d), power)
 
     @property
     def _scale(self) -> float:
@@ -201,17 +226,98 @@ class OwnScores:
         """The raw score below which about ``fraction`` of the generator's new images fall."""
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
-        bound = self.mean + student_t_quantile(1 - fraction, self.n - 1) * self._scale
-        return float(1.0 - math.exp(bound))
+        bound = self.mean + student_t_quantile(1 - fraction, self._dof) * self._scale
+        return float(1.0 - _from_scale(bound, self.power))
 
     def typicality(self, raw: float) -> float:
         """The share of the generator's own new images expected to score *below* ``raw``: 0.5
         for a typical image of it, ``fraction`` exactly at :meth:`threshold`, near 0 for an
         image unlike any it makes. The per-profile threshold and this read on one scale."""
-        d = math.log(max(1.0 - float(raw), MIN_DISTANCE))
+        d = float(_to_scale(1.0 - float(raw), self.power))
         if self._scale <= 0:
             return 1.0 if d <= self.mean else 0.0
-        return 1.0 - student_t_cdf((d - self.mean) / self._scale, self.n - 1)
+        return 1.0 - student_t_cdf((d - self.mean) / self._scale, self._dof)
+
+
+@dataclass(frozen=True)
+class OwnByCrops:
+    """A profile's :class:`OwnScores` for queries of 1, 2, ... crops (``levels[k - 1]``): a
+    query of fewer crops than the support images averages less crop noise away and lands
+    farther from the profile, so it is held to the spread of held-out *crops* of that count,
+    not of whole images. Queries of more crops than the last level use the last (whole
+    support images)."""
+    levels: Tuple[OwnScores, ...]
+
+    def at(self, crops: Optional[int] = None) -> OwnScores:
+        """The level of a query of ``crops`` crops (None: whole support images)."""
+        k = len(self.levels) if crops is None else min(max(int(crops), 1), len(self.levels))
+        return self.levels[k - 1]
+
+    def threshold(self, fraction: float, crops: Optional[int] = None) -> float:
+        return self.at(crops).threshold(fraction)
+
+    def typicality(self, raw: float, crops: Optional[int] = None) -> float:
+        return self.at(crops).typicality(raw)
+
+
+def crop_groups(counts: Sequence[int], level: int) -> Tuple[np.ndarray, list]:
+    """Pseudo-queries of ``level`` crops cut from support images of ``counts`` crops each: per
+    image, its disjoint runs of ``level`` consecutive crops (the whole image when it has fewer).
+    Returns the image of each group and each group's support rows."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+    img, rows = [], []
+    for i, (s, k) in enumerate(zip(starts, counts)):
+        if k < level:
+            img.append(i)
+            rows.append(np.arange(s, s + k))
+            continue
+        for j in range(k // level):
+            img.append(i)
+            rows.append(np.arange(s + j * level, s + (j + 1) * level))
+    return np.asarray(img, int), rows
+
+
+def held_out_stats(rule, support: np.ndarray, crops, part=None, state=None) -> OwnByCrops:
+    """How a generator's own new images score against the profile of its n >= 3 support images,
+    for queries of every crop count up to the support's (:class:`OwnByCrops`).
+
+    Each support image (or each run of k of its crops) is scored against the rule refitted
+    without it. Those refits hold fewer points than the n-point profile that queries meet, so
+    their scores read lower; the held-out scale's mean and sd are computed at two fit sizes,
+    m1 (the rule's own folds: n - 1, or n - n/10 for the Gaussian rule) and m2 (2 folds, n/2),
+    and extrapolated to n as ``a + b / m`` (the form of a mean's error in m points; from 8
+    images up, where the n/2-image fits have a shape of their own). Measured
+    against nominal on synthetic Gaussians in tests/test_thresholds.py and on the development
+    sets in benchmarks/RESULTS.md."""
+    z = np.asarray(support)
+    img = image_ids(len(z), crops)
+    counts = np.bincount(img)
+    n = len(counts)
+    if n < 3:
+        raise ValueError(f"held-out scores need at least 3 support images, got {n}")
+    power = getattr(rule, "own_power", 0.0)
+    folds1 = min(n, getattr(rule, "loo_folds", n))
+    groups, level_of = [], []
+    for level in range(1, int(counts.max()) + 1):
+        gi, rows = crop_groups(counts, level)
+        groups += list(zip(gi, rows))
+        level_of += [level] * len(gi)
+    level_of = np.asarray(level_of)
+    m1, m2 = n - n / folds1, n - n / FIT_SIZE_FOLDS
+    # the smaller fits must have a shape of their own (more than MIN_POINTS images), else none
+    second = m2 < m1 and n - math.ceil(n / FIT_SIZE_FOLDS) > MIN_POINTS
+    y1 = _to_scale(1.0 - rule.held_out(z, crops, folds1, groups, part, state), power)
+    y2 = _to_scale(1.0 - rule.held_out(z, crops, FIT_SIZE_FOLDS, groups, part, state), power) \
+        if second else y1
+    c = (1 / n - 1 / m1) / (1 / m1 - 1 / m2) if second else 0.0
+    levels = []
+    for level in range(1, int(counts.max()) + 1):
+        a, b = y1[level_of == level], y2[level_of == level]
+        sd1, sd2 = a.std(ddof=1), b.std(ddof=1)
+        mean = a.mean() + (a.mean() - b.mean()) * c
+        sd = max(sd1 + (sd1 - sd2) * c, 0.5 * sd1)
+        levels.append(OwnScores(float(mean), float(sd), n, power, len(a) - 1))
+    return OwnByCrops(tuple(levels))
 
 
 def self_threshold(own: Sequence[float], fraction: float) -> float:
@@ -286,10 +392,21 @@ def _owners(queries: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
     return flat, np.repeat(np.arange(len(queries)), [len(q) for q in queries])
 
 
+def _group_images(groups) -> np.ndarray:
+    return np.asarray([i for i, _ in groups], int)
+
+
+def _group_points(support: np.ndarray, groups) -> np.ndarray:
+    """(G, d) unit crop-mean fingerprint of each group of support rows."""
+    z = np.asarray(support, np.float64)
+    return unit(np.stack([z[r].sum(0) for _, r in groups]))
+
+
 @dataclass(frozen=True)
 class PrototypeRule:
     calibration: Calibration
     name: str = "prototype"
+    own_power = 1 / 3        # 1 - cos of a noisy unit vector is chi-square-like (OwnScores)
 
     def prepare(self, supports: Sequence[np.ndarray], parts=None, counts=None) -> np.ndarray:
         """(P, d) unit prototypes (of every crop: ``counts`` is not needed)."""
@@ -310,6 +427,17 @@ class PrototypeRule:
     def leave_one_out(self, support: np.ndarray, crops, part=None, state=None) -> np.ndarray:
         """(S,) leave-one-out cosines (``state`` is not needed)."""
         return leave_one_out_cosines(support, crops)
+
+    def held_out(self, support: np.ndarray, crops, folds: int, groups, part=None, state=None
+                 ) -> np.ndarray:
+        """(G,) cosine of each group of one image's crops (``groups``: (image, rows) pairs) to
+        the prototype of the images outside that image's fold (image i is in fold i % folds)."""
+        sums = image_sums(support, crops)
+        fold = np.arange(len(sums)) % folds
+        fold_sums = np.zeros((folds, sums.shape[1]))
+        np.add.at(fold_sums, fold, sums)
+        rest = unit(sums.sum(0) - fold_sums)
+        return np.einsum("gd,gd->g", _group_points(support, groups), rest[fold[_group_images(groups)]])
 
     def to_prob(self, raw):
         return self.calibration(raw)
@@ -333,6 +461,7 @@ class PairState:
 class PairRule:
     head: PairHeadWeights
     name: str = "pair"
+    own_power = 0.0          # log(1 - p): the distance scale measured for it (experiment-log 5.2)
     chunk: int = 256            # query crops per block (bounds the (chunk, S, h) temporary)
     # With prefilter=K > 0, each query image is pair-scored only against the K profiles whose
     # prototypes are nearest its fingerprint (cosine); the others get 0.0 ("not scored"). An
@@ -382,6 +511,19 @@ class PairRule:
     def leave_one_out(self, support: np.ndarray, crops, part=None, state=None) -> np.ndarray:
         """(S,) each support image's mean pair probability against the other images' crops
         (``crops`` as in :func:`image_ids`; ``state`` is not needed)."""
+        img = image_ids(len(support), crops)
+        return np.bincount(img, self._per_crop_held_out(support, crops, None, part)) / np.bincount(img)
+
+    def held_out(self, support: np.ndarray, crops, folds: int, groups, part=None, state=None
+                 ) -> np.ndarray:
+        """(G,) mean pair probability of each group of one image's crops against the crops of
+        the images outside that image's fold (image i is in fold i % folds)."""
+        per_crop = self._per_crop_held_out(support, crops, folds, part)
+        return np.asarray([per_crop[r].mean() for _, r in groups])
+
+    def _per_crop_held_out(self, support, crops, folds, part) -> np.ndarray:
+        """(sum k,) each support crop's mean pair probability against the crops of the images
+        outside its image's fold (None: outside its image)."""
         z = np.asarray(support, np.float32)
         img = image_ids(len(z), crops)
         if len(img) == 0 or img.max() < 1:
@@ -394,9 +536,11 @@ class PairRule:
         # kernel, images as profiles), then the sum over the *other* images
         means = self._crop_means(self.head.query_part(z), np.split(part, np.cumsum(k)[:-1]))
         sums = means * k                                                     # (sum k, S)
+        fold = np.arange(len(k)) % (folds or len(k))
+        out_sums = np.stack([sums[:, fold == f].sum(1) for f in range(fold.max() + 1)], 1)
+        mine = fold[img]
         rows = np.arange(len(z))
-        per_crop = (sums.sum(1) - sums[rows, img]) / (len(z) - k[img])
-        return np.bincount(img, per_crop) / k
+        return (sums.sum(1) - out_sums[rows, mine]) / (len(z) - np.bincount(fold, k)[mine])
 
     def to_prob(self, raw):
         return np.asarray(raw, np.float64) if np.ndim(raw) else float(raw)
@@ -599,6 +743,8 @@ class GaussianRule:
     # fitted with the calibration, or the gallery's when the rule whitens by it
     prior_var: Optional[float] = None
     name: str = "gaussian"
+    own_power = 1 / 3        # D^2 / d is chi-square-like (OwnScores)
+    loo_folds = LOO_FOLDS
 
     def __post_init__(self):
         if self.shrink not in SHRINKAGE:
@@ -606,18 +752,30 @@ class GaussianRule:
         if self.whiten not in WHITEN:
             raise ValueError(f"whiten must be one of {WHITEN}, got {self.whiten!r}")
 
-    def prepare(self, supports: Sequence[np.ndarray], parts=None, counts=None) -> GaussianState:
+    def prepare(self, supports: Sequence[np.ndarray], parts=None, counts=None,
+                fits: Optional[Sequence[Optional[GaussianFit]]] = None) -> GaussianState:
         """One Gaussian per support set; ``counts``: each set's crops (see :func:`image_ids`;
-        None: one crop per image)."""
+        None: one crop per image). ``fits``: per set, a fit already made (:meth:`fit_one`,
+        persisted by the gallery) or None; used only when the rule does not whiten."""
         pts = [image_points(s, 1 if counts is None else counts[i]) for i, s in enumerate(supports)]
         d = pts[0].shape[1] if pts else 0
         with one_blas_thread():
             w, prior = pooled_whitener(pts, self.shrink) if self.whiten == "gallery" else (None, None)
             if w is not None:
-                pts = [p @ w for p in pts]
+                pts, fits = [p @ w for p in pts], None
             prior = self.prior_var if prior is None else prior
-            fits = [fit_gaussian(p, self.shrink, self.rank, prior) for p in pts]
+            fits = [f if fits is not None and f is not None else
+                    fit_gaussian(p, self.shrink, self.rank, prior) for p, f in
+                    zip(pts, fits if fits is not None else [None] * len(pts))]
         return _stack(fits, d, w, prior)
+
+    def fit_one(self, support: np.ndarray, crops) -> GaussianFit:
+        """The Gaussian of one support set as :meth:`prepare` fits it without whitening (what a
+        gallery persists per profile)."""
+        if self.whiten is not None:
+            raise ValueError("fit_one: a rule that whitens by the gallery fits profiles together")
+        with one_blas_thread():
+            return fit_gaussian(image_points(support, crops), self.shrink, self.rank, self.prior_var)
 
     def select(self, state: GaussianState, idx: Sequence[int]) -> GaussianState:
         # the whitener stays the one of the gallery the snapshot was made from
@@ -659,22 +817,57 @@ class GaussianRule:
         leave-one-out up to :data:`LOO_FOLDS` images, else that many interleaved folds, each
         image held out once. ``state``: the snapshot's prepared state, whose whitener and prior
         variance apply when the rule whitens by the gallery."""
+        counts = np.bincount(image_ids(len(support), crops))
+        if len(counts) < 2:
+            raise ValueError(f"leave-one-out needs at least 2 support images, got {len(counts)}")
+        groups = list(zip(*crop_groups(counts, int(counts.max()))))
+        return self.held_out(support, crops, min(len(counts), LOO_FOLDS), groups, part, state)
+
+    def held_out(self, support: np.ndarray, crops, folds: int, groups, part=None,
+                 state: Optional[GaussianState] = None) -> np.ndarray:
+        """(G,) raw score of each group of one image's crops (``groups``: (image, rows) pairs;
+        its crop-mean point) against a Gaussian fitted without the images of that image's fold
+        (image i is in fold i % folds)."""
         whitener = None if state is None else state.whitener
         prior_var = self.prior_var if state is None or state.prior_var is None else state.prior_var
         pts = image_points(support, crops)
-        n = len(pts)
-        if n < 2:
-            raise ValueError(f"leave-one-out needs at least 2 support images, got {n}")
+        q = _group_points(support, groups)
         if whitener is not None:
-            pts = pts @ whitener
-        folds = min(n, LOO_FOLDS)
-        out = np.empty(n)
+            pts, q = pts @ whitener, q @ whitener
+        n, fold = len(pts), _group_images(groups) % folds
+        out = np.empty(len(q))
         with one_blas_thread():
             for f in range(folds):
-                held = np.arange(f, n, folds)
-                fit = fit_gaussian(np.delete(pts, held, 0), self.shrink, self.rank, prior_var)
-                out[held] = 1.0 - mahalanobis(fit, pts[held]) / pts.shape[1]
+                fit = fit_gaussian(np.delete(pts, np.arange(f, n, folds), 0), self.shrink,
+                                   self.rank, prior_var)
+                out[fold == f] = 1.0 - mahalanobis(fit, q[fold == f]) / pts.shape[1]
         return out
+
+    def feature_map(self, snapshot):
+        """The geometry discovery clusters unknown images in (``discovery`` contract: unit
+        fingerprints -> features, Euclidean there): whitened by the gallery's pooled
+        within-profile covariance, so distances between unknown images weigh directions as the
+        profiles' covariances do on average. The snapshot's whitener when the rule whitens by
+        the gallery, else the mean of the profiles' shrunk covariances, scaled as
+        :func:`pooled_whitener` scales (directions change, not the size of distances)."""
+        st = snapshot.state
+        w = st.whitener
+        if w is None and len(st):
+            P, k, d = st.basis.shape
+            sigma2 = 1.0 / st.inv_sigma2.astype(np.float64)
+            lam = 1.0 / (st.coef.astype(np.float64) + st.inv_sigma2[:, None])   # padded: sigma2
+            cov = np.eye(d) * sigma2.mean()
+            v = st.basis.astype(np.float64)
+            cov += np.einsum("pkd,pk,pke->de", v, lam - sigma2[:, None], v) / P
+            ev, vec = np.linalg.eigh(cov)
+            ev = np.maximum(ev, ev.max() * 1e-9)
+            w = (vec / np.sqrt(ev / ev.mean())) @ vec.T
+
+        def whitened(x: np.ndarray, w=w) -> np.ndarray:
+            x = unit(x)
+            return x if w is None else x @ w
+        whitened.__name__ = "gaussian (pooled within-profile covariance)"
+        return whitened
 
     def to_prob(self, raw):
         """sigmoid(a * log(D^2/d) + b), the model's calibration of this rule."""

@@ -11,13 +11,15 @@ model id it was made with.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import decision, scoring
-from .scoring import OwnScores
+from .scoring import OwnByCrops
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,27 @@ class GallerySnapshot:
     names: Tuple[str, ...]
     rule: Any                      # scoring.PrototypeRule | scoring.PairRule
     state: Any                     # rule.prepare(...) of the profiles, in ``names`` order
-    thresholds: Tuple[float, ...]  # per profile, on the rule's probability scale
-    own: Tuple[Optional[OwnScores], ...] = ()   # per profile, how its own images score
+    thresholds: Tuple[float, ...]  # per profile, on the rule's probability scale, whole images
+    own: Tuple[Optional[OwnByCrops], ...] = ()   # per profile, how its own images score
+    policy: Union[float, str] = decision.DEFAULT_THRESHOLD   # "profile" or one number
+    fraction: float = decision.DEFAULT_FRACTION
+    _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
 
-    def typicality(self, i: int, score: float) -> Optional[float]:
-        """The share of profile i's own images expected to score below ``score``."""
+    def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
+        """The share of profile i's own images of ``crops`` crops (None: whole support images)
+        expected to score below ``score``."""
         o = self.own[i] if i < len(self.own) else None
-        return None if o is None else o.typicality(self.rule.from_prob(score))
+        return None if o is None else o.typicality(self.rule.from_prob(score), crops)
+
+    def thresholds_at(self, crops: Optional[int] = None) -> Tuple[float, ...]:
+        """Per profile, the threshold a query of ``crops`` crops is held to (None: whole
+        support images, :attr:`thresholds`)."""
+        if crops is None or self.policy != "profile":
+            return self.thresholds
+        if crops not in self._at:
+            self._at[crops] = tuple(decision.threshold_of(self.rule, o, self.fraction, crops)
+                                    for o in self.own)
+        return self._at[crops]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -48,7 +64,8 @@ class GallerySnapshot:
         idx = [self.names.index(n) for n in names]
         return GallerySnapshot(self.model_id, tuple(names), self.rule,
                                self.rule.select(self.state, idx), tuple(self.thresholds[i] for i in idx),
-                               tuple(self.own[i] for i in idx) if self.own else ())
+                               tuple(self.own[i] for i in idx) if self.own else (),
+                               self.policy, self.fraction)
 
 
 def crop_counts(prof) -> Union[int, Sequence[int]]:
@@ -57,38 +74,168 @@ def crop_counts(prof) -> Union[int, Sequence[int]]:
     return counts if counts is not None else int(prof.metadata.get("crops", 1))
 
 
+STATE_VERSION = 1   # bump when what is persisted, or how it is computed, changes
+MAX_SETS = 4        # prepared profile sets kept in memory (attribute's, verify's, ...)
+_NOT_SETTINGS = ("calibration", "head", "name", "chunk", "prefilter")   # not in the state key
+
+
+def _pack(arrays: Dict[str, np.ndarray], meta: Dict) -> bytes:
+    """Arrays and a JSON-able dict as bytes: a JSON header line, then the raw float64 arrays
+    (no pickle: a gallery file need not be trusted to run code)."""
+    arrays = {k: np.ascontiguousarray(v, np.float64) for k, v in arrays.items()}
+    head = {"meta": meta, "arrays": {k: list(v.shape) for k, v in arrays.items()}}
+    return json.dumps(head).encode() + b"\n" + b"".join(v.tobytes() for v in arrays.values())
+
+
+def _unpack(blob: bytes) -> Tuple[Dict[str, np.ndarray], Dict]:
+    line, _, rest = blob.partition(b"\n")
+    head = json.loads(line)
+    out, off = {}, 0
+    for k, shape in head["arrays"].items():
+        n = int(np.prod(shape)) * 8
+        out[k] = np.frombuffer(rest[off:off + n], np.float64).reshape(shape).copy()
+        off += n
+    return out, head["meta"]
+
+
+def _rule_key(rule) -> list:
+    """What of a rule its prepared state depends on (not its calibration: states are raw)."""
+    from dataclasses import fields
+    settings = {f.name: getattr(rule, f.name) for f in fields(rule) if f.name not in _NOT_SETTINGS}
+    return [rule.name, settings, getattr(rule, "own_power", 0.0), getattr(rule, "loo_folds", None),
+            scoring.FIT_SIZE_FOLDS]
+
+
 class SnapshotCache:
     """What successive snapshots of one gallery can reuse, so that a scan, a batch or a
-    threshold query after the first costs no refit: the rule's prepared state of the last set
-    of profiles (``state``: (rule, ((name, created), ...), prepared state)), and how each
-    profile's own images score (``own``), keyed by (name, enrollment time, rule name, and the
-    whitener's digest when the rule whitens by the gallery). A profile re-enrolled has another
-    enrollment time and another set of profiles another whitener, so neither goes stale."""
+    threshold query after the first costs no refit: the rule's prepared state of the last
+    :data:`MAX_SETS` sets of profiles (``verify`` on one profile does not evict what
+    ``attribute`` prepared for all), how each profile's own images score (``own``, keyed by
+    name, enrollment time, rule name and the whitener's digest when the rule whitens by the
+    gallery), and each profile's Gaussian fit.
 
-    def __init__(self):
+    When the rule does not whiten by the gallery, a profile's own scores and fit depend on
+    that profile alone; they are also stored in the gallery (:meth:`Gallery.put_state`) under
+    a key of model id, rule, its settings and the support's digest, so another process (a CLI
+    call) reuses them, and only changed profiles are refitted."""
+
+    def __init__(self, max_sets: int = MAX_SETS):
         self.own: Dict[Tuple, Any] = {}
-        self.state: Tuple[Any, Any, Any] = (None, None, None)
+        self.fits: Dict[Tuple, Any] = {}
+        self.sets: "OrderedDict[Tuple, Tuple[Any, Any]]" = OrderedDict()
+        self.max_sets = max_sets
+        self._digests: Dict[Tuple, str] = {}
 
-    def own_of(self, rule, prof, state=None) -> Optional[OwnScores]:
-        """How a loaded profile's own images score under ``rule`` (``state``: the snapshot's
-        prepared state, which the leave-one-out of a rule that whitens by the gallery needs)."""
+    def _store_key(self, what: str, rule, prof, model_id: str) -> str:
+        dkey = (prof.name, prof.created, prof.n_support)
+        if dkey not in self._digests:
+            h = hashlib.sha256(np.ascontiguousarray(prof.support, np.float32).tobytes())
+            h.update(json.dumps(crop_counts(prof)).encode())
+            self._digests[dkey] = h.hexdigest()
+        return hashlib.sha256(json.dumps([STATE_VERSION, what, model_id, _rule_key(rule),
+                                          self._digests[dkey]], default=str).encode()).hexdigest()
+
+    def _stored(self, what: str, rule, profs, gallery, model_id, compute, encode, decode) -> list:
+        """Per profile: the value in the gallery under its key, else ``compute(prof)`` (then
+        stored, in one write)."""
+        keys = [self._store_key(what, rule, p, model_id) for p in profs]
+        have = gallery.get_state(keys)
+        out, new = [], {}
+        for k, p in zip(keys, profs):
+            try:
+                v = decode(have[k]) if k in have else None
+            except (ValueError, KeyError, TypeError):
+                v = None                    # unreadable stored state: computed again
+            if v is None:
+                v = compute(p)
+                new[k] = (p.name, encode(v))
+            out.append(v)
+        try:
+            gallery.put_state(new)
+        except Exception:       # the gallery is busy or read-only: the state is only not kept
+            pass
+        return out
+
+    def own_many(self, rule, profs, state=None, gallery=None, model_id=None) -> list:
+        """How each loaded profile's own images score under ``rule`` (``state``: the snapshot's
+        prepared state, which the held-out scores of a rule that whitens by the gallery
+        need); persisted in ``gallery`` when the rule does not whiten."""
         w = getattr(state, "whitener", None)
         wkey = None if w is None else hashlib.sha256(w.tobytes()).hexdigest()
-        key = (prof.name, prof.created, rule.name, wkey)
-        if key not in self.own:
-            self.own[key] = decision.own_scores(rule, prof.support, crop_counts(prof),
-                                                prof.support_part, state)
-        return self.own[key]
+        keys = [(p.name, p.created, rule.name, wkey) for p in profs]
+        todo = [p for k, p in zip(keys, profs) if k not in self.own]
+        if todo and gallery is not None and w is None:
+            vals = self._stored("own", rule, todo, gallery, model_id,
+                                lambda p: decision.own_scores(rule, p.support, crop_counts(p),
+                                                              p.support_part),
+                                _encode_own, _decode_own)
+        else:
+            vals = [decision.own_scores(rule, p.support, crop_counts(p), p.support_part, state)
+                    for p in todo]
+        for p, v in zip(todo, vals):
+            self.own[(p.name, p.created, rule.name, wkey)] = v
+        return [self.own[k] for k in keys]
 
-    def prepared(self, rule, profs) -> Any:
-        """``rule.prepare`` of the profiles ``profs``, made once per rule and set of profiles."""
-        key = tuple((p.name, p.created) for p in profs)
-        known_rule, known, state = self.state
-        if known_rule is not rule or known != key:
-            state = rule.prepare([p.support for p in profs], [p.support_part for p in profs],
-                                 counts=[crop_counts(p) for p in profs])
-            self.state = (rule, key, state)
+    def own_of(self, rule, prof, state=None, gallery=None, model_id=None) -> Optional[OwnByCrops]:
+        """How one loaded profile's own images score (:meth:`own_many`)."""
+        return self.own_many(rule, [prof], state, gallery, model_id)[0]
+
+    def prepared(self, rule, profs, gallery=None, model_id=None) -> Any:
+        """``rule.prepare`` of the profiles ``profs``, made once per rule and set of profiles
+        (the last :data:`MAX_SETS` sets kept); a Gaussian rule that does not whiten reuses each
+        profile's fit, from memory or ``gallery``."""
+        key = (id(rule), tuple((p.name, p.created) for p in profs))
+        hit = self.sets.get(key)
+        if hit is not None and hit[0] is rule:
+            self.sets.move_to_end(key)
+            return hit[1]
+        fits = None
+        if callable(getattr(rule, "fit_one", None)) and getattr(rule, "whiten", None) is None:
+            fits = self._fits(rule, profs, gallery, model_id)
+        args = ([p.support for p in profs], [p.support_part for p in profs])
+        counts = [crop_counts(p) for p in profs]
+        state = rule.prepare(*args, counts=counts, fits=fits) if fits is not None else \
+            rule.prepare(*args, counts=counts)
+        self.sets[key] = (rule, state)
+        while len(self.sets) > self.max_sets:
+            self.sets.popitem(last=False)
         return state
+
+    def _fits(self, rule, profs, gallery, model_id) -> list:
+        rkey = json.dumps(_rule_key(rule), default=str)
+        keys = [(p.name, p.created, rkey) for p in profs]
+        todo = [p for k, p in zip(keys, profs) if k not in self.fits]
+        if todo and gallery is not None:
+            vals = self._stored("fit", rule, todo, gallery, model_id,
+                                lambda p: rule.fit_one(p.support, crop_counts(p)),
+                                _encode_fit, _decode_fit)
+        else:
+            vals = [rule.fit_one(p.support, crop_counts(p)) for p in todo]
+        for p, v in zip(todo, vals):
+            self.fits[(p.name, p.created, rkey)] = v
+        return [self.fits[k] for k in keys]
+
+
+def _encode_own(own: Optional[OwnByCrops]) -> bytes:
+    levels = None if own is None else [[o.mean, o.sd, o.n, o.power, o.dof] for o in own.levels]
+    return _pack({}, {"levels": levels})
+
+
+def _decode_own(blob: bytes) -> Optional[OwnByCrops]:
+    levels = _unpack(blob)[1]["levels"]
+    return None if levels is None else OwnByCrops(tuple(
+        scoring.OwnScores(float(m), float(s), int(n), float(pw), None if d is None else int(d))
+        for m, s, n, pw, d in levels))
+
+
+def _encode_fit(f) -> bytes:
+    return _pack({"mean": f.mean, "basis": f.basis, "lam": f.lam},
+                 {"sigma2": f.sigma2, "alpha": f.alpha})
+
+
+def _decode_fit(blob: bytes):
+    a, m = _unpack(blob)
+    return scoring.GaussianFit(a["mean"], a["basis"], a["lam"], float(m["sigma2"]), float(m["alpha"]))
 
 
 def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None] = None,
@@ -116,15 +263,24 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     thr = decision.parse_threshold(decision.DEFAULT_THRESHOLD if threshold is None else threshold)
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
     cache = SnapshotCache() if cache is None else cache
-    names = list(profiles) if profiles is not None else gallery.names()
-    profs = [gallery.get(n, model_id=bundle.ids) for n in names]
-    if getattr(rule, "whiten", None) is None:
-        state = full = cache.prepared(rule, profs)
-    else:   # the whitener is the whole gallery's, whichever profiles are asked for
-        every = gallery.names()
-        full = cache.prepared(rule, [gallery.get(n, model_id=bundle.ids) for n in every])
-        state = rule.select(full, [every.index(n) for n in names])
-    own = tuple(cache.own_of(rule, p, full) for p in profs)
+    # one read transaction: a concurrent enroll or remove is seen wholly or not at all
+    whiten = getattr(rule, "whiten", None) is not None
+    every = gallery.read(None if whiten or profiles is None else list(profiles), bundle.ids)
+    if whiten:   # the whitener is the whole gallery's, whichever profiles are asked for
+        by_name = {p.name: p for p in every}
+        names = list(profiles) if profiles is not None else list(by_name)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            from .gallery import ProfileNotFound
+            raise ProfileNotFound(f"no profile named {missing[0]!r} in {gallery!r}")
+        profs = [by_name[n] for n in names]
+        full = cache.prepared(rule, every, gallery, bundle.model_id)
+        state = rule.select(full, [list(by_name).index(n) for n in names])
+    else:
+        profs, names = every, [p.name for p in every]
+        state = full = cache.prepared(rule, profs, gallery, bundle.model_id)
+    own = tuple(cache.own_many(rule, profs, full, gallery, bundle.model_id))
     thresholds = tuple(decision.threshold_of(rule, o, quantile) if thr == "profile" else float(thr)
                        for o in own)
-    return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own)
+    return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
+                           quantile)

@@ -79,3 +79,16 @@ def wait_for(cond, timeout=60.0, what="condition"):
         if time.time() - t > timeout:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+@pytest.fixture
+def gauss_model(tiny_model, tmp_path):
+    """The tiny model calibrated for the Gaussian rule (its default rule then) and the
+    prototype rule."""
+    import shutil
+    from ofa_sdk.weights import update_meta
+    path = tmp_path / "gauss.safetensors"
+    shutil.copy(tiny_model, path)
+    update_meta(path, {"calibration": {"prototype": {"a": 8.0, "b": -4.0},
+                                       "gaussian": {"a": -3.0, "b": 1.0, "prior_var": 0.01}}})
+    return path

@@ -75,10 +75,11 @@ def test_enroll_verify_attribute_round_trip(att, tmp_path):
     res = att.attribute(a[4:] + b[4:])
     assert all(set(r.scores) == {"gen-a", "gen-b"} for r in res)
     for r in res:
-        best = max(r.scores, key=r.scores.get)
-        assert r.score == r.scores[best]
         assert att.threshold == "profile"  # the default: each profile's own threshold
-        assert r.profile == (best if r.score >= att.profile_threshold(best) else None)
+        k = 1                              # the query's crops (the fixture's)
+        accepting = {n for n, v in r.scores.items() if v >= att.profile_threshold(n, crops=k)}
+        assert (r.profile is None) == (not accepting) and (r.profile is None or r.profile in accepting)
+        assert r.score == r.scores[r.profile or max(r.scores, key=r.scores.get)]
     fixed = att.attribute(a[4:] + b[4:], threshold=0.5)
     assert all(r.profile == (max(r.scores, key=r.scores.get) if r.score >= 0.5 else None) for r in fixed)
     none = att.attribute(a[4:], threshold=1.01)
@@ -221,3 +222,27 @@ def test_shipped_model_tells_two_upscalers_apart():
     for name, own, other in (("nearest", near, bic), ("bicubic", bic, near)):
         auc = roc_auc(att.verify(own[half:], name), att.verify(other[half:], name))
         assert auc > 0.65, (name, auc)
+
+
+def test_conventions_exports_score_names_and_verbose(tiny_model, tmp_path, capsys):
+    import ofa_sdk
+    from ofa_sdk.decision import Attribution as A
+    from ofa_sdk.gallery import GalleryError as G
+    from ofa_sdk.pipeline import InputError as I
+    assert (ofa_sdk.Attribution, ofa_sdk.InputError, ofa_sdk.GalleryError) == (A, I, G)
+    assert {"Attribution", "InputError", "GalleryError"} <= set(ofa_sdk.__all__)
+    att = Attributor(model=tiny_model, crops=1)
+    a = make_images(tmp_path / "a", 4, 0)
+    att.enroll("gen-b", a[:3])
+    att.enroll("gen-a", a[:3])
+    s, names = att.scores(a[3:], names=True)
+    assert names == ("gen-a", "gen-b") and s.shape == (1, 2)
+    np.testing.assert_array_equal(s, att.scores(a[3:]))
+    capsys.readouterr()
+    list(att.scan(tmp_path / "a"))                     # the library is quiet by default
+    assert "scan" not in capsys.readouterr().err
+    loud = Attributor(model=att.bundle, crops=1, gallery=att.gallery, verbose=True)
+    list(loud.scan(tmp_path / "a"))
+    assert "scan" in capsys.readouterr().err
+    list(loud.scan(tmp_path / "a", progress=False))
+    assert "scan" not in capsys.readouterr().err

@@ -248,3 +248,108 @@ def test_gallery_failed_write_rolls_back(tmp_path, monkeypatch):
     assert Gallery(tmp_path / "g.db").names() == ["gen-a", "gen-b"]
     with pytest.raises(GalleryError, match="exists"):
         gal.put(_profile("gen-b", 3.0))
+
+
+CHILD_ADDS = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from ofa_sdk import Attributor
+    model, path, folder, me, other = sys.argv[1:6]
+    att = Attributor(model=model, gallery=path, crops=1, backend="torch")
+    images = sorted(str(p) for p in Path(folder).iterdir())
+    Path(me).write_text("ready")
+    while not Path(other).exists():          # both start embedding together
+        time.sleep(0.01)
+    att.enroll("gen-a", images, add=True)
+    print("added", len(images))
+""")
+
+
+def test_two_processes_adding_to_one_profile_keep_every_image(tiny_model, tmp_path):
+    """Two real processes add 5 and 7 images to one profile at once: the profile ends with 12
+    more (each merge reads and writes in one write transaction; reading before embedding, as
+    the add did, let the second writer drop the first one's images)."""
+    from conftest import make_images
+    from ofa_sdk import Attributor
+    path = tmp_path / "g.db"
+    Attributor(model=tiny_model, gallery=path, crops=1, backend="torch").enroll(
+        "gen-a", make_images(tmp_path / "base", 3, 0))
+    make_images(tmp_path / "five", 5, 1)
+    make_images(tmp_path / "seven", 7, 2)
+    r = [tmp_path / "ready-1", tmp_path / "ready-2"]
+    kids = [subprocess.Popen([sys.executable, "-c", CHILD_ADDS, str(tiny_model), str(path),
+                              str(tmp_path / f), str(r[i]), str(r[1 - i])], env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i, f in enumerate(("five", "seven"))]
+    for k in kids:
+        out, err = k.communicate(timeout=120)
+        assert k.returncode == 0, err
+    prof = Gallery(path).get("gen-a")
+    assert prof.n_support == 15 and prof.metadata["used"] == 15
+    assert len(prof.metadata["crop_counts"]) == 15 and len(prof.metadata["added"]) == 2
+    assert _integrity(path) == "ok"
+
+
+def test_an_add_never_brings_back_a_removed_profile(tiny_model, tmp_path):
+    from conftest import make_images
+    from ofa_sdk import Attributor
+    from ofa_sdk.gallery import ProfileNotFound
+    path = tmp_path / "g.db"
+    att = Attributor(model=tiny_model, gallery=path, crops=1, backend="torch")
+    att.enroll("gen-a", make_images(tmp_path / "a", 3, 0))
+    more = make_images(tmp_path / "b", 3, 1)
+
+    def images():                       # another process removes the profile mid-add
+        Gallery(path).remove("gen-a")
+        yield from more
+    with pytest.raises(ProfileNotFound, match="removed .* while images were being added"):
+        att.enroll("gen-a", images(), add=True)
+    assert "gen-a" not in Gallery(path)
+    # an add to a profile that did not exist when it began creates it
+    assert att.enroll("gen-b", more, add=True).n_support == 3
+
+
+def test_a_snapshot_reads_in_one_transaction(tmp_path):
+    """Gallery.read (what make_snapshot uses) against a writer removing and re-adding a profile
+    over and over on another connection: every read sees the profile wholly or not at all,
+    never listed and then gone."""
+    import threading
+    path = tmp_path / "g.db"
+    gal = Gallery(path)
+    for i in range(20):
+        gal.put(_profile(f"p{i:02d}", float(i)))
+    stop = threading.Event()
+
+    def churn():
+        w = Gallery(path)
+        while not stop.is_set():
+            w.remove("p05")
+            w.put(_profile("p05", 5.0))
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        reader = Gallery(path)
+        sizes = set()
+        for _ in range(300):
+            profs = reader.read()          # raises ProfileNotFound if listed-then-gone
+            sizes.add(len(profs))
+            assert all((p.support == p.metadata["version"]).all() for p in profs)
+    finally:
+        stop.set()
+        t.join()
+    assert sizes <= {19, 20}
+
+
+def test_user_metadata_lives_in_its_own_namespace(tiny_model, tmp_path):
+    from conftest import make_images
+    from ofa_sdk import Attributor
+    att = Attributor(model=tiny_model, crops=1, backend="torch")
+    prof = att.enroll("gen-a", make_images(tmp_path / "a", 4, 0),
+                      metadata={"crop_counts": "mine", "used": -1, "team": "x"})
+    assert prof.metadata["crop_counts"] == [1] * 4 and prof.metadata["used"] == 4
+    assert prof.metadata["user"] == {"crop_counts": "mine", "used": -1, "team": "x"}
+    added = att.enroll("gen-a", make_images(tmp_path / "b", 2, 1), add=True,
+                       metadata={"team": "y"})
+    assert added.metadata["user"] == {"crop_counts": "mine", "used": -1, "team": "y"}
+    assert added.metadata["crop_counts"] == [1] * 6
+    att.attribute(make_images(tmp_path / "q", 1, 2))      # thresholds read our fields, not yours

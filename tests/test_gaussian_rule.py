@@ -1,7 +1,6 @@
 """The Gaussian score rule against a float64 numpy reference (full covariance matrices, explicit
 inverses, refits without each held-out image) and scikit-learn's shrinkage estimators."""
 import pickle
-import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from conftest import make_images
 from ofa_sdk import Attributor
 from ofa_sdk.scoring import (Calibration, GaussianRule, fit_gaussian, image_points, mahalanobis,
                              pooled_whitener, shrinkage, unit)
-from ofa_sdk.weights import update_meta
 
 RAW = Calibration(1.0, 0.0)
 
@@ -158,15 +156,6 @@ def test_leave_one_out_refits_without_each_image(n):
         rule.leave_one_out(s[:2], 2)
 
 
-@pytest.fixture
-def gauss_model(tiny_model, tmp_path):
-    path = tmp_path / "gauss.safetensors"
-    shutil.copy(tiny_model, path)
-    update_meta(path, {"calibration": {"prototype": {"a": 8.0, "b": -4.0},
-                                       "gaussian": {"a": -3.0, "b": 1.0, "prior_var": 0.01}}})
-    return path
-
-
 @pytest.mark.parametrize("whiten", [None, "gallery"])
 def test_attributor_gaussian_scores_by_hand(gauss_model, tmp_path, whiten):
     a = make_images(tmp_path / "a", 8, 2, kind="noise")
@@ -183,12 +172,14 @@ def test_attributor_gaussian_scores_by_hand(gauss_model, tmp_path, whiten):
         d2 = _ref_d2(x @ w, q, shrinkage(x @ w)) / q.shape[1]
         want = 1 / (1 + np.exp(-(-3.0 * np.log(d2) + 1.0)))
         np.testing.assert_allclose(att.scores(a[5:] + b[5:])[:, p], want, rtol=2e-3, atol=1e-6)
-    # thresholds: the prediction bound on the leave-one-out log-distances, per profile
+    # thresholds: the prediction bound on the held-out distances, per profile and crop count
+    from ofa_sdk.scoring import held_out_stats
     for p, name in enumerate(snap.names):
-        loo = att.rule.leave_one_out(att.gallery.get(name).support, 4, state=snap.state)
-        from ofa_sdk.scoring import OwnScores
-        assert snap.thresholds[p] == pytest.approx(att.rule.to_prob(OwnScores.from_scores(loo).threshold(0.05)))
+        own = held_out_stats(att.rule, att.gallery.get(name).support, 4, state=snap.state)
+        assert snap.thresholds[p] == pytest.approx(att.rule.to_prob(own.threshold(0.05)))
         assert att.profile_threshold(name) == pytest.approx(snap.thresholds[p])
+        assert snap.thresholds_at(1)[p] == pytest.approx(att.rule.to_prob(own.threshold(0.05, 1)))
+        assert att.profile_threshold(name, crops=1) == pytest.approx(snap.thresholds_at(1)[p])
     # a snapshot pickles (workers, Ray actors) and scores the same afterwards
     queries = [e.z for e in att.embed_stream(a[5:])]
     back = pickle.loads(pickle.dumps(snap))
@@ -293,3 +284,28 @@ def test_whitened_scores_do_not_depend_on_the_profiles_asked_for(gauss_model, tm
     np.testing.assert_allclose(snap.state.whitener, whole.state.whitener)
     assert snap.thresholds == (whole.thresholds[2], whole.thresholds[0])
     assert att.profile_threshold("gen-b") == pytest.approx(whole.thresholds[1])
+
+
+@pytest.mark.parametrize("whiten", [None, "gallery"])
+def test_feature_map_whitens_by_the_profiles_covariance(whiten):
+    """Discovery's geometry for the Gaussian rule: features in which the profiles' mean shrunk
+    covariance (or the gallery whitener the rule already uses) is isotropic."""
+    from types import SimpleNamespace
+    rng = np.random.default_rng(5)
+    d = 12
+    scale = np.linspace(2.0, 0.2, d)
+    sup = [unit(rng.normal(size=(30, d)) * scale * 0.1 + rng.normal(size=d)) for _ in range(3)]
+    rule = GaussianRule(RAW, whiten=whiten, rank=d)
+    state = rule.prepare(sup, counts=[1, 1, 1])
+    f = rule.feature_map(SimpleNamespace(state=state))
+    x = unit(rng.normal(size=(5, d)))
+    if whiten:
+        np.testing.assert_allclose(f(x), x @ state.whitener)
+        return
+    fits = [fit_gaussian(s, rank=d) for s in sup]
+    cov = np.mean([(f_.basis.T * f_.lam) @ f_.basis for f_ in fits], axis=0)
+    # f(x) = unit(x) @ W with W cov W isotropic: recover W from unit basis vectors
+    W = f(np.eye(d))
+    white = W.T @ cov @ W
+    np.testing.assert_allclose(white, np.eye(d) * white.trace() / d, atol=1e-6 * white.trace())
+    assert f(x).shape == (5, d)

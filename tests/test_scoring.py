@@ -91,7 +91,7 @@ def test_leave_one_out_cosines_by_hand():
 
 @pytest.mark.parametrize("rule", ["prototype", "pair"])
 def test_profile_thresholds(calibrated, tmp_path, rule):
-    from ofa_sdk.scoring import leave_one_out_cosines
+    from ofa_sdk.scoring import leave_one_out_cosines, unit
     a = make_images(tmp_path / "a", 8, 2, kind="noise")
     b = make_images(tmp_path / "b", 8, 3, kind="blocky")
     att = Attributor(model=calibrated, crops=2, rule=rule, profile_quantile=0.25)
@@ -99,19 +99,29 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
     att.enroll("gen-b", b[:5])
     att.enroll("single", b[5:6])
     prof = att.gallery.get("gen-a")
-    if rule == "prototype":
-        own = leave_one_out_cosines(prof.support, 2)
-    else:  # by hand: each support image against the other images' crops, mean pair probability
-        own = []
+    def held_out(folds):   # by hand: each support image against the images outside its fold
+        out = []
         for i in range(5):
             q = prof.support[2 * i:2 * i + 2]
-            rest = np.delete(np.arange(10), [2 * i, 2 * i + 1])
-            own.append(att.rule.head.probs(att.rule.head.query_part(q), prof.support_part[rest]).mean())
+            rest = np.concatenate([prof.support[2 * j:2 * j + 2] for j in range(5) if j % folds != i % folds])
+            rpart = np.concatenate([prof.support_part[2 * j:2 * j + 2] for j in range(5) if j % folds != i % folds])
+            if rule == "prototype":
+                out.append(unit(q.mean(0)) @ unit(rest.astype(np.float64).mean(0)))
+            else:
+                out.append(att.rule.head.probs(att.rule.head.query_part(q), rpart).mean())
+        return np.asarray(out, np.float64)
+    own = held_out(5)
+    if rule == "prototype":
+        assert np.allclose(own, leave_one_out_cosines(prof.support, 2), atol=1e-6)
     assert np.allclose(leave_one_out_scores(att, prof.support, 2), own, atol=1e-6)
-    # by hand: the 75% one-sided normal prediction bound on log(1 - s), n = 5
+    # by hand: the 75% one-sided prediction bound on the distance 1 - s (cube root for the
+    # prototype rule, log for the pair rule); 5 images: no fit-size extrapolation (from 8 up)
     from scipy.stats import t
-    d = np.log(1 - np.asarray(own, np.float64))
-    raw = 1 - np.exp(d.mean() + t.ppf(0.75, 4) * d.std(ddof=1) * np.sqrt(1 + 1 / 5))
+    tr = np.cbrt if rule == "prototype" else np.log
+    y1 = tr(1 - own)
+    mean, sd = y1.mean(), y1.std(ddof=1)
+    bound = mean + t.ppf(0.75, 4) * sd * np.sqrt(1 + 1 / 5)
+    raw = 1 - (bound ** 3 if rule == "prototype" else np.exp(bound))
     want = att.rule.to_prob(raw)
     assert abs(att.profile_threshold("gen-a") - want) < 1e-6
     assert att.profile_threshold("single") == 0.5  # fewer than 3 support images: the default
@@ -120,8 +130,8 @@ def test_profile_thresholds(calibrated, tmp_path, rule):
     res = att.attribute(a[5:] + b[6:], threshold="profile")
     for r in res:
         assert r.ok
-        thr = att.profile_threshold(max(r.scores, key=r.scores.get))
-        assert (r.profile is not None) == (r.score >= thr)
+        accepting = {n for n, v in r.scores.items() if v >= att.profile_threshold(n, crops=2)}
+        assert (r.profile is None) == (not accepting) and (r.profile is None or r.profile in accepting)
     with pytest.raises(ValueError, match="profile"):
         att.attribute(a[5:], threshold="auto")
     with pytest.raises(ValueError):

@@ -69,3 +69,49 @@ def test_make_snapshot_from_a_gallery_and_a_model_equals_the_attributors(tiny_mo
     assert att.snapshot(threshold=0.3).thresholds == (0.3, 0.3, 0.3)
     with pytest.raises(ValueError, match="whiten"):
         make_snapshot(bundle, str(g), att.rule, whiten="gallery")
+
+
+def test_profile_state_persists_in_the_gallery_and_only_changed_profiles_refit(
+        gauss_model, tmp_path, monkeypatch):
+    """Each profile's fit and held-out scores are stored in the gallery under a key of model
+    id, rule, settings and support digest: a second process (a fresh Attributor) prepares the
+    snapshot without one refit, and an add refits only the profile it changed."""
+    from ofa_sdk import decision, scoring
+    g = tmp_path / "g.db"
+    att = Attributor(model=gauss_model, gallery=g, crops=1, backend="torch")
+    for i, kind in enumerate(("noise", "blocky", "noise")):
+        att.enroll(f"gen-{i}", make_images(tmp_path / f"s{i}", 5, i, kind=kind))
+    first = att.snapshot()
+    calls = {"own": [], "fit": []}
+    real_own, real_fit = decision.own_scores, scoring.GaussianRule.fit_one
+    monkeypatch.setattr(decision, "own_scores", lambda *a, **k: calls["own"].append(1) or real_own(*a, **k))
+    monkeypatch.setattr(scoring.GaussianRule, "fit_one",
+                        lambda self, *a: calls["fit"].append(1) or real_fit(self, *a))
+    fresh = Attributor(model=gauss_model, gallery=g, crops=1, backend="torch")
+    again = fresh.snapshot()
+    assert calls == {"own": [], "fit": []}                 # everything read back, nothing refit
+    assert again.thresholds == first.thresholds and again.thresholds_at(1) == first.thresholds_at(1)
+    q = [e.z for e in fresh.embed_stream(make_images(tmp_path / "q", 3, 9))]
+    np.testing.assert_allclose(again.scores(q), first.scores(q), rtol=1e-6)
+    fresh.enroll("gen-1", make_images(tmp_path / "more", 2, 5), add=True)
+    Attributor(model=gauss_model, gallery=g, crops=1, backend="torch").snapshot()
+    assert len(calls["own"]) == 1 and len(calls["fit"]) == 1     # only gen-1
+    # another rule setting is another key: computed, not confused with the stored state
+    Attributor(model=gauss_model, gallery=g, crops=1, backend="torch", rule="prototype").snapshot()
+    assert len(calls["own"]) == 4
+
+
+def test_verify_does_not_evict_what_attribute_prepared(tiny_model, tmp_path, monkeypatch):
+    att = Attributor(model=tiny_model, crops=1)
+    a = make_images(tmp_path / "a", 6, 2)
+    for n in ("gen-a", "gen-b", "gen-c"):
+        att.enroll(n, a[:3])
+    prepared = []
+    real = type(att.rule).prepare
+    monkeypatch.setattr(type(att.rule), "prepare",
+                        lambda self, *x, **k: prepared.append(1) or real(self, *x, **k))
+    att.attribute(a[3:])
+    att.verify(a[3:], "gen-b")
+    att.attribute(a[3:])
+    att.verify(a[3:], "gen-b")
+    assert len(prepared) == 2                              # one set each, both kept

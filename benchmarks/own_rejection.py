@@ -1,0 +1,187 @@
+"""Per-profile thresholds on the development sets (issue 32): the share of a generator's own new
+images its profile refuses, against the nominal share (decision.DEFAULT_FRACTION, 5%), by
+support size, query crops (4 and 1, against 4-crop support images) and JPEG quality.
+
+    python benchmarks/own_rejection.py --sets dev-sim wild13 --jpeg 0 90 \
+        --out benchmarks/results/own_rejection.json
+
+Fingerprints come from the embedding caches of benchmarks/rules.py
+(``benchmarks/data/cache/<set>_q<Q>_c<crops>.npz``; ``rules.py embed ... --crops 4 1`` writes
+them): support images and 4-crop queries from the 4-crop cache, 1-crop queries from the 1-crop
+cache (the same images embedded with ``crops=1``). Per class and seed, one permutation of its
+images: the first n are the support, up to 75 of the rest the queries. Columns: the SDK's
+threshold now (``scoring.held_out_stats``: held-out scores at two fit sizes extrapolated to n,
+one level per query crop count) and the previous one (the log-distance prediction bound of the
+whole-image leave-one-out scores, for every crop count), both on the Gaussian rule's raw scale
+(or ``--rule prototype``). Figures: means over classes and seeds, in percent.
+
+``--open``: the label with every class but ``--unknown`` held-out ones enrolled at once (folds
+rotate them): of the known classes' queries (4 and 1 crops) the share labelled right, wrong and
+``unknown``, and of the held-out classes' queries the share given a label, for the SDK's
+decision now (per-crop-count thresholds; among the accepting profiles the one the image is
+most typical of: decision.decide) and before (the best score, held to that profile's previous
+threshold).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ofa_sdk import decision, scoring
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / "data" / "cache"
+QUERIES = 75
+RAW = scoring.Calibration(1.0, 0.0)
+
+
+def load(name: str, q: int, crops: int):
+    """{class: {content index: (k, d) crop fingerprints}} of one cache file (None: missing)."""
+    path = CACHE / f"{name}_q{q}_c{crops}.npz"
+    if not path.exists():
+        return None
+    f = np.load(path)
+    rows = np.split(f["z"], np.cumsum(f["counts"])[:-1])
+    out = {}
+    for c, i, r in zip(f["cls"], f["idx"], rows):
+        out.setdefault(str(c), {})[int(i)] = r
+    return out
+
+
+def rejection(rule, c4, c1, sizes, seeds, fraction):
+    """{n: {"now_4", "now_1", "before_4", "before_1", "profiles"}}: mean refused shares."""
+    acc = {n: {k: [] for k in ("now_4", "now_1", "before_4", "before_1")} for n in sizes}
+    for c in sorted(c4):
+        idx = sorted(set(c4[c]) & set(c1[c]))
+        for seed in range(seeds):
+            order = np.random.default_rng(seed).permutation(idx)
+            for n in sizes:
+                if len(order) < n + 10:
+                    continue
+                sup = [c4[c][i] for i in order[:n]]
+                support, counts = np.concatenate(sup), [len(x) for x in sup]
+                state = rule.prepare([support], counts=[counts])
+                now = scoring.held_out_stats(rule, support, counts)
+                before = scoring.OwnScores.from_scores(rule.leave_one_out(support, counts))
+                for k, cache in ((4, c4), (1, c1)):
+                    qs = [cache[c][i] for i in order[n:n + QUERIES]]
+                    raw = rule.raw_scores(state, qs)[:, 0]
+                    thr = np.array([now.threshold(fraction, len(q)) for q in qs])
+                    acc[n][f"now_{k}"].append(float((raw < thr).mean()))
+                    acc[n][f"before_{k}"].append(float((raw < before.threshold(fraction)).mean()))
+    return {n: {**{k: 100 * float(np.mean(v)) for k, v in a.items() if v},
+                "profiles": len(a["now_4"])} for n, a in acc.items() if a["now_4"]}
+
+
+def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
+    """{crops: {"now"/"before": {right, wrong, unknown, held_out_labelled}}} in percent."""
+    from ofa_sdk.snapshot import GallerySnapshot
+    names = sorted(c4)
+    rng = np.random.default_rng(seed)
+    tally = {k: {w: np.zeros(5) for w in ("now", "before")} for k in (4, 1)}
+    for f in range(folds):
+        held = set(rng.permutation(names)[:unknown])
+        known = [c for c in names if c not in held]
+        orders = {c: np.random.default_rng(seed + f).permutation(sorted(set(c4[c]) & set(c1[c])))
+                  for c in names}
+        sup = [[c4[c][i] for i in orders[c][:n]] for c in known]
+        supports, counts = [np.concatenate(x) for x in sup], [[len(z) for z in x] for x in sup]
+        state = rule.prepare(supports, counts=counts)
+        own = tuple(scoring.held_out_stats(rule, s, k) for s, k in zip(supports, counts))
+        old = [rule.to_prob(scoring.OwnScores.from_scores(rule.leave_one_out(s, k)).threshold(fraction))
+               for s, k in zip(supports, counts)]
+        snap = GallerySnapshot("bench", tuple(known), rule, state,
+                               tuple(float(rule.to_prob(o.threshold(fraction))) for o in own),
+                               own, "profile", fraction)
+        for k, cache in ((4, c4), (1, c1)):
+            for c in names:
+                qs = [cache[c][i] for i in orders[c][n:n + QUERIES]]
+                S = rule.scores(state, qs)
+                for q, row in zip(qs, S):
+                    label = decision.decide("", row, snap.names, None, snapshot=snap,
+                                            crops=len(q)).profile
+                    best = int(np.argmax(row))
+                    before = known[best] if row[best] >= old[best] else None
+                    for w, lab in (("now", label), ("before", before)):
+                        if c in held:
+                            tally[k][w][3:] += [lab is not None, 1]
+                        else:
+                            tally[k][w][:3] += [lab == c, lab not in (c, None), lab is None]
+    return {k: {w: {"right": 100 * v[0] / v[:3].sum(), "wrong": 100 * v[1] / v[:3].sum(),
+                     "unknown": 100 * v[2] / v[:3].sum(),
+                     "held_out_labelled": 100 * v[3] / max(v[4], 1)} for w, v in t.items()}
+            for k, t in tally.items()}
+
+
+def caches(sets, jpegs, one_crop: str = "centre"):
+    """(set, quality, 4-crop cache, 1-crop cache) for each; both None when one is missing.
+    ``one_crop="grid"``: the 1-crop queries are the first crop of the 4-crop grid instead of
+    the ``crops=1`` (centre crop) embedding."""
+    for s in sets:
+        for q in jpegs:
+            c4 = load(s, q, 4)
+            c1 = load(s, q, 1) if one_crop == "centre" or c4 is None else \
+                {c: {i: z[:1] for i, z in d.items()} for c, d in c4.items()}
+            yield (s, q, c4, c1) if c4 is not None and c1 is not None else (s, q, None, None)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sets", nargs="+", default=["dev-sim", "wild13"])
+    ap.add_argument("--jpeg", nargs="+", type=int, default=[0, 90])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[5, 10, 20, 50, 100])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--rule", choices=["gaussian", "prototype"], default="gaussian")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--open", action="store_true", help="also the open-set labels (see above)")
+    ap.add_argument("--open-sizes", nargs="+", type=int, default=[10, 20, 100])
+    ap.add_argument("--unknown", type=int, default=2)
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--one-crop", choices=["centre", "grid"], default="centre",
+                    help="1-crop queries: the crops=1 embedding (centre crop) or a grid crop")
+    a = ap.parse_args()
+    # raw scores on a probability-like scale that grows with the score (decide compares them)
+    rule = scoring.GaussianRule(scoring.Calibration(-1.0, 0.0)) if a.rule == "gaussian" else \
+        scoring.PrototypeRule(RAW)
+    fraction = decision.DEFAULT_FRACTION
+    results = {}
+    print(f"own-rejection (%), nominal {100 * fraction:g}%, rule {a.rule}: now (before)")
+    print("| set | JPEG | support images | 4-crop queries | 1-crop queries | profiles |")
+    print("|---|---|---|---|---|---|")
+    for s, q, c4, c1 in caches(a.sets, a.jpeg, a.one_crop):
+        if c4 is None:
+            print(f"| {s} | {q or 'clean'} | missing cache ({CACHE}/{s}_q{q}_c4/c1.npz) | | | |")
+            continue
+        res = rejection(rule, c4, c1, a.sizes, a.seeds, fraction)
+        results[f"{s}_q{q}"] = res
+        for n, r in res.items():
+            print(f"| {s} | {q or 'clean'} | {n} | {r['now_4']:.1f} ({r['before_4']:.1f}) | "
+                  f"{r['now_1']:.1f} ({r['before_1']:.1f}) | {r['profiles']} |", flush=True)
+    opened = {}
+    if a.open:
+        print(f"\nopen set: all but {a.unknown} classes enrolled ({a.folds} folds); known queries "
+              f"right / wrong / unknown, held-out queries labelled (%): now (before)")
+        print("| set | JPEG | support | query crops | right | wrong | unknown | held-out labelled |")
+        print("|---|---|---|---|---|---|---|---|")
+        for s, q, c4, c1 in caches(a.sets, a.jpeg, a.one_crop):
+            m = 0 if c4 is None else min(len(set(c4[c]) & set(c1[c])) for c in c4)
+            for n in (n for n in a.open_sizes if m >= n + 10):
+                res = open_set(rule, c4, c1, n, a.unknown, a.folds, fraction)
+                opened[f"{s}_q{q}_n{n}"] = res
+                for k, r in res.items():
+                    now, bef = r["now"], r["before"]
+                    print(f"| {s} | {q or 'clean'} | {n} | {k} | " + " | ".join(
+                        f"{now[x]:.1f} ({bef[x]:.1f})" for x in
+                        ("right", "wrong", "unknown", "held_out_labelled")) + " |", flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"rule": a.rule, "fraction": fraction,
+                                           "seeds": a.seeds, "results": results,
+                                           "open": opened}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""One decision across profiles (decision.decide/choose): among the profiles whose threshold an
+image meets, the one it is most typical of; an image a loose profile accepts is not lost to a
+tight profile on which it merely scores higher."""
+import numpy as np
+import pytest
+
+from ofa_sdk.decision import decide
+from ofa_sdk.scoring import Calibration, OwnByCrops, OwnScores, PrototypeRule
+from ofa_sdk.snapshot import GallerySnapshot
+
+RULE = PrototypeRule(Calibration(10.0, -5.0))
+# own images: "tight" sits at cube-root distance 0.2 +- 0.01, "broad" at 0.5 +- 0.1
+OWN = (OwnByCrops((OwnScores(0.2, 0.01, 50, 1 / 3),)), OwnByCrops((OwnScores(0.5, 0.1, 50, 1 / 3),)))
+NAMES = ("tight", "broad")
+
+
+def _snapshot(policy="profile"):
+    thr = tuple(float(RULE.to_prob(o.threshold(0.05))) for o in OWN) if policy == "profile" \
+        else (float(policy),) * 2
+    return GallerySnapshot("m", NAMES, RULE, None, thr, OWN, policy, 0.05)
+
+
+def _row(*cube_root_distances):
+    return np.array([RULE.to_prob(1 - c ** 3) for c in cube_root_distances])
+
+
+def test_the_most_typical_accepting_profile_wins_over_the_highest_score():
+    snap = _snapshot()
+    row = _row(0.215, 0.5)          # 1.5 sd out on "tight" (still accepted), typical of "broad"
+    assert row[0] > row[1] and (row >= snap.thresholds).all()
+    r = decide("x", row, NAMES, None, snapshot=snap)
+    assert r.profile == "broad" and r.score == row[1] and r.threshold == snap.thresholds[1]
+    assert r.typicality == pytest.approx(OWN[1].typicality(RULE.from_prob(row[1])))
+    # a typical image of "tight" still goes to "tight"
+    assert decide("x", _row(0.195, 0.5), NAMES, None, snapshot=snap).profile == "tight"
+
+
+def test_a_loose_profile_keeps_what_a_tight_one_refuses():
+    snap = _snapshot()
+    row = _row(0.3, 0.6)            # far out on "tight" (refused), within "broad"
+    assert row[0] > row[1] and row[0] < snap.thresholds[0] and row[1] >= snap.thresholds[1]
+    assert decide("x", row, NAMES, None, snapshot=snap).profile == "broad"   # was unknown
+    # without a snapshot: the margin over each threshold decides
+    assert decide("x", np.array([0.9, 0.7]), NAMES, [0.95, 0.6]).profile == "broad"
+    r = decide("x", np.array([0.9, 0.7]), NAMES, [0.95, 0.95])
+    assert r.profile is None and r.score == 0.9 and r.threshold == 0.95   # none accepts
+
+
+def test_one_threshold_for_all_keeps_the_highest_score():
+    snap = _snapshot(0.5)
+    row = _row(0.215, 0.5)
+    assert decide("x", row, NAMES, None, snapshot=snap).profile == "tight"

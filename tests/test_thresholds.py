@@ -1,0 +1,93 @@
+"""Per-profile thresholds keep their promise on data with a known answer: synthetic generators
+(d = 128 Gaussians of image fingerprints, each crop adding its own noise, unit-normalised as the
+engine's are). Over many support draws, the share of a generator's *new* images that its profile
+refuses must be the nominal 5% within 1.5 points, at 10 to 100 support images, for queries of 1
+crop and of 4 crops against 4-crop support images. Before the held-out fit-size correction and
+the per-crop-count levels (scoring.held_out_stats), the same check gave 0.4-4.1% for whole
+images and up to 56% for 1-crop queries against 4-crop profiles (issue 32)."""
+import numpy as np
+import pytest
+
+from ofa_sdk.scoring import (Calibration, GaussianRule, OwnByCrops, PrototypeRule, crop_groups,
+                             held_out_stats, unit)
+
+D = 128
+NOMINAL = 0.05
+RAW = Calibration(1.0, 0.0)          # the raw scale: thresholds are compared to raw scores
+
+
+def _generator(rng):
+    """A synthetic generator: mean direction, per-image spread (decaying spectrum) and per-crop
+    noise (another spectrum), so one crop lands farther from the profile than a 4-crop mean."""
+    mu = unit(rng.normal(size=D))
+    img = 0.06 * np.arange(1, D + 1) ** -0.5
+    crop = 0.06 * (np.arange(1, D + 1) ** -0.3)[::-1]
+
+    def draw(n, k):
+        return unit(mu + rng.normal(size=(n, 1, D)) * img + rng.normal(size=(n, k, D)) * crop)
+    return draw
+
+
+def realised_rejection(rule, n, support_crops, query_crops, trials, seed):
+    """Mean over ``trials`` support draws of the share of 200 new images of each query crop
+    count that the profile's threshold refuses."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(query_crops))
+    for _ in range(trials):
+        draw = _generator(rng)
+        support = draw(n, support_crops).reshape(-1, D)
+        state = rule.prepare([support], counts=[support_crops])
+        own = held_out_stats(rule, support, support_crops)
+        for j, k in enumerate(query_crops):
+            raw = rule.raw_scores(state, list(draw(200, k)))[:, 0]
+            out[j] += (raw < own.threshold(NOMINAL, k)).mean() / trials
+    return out
+
+
+@pytest.mark.parametrize("n", [10, 20, 50, 100])
+def test_gaussian_rule_refuses_the_nominal_share_of_own_images(n):
+    """The default rule: within 1.5 points (more trials where a draw's share varies more)."""
+    trials = 1000 // n + 20
+    got = realised_rejection(GaussianRule(RAW), n, 4, (1, 4), trials, seed=n)
+    assert np.abs(got - NOMINAL).max() < 0.015, f"{n} images, 1 and 4 crops: {got}"
+    whole = realised_rejection(GaussianRule(RAW), n, 1, (1,), trials, seed=n + 1)
+    assert abs(whole[0] - NOMINAL) < 0.015, f"{n} images of 1 crop: {whole}"
+
+
+@pytest.mark.parametrize("n", [20, 100])
+def test_prototype_rule_refuses_about_the_nominal_share_of_own_images(n):
+    """The prototype rule's 1 - cos is still right-skewed on the cube-root scale in this
+    synthetic model, so it refuses somewhat more than nominal (5.3-7.0% measured over 10-100
+    images); held to 2.5 points."""
+    got = realised_rejection(PrototypeRule(RAW), n, 4, (1, 4), 2000 // n + 20, seed=n)
+    assert np.abs(got - NOMINAL).max() < 0.025, f"{n} images, 1 and 4 crops: {got}"
+
+
+def test_one_crop_queries_get_a_lower_threshold_than_whole_images():
+    """The levels are ordered as the noise is: fewer crops, farther from the profile."""
+    draw = _generator(np.random.default_rng(0))
+    support = draw(20, 4).reshape(-1, D)
+    own = held_out_stats(GaussianRule(RAW), support, 4)
+    assert isinstance(own, OwnByCrops) and len(own.levels) == 4
+    t = [own.threshold(NOMINAL, k) for k in (1, 2, 3, 4)]
+    assert t[0] < t[1] < t[3]
+    assert own.threshold(NOMINAL) == t[3] == own.threshold(NOMINAL, 9)   # more crops: whole images
+    with pytest.raises(ValueError, match="at least 3"):
+        held_out_stats(GaussianRule(RAW), support[:8], 4)
+
+
+def test_crop_groups_cut_disjoint_runs_of_each_image():
+    img, rows = crop_groups([4, 2, 1], 2)
+    assert img.tolist() == [0, 0, 1, 2]
+    assert [r.tolist() for r in rows] == [[0, 1], [2, 3], [4, 5], [6]]   # a 1-crop image whole
+
+
+@pytest.mark.parametrize("n", [4, 5, 6])
+def test_small_supports_need_no_prior_variance(n):
+    """4-6 images: thresholds from the images alone (no refit below MIN_POINTS images needs the
+    model's prior variance) and conservative (the n/2-image fits are not used below 8 images:
+    they have no shape of their own), not refusing more than nominal. At 3 images the Gaussian
+    rule's 2-image refits are isotropic while its 3-image profile is not, and its threshold
+    refuses far more than nominal on this data (not fixed; enroll 20 or more images)."""
+    got = realised_rejection(GaussianRule(RAW), n, 4, (1, 4), trials=40, seed=n)
+    assert (got < NOMINAL + 0.015).all(), got
