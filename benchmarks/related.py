@@ -272,7 +272,7 @@ def open_families(a):
            "split_1v1": {k: float(np.mean([v for p, v in run["pairs"][RULE].items()
                                            if set(p.split("|")) <= set(cls)])) for k, cls in split.items()},
            "never enrolled": {}}
-    held = {**{f: m for v in FAMILIES.values() for f, m in v.items()},
+    held = {"none (every class enrolled)": [], **{f: m for v in FAMILIES.values() for f, m in v.items()},
             **{f"all {k}-on": [c for f in v.values() for c in f] for k, v in FAMILIES.items()}}
     tag = f"f{decision.DEFAULT_FRACTION}"
     print(f"all enrolled: 1v1 {rep['all enrolled']['mean_1v1']:.3f} top1 {rep['all enrolled']['top1']:.3f}; "

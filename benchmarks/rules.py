@@ -244,14 +244,17 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
                 (ak, bk), (au, _) = acc
                 tag = f"f{frac}" + ("-ambiguous" if amb else "")
                 row[tag] = {"right": (ak & (bk == ko)).mean(), "wrong": (ak & (bk != ko)).mean(),
-                            "unknown": (~ak).mean(), "unknown_labelled": au.mean()}
+                            "unknown": (~ak).mean(),
+                            "unknown_labelled": au.mean() if len(au) else float("nan")}
+        res.append(row)
+        if not uq:      # every class enrolled: no known-vs-unknown curve
+            continue
         thr = np.array([o.threshold(decision.DEFAULT_FRACTION) for o in own])
         bk, bu = Sk.argmax(1), Su.argmax(1)
         mk = Sk[np.arange(len(bk)), bk] - thr[bk]
         mu = Su[np.arange(len(bu)), bu] - thr[bu]
         row["curve"] = {"top1": (bk == ko).mean(), "oscr": oscr(mk, bk == ko, mu),
                         "auroc": roc_auc(mk, mu)}
-        res.append(row)
     return {t: {k: float(np.mean([r[t][k] for r in res])) for k in res[0][t]} for t in res[0]}
 
 
