@@ -26,6 +26,7 @@ labels with everything enrolled and never-enrolled acceptance, leaving out one f
     python benchmarks/related.py build --photos ../shared/data/real-photos
     python benchmarks/rules.py embed --set benchmarks/data/related --jpeg 0 --crops 4
     python benchmarks/related.py pairs --out benchmarks/results/related_pairs.json
+    python benchmarks/related.py table benchmarks/results/related_pairs.json
     python benchmarks/related.py open --out benchmarks/results/related_open.json
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +258,15 @@ def table(rep):
             print(f"| {g} | {p} | {r['kind']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
         m = rep["groups"][g]
         print(f"| {g} | **mean of {len(rows)}** | | " + " | ".join(f"**{m[k]:.3f}**" for k in keys) + " |")
+    rows = [r for g in rep["pairs"].values() for r in g.values()]
+    print("\n| pairs | n | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        sel = [r for r in rows if r["kind"] == kind]
+        print(f"| {kind} | {len(sel)} | " + " | ".join(f"{np.mean([r[k] for r in sel]):.3f}" for k in keys) + " |")
+    print(f"| all | {len(rows)} | " + " | ".join(f"{np.mean([r[k] for r in rows]):.3f}" for k in keys) + " |")
+    from scipy.stats import spearmanr
+    rho = spearmanr([r["one-class"] for r in rows], [r["spread fingerprint"] for r in rows])[0]
+    print(f"\nSpearman correlation over the {len(rows)} pairs, one-class AUC vs fingerprint spread: {rho:.2f}")
 
 
 def open_families(a):
@@ -274,6 +285,19 @@ def open_families(a):
            "never enrolled": {}}
     held = {"none (every class enrolled)": [], **{f: m for v in FAMILIES.values() for f, m in v.items()},
             **{f"all {k}-on": [c for f in v.values() for c in f] for k, v in FAMILIES.items()}}
+    # where wrong top-1 labels go with every class enrolled (argmax, no threshold)
+    fam = {c: f for v in FAMILIES.values() for f, m in v.items() for c in m}
+    sup = [data.support(c, n) for c in data.names]
+    state = rule.prepare([z for z, _ in sup], counts=[k for _, k in sup])
+    wrong = {}
+    for p, c in enumerate(data.names):
+        best = np.array(data.names)[rule.raw_scores(state, data.query(c)).argmax(1)]
+        wrong[c] = [b for b in best if b != c]
+        print(f"  {c}: top-1 {np.mean(best == c):.2f}; wrong labels, most common: "
+              + ", ".join(f"{b} {k}" for b, k in Counter(wrong[c]).most_common(2)))
+    w = [(c, b) for c, bs in wrong.items() for b in bs]
+    rep["wrong_within_family"] = float(np.mean([fam.get(c, c) == fam.get(b, b) for c, b in w]))
+    print(f"share of wrong top-1 labels within the image's own family: {rep['wrong_within_family']:.2f}")
     tag = f"f{decision.DEFAULT_FRACTION}"
     print(f"all enrolled: 1v1 {rep['all enrolled']['mean_1v1']:.3f} top1 {rep['all enrolled']['top1']:.3f}; "
           f"choose-on classes {rep['split_1v1']['choose']:.3f}, confirm-on {rep['split_1v1']['confirm']:.3f}")
@@ -328,6 +352,8 @@ def main(argv=None):
     q.add_argument("--groups", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     q.add_argument("--crops", type=int, default=4)
     q.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_pairs.json"))
+    t = sub.add_parser("table", help="the markdown tables of a pairs report")
+    t.add_argument("report")
     o = sub.add_parser("open")
     o.add_argument("--crops", type=int, default=4)
     o.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_open.json"))
@@ -345,6 +371,8 @@ def main(argv=None):
         build(a)
     elif a.cmd == "pairs":
         pairs(a)
+    elif a.cmd == "table":
+        table(json.loads(Path(a.report).read_text()))
     elif a.cmd == "open":
         open_families(a)
     else:
