@@ -255,7 +255,7 @@ def table(rep):
     print("|---|---|---|" + "---|" * len(keys))
     for g, rows in rep["pairs"].items():
         for p, r in rows.items():
-            print(f"| {g} | {p} | {r['kind']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+            print(f"| {g} | {p.replace('|', ' vs ')} | {r['kind']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
         m = rep["groups"][g]
         print(f"| {g} | **mean of {len(rows)}** | | " + " | ".join(f"**{m[k]:.3f}**" for k in keys) + " |")
     rows = [r for g in rep["pairs"].values() for r in g.values()]
@@ -311,6 +311,21 @@ def open_families(a):
     Path(a.out).write_text(json.dumps(rep, indent=1))
 
 
+class WithCopies:
+    """A support that enrolls each image as generated and its rescaled copies (the caches'
+    same content indices), queries as in the first cache: a no-training resampling lever."""
+
+    def __init__(self, *caches):
+        self.caches, self.names, self.pool = caches, caches[0].names, caches[0].pool
+
+    def support(self, c, n, seed=0):
+        parts = [x.support(c, n, seed) for x in self.caches]
+        return np.concatenate([z for z, _ in parts]), [k for _, ks in parts for k in ks]
+
+    def query(self, c):
+        return self.caches[0].query(c)
+
+
 def levers(a):
     """No-training levers of the shipped model: more crops per image (mean of their
     fingerprints), and queries rescaled (bicubic) and re-encoded with the support as generated.
@@ -322,20 +337,23 @@ def levers(a):
         plist = [p for g, v in PAIRS.items() if (g == "wild13") == (name == "wild13") for ps in v.values() for p in ps]
         base = Cached(cache_path(name, 0, 4))
         variants = {f"{c} crops": (0, c, 1.0) for c in a.crops}
-        variants.update({" + ".join([f"rescaled {r}"] * (r != 1) + [f"JPEG q{q}"] * (q > 0)): (q, 4, r)
-                         for q in a.jpeg for r in a.rescale if q or r != 1})
+        variants.update({" + ".join([f"rescaled {r}"] * (r != 1) + [f"JPEG q{q}"] * (q > 0)) or "as generated":
+                         (q, 4, r) for q in a.jpeg for r in a.rescale})
         for label, (q, c, r) in variants.items():
             path = cache_path(name, q, c, r)
             if not path.exists():
                 print(f"| {name} | {label} | missing {path.name} | | |")
                 continue
             other = Cached(path)
-            sup = other if label.endswith("crops") else base
-            m, oc = one_class(sup, queries=other)
-            rel = float(np.mean([both_ways(oc, p) for p in plist]))
-            rep[f"{name}/{label}"] = {"mean_1v1": m, "related": rel}
-            print(f"| {name} | {label} | {'same crops' if sup is other else 'as generated, 4 crops'} | "
-                  f"{m:.3f} | {rel:.3f} |", flush=True)
+            copies = [cache_path(name, 0, 4, r) for r in a.rescale if r != 1]
+            supports = {"same crops": other} if label.endswith("crops") else {
+                "as generated, 4 crops": base,
+                "as generated + rescaled copies": WithCopies(base, *map(Cached, copies))}
+            for how, sup in supports.items():
+                m, oc = one_class(sup, queries=other)
+                rel = float(np.mean([both_ways(oc, p) for p in plist]))
+                rep[f"{name}/{label}/{how}"] = {"mean_1v1": m, "related": rel}
+                print(f"| {name} | {label} | {how} | {m:.3f} | {rel:.3f} |", flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rep, indent=1))
 
