@@ -20,14 +20,21 @@ rule, the other side's query images against its own; both directions averaged), 
 linear probe (5-fold logistic regression on standardised dimensions, every image) on the same
 fingerprints and on two fixed features (the log-magnitude spectrum of the 256 px image's
 Laplacian residual pooled to 64x64, and its crop-averaged Welch version), and the ratio of
-within-generator spread to between-generator distance per representation. ``open`` reports
-labels with everything enrolled and never-enrolled acceptance, leaving out one family at a time.
+within-generator spread to between-generator distance per representation (``--groups wild13``:
+the same on benchmarks/wild.py's seed pairs and real-vs-GAN pairs). ``open`` reports labels with
+everything enrolled and never-enrolled acceptance, leaving out one family at a time. ``levers``
+measures what the shipped model gives without training: more crops per image, and queries
+rescaled (and re-encoded) against a support as generated or enrolled with rescaled copies.
+Figures: benchmarks/RESULTS.md section 9.
 
     python benchmarks/related.py build --photos ../shared/data/real-photos
     python benchmarks/rules.py embed --set benchmarks/data/related --jpeg 0 --crops 4
     python benchmarks/related.py pairs --out benchmarks/results/related_pairs.json
     python benchmarks/related.py table benchmarks/results/related_pairs.json
     python benchmarks/related.py open --out benchmarks/results/related_open.json
+    python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 \
+        --crops 4 --rescale 1 0.75 0.5            # and: --jpeg 0 --crops 9 16
+    python benchmarks/related.py levers --out benchmarks/results/related_levers.json
 """
 from __future__ import annotations
 

@@ -369,7 +369,7 @@ def main(argv=None):
         torch.set_num_threads(2)
         embed(a.set, a.jpeg, a.crops, a.model, a.rescale)
     else:
-        a.unknown = {"dev-sim": 3, "wild13": 4}
+        a.unknown = {"dev-sim": 3, "wild13": 4, "related": 4}
         compare(a)
 
 
