@@ -41,3 +41,12 @@ $PY benchmarks/soak.py --model tiny --calls 10000 --every 500 --warmup 200 --out
 $PY benchmarks/discover.py quality --sets dev-sim wild13 --seeds 5 --real-photos "$PHOTOS" \
     --out $R/discover_quality.json
 $PY benchmarks/discover.py scale --out $R/discover_scale.json
+# 9. related families (needs '.[related]' and Debian's libvulkan1 libomp5)
+[ -f benchmarks/data/related/MANIFEST.json ] || $PY benchmarks/related.py build --photos "$PHOTOS"
+$PY benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 --crops 4 \
+    --rescale 1 0.75 0.5
+$PY benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 --crops 9 16
+$PY benchmarks/related.py pairs --groups choose confirm --out $R/related_pairs.json
+$PY benchmarks/related.py pairs --groups wild13 --out $R/related_pairs_wild13.json
+$PY benchmarks/related.py open --out $R/related_open.json
+$PY benchmarks/related.py levers --out $R/related_levers.json
