@@ -25,7 +25,7 @@ the same on benchmarks/wild.py's seed pairs and real-vs-GAN pairs). ``open`` rep
 everything enrolled and never-enrolled acceptance, leaving out one family at a time. ``levers``
 measures what the shipped model gives without training: more crops per image, and queries
 rescaled (and re-encoded) against a support as generated or enrolled with rescaled copies.
-Figures: benchmarks/RESULTS.md section 9.
+Figures: benchmarks/RESULTS.md section 11.
 
     python benchmarks/related.py build --photos ../shared/data/real-photos
     python benchmarks/rules.py embed --set benchmarks/data/related --jpeg 0 --crops 4

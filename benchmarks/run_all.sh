@@ -41,7 +41,7 @@ $PY benchmarks/soak.py --model tiny --calls 10000 --every 500 --warmup 200 --out
 $PY benchmarks/discover.py quality --sets dev-sim wild13 --seeds 5 --real-photos "$PHOTOS" \
     --out $R/discover_quality.json
 $PY benchmarks/discover.py scale --out $R/discover_scale.json
-# 9. related families (needs '.[related]' and Debian's libvulkan1 libomp5)
+# 11. related families (needs '.[related]' and Debian's libvulkan1 libomp5)
 [ -f benchmarks/data/related/MANIFEST.json ] || $PY benchmarks/related.py build --photos "$PHOTOS"
 $PY benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 --crops 4 \
     --rescale 1 0.75 0.5
