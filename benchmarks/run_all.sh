@@ -46,3 +46,12 @@ $PY benchmarks/serve_load.py --out $R/serve_load.json
 # 10. thresholds and persisted profile state (issue 32)
 $PY benchmarks/state_cache.py --profiles 1000 --images 20
 $PY benchmarks/own_rejection.py --sets dev-sim wild13 --jpeg 0 90 --open --out $R/own_rejection.json
+# 11. related families (needs '.[related]' and Debian's libvulkan1 libomp5)
+[ -f benchmarks/data/related/MANIFEST.json ] || $PY benchmarks/related.py build --photos "$PHOTOS"
+$PY benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 --crops 4 \
+    --rescale 1 0.75 0.5
+$PY benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 --crops 9 16
+$PY benchmarks/related.py pairs --groups choose confirm --out $R/related_pairs.json
+$PY benchmarks/related.py pairs --groups wild13 --out $R/related_pairs_wild13.json
+$PY benchmarks/related.py open --out $R/related_open.json
+$PY benchmarks/related.py levers --out $R/related_levers.json

