@@ -132,19 +132,7 @@ METHODS = {
     "hdbscan": ("hdbscan", 0.9, True, "unit"),
     "agglomerative q0.9, whitened": ("agglomerative", 0.9, True, "whitened"),
     "hdbscan, whitened": ("hdbscan", 0.9, True, "whitened"),
-    # the Gaussian rule's own geometry (GaussianRule.feature_map), the candidate of issue 32
-    "agglomerative q0.8, gaussian geometry": ("agglomerative", 0.8, True, "gaussian"),
-    "agglomerative q0.95, gaussian geometry": ("agglomerative", 0.95, True, "gaussian"),
 }
-
-
-def gaussian_geometry(groups):
-    """The shipped default rule's ``feature_map`` for these enrolled profiles (one crop-averaged
-    fingerprint per image)."""
-    from types import SimpleNamespace
-    from ofa_sdk import scoring
-    rule = scoring.GaussianRule(calibration=scoring.Calibration(1.0, 0.0))
-    return rule.feature_map(SimpleNamespace(state=rule.prepare(list(groups))))
 
 
 def score(truth, labels, real: str = "real"):
@@ -200,8 +188,7 @@ def quality(a) -> dict:
                     pool.append(rng.permutation(idx)[:rng.integers(20, len(idx) + 1)])
                 pool.append(np.flatnonzero(cls == "real"))
                 pool = np.concatenate(pool)
-                feats = {"unit": None, "whitened": whitener(list(profiles.values())),
-                         "gaussian": gaussian_geometry(profiles.values())}
+                feats = {"unit": None, "whitened": whitener(list(profiles.values()))}
                 refs = {k: discovery.reference_from(profiles, t) for k, t in feats.items()}
                 for name, (method, q, uses_ref, space) in METHODS.items():
                     res = discovery.discover(x[pool], method=method, quantile=q,

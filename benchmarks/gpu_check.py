@@ -303,7 +303,7 @@ def kernel_ratios(kern: dict) -> list:
                    "error": r.get("error")}
             if "us" in r and case in best:
                 row.update(best_torch=best[case][1], best_torch_us=best[case][0],
-                           speedup=round(best[case][0] / r["us"], 2))
+                           speedup=float(f"{best[case][0] / r['us']:.3g}"))  # interpreter: tiny
             rows.append(row)
     return rows
 

@@ -55,3 +55,4 @@ $PY benchmarks/related.py pairs --groups choose confirm --out $R/related_pairs.j
 $PY benchmarks/related.py pairs --groups wild13 --out $R/related_pairs_wild13.json
 $PY benchmarks/related.py open --out $R/related_open.json
 $PY benchmarks/related.py levers --out $R/related_levers.json
+$PY benchmarks/discover.py quality --sets related --seeds 5 --out $R/discover_quality_related.json   # section 8

@@ -13,9 +13,10 @@ Clustering runs with scikit-learn (the ``discover`` extra), in a feature space g
 is the unit fingerprint itself, where Euclidean distance is a monotone function of the cosine
 the prototype score rule uses. A score rule may define its own metric: ``Attributor.discover``
 asks the rule for ``feature_map(snapshot)``, a callable of that contract, and uses it when
-present: the Gaussian rule whitens by the profiles' pooled within-profile covariance
-(:meth:`ofa_sdk.scoring.GaussianRule.feature_map`); the prototype and pair rules cluster in the
-cosine geometry.
+present. No shipped rule defines one: the Gaussian rule's whitening by the profiles' pooled
+within-profile covariance was measured as a clustering geometry and over-splits (mean ARI 0.29-0.44
+against 0.61 in the cosine space; benchmarks/RESULTS.md, "Discovery"), so discovery clusters in the
+cosine geometry whatever the rule.
 
 Two methods: ``"hdbscan"`` (density based: finds the number of clusters and calls sparse points
 noise) and ``"agglomerative"`` (average linkage cut at a distance derived from the enrolled
@@ -41,8 +42,9 @@ import numpy as np
 METHODS = ("auto", "hdbscan", "agglomerative")
 # "auto" resolves to this; chosen by measurement (benchmarks/RESULTS.md, "Discovery")
 DEFAULT_METHOD = "agglomerative"
-# the quantile of within-profile pairwise distances that average linkage is cut at
-DEFAULT_QUANTILE = 0.95
+# the quantile of within-profile pairwise distances that average linkage is cut at: the best
+# mean ARI over both development sets, and the best worst case (benchmarks/RESULTS.md, "Discovery")
+DEFAULT_QUANTILE = 0.8
 DEFAULT_MIN_CLUSTER_SIZE = 5
 # above this many images the clustering is two-stage (micro-clusters first)
 EXACT_LIMIT = 5000

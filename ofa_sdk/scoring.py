@@ -843,32 +843,6 @@ class GaussianRule:
                 out[fold == f] = 1.0 - mahalanobis(fit, q[fold == f]) / pts.shape[1]
         return out
 
-    def feature_map(self, snapshot):
-        """The geometry discovery clusters unknown images in (``discovery`` contract: unit
-        fingerprints -> features, Euclidean there): whitened by the gallery's pooled
-        within-profile covariance, so distances between unknown images weigh directions as the
-        profiles' covariances do on average. The snapshot's whitener when the rule whitens by
-        the gallery, else the mean of the profiles' shrunk covariances, scaled as
-        :func:`pooled_whitener` scales (directions change, not the size of distances)."""
-        st = snapshot.state
-        w = st.whitener
-        if w is None and len(st):
-            P, k, d = st.basis.shape
-            sigma2 = 1.0 / st.inv_sigma2.astype(np.float64)
-            lam = 1.0 / (st.coef.astype(np.float64) + st.inv_sigma2[:, None])   # padded: sigma2
-            cov = np.eye(d) * sigma2.mean()
-            v = st.basis.astype(np.float64)
-            cov += np.einsum("pkd,pk,pke->de", v, lam - sigma2[:, None], v) / P
-            ev, vec = np.linalg.eigh(cov)
-            ev = np.maximum(ev, ev.max() * 1e-9)
-            w = (vec / np.sqrt(ev / ev.mean())) @ vec.T
-
-        def whitened(x: np.ndarray, w=w) -> np.ndarray:
-            x = unit(x)
-            return x if w is None else x @ w
-        whitened.__name__ = "gaussian (pooled within-profile covariance)"
-        return whitened
-
     def to_prob(self, raw):
         """sigmoid(a * log(D^2/d) + b), the model's calibration of this rule."""
         p = self.calibration(np.log(np.maximum(1.0 - np.asarray(raw, np.float64), MIN_DISTANCE)))

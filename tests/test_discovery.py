@@ -51,8 +51,14 @@ def test_a_mix_with_a_known_answer(ref, method):
     from sklearn.metrics import adjusted_rand_score
     x, y = mixture(np.random.default_rng(0), 4, [40, 30, 25, 20], diffuse=30)
     res = discover(x, [f"img{i}" for i in range(len(x))], method=method, reference=ref)
-    assert len(res.clusters) == 4
-    assert adjusted_rand_score(y, res.labels) > 0.9 and purity(y, res.labels) > 0.97
+    assert len(res.clusters) == 4 and purity(y, res.labels) > 0.97
+    # the default cut (chosen on the development sets) leaves a group's outlying members as
+    # noise rather than merge groups; a looser cut takes them in
+    assert np.mean(res.labels[y >= 0] < 0) < 0.15
+    assert adjusted_rand_score(y, res.labels) > (0.9 if method == "hdbscan" else 0.75)
+    if method == "agglomerative":
+        loose = discover(x, method=method, reference=ref, quantile=0.95)
+        assert len(loose.clusters) == 4 and adjusted_rand_score(y, loose.labels) > 0.9
     noise = set(res.noise)
     assert sum(i in noise for i in np.flatnonzero(y < 0)) >= 27      # diffuse rows are noise
     # every input is accounted for exactly once

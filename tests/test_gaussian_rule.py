@@ -285,27 +285,3 @@ def test_whitened_scores_do_not_depend_on_the_profiles_asked_for(gauss_model, tm
     assert snap.thresholds == (whole.thresholds[2], whole.thresholds[0])
     assert att.profile_threshold("gen-b") == pytest.approx(whole.thresholds[1])
 
-
-@pytest.mark.parametrize("whiten", [None, "gallery"])
-def test_feature_map_whitens_by_the_profiles_covariance(whiten):
-    """Discovery's geometry for the Gaussian rule: features in which the profiles' mean shrunk
-    covariance (or the gallery whitener the rule already uses) is isotropic."""
-    from types import SimpleNamespace
-    rng = np.random.default_rng(5)
-    d = 12
-    scale = np.linspace(2.0, 0.2, d)
-    sup = [unit(rng.normal(size=(30, d)) * scale * 0.1 + rng.normal(size=d)) for _ in range(3)]
-    rule = GaussianRule(RAW, whiten=whiten, rank=d)
-    state = rule.prepare(sup, counts=[1, 1, 1])
-    f = rule.feature_map(SimpleNamespace(state=state))
-    x = unit(rng.normal(size=(5, d)))
-    if whiten:
-        np.testing.assert_allclose(f(x), x @ state.whitener)
-        return
-    fits = [fit_gaussian(s, rank=d) for s in sup]
-    cov = np.mean([(f_.basis.T * f_.lam) @ f_.basis for f_ in fits], axis=0)
-    # f(x) = unit(x) @ W with W cov W isotropic: recover W from unit basis vectors
-    W = f(np.eye(d))
-    white = W.T @ cov @ W
-    np.testing.assert_allclose(white, np.eye(d) * white.trace() / d, atol=1e-6 * white.trace())
-    assert f(x).shape == (5, d)
