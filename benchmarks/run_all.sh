@@ -44,7 +44,7 @@ $PY benchmarks/discover.py scale --out $R/discover_scale.json
 # 9. serving
 $PY benchmarks/serve_load.py --out $R/serve_load.json
 # 10. thresholds and persisted profile state (issue 32)
-$PY benchmarks/state_cache.py --profiles 1000 --images 20
+$PY benchmarks/state_cache.py --profiles 1000 --images 20 --cli
 $PY benchmarks/own_rejection.py --sets dev-sim wild13 --jpeg 0 90 --open --out $R/own_rejection.json
 # 11. related families (needs '.[related]' and Debian's libvulkan1 libomp5)
 [ -f benchmarks/data/related/MANIFEST.json ] || $PY benchmarks/related.py build --photos "$PHOTOS"

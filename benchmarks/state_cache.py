@@ -1,17 +1,23 @@
 """Start-up cost of a snapshot of a large gallery, with and without the per-profile state the
 gallery stores (issue 32): what a CLI call pays before its first image.
 
-    python benchmarks/state_cache.py --profiles 1000 --images 20
+    python benchmarks/state_cache.py --profiles 1000 --images 20 [--cli]
 
 A synthetic gallery of ``--profiles`` profiles (``--images`` images of 4 crops each, d = 128
 unit fingerprints around a random direction per profile) under the shipped model's id, in a
 temporary folder. Each run makes a snapshot in a fresh cache (as a new process does) with the
 model's default rule: the first computes every profile's fit and held-out scores and stores
 them (what every call paid before they were stored), the next ones read them back.
+
+``--cli``: then the whole command a user runs, ``ofa-sdk attribute`` of one image, as a new
+process against that gallery and against an empty one (interpreter, imports, model and engine
+load included): what the gallery adds to a CLI call, and what the call costs in all.
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +35,7 @@ def main():
     ap.add_argument("--profiles", type=int, default=1000)
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cli", action="store_true", help="also time ofa-sdk attribute processes")
     a = ap.parse_args()
     bundle = load_default_model()
     rng = np.random.default_rng(0)
@@ -49,6 +56,26 @@ def main():
         print(f"rule {snap.rule.name}, {a.profiles} profiles of {a.images} images: first "
               f"snapshot (computes and stores) {times[0]:.2f} s; later ones (read back) "
               f"{min(times[1:]):.2f} s, {times[0] / min(times[1:]):.0f}x faster")
+        if a.cli:
+            cli_times(Path(tmp), path, a.runs)
+
+
+def cli_times(tmp: Path, gallery: Path, runs: int) -> None:
+    """Best of ``runs`` wall times of ``ofa-sdk attribute IMAGE`` with ``gallery`` and with an
+    empty gallery, alternated so that both see the same machine load."""
+    from PIL import Image
+    img = tmp / "q.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), np.uint8)).save(img)
+    best = {"empty": [], "gallery": []}
+    for _ in range(runs):
+        for key, g in (("empty", tmp / "empty.db"), ("gallery", gallery)):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "ofa_sdk.cli", "attribute", str(img), "--json",
+                            "--gallery", str(g)], check=True, capture_output=True)
+            best[key].append(time.perf_counter() - t)
+    e, g = min(best["empty"]), min(best["gallery"])
+    print(f"ofa-sdk attribute of one image, best of {runs}: empty gallery {e:.2f} s, this gallery "
+          f"{g:.2f} s (+{g - e:.2f} s, {g / e:.2f}x)")
 
 
 if __name__ == "__main__":
