@@ -213,7 +213,7 @@ def _attributor(a):
     return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
                       batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule,
                       engine_options=options, max_bytes=a.max_bytes, whiten=a.whiten,
-                      verbose=not getattr(a, "no_progress", False))
+                      verbose=not getattr(a, "no_progress", False) and a.cmd != "serve")
 
 
 def _fmt(v) -> str:

@@ -329,6 +329,12 @@ def test_review_api_lists_opens_and_records_decisions(srv, env):
         st, _, b = call(url, "GET", f"/v1/review/picture?folder=0/found&{q}")
         assert st in (400, 404), (q, st)
     assert [f["folder"] for f in call(url, "GET", "/v1/review/folders")[2]["folders"]] == ["0/found"]
+    # a picture that is a link to a file outside its cluster's folder is not served
+    secret = env["base"] / "secret.png"
+    secret.write_bytes(png_bytes)
+    (env["root"] / "found" / "cluster-2" / "spectrum.png").symlink_to(secret)
+    st, _, _ = call(url, "GET", "/v1/review/picture?folder=0/found&cluster=2&name=spectrum.png")
+    assert st == 404
 
     def decide(cluster, action, name=None, headers=auth):
         return call(url, "POST", "/v1/review/decision",
@@ -342,6 +348,8 @@ def test_review_api_lists_opens_and_records_decisions(srv, env):
     assert prof.metadata["origin"] == "discovery" and prof.metadata["used"] == sizes[1]
     rec = json.loads((env["root"] / "found" / "cluster-1" / "decision.json").read_text())
     assert rec["profile"] == "found-1" and rec["used"] == prof.metadata["used"]
+    st, _, b = decide(1, "enroll", "found-1-again")      # a second click: not enrolled twice
+    assert st == 409 and "found-1-again" not in srv.att.gallery
     st, _, b = decide(2, "add", "found-1")
     assert st == 200 and b["action"] == "add"
     assert b["used"] == sizes[2]
@@ -408,6 +416,9 @@ def test_cli_serve_starts_on_loopback_and_answers(env, tmp_path):
         assert st == 200 and set(b["results"][0]["scores"]) == {"gen-a", "gen-b"}
         assert call(url, "DELETE", "/v1/profiles/nobody",
                     headers={"Authorization": f"Bearer {TOKEN}"})[0] == 404
+        # on loopback, a Host naming another machine (a rebound name) is refused
+        assert call(url, "GET", "/v1/model", headers={"Host": "attacker.example"})[0] == 400
+        assert call(url, "GET", "/v1/model", headers={"Host": f"localhost:{port}"})[0] == 200
     finally:
         proc.send_signal(signal.SIGINT)
         try:

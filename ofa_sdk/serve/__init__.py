@@ -18,6 +18,7 @@ import sys
 DEFAULT_HOST = "127.0.0.1"    # loopback only unless told otherwise
 DEFAULT_PORT = 8080
 TOKEN_ENV = "OFA_SDK_SERVE_TOKEN"
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,6 +81,9 @@ def serve(a, load) -> int:
     if not settings.token:
         print("ofa-sdk serve: no token configured: gallery writes are refused", file=sys.stderr)
     app = create_app(load, settings)
+    if a.host in LOOPBACK:      # a page elsewhere that rebinds its name to 127.0.0.1 is refused
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=sorted(LOOPBACK | {"localhost"}))
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning",
                 limit_concurrency=max(256, 4 * settings.max_inflight), timeout_keep_alive=5)
     return 0

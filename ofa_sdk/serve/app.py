@@ -39,7 +39,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from .. import decision
-from ..gallery import GalleryError, GalleryReadOnly, ProfileNotFound
+from ..gallery import GalleryError, ProfileNotFound
 from ..pipeline import InputError
 from .batcher import (DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY, DEFAULT_QUEUE_IMAGES, Batcher,
                       QueueFull)
@@ -69,6 +69,11 @@ class Settings:
     token: Optional[str] = field(default=None, repr=False)   # bearer token for writes
     review_roots: Sequence[str] = ()            # folders the review page may open
 
+    def __post_init__(self):
+        if self.queue_images < self.max_files:     # else a full request is refused forever
+            raise ValueError(f"queue_images ({self.queue_images}) must be at least max_files "
+                             f"({self.max_files}), the images one request may hold")
+
     def public(self) -> Dict:
         d = asdict(self)
         d.pop("token")
@@ -92,6 +97,7 @@ class Service:
                                settings.queue_images, metrics.batch, metrics.queue.set)
         self._snaps: Dict[Tuple, Any] = {}
         self._snap_lock = threading.Lock()
+        self._build_lock = threading.Lock()     # one snapshot build at a time (SnapshotCache)
         self._generation = 0            # bumped by this server's own gallery writes
         self._inflight = 0
         self._ready = threading.Event()
@@ -163,13 +169,18 @@ class Service:
         stamp = self._stamp()
         with self._snap_lock:
             hit = self._snaps.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        with self._build_lock:      # the library's snapshot cache is not shared across threads
+            with self._snap_lock:   # built meanwhile by the thread this one waited for
+                hit = self._snaps.get(key)
             if hit is not None and hit[0] == stamp:
                 return hit[1]
-        snap = self.att.snapshot(list(profiles) if profiles else None, threshold)
-        with self._snap_lock:
-            if len(self._snaps) >= SNAPSHOT_CACHE:
-                self._snaps.clear()
-            self._snaps[key] = (stamp, snap)
+            snap = self.att.snapshot(list(profiles) if profiles else None, threshold)
+            with self._snap_lock:
+                if len(self._snaps) >= SNAPSHOT_CACHE:
+                    self._snaps.clear()
+                self._snaps[key] = (stamp, snap)
         return snap
 
     def changed(self) -> None:
@@ -260,11 +271,17 @@ class Service:
                 self.changed()
         return go()
 
-    def profile_row(self, prof, added: bool = False) -> Dict:
-        """A profile as the API shows it; ``added``: images, used and skipped of the last add
-        (as ``ofa-sdk enroll --add`` reports), the support of the whole profile."""
+    def thresholds(self) -> Dict[str, float]:
+        """Each profile's threshold, from the current snapshot of the whole gallery."""
         snap = self.snapshot((None, None))
-        thr = snap.thresholds[snap.names.index(prof.name)] if prof.name in snap.names else None
+        return dict(zip(snap.names, snap.thresholds))
+
+    def profile_row(self, prof, added: bool = False,
+                    thresholds: Optional[Dict[str, float]] = None) -> Dict:
+        """A profile as the API shows it (blocking: call it from a worker thread); ``added``:
+        images, used and skipped of the last add (as ``ofa-sdk enroll --add`` reports), the
+        support of the whole profile."""
+        thr = (self.thresholds() if thresholds is None else thresholds).get(prof.name)
         m = prof.metadata
         if added and m.get("added"):
             m = {**m, **m["added"][-1]}
@@ -348,6 +365,7 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
     svc = Service(attributor, settings, metrics)
+    decision_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -384,9 +402,7 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
             return ServeError(404, "not_found", str(e))
         if isinstance(e, InputError):
             return ServeError(422, "bad_image", str(e))
-        if isinstance(e, GalleryReadOnly):
-            return ServeError(409, "conflict", str(e))
-        if isinstance(e, GalleryError):
+        if isinstance(e, GalleryError):         # read-only, locked or damaged galleries too
             return ServeError(409, "conflict", str(e))
         if isinstance(e, ValueError):
             return ServeError(400, "bad_request", str(e))
@@ -427,9 +443,6 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
                      threshold: Optional[str] = Query(None)):
         """Per image: its score for one profile (``scores[profile]`` and ``score``), labelled
         with the profile at or above its threshold, else unknown."""
-        att = svc.require_ready()
-        if profile not in att.gallery:
-            raise ServeError(404, "not_found", f"no profile named {profile!r}")
         return await svc.decide(request, ((profile,), _threshold(threshold)))
 
     @app.get(f"{API}/profiles", response_model=List[ProfileOut], tags=["gallery"])
@@ -438,14 +451,20 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
         att = svc.require_ready()
 
         def rows():
-            return [svc.profile_row(att.gallery.get(n)) for n in att.gallery.names()]
+            thr, out = svc.thresholds(), []
+            for n in att.gallery.names():
+                try:
+                    out.append(svc.profile_row(att.gallery.get(n), thresholds=thr))
+                except ProfileNotFound:         # removed meanwhile
+                    pass
+            return out
         return await run_in_threadpool(rows)
 
     @app.get(f"{API}/model", tags=["gallery"])
     async def model():
         """The model, engine, score rule, thresholds, input limits and serving settings."""
         att = svc.require_ready()
-        info = att.info()
+        info = await run_in_threadpool(att.info)      # reads the gallery: off the event loop
         info.update(max_bytes=att.policy.max_bytes, max_pixels=att.policy.max_pixels,
                     serving=settings.public())
         return info
@@ -455,7 +474,7 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
         svc.check_token(request)
         with svc.admit():
             att = svc.require_ready()
-            if add and name not in att.gallery:
+            if add and not await run_in_threadpool(att.gallery.__contains__, name):
                 raise ServeError(404, "not_found", f"no profile named {name!r} to add images to")
             images = await read_images(request, att.policy.max_bytes, settings.read_timeout,
                                        settings.max_files)
@@ -464,7 +483,7 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
                                        overwrite=overwrite)
             except Exception as e:
                 raise library_errors(e) from None
-            return svc.profile_row(prof, added=add)
+            return await run_in_threadpool(svc.profile_row, prof, add)
 
     @app.post(f"{API}/profiles/{{name}}", response_model=ProfileOut, status_code=201,
               tags=["gallery"], openapi_extra=UPLOAD_BODY,
@@ -543,13 +562,21 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
                                                  f"name}}: {e}") from None
         if body.action not in ACTIONS:
             raise ServeError(400, "bad_request", f"action {body.action!r}: one of {ACTIONS}")
+        async with decision_lock:      # a double click, or two reviewers: one decision at a time
+            return await decide_cluster(att, rv, body)
+
+    async def decide_cluster(att, rv: Review, body: "DecisionIn"):
         d = await run_in_threadpool(rv.cluster_dir, body.folder, body.cluster)
+        prior = await run_in_threadpool(rv.decision, d.parent, body.cluster)
+        if prior and prior.get("action") in ("enroll", "add") and body.action != "dismiss":
+            raise ServeError(409, "conflict", f"cluster {body.cluster} of {body.folder!r} was "
+                             f"already used: {prior.get('action')} {prior.get('profile')!r}")
         rec: Dict[str, Any] = {"action": body.action, "cluster": body.cluster, "by": "review page"}
         if body.action != "dismiss":
             name = (body.name or "").strip()
             if not name:
                 raise ServeError(400, "bad_request", f"{body.action} needs a profile name")
-            if body.action == "add" and name not in att.gallery:
+            if body.action == "add" and not await run_in_threadpool(att.gallery.__contains__, name):
                 raise ServeError(404, "not_found", f"no profile named {name!r} to add to")
             try:
                 if body.action == "enroll":

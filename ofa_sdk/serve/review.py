@@ -15,6 +15,7 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional, Sequence
 
+from ..backends.base import atomic_write
 from .uploads import ServeError
 
 PICTURES = ("contact.png", "spectrum.png")
@@ -61,7 +62,7 @@ class Review:
         p = (root / rel).resolve()
         if not p.is_relative_to(root):
             raise ServeError(400, "bad_request", f"review folder {folder!r} is outside its root")
-        if not (p / "summary.json").is_file():
+        if not _inside(p / "summary.json", p):
             raise ServeError(404, "not_found", f"review folder {folder!r} is not a discover "
                                                f"output (no summary.json)")
         return p
@@ -69,7 +70,7 @@ class Review:
     def cluster_dir(self, folder: str, cluster: int) -> Path:
         base = self.resolve(folder)
         d = (base / f"cluster-{int(cluster)}").resolve()
-        if not d.is_relative_to(base) or not (d / "members.json").is_file():
+        if not d.is_relative_to(base) or not _inside(d / "members.json", d):
             raise ServeError(404, "not_found", f"no cluster {cluster} in review folder {folder!r}")
         return d
 
@@ -96,8 +97,9 @@ class Review:
     def picture(self, folder: str, cluster: int, name: str) -> Path:
         if name not in PICTURES:
             raise ServeError(404, "not_found", f"picture {name!r}: one of {PICTURES} expected")
-        p = self.cluster_dir(folder, cluster) / name
-        if not p.is_file():
+        d = self.cluster_dir(folder, cluster)
+        p = d / name
+        if not _inside(p, d):
             raise ServeError(404, "not_found", f"cluster {cluster} of {folder!r} has no {name}")
         return p
 
@@ -113,11 +115,14 @@ class Review:
     def record(cluster_dir: Path, decision: Dict) -> Dict:
         """Write ``decision`` (with the time) beside the cluster, atomically."""
         decision = {**decision, "at": time.time()}
-        tmp = cluster_dir / f".{DECISION_FILE}.tmp"
         try:
-            tmp.write_text(json.dumps(decision, indent=1))
-            os.replace(tmp, cluster_dir / DECISION_FILE)
+            atomic_write(cluster_dir / DECISION_FILE, json.dumps(decision, indent=1).encode())
         except OSError as e:
             raise ServeError(409, "conflict", f"the decision could not be recorded in "
                                               f"{cluster_dir}: {e.strerror or e}") from None
         return decision
+
+
+def _inside(p: Path, folder: Path) -> bool:
+    """``p`` is a regular file whose real path (links followed) lies inside ``folder``."""
+    return p.is_file() and p.resolve().is_relative_to(folder)
