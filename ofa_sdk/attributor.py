@@ -376,7 +376,8 @@ class Attributor:
                 decision.parse_threshold(threshold),
                 "profile_quantile": self.profile_quantile, "crops": self.crops,
                 "gallery": str(self.gallery.path.resolve()) if self.gallery.path else "memory",
-                "gallery_digest": self.gallery.digest(names),
+                "gallery_digest": self.gallery.digest(      # a gallery-wide whitener: every profile counts
+                    None if getattr(self.rule, "whiten", None) else names),
                 "profiles": len(names) if names is not None else len(self.gallery)}
 
     def _scan(self, sources, threshold, progress: bool, skip: set, profiles,

@@ -22,7 +22,7 @@ from . import scoring
 
 DEFAULT_THRESHOLD = "profile"   # per-profile thresholds
 FALLBACK_THRESHOLD = 0.5        # for profiles with fewer than MIN_PROFILE_IMAGES support images
-MIN_PROFILE_IMAGES = 3          # self_threshold needs 3 leave-one-out scores
+MIN_PROFILE_IMAGES = 3          # scoring.held_out_stats needs 3 held-out images
 DEFAULT_FRACTION = 0.05         # share of a generator's own images a profile threshold rejects
 
 Threshold = Union[float, str]

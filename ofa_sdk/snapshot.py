@@ -19,7 +19,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import decision, scoring
+from .gallery import GalleryError
 from .scoring import OwnByCrops
+
+_MISSING = object()     # no stored state under a key (unlike a stored None)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class GallerySnapshot:
     def thresholds_at(self, crops: Optional[int] = None) -> Tuple[float, ...]:
         """Per profile, the threshold a query of ``crops`` crops is held to (None: whole
         support images, :attr:`thresholds`)."""
-        if crops is None or self.policy != "profile":
+        if crops is None or self.policy != "profile" or not self.own:
             return self.thresholds
         if crops not in self._at:
             self._at[crops] = tuple(decision.threshold_of(self.rule, o, self.fraction, crops)
@@ -142,18 +145,19 @@ class SnapshotCache:
         have = gallery.get_state(keys)
         out, new = [], {}
         for k, p in zip(keys, profs):
-            try:
-                v = decode(have[k]) if k in have else None
+            try:            # a stored None is a value (a profile too small to have one)
+                v = decode(have[k]) if k in have else _MISSING
             except (ValueError, KeyError, TypeError):
-                v = None                    # unreadable stored state: computed again
-            if v is None:
+                v = _MISSING                # unreadable stored state: computed again
+            if v is _MISSING:
                 v = compute(p)
                 new[k] = (p.name, encode(v))
             out.append(v)
-        try:
-            gallery.put_state(new)
-        except Exception:       # the gallery is busy or read-only: the state is only not kept
-            pass
+        if new:
+            try:
+                gallery.put_state(new)
+            except GalleryError:    # busy, locked or damaged: the state is only not kept
+                pass
         return out
 
     def own_many(self, rule, profs, state=None, gallery=None, model_id=None) -> list:
@@ -162,7 +166,8 @@ class SnapshotCache:
         need); persisted in ``gallery`` when the rule does not whiten."""
         w = getattr(state, "whitener", None)
         wkey = None if w is None else hashlib.sha256(w.tobytes()).hexdigest()
-        keys = [(p.name, p.created, rule.name, wkey) for p in profs]
+        rkey = json.dumps(_rule_key(rule), default=str)
+        keys = [(p.name, p.created, rkey, wkey) for p in profs]
         todo = [p for k, p in zip(keys, profs) if k not in self.own]
         if todo and gallery is not None and w is None:
             vals = self._stored("own", rule, todo, gallery, model_id,
@@ -173,7 +178,7 @@ class SnapshotCache:
             vals = [decision.own_scores(rule, p.support, crop_counts(p), p.support_part, state)
                     for p in todo]
         for p, v in zip(todo, vals):
-            self.own[(p.name, p.created, rule.name, wkey)] = v
+            self.own[(p.name, p.created, rkey, wkey)] = v
         return [self.own[k] for k in keys]
 
     def own_of(self, rule, prof, state=None, gallery=None, model_id=None) -> Optional[OwnByCrops]:

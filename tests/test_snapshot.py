@@ -101,6 +101,23 @@ def test_profile_state_persists_in_the_gallery_and_only_changed_profiles_refit(
     assert len(calls["own"]) == 4
 
 
+def test_a_profile_too_small_for_a_threshold_is_stored_once(gauss_model, tmp_path, monkeypatch):
+    """A 2-image profile has no held-out scores (None): that None is stored and read back, not
+    recomputed and written again by every new process."""
+    from ofa_sdk.gallery import Gallery
+    g = tmp_path / "g.db"
+    att = Attributor(model=gauss_model, gallery=g, crops=1, backend="torch")
+    att.enroll("small", make_images(tmp_path / "s", 2, 0))
+    att.enroll("big", make_images(tmp_path / "b", 5, 1, kind="blocky"))
+    att.snapshot()
+    writes = []
+    real = Gallery.put_state
+    monkeypatch.setattr(Gallery, "put_state", lambda self, items: writes.append(items) or real(self, items))
+    for _ in range(2):
+        Attributor(model=gauss_model, gallery=g, crops=1, backend="torch").snapshot()
+    assert writes == []
+
+
 def test_verify_does_not_evict_what_attribute_prepared(tiny_model, tmp_path, monkeypatch):
     att = Attributor(model=tiny_model, crops=1)
     a = make_images(tmp_path / "a", 6, 2)
