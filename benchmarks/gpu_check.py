@@ -222,9 +222,10 @@ def step_e2e(a) -> dict:
                                  crops=1, batch_size=batch, engine_options=opts)
                 t = median_time(lambda: att.fingerprint(blobs), 1 if a.dry_run else 3)
                 row = {"images_per_s": round(len(blobs) / t, 1), "seconds": round(t, 4)}
-                if base is None:
+                if label == "torch cpu (baseline)":
                     base = t
-                row["x_vs_torch_cpu"] = round(base / t, 2)
+                if base is not None:        # no ratio against another engine's time
+                    row["x_vs_torch_cpu"] = round(base / t, 2)
             except EngineUnavailable as e:
                 row = {"unavailable": str(e)[:300]}
             except Exception as e:  # noqa: BLE001

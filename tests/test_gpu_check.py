@@ -18,8 +18,9 @@ BUDGET_S = 8 * 60
 def test_the_script_reads_no_index_and_its_time_boxes_fit_eight_minutes():
     text = SCRIPT.read_text()
     assert "export PIP_NO_INDEX=1" in text and "venv" not in text
-    installs = [l for l in text.splitlines() if re.search(r"pip install\b", l) and not l.lstrip().startswith("#")]
-    assert installs and all("--no-deps" in l and "--no-build-isolation" in l for l in installs)
+    code = [l for l in text.splitlines() if not l.lstrip().startswith("#")]
+    assert not [l for l in code if re.search(r"pip\b.*\binstall\b", l)]     # nothing installed
+    assert any('setup.py build_ext --inplace' in l for l in code)
     boxes = {}
     for name, secs in re.findall(r"^\s*step (\w+) (\d+) ", text, re.M):
         boxes[name] = max(boxes.get(name, 0), int(secs))      # dry and real branches alike

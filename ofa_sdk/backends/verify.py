@@ -93,6 +93,12 @@ def host_fields(engine, model_id: str) -> Dict:
         props = torch.cuda.get_device_properties(torch.device(engine.device))
         fields["gpu"] = f"{props.name} sm{props.major}{props.minor}"
         fields["cuda"] = torch.version.cuda
+        # which kernels a CUDA torch engine runs, and its TF32 switch: a pass of one path
+        # says nothing of another
+        from ..kernels import dispatch
+        rep = dispatch.report()
+        fields["kernels"] = {k: rep[k] for k in ("reference_forced", "prefer", "precision")}
+        fields["tf32"] = getattr(engine, "tf32", None)
     return fields
 
 
@@ -147,6 +153,8 @@ def ensure_verified(engine, bundle, force: bool = False) -> Tuple[Optional[str],
     if rec is None:
         rec = {"key": key, **fields, **check(engine, bundle)}
         _MEMO[str(path)] = rec
+        if "error" in rec:      # a crash (out of memory, a compile error) holds for this process
+            return why_not(rec), rec
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, json.dumps(rec, indent=1).encode())

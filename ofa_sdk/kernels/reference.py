@@ -49,8 +49,9 @@ def highpass(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, H-2, W-2): the Laplacian of each channel, valid part, in the
     input's dtype and units. Nothing learned.
 
-    Computed exactly, then rounded once: the five taps are summed in float64 (for float32
-    inputs, 8-bit grey levels included, every partial sum is exact there), and the result is
+    Computed exactly, then rounded once: the five taps are summed in float64 (for inputs in
+    [0, 255] or [0, 1] given as float32, 8-bit grey levels included, every partial sum is exact
+    there), and the result is
     rounded to the input's dtype. Shifted differences, not a convolution, so cuDNN's TF32 (on
     by default for convolutions on CUDA: about 0.1 grey level of error in exactly the high
     frequencies the fingerprint reads) never applies, and the CPU and every GPU give the same
