@@ -129,19 +129,15 @@ PREFETCH = 2          # batches drawn ahead of the training thread
 def train_device(device=None) -> torch.device:
     """The training device: ``device`` as :func:`ofa_sdk.backends.resolve_device` takes it
     (None: the CPU); a CUDA device that is not there is a clear error."""
-    from ofa_sdk.backends import resolve_device
-    name = resolve_device(device) or "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device}: CUDA is not available (torch "
-                               f"{torch.__version__}, built for CUDA {torch.version.cuda})")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        if dev.index >= torch.cuda.device_count():
-            raise RuntimeError(f"--device {device}: this host has {torch.cuda.device_count()} "
-                               "CUDA device(s)")
-    return dev
+    from ofa_sdk.backends import EngineUnavailable, resolve_device
+    from ofa_sdk.backends.torch import cuda_device
+    dev = torch.device(resolve_device(device) or "cpu")
+    if dev.type != "cuda":
+        return dev
+    try:
+        return cuda_device(dev)
+    except EngineUnavailable as e:
+        raise RuntimeError(f"--device {device}: {e}") from None
 
 
 def autocast(dev: torch.device, precision: str = "auto"):
