@@ -24,7 +24,7 @@ within-generator spread to between-generator distance per representation (``--gr
 the same on benchmarks/wild.py's seed pairs and real-vs-GAN pairs). ``open`` reports labels with
 everything enrolled and never-enrolled acceptance, leaving out one family at a time. ``levers``
 measures what the shipped model gives without training: more crops per image, and queries
-rescaled (and re-encoded) against a support as generated or enrolled with rescaled copies.
+rescaled (and re-encoded) against a support as generated.
 Figures: benchmarks/RESULTS.md section 11.
 
     python benchmarks/related.py build --photos ../shared/data/real-photos
@@ -318,21 +318,6 @@ def open_families(a):
     Path(a.out).write_text(json.dumps(rep, indent=1))
 
 
-class WithCopies:
-    """A support that enrolls each image as generated and its rescaled copies (the caches'
-    same content indices), queries as in the first cache: a no-training resampling lever."""
-
-    def __init__(self, *caches):
-        self.caches, self.names, self.pool = caches, caches[0].names, caches[0].pool
-
-    def support(self, c, n, seed=0):
-        parts = [x.support(c, n, seed) for x in self.caches]
-        return np.concatenate([z for z, _ in parts]), [k for _, ks in parts for k in ks]
-
-    def query(self, c):
-        return self.caches[0].query(c)
-
-
 def levers(a):
     """No-training levers of the shipped model: more crops per image (mean of their
     fingerprints), and queries rescaled (bicubic) and re-encoded with the support as generated.
@@ -352,10 +337,8 @@ def levers(a):
                 print(f"| {name} | {label} | missing {path.name} | | |")
                 continue
             other = Cached(path)
-            copies = [cache_path(name, 0, 4, r) for r in a.rescale if r != 1]
             supports = {"same crops": other} if label.endswith("crops") else {
-                "as generated, 4 crops": base,
-                "as generated + rescaled copies": WithCopies(base, *map(Cached, copies))}
+                "as generated, 4 crops": base}
             for how, sup in supports.items():
                 m, oc = one_class(sup, queries=other)
                 rel = float(np.mean([both_ways(oc, p) for p in plist]))
