@@ -8,19 +8,19 @@ support size, query crops (4 and 1, against 4-crop support images) and JPEG qual
 Fingerprints come from the embedding caches of benchmarks/rules.py
 (``benchmarks/data/cache/<set>_q<Q>_c<crops>.npz``; ``rules.py embed ... --crops 4 1`` writes
 them): support images and 4-crop queries from the 4-crop cache, 1-crop queries from the 1-crop
-cache (the same images embedded with ``crops=1``). Per class and seed, one permutation of its
-images: the first n are the support, up to 75 of the rest the queries. Columns: the SDK's
-threshold now (``scoring.held_out_stats``: held-out scores at two fit sizes extrapolated to n,
-one level per query crop count) and the previous one (the log-distance prediction bound of the
-whole-image leave-one-out scores, for every crop count), both on the Gaussian rule's raw scale
-(or ``--rule prototype``). Figures: means over classes and seeds, in percent.
+cache (the same images embedded with ``crops=1``: the centre crop). Per class and seed, one
+permutation of its images: the first n are the support, up to 75 of the rest the queries.
+Columns: the SDK's threshold now (``scoring.held_out_stats`` with the support's centre crops,
+``Profile.centre``: the 1-crop level held out where a 1-crop query looks) and before (the same
+without them: the 1-crop level held out on single grid crops, the previous release), both on
+the Gaussian rule's raw scale (or ``--rule prototype``). Figures: means over classes and seeds,
+in percent.
 
 ``--open``: the label with every class but ``--unknown`` held-out ones enrolled at once (folds
 rotate them): of the known classes' queries (4 and 1 crops) the share labelled right, wrong and
 ``unknown``, and of the held-out classes' queries the share given a label, for the SDK's
-decision now (per-crop-count thresholds; among the accepting profiles the one the image is
-most typical of: decision.decide) and before (the best score, held to that profile's previous
-threshold).
+decision (decision.decide: per-crop-count thresholds; among the accepting profiles the one the
+image is most typical of) with the thresholds now and before.
 """
 from __future__ import annotations
 
@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from ofa_sdk import decision, scoring
+from rules import CACHE        # the embedding caches (OFA_BENCH_CACHE: another model's)
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "benchmarks" / "data" / "cache"
 QUERIES = 75
 RAW = scoring.Calibration(1.0, 0.0)
 
@@ -64,14 +63,15 @@ def rejection(rule, c4, c1, sizes, seeds, fraction):
                 sup = [c4[c][i] for i in order[:n]]
                 support, counts = np.concatenate(sup), [len(x) for x in sup]
                 state = rule.prepare([support], counts=[counts])
-                now = scoring.held_out_stats(rule, support, counts)
-                before = scoring.OwnScores.from_scores(rule.leave_one_out(support, counts))
+                centre = np.concatenate([c1[c][i] for i in order[:n]])
+                fits = {"now": scoring.held_out_stats(rule, support, counts, centre=centre),
+                        "before": scoring.held_out_stats(rule, support, counts)}
                 for k, cache in ((4, c4), (1, c1)):
                     qs = [cache[c][i] for i in order[n:n + QUERIES]]
                     raw = rule.raw_scores(state, qs)[:, 0]
-                    thr = np.array([now.threshold(fraction, len(q)) for q in qs])
-                    acc[n][f"now_{k}"].append(float((raw < thr).mean()))
-                    acc[n][f"before_{k}"].append(float((raw < before.threshold(fraction)).mean()))
+                    for w, own in fits.items():
+                        thr = np.array([own.threshold(fraction, len(q)) for q in qs])
+                        acc[n][f"{w}_{k}"].append(float((raw < thr).mean()))
     return {n: {**{k: 100 * float(np.mean(v)) for k, v in a.items() if v},
                 "profiles": len(a["now_4"])} for n, a in acc.items() if a["now_4"]}
 
@@ -90,22 +90,22 @@ def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
         sup = [[c4[c][i] for i in orders[c][:n]] for c in known]
         supports, counts = [np.concatenate(x) for x in sup], [[len(z) for z in x] for x in sup]
         state = rule.prepare(supports, counts=counts)
-        own = tuple(scoring.held_out_stats(rule, s, k) for s, k in zip(supports, counts))
-        old = [rule.to_prob(scoring.OwnScores.from_scores(rule.leave_one_out(s, k)).threshold(fraction))
-               for s, k in zip(supports, counts)]
-        snap = GallerySnapshot("bench", tuple(known), rule, state,
-                               tuple(float(rule.to_prob(o.threshold(fraction))) for o in own),
-                               own, "profile", fraction)
+        centres = [np.concatenate([c1[c][i] for i in orders[c][:n]]) for c in known]
+        snaps = {}
+        for w, cen in (("now", centres), ("before", [None] * len(known))):
+            own = tuple(scoring.held_out_stats(rule, s, k, centre=e)
+                        for s, k, e in zip(supports, counts, cen))
+            snaps[w] = GallerySnapshot("bench", tuple(known), rule, state,
+                                       tuple(float(rule.to_prob(o.threshold(fraction))) for o in own),
+                                       own, "profile", fraction)
         for k, cache in ((4, c4), (1, c1)):
             for c in names:
                 qs = [cache[c][i] for i in orders[c][n:n + QUERIES]]
                 S = rule.scores(state, qs)
                 for q, row in zip(qs, S):
-                    label = decision.decide("", row, snap.names, None, snapshot=snap,
-                                            crops=len(q)).profile
-                    best = int(np.argmax(row))
-                    before = known[best] if row[best] >= old[best] else None
-                    for w, lab in (("now", label), ("before", before)):
+                    for w, snap in snaps.items():
+                        lab = decision.decide("", row, snap.names, None, snapshot=snap,
+                                              crops=len(q)).profile
                         if c in held:
                             tally[k][w][3:] += [lab is not None, 1]
                         else:
@@ -118,8 +118,8 @@ def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
 
 def caches(sets, jpegs, one_crop: str = "centre"):
     """(set, quality, 4-crop cache, 1-crop cache) for each; both None when one is missing.
-    ``one_crop="grid"``: the 1-crop queries are the first crop of the 4-crop grid instead of
-    the ``crops=1`` (centre crop) embedding."""
+    ``one_crop="grid"``: the 1-crop queries (and the support's stored 1-crop fingerprints) are
+    the first crop of the 4-crop grid instead of the ``crops=1`` (centre crop) embedding."""
     for s in sets:
         for q in jpegs:
             c4 = load(s, q, 4)

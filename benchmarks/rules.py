@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "benchmarks" / "data" / "cache"
+# the embedding caches; OFA_BENCH_CACHE points another model's caches elsewhere (the cache files
+# are named by set, quality, crops and rescale, not by model)
+CACHE = Path(os.environ.get("OFA_BENCH_CACHE", ROOT / "benchmarks" / "data" / "cache"))
 QUERIES = 75
 
 from ofa_sdk import decision, scoring

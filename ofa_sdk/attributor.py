@@ -17,6 +17,8 @@ profiles) and caches per-profile thresholds. It does little else.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from pathlib import Path
@@ -204,15 +206,21 @@ class Attributor:
         if not (overwrite or add) and name in self.gallery:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it "
                                f"or add=True to add these images to it")
-        zs, specs, skipped, sources = [], [], [], 0
+        zs, specs, centres, skipped, sources = [], [], [], [], 0
         from tqdm import tqdm
-        stream = tqdm(self.embed_stream(imio.iter_items(images), spectra=True), desc=f"enroll {name}",
-                      unit="img", disable=not self.verbose, dynamic_ncols=True, mininterval=1.0)
+        # each image's centre crop is embedded too (one more crop per image), so the 1-crop
+        # level of the profile's own scores is held out where a 1-crop query looks
+        embedded = embed_stream(self._engine, imio.iter_items(images),
+                                dataclasses.replace(self.policy, centre=True), self.batch_size,
+                                self.workers, spectra=True)
+        stream = tqdm(embedded, desc=f"enroll {name}", unit="img", disable=not self.verbose,
+                      dynamic_ncols=True, mininterval=1.0)
         for i, e in enumerate(stream):
             sources += 1
             if e.ok:
                 zs.append(e.z)
                 specs.append(e.spectrum)
+                centres.append(e.centre)
             else:
                 skipped.append((i, e.source, e.error))
         if len(zs) < max(1, min_images):
@@ -220,6 +228,7 @@ class Attributor:
                 raise InputError(skipped)
             raise ValueError(f"enroll {name!r}: no images given")
         support = np.concatenate(zs).astype(np.float32)
+        centre = np.stack(centres).astype(np.float32)
         meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
                 "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
                 "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
@@ -228,19 +237,23 @@ class Attributor:
         head = scoring.PairHeadWeights.from_module(self.bundle.model.pair_head)
         part = head.support_part(support)
         if not add:
-            prof = Profile(name, self.model_id, support, part, meta, time.time(), spectrum)
+            prof = Profile(name, self.model_id, support, part, meta, time.time(), spectrum, centre)
             self.gallery.put(prof, overwrite=overwrite)
             return prof
 
         def merge(old: Optional[Profile]) -> Profile:      # inside the write transaction
             if old is None:
-                return Profile(name, self.model_id, support, part, meta, time.time(), spectrum)
+                return Profile(name, self.model_id, support, part, meta, time.time(), spectrum,
+                               centre)
             if old.model_id not in self.bundle.ids:
                 self._profile(name)                       # raises ModelMismatch
             m = _added(old, meta, spectrum)
+            # a profile enrolled before centre crops were stored has none for its old images:
+            # the merged profile then has none either (its 1-crop level uses grid crops)
+            both = None if old.centre is None else np.concatenate([old.centre, centre])
             return Profile(name, self.model_id, np.concatenate([old.support, support]),
                            np.concatenate([old.support_part, part]), m, time.time(),
-                           m.pop("_spectrum"))
+                           m.pop("_spectrum"), both)
         return self.gallery.update(name, merge, must_exist=existed)
 
     def profiles(self) -> List[Dict]:
@@ -367,18 +380,12 @@ class Attributor:
 
     def run_info(self, threshold: Union[float, str, None] = None,
                  profiles: Optional[Sequence[str]] = None) -> Dict:
-        """What a scan's verdicts depend on (recorded beside its output): model id, rule,
-        threshold policy, crops and a digest of the gallery's profiles."""
-        names = list(profiles) if profiles is not None else None
-        return {"model_id": self.model_id, "rule": self.rule.name,
-                "whiten": getattr(self.rule, "whiten", None),
-                "threshold": self.threshold if threshold is None else
-                decision.parse_threshold(threshold),
-                "profile_quantile": self.profile_quantile, "crops": self.crops,
-                "gallery": str(self.gallery.path.resolve()) if self.gallery.path else "memory",
-                "gallery_digest": self.gallery.digest(      # a gallery-wide whitener: every profile counts
-                    None if getattr(self.rule, "whiten", None) else names),
-                "profiles": len(names) if names is not None else len(self.gallery)}
+        """What a scan's verdicts depend on (recorded beside its output):
+        :func:`ofa_sdk.scan_output.describe_run`."""
+        from .scan_output import describe_run
+        return describe_run(self.model_id, self.rule, self.threshold if threshold is None else
+                            decision.parse_threshold(threshold), self.profile_quantile,
+                            self.crops, self.gallery, profiles)
 
     def _scan(self, sources, threshold, progress: bool, skip: set, profiles,
               recursive: bool, absolute: bool = False) -> Iterator[Attribution]:

@@ -27,7 +27,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -64,6 +64,11 @@ def _at_least_1(v: str, flag: str, alternative: str = "") -> int:
 
 def _crops(v: str):
     return v if v == AUTO else _at_least_1(v, "--crops", f" or {AUTO!r}")
+
+
+def _engine_options(a) -> Optional[Dict]:
+    """--graphs: the graph folder for the engines that load exported graphs."""
+    return {e: {"graphs_dir": a.graphs} for e in ("onnxruntime", "tensorrt")} if a.graphs else None
 
 
 def _max_bytes(v: str) -> int:
@@ -208,8 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _attributor(a):
     from .attributor import Attributor
-    options = ({e: {"graphs_dir": a.graphs} for e in ("onnxruntime", "tensorrt")}
-               if a.graphs else None)
+    options = _engine_options(a)
     return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
                       batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule,
                       engine_options=options, max_bytes=a.max_bytes, whiten=a.whiten,
@@ -336,10 +340,14 @@ def cmd_attribute(a, att) -> int:
 
 def _scan_ray(a) -> int:
     from .distributed import scan_dataset
+    if a.retry_errors:
+        raise SystemExit("ofa-sdk scan: --retry-errors is for the single-process scan; the Ray "
+                         "scan skips every source already in its output folder")
     s = scan_dataset(a.sources, a.output, model=a.model, gallery=a.gallery, threshold=a.threshold,
                      crops=a.crops, small=a.small, backend=a.backend, address=a.address,
                      batch_size=a.batch_size, concurrency=a.concurrency, num_gpus=a.num_gpus,
-                     rule=a.rule, whiten=a.whiten)
+                     rule=a.rule, whiten=a.whiten, max_bytes=a.max_bytes,
+                     engine_options=_engine_options(a), allow_mismatch=a.allow_mismatch)
     print(json.dumps(s) if a.json else f"wrote {s['written']} rows to {s['output']} "
           f"({s['errors']} errors; {s['skipped_already_done']} already done)")
     return 1 if s["errors"] else 0

@@ -45,15 +45,17 @@ def parse_threshold(t) -> Threshold:
 
 
 def own_scores(rule, support: np.ndarray, crops, part: Optional[np.ndarray] = None,
-               state=None) -> Optional[scoring.OwnByCrops]:
+               state=None, centre: Optional[np.ndarray] = None) -> Optional[scoring.OwnByCrops]:
     """How a support set's own images score at each query crop count
     (:class:`~ofa_sdk.scoring.OwnByCrops`, :func:`~ofa_sdk.scoring.held_out_stats`); None
     below :data:`MIN_PROFILE_IMAGES` images. ``crops``: k for every
     image, or each image's k_i; ``state``: the snapshot's prepared state, for a rule whose
-    leave-one-out depends on the other profiles (the Gaussian rule whitened by the gallery)."""
+    leave-one-out depends on the other profiles (the Gaussian rule whitened by the gallery);
+    ``centre``: each support image's centre-crop fingerprint (``Profile.centre``), for the
+    1-crop level."""
     if len(np.unique(scoring.image_ids(len(support), crops))) < MIN_PROFILE_IMAGES:
         return None
-    return scoring.held_out_stats(rule, support, crops, part, state)
+    return scoring.held_out_stats(rule, support, crops, part, state, centre)
 
 
 def threshold_of(rule, own: Optional[scoring.OwnByCrops], fraction: float = DEFAULT_FRACTION,

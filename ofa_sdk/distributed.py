@@ -168,7 +168,7 @@ class _ScoreActor:
     single-process scan (:func:`ofa_sdk.decision.attribute_stream`)."""
 
     def __init__(self, snapshot, model=None, model_ref=None, backend: str = "auto",
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, options: Optional[Dict] = None):
         import ray
 
         from .backends import select_engine
@@ -188,7 +188,7 @@ class _ScoreActor:
         if snapshot.model_id not in bundle.ids:
             raise RuntimeError(f"the worker's model {bundle.model_id} is not the model the "
                                f"gallery snapshot was made with ({snapshot.model_id})")
-        self.engine, self.engine_note = select_engine(backend, bundle, device)
+        self.engine, self.engine_note = select_engine(backend, bundle, device, options=options)
 
     def __call__(self, batch: Dict[str, np.ndarray]):
         from .decision import attribute_stream
@@ -404,7 +404,9 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
                  small: str = "reject", backend: str = "auto", address: Optional[str] = None,
                  batch_size: int = 32, concurrency: Union[int, Tuple[int, int], None] = None,
                  num_gpus: float = 0, format: Optional[str] = None,
-                 rule: Optional[str] = None, whiten: Optional[str] = None) -> Dict[str, Any]:
+                 rule: Optional[str] = None, whiten: Optional[str] = None,
+                 max_bytes: int = imio.MAX_BYTES, engine_options: Optional[Dict] = None,
+                 allow_mismatch: bool = False) -> Dict[str, Any]:
     """Attribute every image of ``sources`` on a Ray cluster; write one row per input into the
     folder ``output`` (Parquet or JSONL part files); skip sources already written there.
 
@@ -416,6 +418,15 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
     stages. ``concurrency``: actors (an int or a (min, max) range; default: the cluster's GPUs
     / ``num_gpus``, or half its CPUs). ``num_gpus``: GPUs per actor (fractions share a GPU).
     ``format``: ``"parquet"`` or ``"jsonl"`` (default: from ``output``'s suffix).
+    ``max_bytes``: the largest input used (Ray's reader has read the file by then; larger ones
+    are error rows); ``engine_options``: per engine, its constructor's keyword arguments (as
+    for :class:`~ofa_sdk.Attributor`, e.g. ``{"onnxruntime": {"graphs_dir": DIR}}``).
+
+    What made the rows is recorded beside a local output folder, ``NAME.run.json``
+    (:func:`ofa_sdk.scan_output.run_record`, as ``Attributor.scan`` records it): resuming into
+    a folder whose rows another model, rule, threshold policy or gallery made raises
+    :class:`~ofa_sdk.scan_output.ScanMismatch` unless ``allow_mismatch``. Outputs on remote
+    file systems (``s3://``) get no record.
 
     Returns a summary: output, format, run id, rows written, errors among them, sources
     skipped because already written, and part files salvaged from an interrupted run.
@@ -439,9 +450,13 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
 
     # the driver: the snapshot (profiles, rule state, thresholds), made once from the gallery
     # and the model (no engine), put once
+    from .gallery import Gallery
+    from .scan_output import describe_run, run_record
     bundle = as_bundle(model)
-    policy = InputPolicy(bundle.config.crop, crops, small)
-    snap_ref = ray.put(make_snapshot(bundle, gallery, rule, threshold, profiles, whiten=whiten))
+    policy = InputPolicy(bundle.config.crop, crops, small, max_bytes=max_bytes)
+    gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
+    snap = make_snapshot(bundle, gallery, rule, threshold, profiles, whiten=whiten)
+    snap_ref = ray.put(snap)
     model_arg = model_ref = None
     if model is not None:
         model_arg = str(getattr(model, "path", model))
@@ -452,6 +467,10 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
     fs.create_dir(out_path, recursive=True)
     salvaged, torn = _settle(fs, posixpath.join(out_path, STAGING), out_path, fmt)
     existing = _part_files(fs, out_path, fmt)
+    if "://" not in output:     # refused before any work when the rows there are another run's
+        run_record(output, describe_run(snap.model_id, snap.rule, snap.policy, snap.fraction,
+                                        crops, gallery, profiles),
+                   bool(existing), allow_mismatch)
     done_ref, n_done = None, 0
     if existing:
         files = [_join(output, posixpath.basename(p)) for p in existing]
@@ -491,7 +510,7 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
         _ScoreActor, batch_size=batch_size, batch_format="numpy", compute=pool,
         num_gpus=num_gpus or None,
         fn_constructor_kwargs=dict(snapshot=snap_ref, model=model_arg, model_ref=model_ref,
-                                   backend=backend,
+                                   backend=backend, options=engine_options,
                                    device="cpu" if (backend == "auto" and not num_gpus) else None))
 
     # write into the run's staging folder, then move the finished files in

@@ -78,10 +78,39 @@ _STATE_TABLE = ("CREATE TABLE IF NOT EXISTS profile_state (key TEXT PRIMARY KEY,
                 "name TEXT NOT NULL, value BLOB NOT NULL)")
 
 
+# Each support image's centre-crop fingerprint (``Profile.centre``), the crop a 1-crop query
+# takes, under the profile's enrollment time. An additive table like profile_state: older SDKs
+# ignore it, and a profile they rewrite gets a new enrollment time, so its old row no longer
+# matches and is not read.
+_CENTRE_TABLE = ("CREATE TABLE IF NOT EXISTS profile_centre (name TEXT PRIMARY KEY, "
+                 "created REAL NOT NULL, centre BLOB NOT NULL)")
+
+
+def _has_table(db: sqlite3.Connection, table: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                      (table,)).fetchone() is not None
+
+
 def _drop_state(db: sqlite3.Connection, name: str) -> None:
     """Forget the stored state of profile ``name`` (inside a write transaction)."""
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='profile_state'").fetchone():
+    if _has_table(db, "profile_state"):
         db.execute("DELETE FROM profile_state WHERE name=?", (name,))
+
+
+def _write_centre(db: sqlite3.Connection, name: str, created: float,
+                  centre: Optional[np.ndarray]) -> None:
+    """Store (or, for None, forget) profile ``name``'s centre crops (inside a write transaction)."""
+    if centre is None:
+        if _has_table(db, "profile_centre"):
+            db.execute("DELETE FROM profile_centre WHERE name=?", (name,))
+        return
+    db.execute(_CENTRE_TABLE)
+    db.execute("INSERT OR REPLACE INTO profile_centre VALUES (?,?,?)", (name, created, _blob(centre)))
+
+
+def _images_of(metadata: Dict, n_support: int) -> int:
+    counts = metadata.get("crop_counts")
+    return len(counts) if counts is not None else n_support // max(1, int(metadata.get("crops", 1)))
 
 
 def _repair_v1(db: sqlite3.Connection) -> None:
@@ -170,6 +199,10 @@ class Profile:
     metadata: Dict = field(default_factory=dict)
     created: float = 0.0
     spectrum: Optional[np.ndarray] = None   # (C, h, w) mean residual log-spectrum of the support
+    # (images, d) float32: each support image's centre-crop fingerprint, the crop a 1-crop
+    # query takes (its own-score level, scoring.held_out_stats); None for profiles enrolled
+    # before it was stored
+    centre: Optional[np.ndarray] = None
 
     @functools.cached_property
     def prototype(self) -> np.ndarray:
@@ -436,8 +469,9 @@ class Gallery:
             new = change(old)
             if new.name != name:
                 raise ValueError(f"update of {name!r} returned profile {new.name!r}")
-            self._db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                             self._row(new))
+            row = self._row(new)
+            self._db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            _write_centre(self._db, name, row[2], new.centre)
             _drop_state(self._db, name)
             self._cache.pop(name, None)
         return new
@@ -451,6 +485,7 @@ class Gallery:
                                             (profile.name,)).fetchone() is not None:
                 raise GalleryError(f"profile {profile.name!r} exists; pass overwrite=True to replace it")
             db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            _write_centre(db, profile.name, row[2], profile.centre)
             _drop_state(db, profile.name)
             self._cache.pop(profile.name, None)
 
@@ -476,8 +511,17 @@ class Gallery:
                 "spectrum, spectrum_shape FROM profiles WHERE name=?", (name,)).fetchone()
             spec = None if row[8] is None else \
                 np.frombuffer(row[8], np.float32).reshape(json.loads(row[9])).copy()
-            cached = Profile(row[0], row[1], _unblob(row[5], row[3]), _unblob(row[6], row[4]),
-                             json.loads(row[7]), row[2], spec)
+            support, meta = _unblob(row[5], row[3]), json.loads(row[7])
+            centre = None
+            if _has_table(self._db, "profile_centre"):
+                c = self._db.execute("SELECT created, centre FROM profile_centre WHERE name=?",
+                                     (name,)).fetchone()
+                if c is not None and c[0] == row[2]:
+                    centre = _unblob(c[1], row[3])
+                    if len(centre) != _images_of(meta, len(support)):
+                        centre = None      # not this profile's images: held out on grid crops
+            cached = Profile(row[0], row[1], support, _unblob(row[6], row[4]), meta, row[2], spec,
+                             centre)
             self._cache[name] = cached
         return cached
 
@@ -503,6 +547,7 @@ class Gallery:
         with self._write("remove") as db:
             if db.execute("DELETE FROM profiles WHERE name=?", (name,)).rowcount == 0:
                 raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
+            _write_centre(db, name, 0.0, None)
             _drop_state(db, name)
             self._cache.pop(name, None)
 

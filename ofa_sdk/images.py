@@ -67,6 +67,15 @@ class Prepared:
     crops: np.ndarray          # (k, crop, crop, 3) uint8
     note: str = ""             # e.g. "padded from 64x80"
     provenance: Optional[dict] = None   # what the file declares about its origin (encoded inputs)
+    # prepare(centre=True): the row of ``crops`` holding the centre crop, the crop a 1-crop
+    # query takes (0 for a one-crop image; otherwise the last row, appended after the policy's
+    # crops, which are then ``crops[:-1]``); None when not asked for
+    centre: Optional[int] = None
+
+    @property
+    def own_crops(self) -> np.ndarray:
+        """The crops of the input policy, without an appended centre crop."""
+        return self.crops[:-1] if self.centre is not None and self.centre > 0 else self.crops
 
 
 @dataclass
@@ -246,6 +255,8 @@ def decode(item: Any, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) 
     if isinstance(item, ENCODED):
         if not len(item):
             raise ValueError("empty bytes")
+        if len(item) > max_bytes:
+            raise ValueError(f"{len(item)} bytes, over the {max_bytes} byte limit (max_bytes)")
         return _decode_bytes(bytes(item), max_pixels)
     if isinstance(item, (str, Path)):
         return _decode_bytes(read_file(Path(item), max_bytes), max_pixels)
@@ -295,9 +306,11 @@ def make_crops(a: np.ndarray, crop: int, crops=1) -> np.ndarray:
 
 def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
             max_pixels: int = MAX_PIXELS, provenance: bool = False,
-            max_bytes: int = MAX_BYTES) -> Union[Prepared, ImageError]:
+            max_bytes: int = MAX_BYTES, centre: bool = False) -> Union[Prepared, ImageError]:
     """Decode + crop one input; never raises for a bad input (returns an ImageError). With
-    ``provenance``, encoded inputs also get their declared origin read from the same bytes."""
+    ``provenance``, encoded inputs also get their declared origin read from the same bytes.
+    With ``centre`` (enrollment), the centre crop is added after the policy's crops when they
+    do not consist of it alone (:attr:`Prepared.centre`)."""
     src = describe(item)
     try:
         d = decode(item, max_pixels, max_bytes)
@@ -327,7 +340,12 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
     if provenance and d.data is not None:
         from .provenance import read_provenance
         prov = read_provenance(d.data, src).to_dict()
-    return Prepared(src, make_crops(a, crop, crops), "; ".join(notes), prov)
+    cs, where = make_crops(a, crop, crops), None
+    if centre:
+        where = 0 if len(cs) == 1 else len(cs)
+        if where:
+            cs = np.concatenate([cs, make_crops(a, crop, 1)])
+    return Prepared(src, cs, "; ".join(notes), prov, where)
 
 
 def jpeg(a: np.ndarray, quality: int) -> np.ndarray:

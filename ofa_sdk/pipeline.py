@@ -30,6 +30,7 @@ class EmbeddedItem(NamedTuple):
     note: str                        # e.g. the small-image policy applied
     spectrum: Optional[np.ndarray]   # (C, h, w) mean residual log-spectrum (spectra=True)
     provenance: Optional[dict] = None  # what the file declares about its origin (ofa_sdk.provenance)
+    centre: Optional[np.ndarray] = None  # (d,) the centre crop's fingerprint (InputPolicy.centre)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +72,7 @@ class InputPolicy:
     max_pixels: int = imio.MAX_PIXELS
     provenance: bool = True
     max_bytes: int = imio.MAX_BYTES
+    centre: bool = False    # also embed the centre crop (enrollment: Profile.centre)
 
     def __post_init__(self):
         if self.small not in imio.SMALL_POLICIES:
@@ -84,7 +86,7 @@ class InputPolicy:
 
     def __call__(self, item: Any) -> Union[imio.Prepared, imio.ImageError]:
         return imio.prepare(item, self.crop, self.crops, self.small, self.max_pixels,
-                            self.provenance, self.max_bytes)
+                            self.provenance, self.max_bytes, self.centre)
 
 
 def _decode_worker(tasks: "queue.SimpleQueue", policy: InputPolicy) -> None:
@@ -166,9 +168,10 @@ def embed_prepared(engine, prepared: Iterable[Union[imio.Prepared, imio.ImageErr
             if isinstance(p, imio.ImageError):
                 yield EmbeddedItem(p.source, None, p.reason, "", None)
             else:
-                n = len(p.crops)
-                yield EmbeddedItem(p.source, z[k:k + n], "", p.note,
-                                   spec[k:k + n].mean(0) if spectra else None, p.provenance)
+                n, own = len(p.crops), len(p.own_crops)
+                yield EmbeddedItem(p.source, z[k:k + own], "", p.note,
+                                   spec[k:k + own].mean(0) if spectra else None, p.provenance,
+                                   None if p.centre is None else z[k + p.centre])
                 k += n
 
     for p in prepared:

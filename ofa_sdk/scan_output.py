@@ -382,6 +382,20 @@ class ScanMismatch(ValueError):
     output that already holds rows."""
 
 
+def describe_run(model_id: str, rule, threshold, quantile: float, crops, gallery,
+                 profiles: Optional[Sequence[str]] = None) -> Dict:
+    """What a scan's verdicts depend on (recorded beside its output, :func:`run_record`): model
+    id, rule, threshold policy, crops and a digest of the gallery's profiles (of every profile
+    when the rule whitens by the gallery)."""
+    names = list(profiles) if profiles is not None else None
+    whiten = getattr(rule, "whiten", None)
+    return {"model_id": model_id, "rule": rule.name, "whiten": whiten, "threshold": threshold,
+            "profile_quantile": quantile, "crops": crops,
+            "gallery": str(gallery.path.resolve()) if gallery.path else "memory",
+            "gallery_digest": gallery.digest(None if whiten else names),
+            "profiles": len(names) if names is not None else len(gallery)}
+
+
 def run_record(output, run: Dict, has_rows: bool, allow_mismatch: bool = False) -> Dict:
     """Check ``run`` (what this scan uses: :data:`RUN_KEYS` and more) against the record of
     ``output`` and write the updated record (atomically). An output with rows made by another

@@ -277,7 +277,8 @@ def crop_groups(counts: Sequence[int], level: int) -> Tuple[np.ndarray, list]:
     return np.asarray(img, int), rows
 
 
-def held_out_stats(rule, support: np.ndarray, crops, part=None, state=None) -> OwnByCrops:
+def held_out_stats(rule, support: np.ndarray, crops, part=None, state=None,
+                   centre: Optional[np.ndarray] = None) -> OwnByCrops:
     """How a generator's own new images score against the profile of its n >= 3 support images,
     for queries of every crop count up to the support's (:class:`OwnByCrops`).
 
@@ -286,29 +287,46 @@ def held_out_stats(rule, support: np.ndarray, crops, part=None, state=None) -> O
     their scores read lower; the held-out scale's mean and sd are computed at two fit sizes,
     m1 (the rule's own folds: n - 1, or n - n/10 for the Gaussian rule) and m2 (2 folds, n/2),
     and extrapolated to n as ``a + b / m`` (the form of a mean's error in m points; from 8
-    images up, where the n/2-image fits have a shape of their own). Measured
-    against nominal on synthetic Gaussians in tests/test_thresholds.py and on the development
-    sets in benchmarks/RESULTS.md."""
+    images up, where the n/2-image fits have a shape of their own).
+
+    ``centre``: (n, d) each support image's centre-crop fingerprint, the crop a 1-crop query
+    takes (:func:`ofa_sdk.images.make_crops`). A k-crop support's grid crops lie elsewhere
+    (the corners, at 4 crops), and a centre crop scores farther from the profile than a held-out
+    grid crop does, so with ``centre`` the 1-crop level is held out on the centre crops; rules
+    that score only their own support rows (the pair rule) ignore it. Measured against nominal
+    on synthetic Gaussians in tests/test_thresholds.py and on the development sets in
+    benchmarks/RESULTS.md."""
     z = np.asarray(support)
     img = image_ids(len(z), crops)
     counts = np.bincount(img)
     n = len(counts)
     if n < 3:
         raise ValueError(f"held-out scores need at least 3 support images, got {n}")
+    if centre is not None and np.shape(centre) != (n, z.shape[1]):
+        raise ValueError(f"centre crops must be ({n}, {z.shape[1]}), one per support image, "
+                         f"got {np.shape(centre)}")
+    use_centre = centre is not None and getattr(rule, "scores_points", False)
     power = getattr(rule, "own_power", 0.0)
     folds1 = min(n, getattr(rule, "loo_folds", n))
     groups, level_of = [], []
-    for level in range(1, int(counts.max()) + 1):
+    for level in range(2 if use_centre else 1, int(counts.max()) + 1):
         gi, rows = crop_groups(counts, level)
         groups += list(zip(gi, rows))
         level_of += [level] * len(gi)
+    points = None
+    if use_centre:
+        points = np.concatenate([_group_points(z, groups), unit(np.asarray(centre, np.float64))]) \
+            if groups else unit(np.asarray(centre, np.float64))
+        groups += [(i, None) for i in range(n)]
+        level_of += [1] * n
     level_of = np.asarray(level_of)
     m1, m2 = n - n / folds1, n - n / FIT_SIZE_FOLDS
     # the smaller fits must have a shape of their own (more than MIN_POINTS images), else none
     second = m2 < m1 and n - math.ceil(n / FIT_SIZE_FOLDS) > MIN_POINTS
-    y1 = _to_scale(1.0 - rule.held_out(z, crops, folds1, groups, part, state), power)
-    y2 = _to_scale(1.0 - rule.held_out(z, crops, FIT_SIZE_FOLDS, groups, part, state), power) \
-        if second else y1
+    more = {"points": points} if use_centre else {}
+    y1 = _to_scale(1.0 - rule.held_out(z, crops, folds1, groups, part, state, **more), power)
+    y2 = _to_scale(1.0 - rule.held_out(z, crops, FIT_SIZE_FOLDS, groups, part, state, **more),
+                   power) if second else y1
     c = (1 / n - 1 / m1) / (1 / m1 - 1 / m2) if second else 0.0
     levels = []
     for level in range(1, int(counts.max()) + 1):
@@ -407,6 +425,7 @@ class PrototypeRule:
     calibration: Calibration
     name: str = "prototype"
     own_power = 1 / 3        # 1 - cos of a noisy unit vector is chi-square-like (OwnScores)
+    scores_points = True     # held_out scores given points (a support's centre crops)
 
     def prepare(self, supports: Sequence[np.ndarray], parts=None, counts=None) -> np.ndarray:
         """(P, d) unit prototypes (of every crop: ``counts`` is not needed)."""
@@ -428,16 +447,18 @@ class PrototypeRule:
         """(S,) leave-one-out cosines (``state`` is not needed)."""
         return leave_one_out_cosines(support, crops)
 
-    def held_out(self, support: np.ndarray, crops, folds: int, groups, part=None, state=None
-                 ) -> np.ndarray:
-        """(G,) cosine of each group of one image's crops (``groups``: (image, rows) pairs) to
-        the prototype of the images outside that image's fold (image i is in fold i % folds)."""
+    def held_out(self, support: np.ndarray, crops, folds: int, groups, part=None, state=None,
+                 points: Optional[np.ndarray] = None) -> np.ndarray:
+        """(G,) cosine of each group of one image's crops (``groups``: (image, rows) pairs;
+        ``points``: (G, d) the groups' unit points, when they are not support rows) to the
+        prototype of the images outside that image's fold (image i is in fold i % folds)."""
         sums = image_sums(support, crops)
         fold = np.arange(len(sums)) % folds
         fold_sums = np.zeros((folds, sums.shape[1]))
         np.add.at(fold_sums, fold, sums)
         rest = unit(sums.sum(0) - fold_sums)
-        return np.einsum("gd,gd->g", _group_points(support, groups), rest[fold[_group_images(groups)]])
+        q = _group_points(support, groups) if points is None else points
+        return np.einsum("gd,gd->g", q, rest[fold[_group_images(groups)]])
 
     def to_prob(self, raw):
         return self.calibration(raw)
@@ -744,6 +765,7 @@ class GaussianRule:
     prior_var: Optional[float] = None
     name: str = "gaussian"
     own_power = 1 / 3        # D^2 / d is chi-square-like (OwnScores)
+    scores_points = True     # held_out scores given points (a support's centre crops)
     loo_folds = LOO_FOLDS
 
     def __post_init__(self):
@@ -824,14 +846,15 @@ class GaussianRule:
         return self.held_out(support, crops, min(len(counts), LOO_FOLDS), groups, part, state)
 
     def held_out(self, support: np.ndarray, crops, folds: int, groups, part=None,
-                 state: Optional[GaussianState] = None) -> np.ndarray:
+                 state: Optional[GaussianState] = None, points: Optional[np.ndarray] = None
+                 ) -> np.ndarray:
         """(G,) raw score of each group of one image's crops (``groups``: (image, rows) pairs;
-        its crop-mean point) against a Gaussian fitted without the images of that image's fold
-        (image i is in fold i % folds)."""
+        its crop-mean point, or ``points``' row when given) against a Gaussian fitted without
+        the images of that image's fold (image i is in fold i % folds)."""
         whitener = None if state is None else state.whitener
         prior_var = self.prior_var if state is None or state.prior_var is None else state.prior_var
         pts = image_points(support, crops)
-        q = _group_points(support, groups)
+        q = _group_points(support, groups) if points is None else points
         if whitener is not None:
             pts, q = pts @ whitener, q @ whitener
         n, fold = len(pts), _group_images(groups) % folds

@@ -134,6 +134,8 @@ class SnapshotCache:
         if dkey not in self._digests:
             h = hashlib.sha256(np.ascontiguousarray(prof.support, np.float32).tobytes())
             h.update(json.dumps(crop_counts(prof)).encode())
+            if prof.centre is not None:
+                h.update(np.ascontiguousarray(prof.centre, np.float32).tobytes())
             self._digests[dkey] = h.hexdigest()
         return hashlib.sha256(json.dumps([STATE_VERSION, what, model_id, _rule_key(rule),
                                           self._digests[dkey]], default=str).encode()).hexdigest()
@@ -172,11 +174,11 @@ class SnapshotCache:
         if todo and gallery is not None and w is None:
             vals = self._stored("own", rule, todo, gallery, model_id,
                                 lambda p: decision.own_scores(rule, p.support, crop_counts(p),
-                                                              p.support_part),
+                                                              p.support_part, centre=p.centre),
                                 _encode_own, _decode_own)
         else:
-            vals = [decision.own_scores(rule, p.support, crop_counts(p), p.support_part, state)
-                    for p in todo]
+            vals = [decision.own_scores(rule, p.support, crop_counts(p), p.support_part, state,
+                                        p.centre) for p in todo]
         for p, v in zip(todo, vals):
             self.own[(p.name, p.created, rkey, wkey)] = v
         return [self.own[k] for k in keys]

@@ -246,3 +246,42 @@ def test_conventions_exports_score_names_and_verbose(tiny_model, tmp_path, capsy
     assert "scan" in capsys.readouterr().err
     list(loud.scan(tmp_path / "a", progress=False))
     assert "scan" not in capsys.readouterr().err
+
+
+def test_enroll_stores_each_images_centre_crop(tiny_model, tmp_path):
+    """Enrollment embeds each image's centre crop beside the policy's crops and stores it with
+    the profile (Profile.centre), for the 1-crop level of its own scores; an add extends it, a
+    profile rewritten without it (as an older SDK writes) has none, a removal forgets it."""
+    import sqlite3
+
+    from ofa_sdk import decision
+    from ofa_sdk.images import make_crops
+    from ofa_sdk.scoring import Calibration, GaussianRule, held_out_stats
+    from ofa_sdk.snapshot import crop_counts
+    ims = [np.random.default_rng(i).integers(0, 256, (80, 96, 3), dtype=np.uint8) for i in range(7)]
+    db = tmp_path / "g.db"
+    att = Attributor(model=tiny_model, crops=4, gallery=db, backend="torch")
+    prof = att.enroll("g", ims[:5])
+    centre = att.fingerprint([make_crops(a, 32, 1)[0] for a in ims], errors="raise")
+    assert prof.centre.shape == (5, 16) and prof.n_support == 20
+    np.testing.assert_allclose(prof.centre, centre[:5], atol=1e-5)
+    back = Gallery(db).get("g")                            # read back by another handle
+    np.testing.assert_array_equal(back.centre, prof.centre)
+    rule = GaussianRule(Calibration(1.0, 0.0))    # the tiny model is calibrated for no rule
+    own = decision.own_scores(rule, back.support, crop_counts(back), centre=back.centre)
+    ms = lambda o: np.array([[x.mean, x.sd] for x in o.levels])  # noqa: E731
+    np.testing.assert_allclose(ms(own), ms(held_out_stats(rule, back.support, 4, centre=centre[:5])),
+                               rtol=1e-4)
+    grid = held_out_stats(rule, back.support, 4)
+    assert not np.allclose(ms(own)[0], ms(grid)[0], rtol=1e-3)     # the 1-crop level moved
+    assert own.levels[1:] == grid.levels[1:]
+    added = att.enroll("g", ims[5:], add=True)
+    np.testing.assert_allclose(added.centre, centre, atol=1e-5)
+    one = Attributor(model=tiny_model, crops=1, gallery=db, backend="torch").enroll("one", ims[:3])
+    np.testing.assert_allclose(one.centre, one.support, atol=1e-6)  # the only crop is the centre
+    with sqlite3.connect(db) as c:                          # rewritten by a writer that stores none
+        c.execute("UPDATE profiles SET created = created + 1 WHERE name='g'")
+    assert Gallery(db).get("g").centre is None
+    att.gallery.remove("one")
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM profile_centre WHERE name='one'").fetchone()[0] == 0

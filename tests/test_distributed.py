@@ -159,3 +159,26 @@ def test_defaults_match_the_single_process_scan():
     assert {"crops", "small", "threshold", "rule"} <= set(shared)
     for name in shared:
         assert ours[name].default == theirs[name].default, name
+
+
+def test_run_record_refuses_another_run_and_limits_apply(cluster, setup, tmp_path):
+    """The folder's record says what made its rows, as the single-process scan's does; a resume
+    with another threshold policy is refused before any work unless allowed; max_bytes turns
+    larger inputs into error rows."""
+    from ofa_sdk import Attributor
+    from ofa_sdk.scan_output import ScanMismatch, run_file
+    out = tmp_path / "results.jsonl"
+    _scan(setup, out)
+    rec = json.loads(run_file(out).read_text())
+    want = Attributor(model=setup["model"], backend="torch", gallery=setup["gallery"]).run_info()
+    assert rec["runs"][-1] == json.loads(json.dumps(want)) and not rec["mixed"]
+    with pytest.raises(ScanMismatch, match="threshold"):
+        _scan(setup, out, threshold=0.7)
+    s = _scan(setup, out, threshold=0.7, allow_mismatch=True)
+    assert s["skipped_already_done"] == 22 and json.loads(run_file(out).read_text())["mixed"]
+    small = tmp_path / "small.jsonl"
+    s = _scan(setup, small, max_bytes=200)
+    rows = _rows(small)
+    assert s["errors"] == len(rows) == 22 and all("byte limit" in r["error"] for r in rows
+                                                  if "corrupt" not in r["source"]
+                                                  and "small.png" not in r["source"])

@@ -175,7 +175,8 @@ def test_attributor_gaussian_scores_by_hand(gauss_model, tmp_path, whiten):
     # thresholds: the prediction bound on the held-out distances, per profile and crop count
     from ofa_sdk.scoring import held_out_stats
     for p, name in enumerate(snap.names):
-        own = held_out_stats(att.rule, att.gallery.get(name).support, 4, state=snap.state)
+        prof = att.gallery.get(name)     # the 1-crop level is held out on its centre crops
+        own = held_out_stats(att.rule, prof.support, 4, state=snap.state, centre=prof.centre)
         assert snap.thresholds[p] == pytest.approx(att.rule.to_prob(own.threshold(0.05)))
         assert att.profile_threshold(name) == pytest.approx(snap.thresholds[p])
         assert snap.thresholds_at(1)[p] == pytest.approx(att.rule.to_prob(own.threshold(0.05, 1)))
