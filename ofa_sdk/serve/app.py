@@ -411,7 +411,10 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
     # -- health ----------------------------------------------------------------------------------
     @app.get("/healthz", tags=["health"])
     async def healthz():
-        """The process answers (liveness)."""
+        """The process answers (liveness); 503 once the model has failed to load, a state it
+        never leaves, so that an orchestrator restarts it instead of keeping it forever unready."""
+        if svc.failed:
+            return JSONResponse({"status": "failed", "error": svc.failed}, 503)
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"])
