@@ -135,6 +135,19 @@ class Stage2Config:
     # JPEG-compressed at one shared quality drawn from jpeg_q, as a generator's images arrive
     # after one platform's re-encoding; applied before the per-image jpeg_p.
     jpeg_class_p: float = 0.0
+    # Probability that a class (a decoder draw's images, or the real batch) is resampled, as a
+    # platform resizes a generator's images before re-encoding: its content is drawn larger, by
+    # 1/f for a factor f from resample_f, reconstructed, saved to 8 bit and then resized to the
+    # crop with one kernel (PIL's bicubic, bilinear, Lanczos or box) shared by the class.
+    # resample_share of the class's images are resized, the others cropped as generated, so a
+    # class holds both and the extractor learns one fingerprint for the two.
+    resample_p: float = 0.0
+    resample_f: Tuple[float, float] = (0.5, 1.0)
+    resample_share: float = 0.5
+    # Of the m decoder draws, this many are relatives of the draw before them: the same
+    # architecture with one choice changed (an upsampler or one cell), hard negatives in the batch
+    # as related generators (one family, another upsampling path) are in the wild.
+    relatives: int = 0
 
 
 @dataclass(frozen=True)

@@ -212,3 +212,55 @@ def test_training_takes_a_device_and_bf16_autocast_runs_on_the_cpu(photos, tmp_p
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             common.train_device(0)
     assert common.train_device(None) == torch.device("cpu")
+
+
+def test_resample_resizes_the_share_and_crops_the_rest():
+    """A period-4 stripe pattern: a 0.5x box resize halves the period, a crop keeps it."""
+    from ofa_sdk.training.stage2_extractor import _resample
+    col = (np.arange(64) // 2 % 2).astype(np.float32)            # period 4 along x
+    x = torch.from_numpy(np.broadcast_to(col, (4, 3, 64, 64)).copy())
+    g = torch.Generator().manual_seed(0)
+    whole = _resample(x, (0.5, "box"), 32, 1.0, g)
+    none = _resample(x, (0.5, "box"), 32, 0.0, g)
+    assert whole.shape == none.shape == (4, 3, 32, 32)
+
+    def period(img):
+        f = np.abs(np.fft.rfft(img[0].mean(0).numpy() - img[0].mean().item()))
+        return 32 / np.argmax(f)
+    assert all(period(whole[k:k + 1]) == 2 for k in range(4))
+    assert all(period(none[k:k + 1]) == 4 for k in range(4))
+
+
+def test_batches_with_resampling_and_relatives(photos):
+    """Shapes and labels hold with every knob on; relatives follow their parent draw."""
+    from ofa_sdk.models import FingerprintSimulator
+    from ofa_sdk.models.simulator import Architecture
+    from ofa_sdk.training.stage2_extractor import REAL_LABEL, make_batch
+    with pytest.warns(UserWarning):
+        data = common.PhotoSet(photos, split="all")
+    base = {**TINY, "stage2.n": 2, "stage2.m": 4, "stage2.crop": 32}
+    on = compact().replace(**base, **{"stage2.resample_p": 1.0, "stage2.relatives": 2,
+                                      "stage2.jpeg_class_p": 0.0, "stage2.jpeg_p": 0.0})
+    sim = FingerprintSimulator(on.simulator).eval()
+    x, y, ids = make_batch(sim, data, on, torch.Generator().manual_seed(0))
+    assert x.shape == (18, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+    assert (y == REAL_LABEL).sum() == 2 and len(set(ids)) == 4
+    for parent, child in ((ids[0], ids[1]), (ids[2], ids[3])):
+        a, r = Architecture.from_id(parent), Architecture.from_id(child)
+        assert a.start_scale == r.start_scale and a.id != r.id
+
+
+def test_a_fine_tune_starts_from_the_init_models_extractor(photos, tmp_path):
+    from ofa_sdk.testing import write_tiny_model
+    from ofa_sdk.weights import load_model
+    model = write_tiny_model(tmp_path / "init.safetensors", seed=5)
+    out = tmp_path / "ft"
+    assert train_main(["stage0", "--stop-at", "1"] + _args(photos, out, 2)) == 0
+    assert train_main(["stage1", "--stop-at", "1"] + _args(photos, out, 2)) == 0
+    args = _args(photos, out, 2) + ["--set", "stage2.lr=0.0", "--init", str(model)]
+    assert train_main(["stage2"] + args) == 0                      # lr 0: weights stay the init's
+    init = load_model(model).model.extractor.state_dict()
+    got = common.load_file(str(out / "stage2.safetensors"))
+    convs = [k for k in init if k.endswith("weight")]
+    assert convs and all(torch.equal(got[f"extractor.{k}"], init[k].float()) for k in convs)
+    assert common.read_metadata(out / "stage2.safetensors")["init"] == load_model(model).model_id

@@ -6,6 +6,7 @@
     ofa-train calibrate --data DIR [--dest FILE] [--rules R ...]
                                                      (score calibrations, after export)
     ofa-train unpack --model FILE [--out DIR]        (stage 0/1 checkpoints from a model file)
+    ofa-train stage2 --init shipped ...              (a fine-tune from a model file's extractor)
 
 Runs resume from their checkpoints in --out unless --fresh is given. Overrides use dotted
 names: --set stage2.steps=2000 --set loss.tau=0.05.
@@ -57,6 +58,9 @@ def main(argv=None):
                     help="calibrate: the rules whose calibration is written (default: all; the "
                          "others keep what the model file holds)")
     ap.add_argument("--model", default=None, help="unpack: model file (default: shipped)")
+    ap.add_argument("--init", default=None,
+                    help="stage2: a model file whose extractor and heads a fresh run starts from "
+                         "(a fine-tune; 'shipped' for the packaged model)")
     a = ap.parse_args(argv)
 
     import torch
@@ -112,7 +116,12 @@ def main(argv=None):
                 lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin, **on)
         else:
             from .stage2_extractor import run
-            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at, **on)
+            init = a.init
+            if init == "shipped":
+                from ofa_sdk.weights import DEFAULT_MODEL
+                init = DEFAULT_MODEL
+            run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at,
+                init=Path(init) if init else None, **on)
     return 0
 
 

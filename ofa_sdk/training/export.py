@@ -20,7 +20,9 @@ def run(out: Path, dest: Path, dtype: str = "float16") -> str:
                                                   "pair_head": model.pair_head,
                                                   "real_head": model.real_head})
     meta = {"config": cfg.to_dict(), "dtype": dtype, "commit": git_commit(),
-            "training": {f"stage{i}": {k: m[k] for k in ("step", "seed", "data", "commit")}
+            # a fine-tune's stage 2 also names the model it started from ("init")
+            "training": {f"stage{i}": {k: m[k] for k in ("step", "seed", "data", "commit", "init")
+                                       if k in m and (k != "init" or m[k])}
                          for i, m in enumerate((m0, m1, m2))},
             "perceptual": m1.get("perceptual")}
     return save_model(dest, model, sim, meta, dtype)

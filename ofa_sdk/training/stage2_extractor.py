@@ -15,15 +15,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ofa_sdk.backends.torch import exact_fp32
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.images import from_tensor, jpeg, quantize, to_tensor
 from ofa_sdk.models import FingerprintSimulator, OFAModel
+from ofa_sdk.models.simulator import relative_architecture
 
 from .common import (PhotoSet, Prefetcher, autocast, git_commit, load_checkpoint, open_run,
-                     save_checkpoint, set_lr, train_device)
+                     read_metadata, save_checkpoint, set_lr, train_device)
 from .losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 
 REAL_LABEL = -1  # architecture ids are >= 0
@@ -49,26 +51,84 @@ def _jpeg_class(x: torch.Tensor, g: torch.Generator, p: float, qrange) -> torch.
     return _jpeg(x, g, 1.0, (q, q))
 
 
+RESAMPLE_KERNELS = ("bicubic", "bilinear", "lanczos", "box")  # PIL's names; box is area averaging
+
+
+def _resample_plan(sc, g: torch.Generator):
+    """(factor, kernel) for one class with probability ``resample_p``, else None; no draw at all
+    when resampling is off, so the batches of a recipe without it stay as they were."""
+    if sc.resample_p <= 0 or float(torch.rand(1, generator=g)) >= sc.resample_p:
+        return None
+    lo, hi = sc.resample_f
+    f = lo + (hi - lo) * float(torch.rand(1, generator=g))
+    return f, RESAMPLE_KERNELS[int(torch.randint(len(RESAMPLE_KERNELS), (1,), generator=g))]
+
+
+def _content_side(crop: int, f: float, multiple: int) -> int:
+    """The content side that a factor-f resize brings down to at least ``crop``, rounded up to
+    the simulator's input multiple."""
+    return multiple * math.ceil(crop / f / multiple)
+
+
+def _resample(x: torch.Tensor, plan, crop: int, share: float, g: torch.Generator) -> torch.Tensor:
+    """(n,3,crop,crop): each image of a class, saved to 8 bit, with probability ``share`` resized
+    by the plan's factor and kernel and then cropped, else cropped as generated (random offsets)."""
+    from PIL import Image
+    f, kernel = plan
+    side = x.shape[-1]
+    a = from_tensor(x)
+    out = torch.empty(len(x), 3, crop, crop)
+    for k in range(len(x)):
+        im = a[k]
+        if float(torch.rand(1, generator=g)) < share:
+            to = max(crop, round(side * f))
+            im = np.asarray(Image.fromarray(im).resize((to, to), getattr(Image.Resampling, kernel.upper())))
+        t, l = (int(torch.randint(im.shape[0] - crop + 1, (1,), generator=g)) for _ in range(2))
+        out[k] = to_tensor(np.ascontiguousarray(im[None, t:t + crop, l:l + crop]))[0]
+    return out
+
+
+def _centre(x: torch.Tensor, side: int) -> torch.Tensor:
+    o = (x.shape[-1] - side) // 2
+    return x[..., o:o + side, o:o + side]
+
+
 def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator):
     """Images (B,3,c,c) in [0,1] on the CPU, labels (B,) and the architecture ids drawn, for one
     step. The simulator runs in float32 on its own device (reconstructions carry the
-    fingerprints: no reduced precision there), the JPEG steps on the CPU."""
+    fingerprints: no reduced precision there), resampling and JPEG on the CPU."""
     sc = cfg.stage2
     dev = next(sim.parameters()).device
-    archs = [sim.sample(g) for _ in range(sc.m)]
+    multiple = 2 ** len(cfg.simulator.enc_channels)
+    archs = []
+    for k in range(sc.m):
+        relative = k % 2 == 1 and k // 2 < sc.relatives
+        archs.append(relative_architecture(archs[-1], g) if relative else sim.sample(g))
     xs, ys = [], []
-    shared = data.batch(sc.n, sc.crop, g)              # single set content
+    # single set content; with resampling on, drawn at the largest side a class can need and
+    # centre-cropped per class, so every class still shares the content
+    big = _content_side(sc.crop, sc.resample_f[0], multiple) if sc.resample_p > 0 else sc.crop
+    shared = data.batch(sc.n, big, g)
     with torch.no_grad():
         for a in archs:
+            plan = _resample_plan(sc, g)
+            side = _content_side(sc.crop, plan[0], multiple) if plan else sc.crop
             pair = []
-            for content in (data.batch(sc.n, sc.crop, g), shared):
+            for content in (data.batch(sc.n, side, g), _centre(shared, side)):
                 r = sim(content.to(dev), a).float().clamp(0, 1)
                 if sc.quantize:
                     r = quantize(r)
                 pair.append(r.cpu())
-            xs.extend(torch.split(_jpeg_class(torch.cat(pair), g, sc.jpeg_class_p, sc.jpeg_q), sc.n))
+            x = torch.cat(pair)
+            if plan:
+                x = _resample(x, plan, sc.crop, sc.resample_share, g)
+            xs.extend(torch.split(_jpeg_class(x, g, sc.jpeg_class_p, sc.jpeg_q), sc.n))
             ys.extend(torch.full((sc.n,), a.id, dtype=torch.long) for _ in pair)
-    xs.append(_jpeg_class(data.batch(sc.n, sc.crop, g), g, sc.jpeg_class_p, sc.jpeg_q))  # real photos
+    plan = _resample_plan(sc, g)                       # real photos, a class of their own
+    real = data.batch(sc.n, _content_side(sc.crop, plan[0], multiple) if plan else sc.crop, g)
+    if plan:
+        real = _resample(real, plan, sc.crop, sc.resample_share, g)
+    xs.append(_jpeg_class(real, g, sc.jpeg_class_p, sc.jpeg_q))
     ys.append(torch.full((sc.n,), REAL_LABEL, dtype=torch.long))
     x = _jpeg(torch.cat(xs), g, sc.jpeg_p, sc.jpeg_q)
     return x, torch.cat(ys), [a.id for a in archs]
@@ -76,7 +136,10 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
         every: int = 50, quiet: bool = False, stop_at: int | None = None, device=None,
-        precision: str = "auto") -> Path:
+        precision: str = "auto", init: Path | None = None) -> Path:
+    """Train stage 2 into ``out/stage2.safetensors``. ``init``: a model file whose extractor and
+    heads a fresh run starts from (a fine-tune, e.g. of the shipped model); its configuration
+    must build the same networks."""
     sc = cfg.stage2
     dev = train_device(device)
     torch.manual_seed(seed + 2)
@@ -99,6 +162,14 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     trained = {"extractor": model.extractor, "pair_head": model.pair_head,
                "real_head": model.real_head, "bank": bank}
     ckpt, start, log = open_run(out, "stage2", trained, opt, g, resume, sc.steps, "stage2 extractor", quiet)
+    init_id = read_metadata(ckpt).get("init") if start else None  # a resumed fine-tune keeps it
+    if init is not None and start == 0:
+        from ofa_sdk.weights import load_model
+        bundle = load_model(init)
+        for name in ("extractor", "pair_head", "real_head"):
+            getattr(model, name).load_state_dict(
+                {k: v.float() for k, v in getattr(bundle.model, name).state_dict().items()})
+        init_id = bundle.model_id
     model.extractor.train()
     # the simulator's draws and reconstructions, the crops and JPEG run on the loader's thread;
     # TF32 is off for the whole run (the flags are process-wide: the loader's simulator and the
@@ -128,7 +199,8 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
             if step % every == 0 or step == sc.steps or step == stop_at:
                 meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
                         "data": data.describe(), "commit": git_commit(),
-                        "simulator_perceptual": s1meta.get("perceptual")}
+                        "simulator_perceptual": s1meta.get("perceptual"),
+                        "init": init_id}
                 save_checkpoint(ckpt, trained, meta, opt, g)
             if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
                 break
