@@ -38,7 +38,14 @@ from typing import Dict, Optional, Tuple
 
 from .config import TRAINING_SECTIONS  # not part of the model id
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "compact.safetensors"
+# The models shipped in the package, by name: ``Attributor(model=NAME)``. The default is the
+# newest; an older one stays loadable under its name, so that galleries enrolled with it keep
+# working (a profile is refused by any other model). Their cards: docs/model-card.md.
+SHIPPED = Path(__file__).resolve().parent / "weights"
+MODELS = {"compact-v2": SHIPPED / "compact-v2.safetensors",   # the default (issue 31 fine-tune)
+          "compact": SHIPPED / "compact.safetensors"}         # the previous default
+DEFAULT_NAME = "compact-v2"
+DEFAULT_MODEL = MODELS[DEFAULT_NAME]
 META_KEY = "ofa"                     # the safetensors metadata key holding the JSON
 MANIFEST_NAME = "MANIFEST.json"      # {file name: {"sha256": hex, "bytes": size}} of a folder
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a model file's JSON header (the shipped one is ~30 KB)
@@ -300,7 +307,7 @@ def load_model(path, device=None) -> ModelBundle:
 
 
 def load_default_model(device=None) -> ModelBundle:
-    """The model shipped in the package (the ``compact`` configuration)."""
+    """The default model shipped in the package (:data:`DEFAULT_NAME`)."""
     if not DEFAULT_MODEL.is_file():
         raise FileNotFoundError(
             f"this installation has no shipped default model ({DEFAULT_MODEL}); train one with "
@@ -309,12 +316,15 @@ def load_default_model(device=None) -> ModelBundle:
 
 
 def as_bundle(model=None, device=None) -> ModelBundle:
-    """A loaded model from what callers accept as ``model=``: None (the shipped model), a
-    :class:`ModelBundle` (as it is) or a model file."""
+    """A loaded model from what callers accept as ``model=``: None (the shipped default), the
+    name of a shipped model (:data:`MODELS`), a :class:`ModelBundle` (as it is) or a model
+    file."""
     if model is None:
         return load_default_model(device)
     if isinstance(model, ModelBundle):
         return model
+    if isinstance(model, str) and model in MODELS:
+        return load_model(MODELS[model], device)
     return load_model(model, device)
 
 

@@ -113,3 +113,28 @@ def test_model_id_ignores_calibration_and_keeps_legacy_galleries(tiny_model, tmp
     update_meta(path, {"calibration": {"prototype": {"a": 8.0, "b": -4.0}}})
     after = load_model(path)
     assert after.model_id == before.model_id and after.legacy_id != old_file_id
+
+
+def test_shipped_models_load_by_name_and_keep_their_galleries(tmp_path):
+    """Every shipped model loads by its name, with its graphs beside it; the previous default
+    keeps the galleries enrolled with it, which the new default refuses with a clear error."""
+    from ofa_sdk.gallery import ModelMismatch
+    from ofa_sdk.weights import DEFAULT_MODEL, DEFAULT_NAME, MODELS, as_bundle, read_manifest
+    assert MODELS[DEFAULT_NAME] == DEFAULT_MODEL and set(read_manifest(DEFAULT_MODEL.parent)) == \
+        {p.name for p in MODELS.values()}
+    ids = {}
+    for name, path in MODELS.items():
+        b = as_bundle(name)
+        ids[name] = b.model_id
+        assert b.path == path and b.config.name == "compact"
+        assert {"prototype", "gaussian"} <= set(b.meta["calibration"])
+        assert sorted(p.name for p in (path.parent / "engines" / b.model_id).iterdir()) == \
+            ["extractor.onnx", "residual.onnx"]
+    assert len(set(ids.values())) == len(MODELS) and as_bundle().model_id == ids[DEFAULT_NAME]
+    db = tmp_path / "g.db"
+    old = [n for n in MODELS if n != DEFAULT_NAME][0]
+    Attributor(model=old, gallery=db, backend="torch").enroll("a", make_images(tmp_path / "a", 3, 0, size=96))
+    assert Attributor(model=old, gallery=db, backend="torch").verify(
+        make_images(tmp_path / "q", 1, 1, size=96), "a").shape == (1,)
+    with pytest.raises(ModelMismatch, match=ids[old]):
+        Attributor(gallery=db, backend="torch").verify(make_images(tmp_path / "q", 1, 1, size=96), "a")

@@ -60,7 +60,7 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="unpack: model file (default: shipped)")
     ap.add_argument("--init", default=None,
                     help="stage2: a model file whose extractor and heads a fresh run starts from "
-                         "(a fine-tune; 'shipped' for the packaged model)")
+                         "(a fine-tune; a shipped model's name, or 'shipped' for the default)")
     a = ap.parse_args(argv)
 
     import torch
@@ -117,9 +117,8 @@ def main(argv=None):
         else:
             from .stage2_extractor import run
             init = a.init
-            if init == "shipped":
-                from ofa_sdk.weights import DEFAULT_MODEL
-                init = DEFAULT_MODEL
+            from ofa_sdk.weights import DEFAULT_MODEL, MODELS
+            init = DEFAULT_MODEL if init == "shipped" else MODELS.get(init, init)
             run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at,
                 init=Path(init) if init else None, **on)
     return 0
