@@ -61,7 +61,8 @@ class Attributor:
 
     ``model``: a model file, a shipped model's name (``"compact-v2"``, the default, or
     ``"compact"``, the previous one; :data:`ofa_sdk.weights.MODELS`), a loaded
-    :class:`~ofa_sdk.weights.ModelBundle`, or None for the default. ``backend``: "auto" or an engine name (:mod:`ofa_sdk.backends`); ``device``:
+    :class:`~ofa_sdk.weights.ModelBundle`, or None for the default. ``backend``: "auto" or an
+    engine name (:mod:`ofa_sdk.backends`); ``device``:
     0, "cuda:1", "cpu" or a ``torch.device`` (:func:`ofa_sdk.backends.resolve_device`);
     ``strict`` raises instead of falling back. ``gallery``: a SQLite file, a
     :class:`~ofa_sdk.gallery.Gallery`, or None (in memory). ``crops``: crops per image, an int
