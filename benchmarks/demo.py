@@ -65,6 +65,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=80, help="content crops per generator")
     ap.add_argument("--steps", type=int, default=300, help="brief training of the learned generators")
     ap.add_argument("--crops", type=int, default=4, help="crops per 256x256 image (scores averaged)")
+    ap.add_argument("--model", default=None, help="a model file or shipped model name (default: the default)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     if not (out / "READY").exists():
@@ -73,7 +74,7 @@ def main(argv=None):
     gallery = out / "gallery.db"
     for suffix in ("", "-wal", "-shm"):
         Path(str(gallery) + suffix).unlink(missing_ok=True)
-    common = ["--gallery", str(gallery), "--crops", str(a.crops)]
+    common = ["--gallery", str(gallery), "--crops", str(a.crops)] + (["--model", a.model] if a.model else [])
     for name in ENROLLED:
         print(cli("enroll", name, str(out / "enroll" / name), *common).strip())
     print(cli("info", *common))
@@ -96,7 +97,7 @@ def main(argv=None):
 
     from ofa_sdk import Attributor
     from ofa_sdk.training.common import PhotoSet
-    att = Attributor(gallery=str(gallery), crops=a.crops)
+    att = Attributor(a.model, gallery=str(gallery), crops=a.crops)
     print("per-profile thresholds (the default, threshold='profile'): " +
           ", ".join(f"{n} {att.profile_threshold(n):.3f}" for n in ENROLLED))
 
