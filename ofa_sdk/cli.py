@@ -77,7 +77,9 @@ def _max_bytes(v: str) -> int:
 
 def _common(p: argparse.ArgumentParser):
     p.add_argument("--gallery", default=str(DEFAULT_GALLERY), help="gallery SQLite file")
-    p.add_argument("--model", default=None, help="model file or shipped model name (default: compact-v2; compact: the previous default)")
+    p.add_argument("--model", default=None,
+                   help="model file or shipped model name (default: compact-v2; compact: the "
+                        "previous default)")
     p.add_argument("--backend", default="auto", choices=backend_names())
     p.add_argument("--strict", action="store_true", help="fail instead of falling back")
     p.add_argument("--crops", type=_crops, default=AUTO,

@@ -57,7 +57,8 @@ def main(argv=None):
     ap.add_argument("--rules", nargs="+", default=None, choices=["prototype", "gaussian"],
                     help="calibrate: the rules whose calibration is written (default: all; the "
                          "others keep what the model file holds)")
-    ap.add_argument("--model", default=None, help="unpack: model file (default: shipped)")
+    ap.add_argument("--model", default=None,
+                    help="unpack: model file or shipped model name (default: the default)")
     ap.add_argument("--init", default=None,
                     help="stage2: a model file whose extractor and heads a fresh run starts from "
                          "(a fine-tune; a shipped model's name, or 'shipped' for the default)")
@@ -84,8 +85,8 @@ def main(argv=None):
         return 0
     if a.command == "unpack":
         from . import export
-        from ofa_sdk.weights import DEFAULT_MODEL
-        export.unpack(Path(a.model) if a.model else DEFAULT_MODEL, out)
+        from ofa_sdk.weights import DEFAULT_MODEL, MODELS
+        export.unpack(Path(MODELS.get(a.model, a.model)) if a.model else DEFAULT_MODEL, out)
         print(json.dumps({"out": str(out), "written": ["stage0.safetensors", "stage1.safetensors"]}))
         return 0
     if not a.data:
