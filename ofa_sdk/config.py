@@ -144,10 +144,6 @@ class Stage2Config:
     resample_p: float = 0.0
     resample_f: Tuple[float, float] = (0.5, 1.0)
     resample_share: float = 0.5
-    # Of the m decoder draws, this many are relatives of the draw before them: the same
-    # architecture with one choice changed (an upsampler or one cell), hard negatives in the batch
-    # as related generators (one family, another upsampling path) are in the wild.
-    relatives: int = 0
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from ofa_sdk.backends.torch import exact_fp32
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.images import from_tensor, jpeg, quantize, to_tensor
 from ofa_sdk.models import FingerprintSimulator, OFAModel
-from ofa_sdk.models.simulator import relative_architecture
 
 from .common import (PhotoSet, Prefetcher, autocast, git_commit, load_checkpoint, open_run,
                      read_metadata, save_checkpoint, set_lr, train_device)
@@ -100,10 +99,7 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
     sc = cfg.stage2
     dev = next(sim.parameters()).device
     multiple = 2 ** len(cfg.simulator.enc_channels)
-    archs = []
-    for k in range(sc.m):
-        relative = k % 2 == 1 and k // 2 < sc.relatives
-        archs.append(relative_architecture(archs[-1], g) if relative else sim.sample(g))
+    archs = [sim.sample(g) for _ in range(sc.m)]
     xs, ys = [], []
     # single set content; with resampling on, drawn at the largest side a class can need and
     # centre-cropped per class, so every class still shares the content
