@@ -19,7 +19,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from ofa_sdk import Attributor
-from ofa_sdk.scoring import PairHeadWeights
 from ofa_sdk.evaluation.metrics import roc_auc
 from ofa_sdk.evaluation.protocol import format_table
 from ofa_sdk.evaluation.runner import evaluate
@@ -55,7 +54,7 @@ def unseen_arch_pairwise(att, photos: str, n_archs: int, per_arch: int, seen: se
             labels += [k] * per_arch
     z = np.concatenate(zs)
     y = np.array(labels)
-    head = PairHeadWeights.from_module(att.bundle.model.pair_head)
+    head = att.bundle.pair_head()
     p = head.probs(head.query_part(z), head.support_part(z))
     p = (p + p.T) / 2
     iu = np.triu_indices(len(z), 1)

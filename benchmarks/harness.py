@@ -247,12 +247,12 @@ def section_policy(a, report):
 
 def section_gallery(a, report):
     from ofa_sdk.kernels import dispatch
-    from ofa_sdk.scoring import Calibration, PairHeadWeights, PairRule, PrototypeRule, make_rule, unit
+    from ofa_sdk.scoring import Calibration, PairRule, PrototypeRule, make_rule, unit
     from ofa_sdk.weights import load_default_model
     bundle = load_default_model()
     d = bundle.config.extractor.dim
     rng = np.random.default_rng(0)
-    head = PairHeadWeights.from_module(bundle.model.pair_head)
+    head = bundle.pair_head()
     proto = PrototypeRule(Calibration(28.0, -27.0))
     sizes = (10, 100, 1000) if a.quick else (10, 100, 1000, 10000)
     queries = [unit(rng.normal(size=(4, d))).astype(np.float32) for _ in range(16)]

@@ -236,7 +236,7 @@ class Attributor:
                 "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
                 "enrolled_at": time.time(), **internal, USER: dict(user or {})}
         spectrum = np.mean(specs, axis=0).astype(np.float32)
-        head = scoring.PairHeadWeights.from_module(self.bundle.model.pair_head)
+        head = self.bundle.pair_head()
         part = head.support_part(support)
         if not add:
             prof = Profile(name, self.model_id, support, part, meta, time.time(), spectrum, centre)

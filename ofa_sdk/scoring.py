@@ -364,14 +364,14 @@ class PairHeadWeights:
     rest: Tuple[Tuple[np.ndarray, np.ndarray], ...]   # (W (out, in), b (out,)) per layer
 
     @classmethod
-    def from_module(cls, head) -> "PairHeadWeights":
-        """From :class:`ofa_sdk.models.PairHead`."""
-        import torch.nn as nn
-        w = head.first.weight.detach().float().cpu().numpy()
-        layers = tuple((m.weight.detach().float().cpu().numpy(), m.bias.detach().float().cpu().numpy())
-                       for m in head.rest if isinstance(m, nn.Linear))
-        return cls(np.ascontiguousarray(w[:, :head.dim]), np.ascontiguousarray(w[:, head.dim:]),
-                   head.first.bias.detach().float().cpu().numpy(), layers)
+    def from_arrays(cls, first_w, first_b, rest, dim: int) -> "PairHeadWeights":
+        """From the first layer's (h, 2d) weight and (h,) bias, then (W, b) per later linear
+        layer, as :class:`ofa_sdk.models.PairHead` stores them
+        (:meth:`ofa_sdk.weights.ModelBundle.pair_head` reads them from a model file)."""
+        w = np.asarray(first_w, np.float32)
+        return cls(np.ascontiguousarray(w[:, :dim]), np.ascontiguousarray(w[:, dim:]),
+                   np.asarray(first_b, np.float32),
+                   tuple((np.asarray(a, np.float32), np.asarray(b, np.float32)) for a, b in rest))
 
     def support_part(self, z: np.ndarray) -> np.ndarray:
         """(S, d) -> (S, h) float32."""
@@ -650,17 +650,18 @@ def one_blas_thread():
 
 
 def fit_gaussian(x: np.ndarray, method: str = "ledoit-wolf", rank: int = RANK,
-                 prior_var: Optional[float] = None) -> GaussianFit:
+                 prior_var: Optional[float] = None, isotropic: bool = False) -> GaussianFit:
     """Mean and shrunk covariance of the rows of ``x`` (n >= 1, d) in the low-rank form.
     Below :data:`MIN_POINTS` points no shape can be estimated (Ledoit-Wolf gives no shrinkage
-    for two points, a singular covariance): the covariance is isotropic with ``prior_var`` per
-    dimension, or with the points' own mean variance when two are given without a prior."""
+    for two points, a singular covariance), nor is one with ``isotropic``: the covariance is
+    isotropic with ``prior_var`` per dimension, or with the points' own mean variance (unbiased)
+    without a prior."""
     x = np.asarray(x, np.float64)
     n, d = x.shape
     mean = x.mean(0)
     xc = x - mean
-    if n < MIN_POINTS:
-        var = prior_var if prior_var is not None else float((xc ** 2).sum() / (n * d))
+    if n < MIN_POINTS or isotropic:
+        var = prior_var if prior_var is not None else float((xc ** 2).sum() / (max(n - 1, 1) * d))
         if not var > 0:
             raise ValueError(f"a Gaussian of {n} point(s) with no spread needs a prior variance")
         return GaussianFit(mean, np.zeros((0, d)), np.zeros(0), float(var), 1.0)
@@ -676,6 +677,15 @@ def fit_gaussian(x: np.ndarray, method: str = "ledoit-wolf", rank: int = RANK,
     else:       # a complete basis leaves no remainder; its smallest eigenvalue avoids cancellation
         rest = lam[-1]
     return GaussianFit(mean, vt[:k], lam, float(max(rest, floor)), alpha)
+
+
+def fit_profile(x: np.ndarray, method: str = "ledoit-wolf", rank: int = RANK,
+                 prior_var: Optional[float] = None) -> GaussianFit:
+    """A profile's Gaussian: shaped only when its held-out refits (one image fewer) can be too,
+    so the threshold is fitted on distances of the kind queries meet. A profile of
+    :data:`MIN_POINTS` images would otherwise be shaped while its (MIN_POINTS - 1)-image refits
+    are isotropic: its threshold then refused most of its own new images (tests/test_thresholds.py)."""
+    return fit_gaussian(x, method, rank, prior_var, isotropic=len(x) <= MIN_POINTS)
 
 
 def mahalanobis(fit: GaussianFit, x: np.ndarray) -> np.ndarray:
@@ -787,7 +797,7 @@ class GaussianRule:
                 pts, fits = [p @ w for p in pts], None
             prior = self.prior_var if prior is None else prior
             fits = [f if fits is not None and f is not None else
-                    fit_gaussian(p, self.shrink, self.rank, prior) for p, f in
+                    fit_profile(p, self.shrink, self.rank, prior) for p, f in
                     zip(pts, fits if fits is not None else [None] * len(pts))]
         return _stack(fits, d, w, prior)
 
@@ -797,7 +807,7 @@ class GaussianRule:
         if self.whiten is not None:
             raise ValueError("fit_one: a rule that whitens by the gallery fits profiles together")
         with one_blas_thread():
-            return fit_gaussian(image_points(support, crops), self.shrink, self.rank, self.prior_var)
+            return fit_profile(image_points(support, crops), self.shrink, self.rank, self.prior_var)
 
     def select(self, state: GaussianState, idx: Sequence[int]) -> GaussianState:
         # the whitener stays the one of the gallery the snapshot was made from
@@ -890,7 +900,7 @@ def make_rule(name: Optional[str], bundle, whiten: Optional[str] = None):
     if whiten is not None and name != "gaussian":
         raise ValueError(f"whiten={whiten!r} applies to rule='gaussian' only, not {name!r}")
     if name == "pair":
-        return PairRule(PairHeadWeights.from_module(bundle.model.pair_head))
+        return PairRule(bundle.pair_head())
     cal = Calibration.from_meta(bundle.meta, name)
     if cal is None:
         raise ValueError(f"rule={name!r} needs a model calibrated for it: {bundle.path} has no "

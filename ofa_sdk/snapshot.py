@@ -77,7 +77,7 @@ def crop_counts(prof) -> Union[int, Sequence[int]]:
     return counts if counts is not None else int(prof.metadata.get("crops", 1))
 
 
-STATE_VERSION = 1   # bump when what is persisted, or how it is computed, changes
+STATE_VERSION = 2   # bump when what is persisted, or how it is computed, changes
 MAX_SETS = 4        # prepared profile sets kept in memory (attribute's, verify's, ...)
 _NOT_SETTINGS = ("calibration", "head", "name", "chunk", "prefilter")   # not in the state key
 

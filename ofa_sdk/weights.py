@@ -32,9 +32,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
+
+import numpy as np
 
 from .config import TRAINING_SECTIONS  # not part of the model id
 
@@ -54,20 +57,46 @@ MAX_MODEL_BYTES = 4 * 1024 ** 3       # the largest model file read
 
 @dataclass
 class ModelBundle:
-    """A loaded model: the torch module (float32, eval, frozen; engines never mutate it), its
-    configuration, id, file and metadata."""
-    model: "object"            # OFAModel
+    """A loaded model: its configuration, id, file, metadata and inference tensors, and the
+    torch module built from them (:attr:`model`: float32, eval, frozen; engines never mutate
+    it). The module is built on first use, so a process that runs only the ONNX Runtime engine
+    with shipped graphs and the numpy score rules never imports PyTorch."""
     config: "object"           # OFAConfig
     model_id: str
     path: Path
     meta: Dict = field(default_factory=dict)
     legacy_id: str = ""        # hash of the file's bytes: the id profiles recorded before inference_id
+    tensors: Dict = field(default_factory=dict, repr=False)   # the model.* tensors as stored
+    device: Optional[str] = None   # where :attr:`model` is put when built
+    _model: Optional[object] = field(default=None, repr=False)
     _simulator: Optional[object] = None
+    _lock: object = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def ids(self) -> Tuple[str, ...]:
         """Every id a profile made with this model may carry."""
         return (self.model_id, self.legacy_id) if self.legacy_id else (self.model_id,)
+
+    @property
+    def model(self):
+        """The ``OFAModel`` (built from :attr:`tensors` on first use; a ValueError naming the
+        file when they do not make a model of its own configuration)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = _build_model(self.path, self.config, self.tensors, self.device)
+        return self._model
+
+    def pair_head(self):
+        """The pair head as numpy arrays (:class:`ofa_sdk.scoring.PairHeadWeights`), read from
+        the stored tensors: the pair rule never needs the torch module."""
+        from .scoring import PairHeadWeights
+        pre = "model.pair_head."
+        arr = {k[len(pre):]: _numpy(v) for k, v in self.tensors.items() if k.startswith(pre)}
+        rest = sorted({int(k.split(".")[1]) for k in arr if k.startswith("rest.")})
+        return PairHeadWeights.from_arrays(arr["first.weight"], arr["first.bias"],
+                                           [(arr[f"rest.{i}.weight"], arr[f"rest.{i}.bias"]) for i in rest],
+                                           self.config.extractor.dim)
 
     def simulator(self):
         """The frozen fingerprint simulator stored with the model (loaded on first use)."""
@@ -107,16 +136,36 @@ def inference_config(config: Dict) -> Dict:
 
 
 def inference_id(tensors: Dict, config: Dict) -> str:
-    """The model id: sha256 over the ``model.*`` tensors (name, dtype, shape, bytes, in name
-    order) and :func:`inference_config` of ``config``, as JSON with sorted keys."""
-    import torch
+    """The model id: sha256 over the ``model.*`` tensors (name, dtype as PyTorch names it,
+    shape, bytes, in name order) and :func:`inference_config` of ``config``, as JSON with sorted
+    keys. Tensors may be torch tensors or numpy arrays (the same id for the same values)."""
     h = hashlib.sha256()
     h.update(json.dumps(inference_config(config), sort_keys=True).encode())
     for name in sorted(k for k in tensors if k.startswith("model.")):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        t = tensors[name]
+        if isinstance(t, np.ndarray):
+            dtype, raw = f"torch.{_TORCH_DTYPE_NAMES.get(t.dtype.name, t.dtype.name)}", \
+                np.ascontiguousarray(t).tobytes()
+        else:
+            import torch
+            t = t.detach().cpu().contiguous()
+            dtype, raw = str(t.dtype), (t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(f"{name}|{dtype}|{tuple(int(n) for n in t.shape)}|".encode())
+        h.update(raw)
     return h.hexdigest()[:16]
+
+
+# numpy dtype names PyTorch spells otherwise (the id hashes PyTorch's names)
+_TORCH_DTYPE_NAMES = {"bool": "bool", "float16": "float16", "float32": "float32",
+                      "float64": "float64", "int64": "int64", "int32": "int32", "int16": "int16",
+                      "int8": "int8", "uint8": "uint8"}
+
+
+def _numpy(t) -> np.ndarray:
+    """A stored tensor as a float32 numpy array."""
+    if isinstance(t, np.ndarray):
+        return t.astype(np.float32)
+    return t.detach().float().cpu().numpy()
 
 
 def read_meta(path) -> Dict:
@@ -243,7 +292,6 @@ def _read(path: Path) -> bytes:
 def _parse(path: Path, data: bytes):
     """(metadata, tensors) of a safetensors file's bytes; ValueError naming the file when they
     are not a complete ofa-sdk model file."""
-    from safetensors.torch import load as load_bytes
     bad = f"model file {path} is truncated or corrupt (not a complete safetensors file)"
     if len(data) < 8:
         raise ValueError(f"{bad}: {len(data)} bytes")
@@ -270,30 +318,33 @@ def _parse(path: Path, data: bytes):
         raise ValueError(f"model file {path} has unreadable ofa-sdk metadata "
                          f"({_why(e) if isinstance(e, RecursionError) else repr(e)})") from None
     try:
-        tensors = load_bytes(data)
+        tensors = _load_tensors(data)
     except Exception as e:  # safetensors' own error type; never a raw one to the caller
         raise ValueError(f"{bad}: {e}") from None
     return meta, config, tensors
 
 
-def load_model(path, device=None) -> ModelBundle:
+def _load_tensors(data: bytes) -> Dict:
+    """A safetensors file's tensors as numpy arrays, without PyTorch; as torch tensors where
+    numpy has no such dtype (bfloat16)."""
+    from safetensors.numpy import load
+    try:
+        return load(data)
+    except TypeError:
+        from safetensors.torch import load as load_torch
+        return load_torch(data)
+
+
+def _build_model(path, cfg, tensors: Dict, device=None):
+    """The ``OFAModel`` of ``cfg`` holding ``tensors`` (float32, eval, frozen), on ``device``."""
     import torch
 
-    from .config import OFAConfig
     from .models import OFAModel
-
-    path = Path(path)
-    # one read: the bytes checked against the manifest are the bytes loaded
-    data = _read(path)
-    check_manifest(path, data)
-    meta, config, tensors = _parse(path, data)
-    legacy = file_id(data)
-    del data
     try:
-        cfg = OFAConfig.from_dict(config)
         model = OFAModel(cfg)
-        model.load_state_dict({k[len("model."):]: v.float() for k, v in tensors.items()
-                               if k.startswith("model.")})
+        model.load_state_dict({k[len("model."):]: (torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray)
+                                                    else v).float()
+                               for k, v in tensors.items() if k.startswith("model.")})
     except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
         # RuntimeError includes RecursionError
         raise ValueError(f"model file {path} does not hold a model of its own configuration: "
@@ -303,7 +354,34 @@ def load_model(path, device=None) -> ModelBundle:
         p.requires_grad_(False)
     if device is not None:
         model.to(torch.device(device))
-    return ModelBundle(model, cfg, inference_id(tensors, config), path, meta, legacy)
+    return model
+
+
+def load_model(path, device=None) -> ModelBundle:
+    """Load a model file. A file its folder's manifest vouches for (a shipped model, or one
+    ``ofa-train export`` wrote) builds its torch module on first use (:attr:`ModelBundle.model`);
+    any other is built now, so a file that does not hold a model of its own configuration is
+    refused here, naming it."""
+    from .config import OFAConfig
+
+    path = Path(path)
+    # one read: the bytes checked against the manifest are the bytes loaded
+    data = _read(path)
+    vouched = check_manifest(path, data)
+    meta, config, tensors = _parse(path, data)
+    legacy = file_id(data)
+    del data
+    try:
+        cfg = OFAConfig.from_dict(config)
+    except (KeyError, TypeError, ValueError, RecursionError) as e:
+        raise ValueError(f"model file {path} does not hold a model of its own configuration: "
+                         f"{_why(e).splitlines()[0]}") from None
+    tensors = {k: v for k, v in tensors.items() if k.startswith("model.")}
+    bundle = ModelBundle(cfg, inference_id(tensors, config), path, meta, legacy, tensors,
+                         None if device is None else str(device))
+    if not vouched or device is not None:
+        bundle.model   # noqa: B018 - built now: checked at load, or put on its device
+    return bundle
 
 
 def load_default_model(device=None) -> ModelBundle:

@@ -5,6 +5,7 @@ for the shipped model and a tiny random one; dynamic batch; thread safety; the g
 (a graph exported from another model is never reused). TensorRT cannot be installed on these
 machines: tests/test_tensorrt.py covers what does not need it.
 """
+import importlib.util
 import threading
 
 import numpy as np
@@ -155,3 +156,44 @@ def test_auto_picks_onnxruntime_on_cpu_and_strict_refuses(tiny_model, tmp_path, 
     assert att.info()["backend"] == "onnxruntime"
     with pytest.raises(EngineUnavailable):
         Attributor(model=tiny_model, backend="onnxruntime", device="cuda", strict=True)
+
+
+def test_graph_metadata_is_read_without_onnx_as_onnx_reads_it(shipped, tiny_model, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    paths = list(ensure_graphs(shipped).values()) + list(ensure_graphs(load_model(tiny_model), tmp_path).values())
+    for p in paths:
+        want = {e.key: e.value for e in onnx.load(str(p), load_external_data=False).metadata_props}
+        assert read_metadata(p) == want and want["ofa_sdk.model_id"]
+    bad = tmp_path / "cut.onnx"
+    bad.write_bytes(paths[0].read_bytes()[:1000])
+    assert "not a readable ONNX" in check_graph(bad, shipped.model_id, "residual")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ofa_sdk._spectrum_cpu") is None,
+                    reason="C++ spectrum module not built (the engine's spectrum then runs in torch)")
+def test_a_cli_call_on_onnxruntime_never_imports_torch(tmp_path, monkeypatch):
+    """The shipped model with its shipped graphs on ONNX Runtime: once the parity check is
+    recorded on this host, a whole `ofa-sdk attribute` call (model, gallery, engine, decision)
+    runs without loading PyTorch, and its verdict is the in-process one."""
+    pytest.importorskip("onnxruntime")
+    import json
+    import subprocess
+    import sys
+
+    from conftest import make_images
+
+    from ofa_sdk import Attributor
+    monkeypatch.setenv("OFA_SDK_CACHE", str(tmp_path / "cache"))   # the parity record goes there
+    att = Attributor(gallery=tmp_path / "g.db", device="cpu")
+    assert att.backend == "onnxruntime", att.backend_note
+    att.enroll("gen", make_images(tmp_path / "s", 4, 0, size=128))
+    (q,) = make_images(tmp_path / "q", 1, 1, size=128)
+    want = att.attribute([q])[0]
+    code = ("import sys; from ofa_sdk.cli import main\n"
+            f"rc = main(['attribute', {str(q)!r}, '--gallery', {str(tmp_path / 'g.db')!r}, '--json'])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "sys.exit(rc)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (got,) = json.loads(res.stdout)
+    assert got["label"] == want.label and got["score"] == pytest.approx(want.score, abs=1e-6)

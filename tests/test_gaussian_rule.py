@@ -52,8 +52,8 @@ def test_fewer_than_three_points_are_isotropic():
     rng = np.random.default_rng(0)
     x = unit(rng.normal(size=(2, 6)))
     q = unit(rng.normal(size=(3, 6)))
-    own = fit_gaussian(x)                       # two points: their own mean variance
-    assert len(own.lam) == 0 and own.sigma2 == pytest.approx(((x - x.mean(0)) ** 2).sum() / 12)
+    own = fit_gaussian(x)                       # two points: their own mean variance (unbiased)
+    assert len(own.lam) == 0 and own.sigma2 == pytest.approx(((x - x.mean(0)) ** 2).sum() / 6)
     np.testing.assert_allclose(mahalanobis(own, q), ((q - x.mean(0)) ** 2).sum(1) / own.sigma2)
     prior = fit_gaussian(x[:1], prior_var=0.01)  # one point: the prior
     np.testing.assert_allclose(mahalanobis(prior, q), ((q - x[0]) ** 2).sum(1) / 0.01)
@@ -97,8 +97,8 @@ def test_rule_scores_profiles_of_different_sizes_and_crops():
     for p, (s, c) in enumerate(zip(supports, counts)):
         pts = image_points(s, c)
         np.testing.assert_allclose(pts[0], unit(s[:c[0]].mean(0)), rtol=1e-12)
-        want = _ref_d2(pts, q, shrinkage(pts)) if len(pts) >= 3 else \
-            ((q - pts.mean(0)) ** 2).sum(1) / fit_gaussian(pts, prior_var=0.02).sigma2
+        # shaped from 4 images (a 3-image profile is isotropic like its refits): the prior here
+        want = _ref_d2(pts, q, shrinkage(pts)) if len(pts) > 3 else ((q - pts.mean(0)) ** 2).sum(1) / 0.02
         np.testing.assert_allclose(1 - raw[:, p], want / d, rtol=2e-4)
     assert (raw <= 1).all()                      # 1 - D^2 / d: at most 1, like a cosine
     state = rule.prepare(supports[:1], counts=counts[:1])
@@ -149,7 +149,7 @@ def test_leave_one_out_refits_without_each_image(n):
         if len(rest) >= 3:
             d2 = _ref_d2(rest, pts[i:i + 1], shrinkage(rest))[0]
         else:                                   # two points: isotropic, their own variance
-            d2 = ((pts[i] - rest.mean(0)) ** 2).sum() / (((rest - rest.mean(0)) ** 2).sum() / (2 * d))
+            d2 = ((pts[i] - rest.mean(0)) ** 2).sum() / (((rest - rest.mean(0)) ** 2).sum() / d)
         want = 1 - d2 / d
         assert got[i] == pytest.approx(want, rel=1e-6)
     with pytest.raises(ValueError, match="at least 2"):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -202,12 +203,12 @@ def _stub_cpp(monkeypatch, calls):
     mod = types.ModuleType("ofa_sdk._spectrum_cpu")
     mod.__spec__ = importlib.machinery.ModuleSpec("ofa_sdk._spectrum_cpu", None)
 
-    def log_spectrum(a, scale):
+    def log_spectrum(a, scale, threads=2):
         calls.append(("log_spectrum", a.dtype, a.shape, scale))
         assert isinstance(a, np.ndarray) and a.ndim == 4 and a.flags.c_contiguous
         return log_spectrum_torch(torch.from_numpy(a) * scale).numpy()
 
-    def highpass_log_spectrum(a, scale):
+    def highpass_log_spectrum(a, scale, threads=2):
         calls.append(("highpass", a.dtype, a.shape, scale))
         with dispatch.reference():
             return dispatch.highpass_log_spectrum(torch.from_numpy(a), scale).numpy()
@@ -276,3 +277,24 @@ def test_cuda_routes_to_triton_and_autocast_to_reference():
         assert dispatch.which("mokconv", h, coef, w, b) == "reference"
     with dispatch.reference():
         assert dispatch.which("log_spectrum", r) == "reference"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ofa_sdk._spectrum_cpu") is None,
+                    reason="C++ spectrum module not built")
+def test_numpy_arrays_take_the_cpp_kernel_and_numpy_comes_back():
+    """The spectrum ops on float32 numpy arrays (what the ONNX Runtime engine passes): the C++
+    kernel, numpy out, equal to the tensor path; the reference when forced, numpy out too."""
+    x = np.random.default_rng(0).random((2, 3, 12, 9), dtype=np.float32)
+    want = dispatch.highpass_log_spectrum(torch.from_numpy(x), 255.0).numpy()
+    assert dispatch.which("highpass_log_spectrum", x) == "cpp"
+    got = dispatch.highpass_log_spectrum(x, 255.0)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (2, 3, 10, 7)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with dispatch.reference():
+        assert dispatch.which("highpass_log_spectrum", x) == "reference"
+        ref = dispatch.highpass_log_spectrum(x, 255.0)
+    assert isinstance(ref, np.ndarray)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=5e-5)
+    np.testing.assert_allclose(dispatch.log_spectrum(x, 1.0), log_spectrum_torch(torch.from_numpy(x)).numpy(),
+                               rtol=1e-5, atol=5e-5)
+    assert dispatch.which("log_spectrum", x.astype(np.float64)) == "reference"   # dtype not covered

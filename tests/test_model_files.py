@@ -138,3 +138,46 @@ def test_shipped_models_load_by_name_and_keep_their_galleries(tmp_path):
         make_images(tmp_path / "q", 1, 1, size=96), "a").shape == (1,)
     with pytest.raises(ModelMismatch, match=ids[old]):
         Attributor(gallery=db, backend="torch").verify(make_images(tmp_path / "q", 1, 1, size=96), "a")
+
+
+def test_a_vouched_model_builds_its_torch_module_on_first_use_and_others_at_load(tiny_model, tmp_path):
+    """The shipped model (its manifest vouches for the bytes) loads without building the torch
+    module, and its pair head is read from the stored tensors; a file no manifest vouches for is
+    built at load, so one whose tensors do not fit its own configuration is refused there."""
+    from safetensors.numpy import load_file
+
+    from ofa_sdk.weights import DEFAULT_MODEL, load_model, read_meta, write_file
+    b = load_model(DEFAULT_MODEL)
+    assert b._model is None
+    head = b.pair_head()
+    module = b.model.pair_head                  # built now, from the same tensors
+    assert b._model is not None
+    np.testing.assert_array_equal(head.w_support, module.first.weight[:, :module.dim].numpy())
+    np.testing.assert_array_equal(head.rest[-1][0], module.rest[-1].weight.numpy())
+    assert len(head.rest) == len(b.config.heads.pair_hidden)
+    meta = read_meta(tiny_model)
+    meta["config"]["extractor"]["width"] = 2 * meta["config"]["extractor"]["width"]
+    import torch
+    tensors = {k: torch.from_numpy(v) for k, v in load_file(str(tiny_model)).items()}
+    write_file(tmp_path / "wrong.safetensors", tensors, meta)
+    with pytest.raises(ValueError, match="does not hold a model of its own configuration") as e:
+        load_model(tmp_path / "wrong.safetensors")
+    assert "wrong.safetensors" in str(e.value)
+
+
+def test_auto_skips_cuda_engines_on_a_host_without_an_nvidia_driver(tiny_model, monkeypatch, tmp_path):
+    import sys
+
+    from ofa_sdk import backends
+    from ofa_sdk.backends import base
+    from ofa_sdk.weights import load_model
+    monkeypatch.setattr(base.os.path, "exists", lambda p: False)
+    assert base.cuda_driver_absent() is False                    # torch is loaded: it answers
+    monkeypatch.delitem(sys.modules, "torch")
+    absent = base.cuda_driver_absent()
+    monkeypatch.undo()
+    assert absent is sys.platform.startswith("linux")
+    monkeypatch.setenv("OFA_SDK_CACHE", str(tmp_path))
+    monkeypatch.setattr(backends, "cuda_driver_absent", lambda: True)
+    sel = backends.select_engine("auto", load_model(tiny_model))
+    assert sel.engine.device == "cpu" and "no NVIDIA driver on this host" in sel.note

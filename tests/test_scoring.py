@@ -176,9 +176,9 @@ def test_self_threshold_rejects_the_target_fraction_of_new_images(n):
 
 
 def test_pair_rule_prefilter(tiny_model):
-    from ofa_sdk.scoring import PairHeadWeights, PairRule, unit
+    from ofa_sdk.scoring import PairRule, unit
     from ofa_sdk.weights import load_model
-    head = PairHeadWeights.from_module(load_model(tiny_model).model.pair_head)
+    head = load_model(tiny_model).pair_head()
     rng = np.random.default_rng(0)
     centres = unit(rng.normal(size=(12, 16)))
     supports = [unit(c + 0.2 * rng.normal(size=(6, 16))).astype(np.float32) for c in centres]

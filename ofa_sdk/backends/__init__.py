@@ -20,7 +20,7 @@ import importlib
 import warnings
 from typing import Dict, NamedTuple, Optional
 
-from .base import Engine, EngineUnavailable, check_crops
+from .base import Engine, EngineUnavailable, check_crops, cuda_driver_absent
 
 __all__ = ["Engine", "EngineUnavailable", "BackendUnavailable", "ENGINES", "BACKENDS",
            "AUTO_ORDER", "register", "engine_class", "select_engine", "Selection", "check_crops",
@@ -123,6 +123,9 @@ def select_engine(name: str, bundle, device=None, strict: bool = False,
         skipped = []
         for cand, kind in AUTO_ORDER:
             if cand not in ENGINES or (want is not None and kind != want):
+                continue
+            if kind == "cuda" and cuda_driver_absent():
+                skipped.append(f"{cand} on cuda: no NVIDIA driver on this host")
                 continue
             try:
                 eng = _make(cand, bundle, device if want else kind, options)

@@ -18,10 +18,33 @@ Rules every engine follows:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Protocol, Tuple, runtime_checkable
 
 import numpy as np
+
+
+def cpu_threads() -> int:
+    """Threads for the CPU work outside PyTorch (ONNX Runtime, the C++ kernels): PyTorch's
+    intra-op count when PyTorch is loaded, so ``torch.set_num_threads`` governs every engine
+    alike; else the CPUs this process may run on (without importing PyTorch for it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:     # not Linux
+        return os.cpu_count() or 1
+
+
+def cuda_driver_absent() -> bool:
+    """True when this host certainly has no NVIDIA driver, told without importing PyTorch: a
+    Linux host without ``/proc/driver/nvidia``, ``/dev/nvidiactl`` or WSL's ``/dev/dxg``. False
+    whenever PyTorch is already loaded (it answers itself) or the OS is not Linux."""
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        return False
+    return not any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg"))
 
 
 class EngineUnavailable(RuntimeError):

@@ -122,24 +122,65 @@ def _quiet():
             lg.setLevel(lv)
 
 
+def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated or malformed protobuf varint")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, pos
+
+
+def _fields(buf: bytes):
+    """(field number, value) of a protobuf message's top-level fields; a length-delimited value
+    as bytes, a varint as int, fixed-width ones skipped. ValueError on a malformed message."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            if pos + n > len(buf):
+                raise ValueError("truncated protobuf field")
+            value, pos = buf[pos:pos + n], pos + n
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+            continue
+        else:
+            raise ValueError(f"protobuf wire type {wire} is not ONNX")
+        yield field, value
+
+
+METADATA_PROPS = 14        # ModelProto.metadata_props (StringStringEntryProto: key 1, value 2)
+
+
 def read_metadata(path) -> Dict[str, str]:
-    import onnx
-    m = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
+    """An ONNX file's ``metadata_props``, read from the protobuf's top-level fields without
+    importing ``onnx`` (whose import costs most of a CLI call's start); ValueError when the file
+    is not a well-formed protobuf message."""
+    out = {}
+    for field, value in _fields(Path(path).read_bytes()):
+        if field == METADATA_PROPS and isinstance(value, bytes):
+            entry = dict(_fields(value))
+            out[bytes(entry.get(1, b"")).decode()] = bytes(entry.get(2, b"")).decode()
+    return out
 
 
 def check_graph(path, model_id: str, graph: str) -> Optional[str]:
-    """None when ``path`` is a usable graph of model ``model_id``, else why not. Raises
-    ImportError when ``onnx`` is not installed (the engines turn that into
-    :class:`~ofa_sdk.backends.base.EngineUnavailable`)."""
+    """None when ``path`` is a usable graph of model ``model_id``, else why not (its metadata
+    names the model, the graph and the format; the runtime that opens it checks the rest)."""
     path = Path(path)
     if not path.is_file():
         return f"{path} does not exist"
     try:
         md = read_metadata(path)
-    except ImportError:     # onnx missing: a missing package, not a bad file (the caller says so)
-        raise
-    except Exception as e:  # truncated or not ONNX
+    except (OSError, ValueError, UnicodeDecodeError) as e:  # truncated or not ONNX
         return f"{path} is not a readable ONNX file: {e}"
     if md.get("ofa_sdk.model_id") != model_id:
         return f"{path} was exported from model {md.get('ofa_sdk.model_id')}, not {model_id}"

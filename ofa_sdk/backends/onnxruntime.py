@@ -11,9 +11,12 @@ into the cache folder (``$OFA_SDK_CACHE/engines/<model id>/``, default ``~/.cach
 reused while their metadata names the same model; ``graphs_dir=DIR`` opens the graphs
 ``ofa-sdk export --format onnx -o DIR`` wrote there instead (checked, never rewritten).
 Sessions are created once per engine and shared by all threads (``InferenceSession.run`` is
-thread-safe), with every graph optimisation on, ``threads`` intra-op threads (default: the torch
-thread count), no spinning threads between calls, and ONNX Runtime's CPU memory arena
+thread-safe), with every graph optimisation on, ``threads`` intra-op threads (default:
+:func:`~ofa_sdk.backends.base.cpu_threads`), no spinning threads between calls, and ONNX Runtime's CPU memory arena
 (``arena=False`` turns it off: lower peak memory for very large batches, at some speed). Parity with the torch engine is tested (tests/test_engines.py).
+The engine imports no PyTorch: the spectrum runs in the C++ kernel on numpy arrays
+(:mod:`ofa_sdk.kernels.dispatch`), so with the shipped graphs a process that only runs this
+engine never loads PyTorch.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .base import EngineUnavailable, check_crops
+from .base import EngineUnavailable, check_crops, cpu_threads
 
 
 class OnnxRuntimeEngine:
@@ -36,13 +39,11 @@ class OnnxRuntimeEngine:
             import onnxruntime as ort
         except ImportError:
             raise EngineUnavailable("onnxruntime is not installed (pip install 'ofa-sdk[onnx]')") from None
-        import torch
-
         try:
             paths = self._graph_paths(bundle, cache_dir, graphs_dir)
         except ImportError as e:   # onnx / onnxscript missing for the export
             raise EngineUnavailable(f"cannot export the ONNX graphs: {e} (pip install 'ofa-sdk[onnx]')") from None
-        threads = threads or int(os.environ.get("OFA_SDK_ORT_THREADS", 0)) or torch.get_num_threads()
+        threads = threads or int(os.environ.get("OFA_SDK_ORT_THREADS", 0)) or cpu_threads()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads
@@ -61,7 +62,6 @@ class OnnxRuntimeEngine:
         self.paths = paths
         self.threads = threads
         self.device, self.model_id, self.crop = "cpu", bundle.model_id, bundle.config.crop
-        self._torch = torch
 
     def _graph_paths(self, bundle, cache_dir, graphs_dir) -> dict:
         """The graph files this engine opens, by graph name: the model's float graphs (a
@@ -71,15 +71,12 @@ class OnnxRuntimeEngine:
 
     def _spectra(self, crops: np.ndarray) -> np.ndarray:
         crops = check_crops(crops, self.crop)
-        torch = self._torch
-        with torch.inference_mode():
-            if self._highpass_scale is not None:
-                from ..kernels.dispatch import highpass_log_spectrum
-                x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
-                return highpass_log_spectrum(x, self._highpass_scale).numpy()
-            from ..models.spectrum import log_spectrum
-            res = self.sessions["residual"].run(None, {"crops": crops})[0]
-            return log_spectrum(torch.from_numpy(res)).numpy()
+        from ..kernels import dispatch
+        if self._highpass_scale is not None:
+            x = crops.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+            return dispatch.highpass_log_spectrum(x, self._highpass_scale)
+        res = self.sessions["residual"].run(None, {"crops": crops})[0]
+        return dispatch.log_spectrum(np.ascontiguousarray(res, np.float32), 1.0)
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         return self.embed_spectra(crops)[0]

@@ -81,15 +81,15 @@ def _version(module: str) -> Optional[str]:
 
 def host_fields(engine, model_id: str) -> Dict:
     """Everything a parity result is valid for."""
-    import torch
     fields = {"host": platform.node(), "engine": engine.name, "device": str(engine.device),
               "precision": getattr(engine, "precision", "fp32"), "model_id": model_id,
-              "python": platform.python_version(), "torch": torch.__version__,
+              "python": platform.python_version(), "torch": _version("torch"),
               "ofa_sdk": _version("ofa-sdk"), "package": None, "gpu": None}
     pkg = _PACKAGES.get(engine.name)
     if pkg:
         fields["package"] = f"{pkg} {_version(pkg)}"
     if str(engine.device).startswith("cuda"):
+        import torch
         props = torch.cuda.get_device_properties(torch.device(engine.device))
         fields["gpu"] = f"{props.name} sm{props.major}{props.minor}"
         fields["cuda"] = torch.version.cuda

@@ -29,7 +29,9 @@ Rules, in order (:func:`decide` returns the backend and the reason; :func:`which
 Nothing here imports Triton, queries a GPU or compiles at import: availability is checked per
 call from the tensor's device and ``importlib.util.find_spec`` (cached; :func:`refresh` clears it
 after building an extension in-process). The switches are process-global (not thread-local),
-like timm's layer config.
+like timm's layer config. Nor does it import PyTorch before a tensor needs it: the spectrum ops
+also take numpy arrays (CPU, float32; rule 5, then numpy out), so the ONNX Runtime engine and
+the numpy pair rule run without PyTorch loaded (a CLI call does not pay its import).
 """
 from __future__ import annotations
 
@@ -39,15 +41,15 @@ import importlib.util
 import os
 from functools import lru_cache
 
-import numpy as np
-import torch
+import sys
 
-from . import reference as ref
-from .reference import exporting  # noqa: F401  (rule 1; part of this module's interface)
+import numpy as np
+
+from ..backends.base import cpu_threads
 
 OPS = ("log_spectrum", "highpass_log_spectrum", "mokconv", "pair_gallery_scores")
 BACKENDS = ("reference", "triton", "cpp", "cuda_ext")
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+KERNEL_DTYPES = ("float32", "float16", "bfloat16")   # torch dtype names the kernels take
 MAX_DFT_SIZE = 512      # above this a DFT-as-GEMM loses to an FFT (O(N) vs O(log N) per element)
 
 _STATE = {
@@ -57,6 +59,24 @@ _STATE = {
     "precision": {"log_spectrum": "ieee", "highpass_log_spectrum": "ieee", "mokconv": None,
                   "pair_gallery_scores": "ieee"},
 }
+
+
+def __getattr__(name):
+    # ``exporting`` (rule 1) is part of this module's interface, from the PyTorch reference,
+    # which is imported only when asked for
+    if name == "exporting":
+        return _ref().exporting
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _ref():
+    from . import reference
+    return reference
+
+
+def _exporting() -> bool:
+    """Rule 1; without PyTorch loaded nothing can be exporting."""
+    return "torch" in sys.modules and _ref().exporting()
 
 
 # ------------------------------------------------------------------------------------ switches
@@ -141,7 +161,7 @@ def refresh() -> None:
     _importable.cache_clear()
 
 
-def triton_available(device: torch.device) -> bool:
+def triton_available(device) -> bool:
     """Triton importable, and the tensor on CUDA or the interpreter on (CPU tensors)."""
     if not _has_module("triton"):
         return False
@@ -164,10 +184,11 @@ def cuda_ext_available() -> bool:
 
 # ------------------------------------------------------------------------------------ decisions
 def _needs_grad(*tensors) -> bool:
+    import torch
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _device_backend(op: str, device: torch.device, spectrum: bool):
+def _device_backend(op: str, device, spectrum: bool):
     pref = preferred()
     if device.type == "cuda":
         if spectrum and "cuda_ext" in pref and cuda_ext_available():
@@ -186,11 +207,23 @@ def _device_backend(op: str, device: torch.device, spectrum: bool):
     return "reference", f"no kernel for device {device.type}"
 
 
-def decide(op: str, x: torch.Tensor, *others, rest=None) -> tuple:
+def _spectrum_shape(op: str, shape) -> str:
+    """Why the spectrum kernels do not cover an input of this shape ("" when they do)."""
+    if len(shape) < 2 or 0 in shape:
+        return "shape not covered"
+    h, w = shape[-2:]
+    if op == "highpass_log_spectrum" and min(h, w) < 3:
+        return "image smaller than the 3x3 high-pass"
+    if max(h, w) > MAX_DFT_SIZE:
+        return f"size above {MAX_DFT_SIZE} (FFT is cheaper)"
+    return ""
+
+
+def decide(op: str, x, *others, rest=None) -> tuple:
     """(backend, reason) for ``op`` on input ``x`` (and the op's other tensors, if given)."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; choose from {OPS}")
-    if exporting():
+    if _exporting():
         return "reference", "exporting/compiling/tracing"
     if reference_forced():
         return "reference", "reference forced"
@@ -202,21 +235,27 @@ def decide(op: str, x: torch.Tensor, *others, rest=None) -> tuple:
         if gallery_cpu_available():
             return "cpp", "numpy arrays, C++ gallery module built (faster: benchmarks/RESULTS.md)"
         return "reference", "C++ gallery module not built"
+    if op in ("log_spectrum", "highpass_log_spectrum") and isinstance(x, np.ndarray):
+        why = _spectrum_shape(op, x.shape) or ("" if x.dtype == np.float32 else f"dtype {x.dtype} not covered")
+        if why:
+            return "reference", why
+        if "reference" in preferred():
+            return "reference", "reference preferred"
+        if cpp_available():
+            return "cpp", "numpy array, C++ spectrum module built (faster than rfft2: benchmarks/RESULTS.md)"
+        return "reference", "C++ spectrum module not built"
+    import torch
     if not isinstance(x, torch.Tensor):
         return "reference", "not a tensor"
     tensors = [x] + [t for t in others if isinstance(t, torch.Tensor)]
-    if any(t.dtype not in KERNEL_DTYPES for t in tensors if t.is_floating_point()):
+    if any(str(t.dtype).removeprefix("torch.") not in KERNEL_DTYPES for t in tensors if t.is_floating_point()):
         return "reference", f"dtype {x.dtype} not covered"
     if any(t.device != x.device for t in tensors):
         return "reference", "tensors on different devices"
     if op in ("log_spectrum", "highpass_log_spectrum"):
-        if x.dim() < 2 or x.numel() == 0 or not x.is_floating_point():
-            return "reference", "shape not covered"
-        h, w = x.shape[-2:]
-        if op == "highpass_log_spectrum" and min(h, w) < 3:
-            return "reference", "image smaller than the 3x3 high-pass"
-        if max(h, w) > MAX_DFT_SIZE:
-            return "reference", f"size above {MAX_DFT_SIZE} (FFT is cheaper)"
+        why = _spectrum_shape(op, tuple(x.shape)) or ("" if x.is_floating_point() else "shape not covered")
+        if why:
+            return "reference", why
         if _needs_grad(x):
             return "reference", "gradient needed (spectrum kernels are forward-only)"
         return _device_backend(op, x.device, spectrum=True)
@@ -235,7 +274,7 @@ def decide(op: str, x: torch.Tensor, *others, rest=None) -> tuple:
     # pair_gallery_scores
     if rest is not None:
         try:
-            ref.head_layers(rest)
+            _ref().head_layers(rest)
         except ValueError:
             return "reference", "pair head is not Linear-ReLU-Linear"
         if isinstance(rest, torch.nn.Module):
@@ -245,38 +284,59 @@ def decide(op: str, x: torch.Tensor, *others, rest=None) -> tuple:
     return _device_backend(op, x.device, spectrum=False)
 
 
-def which(op: str, tensor: torch.Tensor, *others, **kw) -> str:
+def which(op: str, tensor, *others, **kw) -> str:
     """The backend :func:`decide` picks: "reference", "triton", "cpp" or "cuda_ext"."""
     return decide(op, tensor, *others, **kw)[0]
+
+
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def report() -> dict:
     """What is importable and switched (queries CUDA: call it on demand only)."""
     return {"triton": _has_module("triton"), "cpp": cpp_available(),
             "cpp_gallery": gallery_cpu_available(), "cuda_ext": cuda_ext_available(),
-            "cuda": torch.cuda.is_available(), "interpret": os.environ.get("TRITON_INTERPRET") == "1",
+            "cuda": _cuda_available(), "interpret": os.environ.get("TRITON_INTERPRET") == "1",
             "reference_forced": reference_forced(), "prefer": sorted(preferred()),
             "precision": dict(_STATE["precision"])}
 
 
 # ----------------------------------------------------------------------------------------- ops
-def _ext_spectrum(name: str, module: str, x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Call ``ofa_sdk._spectrum_cpu`` (numpy float32 in and out) or ``ofa_sdk._spectrum_cuda``
-    (float32 CUDA tensors in and out); both compute ``log1p(scale * |FFT2|)`` per plane, so the
-    scale is passed as |scale| (the reference scales the residual)."""
+def _ext_spectrum(name: str, module: str, x, scale: float):
+    """Call ``ofa_sdk._spectrum_cpu`` (numpy float32 in and out; a numpy array stays one, a
+    tensor comes back a tensor) or ``ofa_sdk._spectrum_cuda`` (float32 CUDA tensors in and out);
+    both compute ``log1p(scale * |FFT2|)`` per plane, so the scale is passed as |scale| (the
+    reference scales the residual)."""
     mod = importlib.import_module(module)
     lead, (h, w) = x.shape[:-2], x.shape[-2:]
+    if isinstance(x, np.ndarray):
+        out = getattr(mod, name)(np.ascontiguousarray(x, np.float32).reshape(-1, 1, h, w),
+                                 abs(float(scale)), threads=cpu_threads())
+        return out.reshape(*lead, *out.shape[-2:])
+    import torch
     x4 = x.detach().float().reshape(-1, 1, h, w).contiguous()
     if module.endswith("_cpu"):
-        import numpy as np
-        out = torch.from_numpy(np.ascontiguousarray(getattr(mod, name)(x4.numpy(), abs(float(scale)))))
+        out = torch.from_numpy(np.ascontiguousarray(
+            getattr(mod, name)(x4.numpy(), abs(float(scale)), threads=cpu_threads())))
     else:
         out = getattr(mod, name)(x4, abs(float(scale)))
     return out.reshape(*lead, *out.shape[-2:])
 
 
-def log_spectrum(residual: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """(..., H, W) -> float32 ``log1p(|FFT2(scale * residual)|)``."""
+def _on_reference(fn, x, *args):
+    """A reference op on a numpy array: through PyTorch, numpy back."""
+    if not isinstance(x, np.ndarray):
+        return fn(x, *args)
+    import torch
+    with torch.inference_mode():
+        return fn(torch.from_numpy(np.ascontiguousarray(x, np.float32)), *args).numpy()
+
+
+def log_spectrum(residual, scale: float = 1.0):
+    """(..., H, W) -> float32 ``log1p(|FFT2(scale * residual)|)``; a tensor, or a float32 numpy
+    array (numpy out)."""
     backend = which("log_spectrum", residual)
     if backend == "triton":
         from . import spectrum as k
@@ -285,12 +345,12 @@ def log_spectrum(residual: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         return _ext_spectrum("log_spectrum", "ofa_sdk._spectrum_cpu", residual, scale)
     if backend == "cuda_ext":
         return _ext_spectrum("log_spectrum", "ofa_sdk._spectrum_cuda", residual, scale)
-    return ref.log_spectrum_reference(residual, scale)
+    return _on_reference(_ref().log_spectrum_reference, residual, scale)
 
 
-def highpass_log_spectrum(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def highpass_log_spectrum(x, scale: float = 1.0):
     """(..., H+2, W+2) images -> float32 log-spectrum of ``scale *`` their 3x3 Laplacian residual
-    (valid part)."""
+    (valid part); a tensor, or a float32 numpy array (numpy out)."""
     backend = which("highpass_log_spectrum", x)
     if backend == "triton":
         from . import spectrum as k
@@ -300,21 +360,20 @@ def highpass_log_spectrum(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         return _ext_spectrum("highpass_log_spectrum", "ofa_sdk._spectrum_cpu", x, scale)
     if backend == "cuda_ext":
         return _ext_spectrum("highpass_log_spectrum", "ofa_sdk._spectrum_cuda", x, scale)
-    return ref.highpass_log_spectrum_reference(x, scale)     # as OFAModel.residual("highpass")
+    # as OFAModel.residual("highpass")
+    return _on_reference(_ref().highpass_log_spectrum_reference, x, scale)
 
 
-def mokconv(h: torch.Tensor, coef: torch.Tensor, weight: torch.Tensor,
-            bias: torch.Tensor | None) -> torch.Tensor:
+def mokconv(h, coef, weight, bias):
     """MoKConv with weight mixing: h (B,C,H,W), coef (B,K,O), weight (K,O,C,3,3), bias (K,O)."""
     backend = which("mokconv", h, coef, weight, bias)
     if backend == "triton":
         from . import mokconv as k
         return k.mokconv(h, coef, weight, bias, input_precision=_STATE["precision"]["mokconv"])
-    return ref.mokconv_weight_mixing(h, coef, weight, bias)
+    return _ref().mokconv_weight_mixing(h, coef, weight, bias)
 
 
-def pair_gallery_scores(query_part: torch.Tensor, support_parts: torch.Tensor, counts: torch.Tensor,
-                        rest) -> torch.Tensor:
+def pair_gallery_scores(query_part, support_parts, counts, rest):
     """(Q,h) query parts, (P,S,h) padded support parts, (P,) counts, ``PairHead.rest`` (or
     (w1, b1, w2, b2)) -> (Q,P) mean pair probability over each profile's supports."""
     backend = which("pair_gallery_scores", query_part, support_parts, rest=rest)
@@ -322,14 +381,14 @@ def pair_gallery_scores(query_part: torch.Tensor, support_parts: torch.Tensor, c
         from . import gallery as k
         return k.pair_gallery_scores(query_part, support_parts, counts, rest,
                                      input_precision=_STATE["precision"]["pair_gallery_scores"])
-    return ref.pair_gallery_scores_reference(query_part, support_parts, counts, rest)
+    return _ref().pair_gallery_scores_reference(query_part, support_parts, counts, rest)
 
 
 def pair_crop_means(query_part: np.ndarray, parts, head, chunk: int = 256) -> np.ndarray:
     """The numpy pair rule's hot loop: (n, h) query parts (``PairHeadWeights.query_part``) and P
     profiles' (S_p, h) support parts, ``head`` a ``PairHeadWeights`` -> (n, P) float32 mean pair
     probability of each query row over each profile's supports. The C++ kernel
-    (``ofa_sdk._gallery_cpu``, on ``torch.get_num_threads()`` threads) or the reference
+    (``ofa_sdk._gallery_cpu``, on :func:`~ofa_sdk.backends.base.cpu_threads` threads) or the reference
     ``head.mean_probs`` per profile, ``chunk`` query rows at a time."""
     query_part = np.ascontiguousarray(query_part, np.float32)
     parts = list(parts)
@@ -337,7 +396,7 @@ def pair_crop_means(query_part: np.ndarray, parts, head, chunk: int = 256) -> np
         mod = importlib.import_module("ofa_sdk._gallery_cpu")
         (w1, b1), (w2, b2) = head.rest
         return mod.pair_scores(query_part, parts, w1, b1, w2.reshape(-1), float(b2.reshape(-1)[0]),
-                               threads=torch.get_num_threads())
+                               threads=cpu_threads())
     if not parts:
         return np.zeros((len(query_part), 0), np.float32)
     return np.stack([head.mean_probs(query_part, p, chunk) for p in parts], 1)
