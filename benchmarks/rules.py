@@ -203,15 +203,35 @@ def auc_runs(data: Cached, supports_n, rules, seed=0, queries: Cached = None):
 
 
 # -- open set: every known class enrolled at once ------------------------------------------------
+def _decision_scale(rule):
+    """The rule with a calibration under which scores grow with the raw score (what
+    decision.decide compares): CAL's logistic of log(D^2/d) falls with the Gaussian's score."""
+    import dataclasses
+    if isinstance(rule, scoring.GaussianRule):
+        return dataclasses.replace(rule, calibration=scoring.Calibration(-1.0, 0.0))
+    return rule
+
+
+def _labels(snap, queries, S) -> np.ndarray:
+    """Index of the profile ``decision.decide`` labels each query with; -1 for ``unknown``."""
+    out = [decision.decide("", row, snap.names, None, snapshot=snap, crops=len(q)).profile
+           for q, row in zip(queries, S)]
+    return np.array([-1 if p is None else snap.names.index(p) for p in out], int)
+
+
 def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 0.2, 0.3),
              seed=0, held_out=None):
     """Right / wrong / unknown for known classes' queries, and the share of held-out classes'
-    queries given a label, at per-profile thresholds rejecting ``fraction`` of each profile's
-    own images (the SDK's default is decision.DEFAULT_FRACTION), with and without the
-    ``ambiguous`` rule (unknown when the second-best profile would also accept the image); plus
-    OSCR and known-vs-unknown AUROC of the best score's margin over its profile's threshold.
-    ``held_out``: the held-out classes of each fold, given (e.g. one family at a time) instead
-    of ``unknown`` random ones in each of ``folds``."""
+    queries given a label, by the SDK's decision (``decision.decide`` on a snapshot of the
+    enrolled profiles: per-profile thresholds from ``scoring.held_out_stats`` at the queries'
+    crop count, refusing ``fraction`` of each profile's own images -- the SDK's default is
+    decision.DEFAULT_FRACTION --, and among the profiles that accept an image the one it is most
+    typical of); plus OSCR and known-vs-unknown AUROC of the best score's margin over its
+    profile's threshold at the default fraction. ``held_out``: the held-out classes of each
+    fold, given (e.g. one family at a time) instead of ``unknown`` random ones in each of
+    ``folds``."""
+    from ofa_sdk.snapshot import GallerySnapshot
+    rule = _decision_scale(rule)
     names = data.names
     rng = np.random.default_rng(seed)
     res = []
@@ -221,8 +241,7 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         sup = [data.support(c, n, seed + f) for c in known]
         supports, counts = [s for s, _ in sup], [k for _, k in sup]
         state = rule.prepare(supports, counts=counts)
-        loo = [rule.leave_one_out(s, k, state=state) for s, k in sup]
-        own = [scoring.OwnScores.from_scores(x) for x in loo]
+        own = tuple(decision.own_scores(rule, s, k, state=state) for s, k in sup)
         kq, ko = [], []
         for p, c in enumerate(known):
             q = data.query(c)
@@ -230,29 +249,21 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
             ko += [p] * len(q)
         uq = [x for c in sorted(held) for x in data.query(c)]
         ko = np.array(ko)
-        Sk, Su = rule.raw_scores(state, kq), rule.raw_scores(state, uq)
+        Sk, Su = rule.scores(state, kq), rule.scores(state, uq)
         row = {}
         for frac in fractions:
-            thr = np.array([o.threshold(frac) for o in own])
-            for amb in (False, True):
-                acc = []
-                for S in (Sk, Su):
-                    passed = S >= thr
-                    order = np.argsort(-S, 1)
-                    best, second = order[:, 0], order[:, 1] if S.shape[1] > 1 else order[:, 0]
-                    ok = passed[np.arange(len(S)), best]
-                    if amb and S.shape[1] > 1:
-                        ok &= ~passed[np.arange(len(S)), second]
-                    acc.append((ok, best))
-                (ak, bk), (au, _) = acc
-                tag = f"f{frac}" + ("-ambiguous" if amb else "")
-                row[tag] = {"right": (ak & (bk == ko)).mean(), "wrong": (ak & (bk != ko)).mean(),
-                            "unknown": (~ak).mean(),
-                            "unknown_labelled": au.mean() if len(au) else float("nan")}
+            snap = GallerySnapshot("bench", tuple(known), rule, state,
+                                   tuple(decision.threshold_of(rule, o, frac) for o in own), own,
+                                   "profile", frac)
+            lk, lu = _labels(snap, kq, Sk), _labels(snap, uq, Su)
+            row[f"f{frac}"] = {"right": (lk == ko).mean(), "wrong": ((lk >= 0) & (lk != ko)).mean(),
+                               "unknown": (lk < 0).mean(),
+                               "unknown_labelled": (lu >= 0).mean() if len(lu) else float("nan")}
         res.append(row)
         if not uq:      # every class enrolled: no known-vs-unknown curve
             continue
-        thr = np.array([o.threshold(decision.DEFAULT_FRACTION) for o in own])
+        k = len(kq[0])
+        thr = np.array([decision.threshold_of(rule, o, decision.DEFAULT_FRACTION, k) for o in own])
         bk, bu = Sk.argmax(1), Su.argmax(1)
         mk = Sk[np.arange(len(bk)), bk] - thr[bk]
         mu = Su[np.arange(len(bu)), bu] - thr[bu]
@@ -288,7 +299,7 @@ def compare(a):
                             r = open_set(data, rules[name], n, a.unknown[s], a.folds)
                             report["open_set"][f"{key}/{name}/n{n}"] = r
                             for t, v in r.items():
-                                if t in ("curve", "f0.05", "f0.05-ambiguous", "f0.2"):
+                                if t in ("curve", "f0.05", "f0.2"):
                                     print(f"  open {key} {name} n={n} {t}: " + "  ".join(
                                         f"{k} {100 * x:.1f}" for k, x in v.items()), flush=True)
     if a.out:
