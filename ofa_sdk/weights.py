@@ -87,6 +87,13 @@ class ModelBundle:
                     self._model = _build_model(self.path, self.config, self.tensors, self.device)
         return self._model
 
+    def __getstate__(self):       # picklable (workers, Ray actors): a lock is not
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def pair_head(self):
         """The pair head as numpy arrays (:class:`ofa_sdk.scoring.PairHeadWeights`), read from
         the stored tensors: the pair rule never needs the torch module."""
@@ -144,8 +151,8 @@ def inference_id(tensors: Dict, config: Dict) -> str:
     for name in sorted(k for k in tensors if k.startswith("model.")):
         t = tensors[name]
         if isinstance(t, np.ndarray):
-            dtype, raw = f"torch.{_TORCH_DTYPE_NAMES.get(t.dtype.name, t.dtype.name)}", \
-                np.ascontiguousarray(t).tobytes()
+            # numpy names these dtypes as PyTorch does ("float16", "int64", "bool")
+            dtype, raw = f"torch.{t.dtype.name}", np.ascontiguousarray(t).tobytes()
         else:
             import torch
             t = t.detach().cpu().contiguous()
@@ -153,12 +160,6 @@ def inference_id(tensors: Dict, config: Dict) -> str:
         h.update(f"{name}|{dtype}|{tuple(int(n) for n in t.shape)}|".encode())
         h.update(raw)
     return h.hexdigest()[:16]
-
-
-# numpy dtype names PyTorch spells otherwise (the id hashes PyTorch's names)
-_TORCH_DTYPE_NAMES = {"bool": "bool", "float16": "float16", "float32": "float32",
-                      "float64": "float64", "int64": "int64", "int32": "int32", "int16": "int16",
-                      "int8": "int8", "uint8": "uint8"}
 
 
 def _numpy(t) -> np.ndarray:
@@ -330,7 +331,7 @@ def _load_tensors(data: bytes) -> Dict:
     from safetensors.numpy import load
     try:
         return load(data)
-    except TypeError:
+    except KeyError:        # a dtype numpy lacks (safetensors names it: 'BF16')
         from safetensors.torch import load as load_torch
         return load_torch(data)
 

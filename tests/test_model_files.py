@@ -155,6 +155,9 @@ def test_a_vouched_model_builds_its_torch_module_on_first_use_and_others_at_load
     np.testing.assert_array_equal(head.w_support, module.first.weight[:, :module.dim].numpy())
     np.testing.assert_array_equal(head.rest[-1][0], module.rest[-1].weight.numpy())
     assert len(head.rest) == len(b.config.heads.pair_hidden)
+    import pickle
+    again = pickle.loads(pickle.dumps(b))       # workers and Ray actors receive bundles
+    assert again.model_id == b.model_id and again.model is not None
     meta = read_meta(tiny_model)
     meta["config"]["extractor"]["width"] = 2 * meta["config"]["extractor"]["width"]
     import torch
@@ -181,3 +184,20 @@ def test_auto_skips_cuda_engines_on_a_host_without_an_nvidia_driver(tiny_model, 
     monkeypatch.setattr(backends, "cuda_driver_absent", lambda: True)
     sel = backends.select_engine("auto", load_model(tiny_model))
     assert sel.engine.device == "cpu" and "no NVIDIA driver on this host" in sel.note
+
+
+def test_the_model_id_is_the_same_from_numpy_and_torch_tensors(tiny_model, tmp_path):
+    """Model files load into numpy; the id hashes the dtype names PyTorch gives, so ids of
+    files loaded before (through torch) still match; a bfloat16 file loads through torch."""
+    import torch
+    from safetensors.numpy import load_file as load_np
+    from safetensors.torch import load_file as load_pt
+
+    from ofa_sdk.weights import inference_id, load_model, read_meta, write_file
+    config = read_meta(tiny_model)["config"]
+    assert inference_id(load_np(str(tiny_model)), config) == inference_id(load_pt(str(tiny_model)), config) \
+        == load_model(tiny_model).model_id
+    bf = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in load_pt(str(tiny_model)).items()}
+    write_file(tmp_path / "bf16.safetensors", bf, read_meta(tiny_model))
+    b = load_model(tmp_path / "bf16.safetensors")
+    assert b.model_id == inference_id(bf, config) and b.pair_head().w_query.dtype == np.float32
