@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -123,30 +123,34 @@ def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
         thresholds = snapshot.thresholds_at(crops)
     thr_all = np.asarray(thresholds, np.float64)
     accepted = np.flatnonzero(np.asarray(row, np.float64) >= thr_all)
-    best = choose(row, thr_all, accepted, snapshot, crops) if len(accepted) else int(np.argmax(row))
+    best, typ = choose(row, thr_all, accepted, snapshot, crops) if len(accepted) else \
+        (int(np.argmax(row)), None)
     score, thr = float(row[best]), float(thr_all[best])
-    typ = snapshot.typicality(best, score, crops) if snapshot is not None else None
+    if typ is None and snapshot is not None:
+        typ = snapshot.typicality(best, score, crops)
     return Attribution(source, names[best] if len(accepted) else None, score,
                        {n: float(v) for n, v in zip(names, row)}, None, note, thr, provenance or {},
                        typ)
 
 
 def choose(row: np.ndarray, thresholds: np.ndarray, accepted: np.ndarray, snapshot=None,
-           crops: Optional[int] = None) -> int:
+           crops: Optional[int] = None) -> Tuple[int, Optional[float]]:
     """Which of the ``accepted`` profiles an image goes to, by a measure comparable across
     profiles: its typicality (the share of each generator's own images expected to score
     lower, the scale every per-profile threshold is set on) when every accepted profile has
     one, else its margin over each threshold on the probability scale (with one threshold for
-    all, the highest score). Ties go to the higher score."""
+    all, the highest score). Ties go to the higher score. Returns the profile's index and its
+    typicality when it was computed here (else None)."""
     if len(accepted) == 1:
-        return int(accepted[0])
+        return int(accepted[0]), None
     typ = [snapshot.typicality(int(p), float(row[p]), crops) for p in accepted] \
         if snapshot is not None and snapshot.policy == "profile" else [None]
     if all(t is not None for t in typ):
         key = [(t, row[p]) for t, p in zip(typ, accepted)]
     else:
         key = [(row[p] - thresholds[p], row[p]) for p in accepted]
-    return int(accepted[max(range(len(accepted)), key=key.__getitem__)])
+    i = max(range(len(accepted)), key=key.__getitem__)
+    return int(accepted[i]), (typ[i] if typ[0] is not None else None)
 
 
 def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[Attribution]:
