@@ -680,7 +680,7 @@ def fit_gaussian(x: np.ndarray, method: str = "ledoit-wolf", rank: int = RANK,
 
 
 def fit_profile(x: np.ndarray, method: str = "ledoit-wolf", rank: int = RANK,
-                 prior_var: Optional[float] = None) -> GaussianFit:
+                prior_var: Optional[float] = None) -> GaussianFit:
     """A profile's Gaussian: shaped only when its held-out refits (one image fewer) can be too,
     so the threshold is fitted on distances of the kind queries meet. A profile of
     :data:`MIN_POINTS` images would otherwise be shaped while its (MIN_POINTS - 1)-image refits

@@ -12,8 +12,9 @@ reused while their metadata names the same model; ``graphs_dir=DIR`` opens the g
 ``ofa-sdk export --format onnx -o DIR`` wrote there instead (checked, never rewritten).
 Sessions are created once per engine and shared by all threads (``InferenceSession.run`` is
 thread-safe), with every graph optimisation on, ``threads`` intra-op threads (default:
-:func:`~ofa_sdk.backends.base.cpu_threads`), no spinning threads between calls, and ONNX Runtime's CPU memory arena
-(``arena=False`` turns it off: lower peak memory for very large batches, at some speed). Parity with the torch engine is tested (tests/test_engines.py).
+:func:`~ofa_sdk.backends.base.cpu_threads`), no spinning threads between calls, and ONNX
+Runtime's CPU memory arena (``arena=False`` turns it off: lower peak memory for very large
+batches, at some speed). Parity with the torch engine is tested (tests/test_engines.py).
 The engine imports no PyTorch: the spectrum runs in the C++ kernel on numpy arrays
 (:mod:`ofa_sdk.kernels.dispatch`), so with the shipped graphs a process that only runs this
 engine never loads PyTorch.

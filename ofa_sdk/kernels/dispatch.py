@@ -39,9 +39,8 @@ import contextlib
 import importlib
 import importlib.util
 import os
-from functools import lru_cache
-
 import sys
+from functools import lru_cache
 
 import numpy as np
 
