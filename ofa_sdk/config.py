@@ -81,10 +81,6 @@ class LossConfig:
     w_scl: float = 1.0
     w_att: float = 1.0
     w_cls: float = 1.0
-    # one-class episodes beside SupCon (training.losses.episodic_loss); 0 leaves the recipe as
-    # the paper's. episodic_scale: the logit per unit of per-dimension squared distance
-    w_episodic: float = 0.0
-    episodic_scale: float = 4.0
 
 
 @dataclass(frozen=True)

@@ -265,13 +265,3 @@ def test_a_fine_tune_starts_from_the_init_models_extractor(photos, tmp_path):
     convs = [k for k in init if k.endswith("weight")]
     assert convs and all(torch.equal(got[f"extractor.{k}"], init[k].float()) for k in convs)
     assert common.read_metadata(out / "stage2.safetensors")["init"] == load_model(model).model_id
-
-
-def test_stage2_with_one_class_episodes_logs_their_term(photos, tmp_path):
-    out = tmp_path / "epi"
-    assert train_main(["stage0", "--stop-at", "1"] + _args(photos, out, 2)) == 0
-    assert train_main(["stage1", "--stop-at", "1"] + _args(photos, out, 2)) == 0
-    args = _args(photos, out, 2) + ["--set", "loss.w_episodic=1.0"]
-    assert train_main(["stage2"] + args) == 0
-    rows = [json.loads(line) for line in open(out / "stage2.jsonl") if '"step"' in line]
-    assert rows and all(np.isfinite(r["epi"]) and r["epi"] > 0 for r in rows)

@@ -8,8 +8,7 @@ Each step (Fig. 3):
 The m draws are shared by both halves, so each architecture class has 2n images of mixed content
 and every single-set image has m-1 same-content negatives: the extractor is pushed to ignore
 content. Reconstructions are rounded to 8 bit, as real generators' outputs are saved.
-Loss: L = w_scl SupCon(+bank) + w_att pair BCE + w_cls real/reconstructed BCE (Eq. 8), plus
-one-class episodes (``loss.w_episodic``) where set.
+Loss: L = w_scl SupCon(+bank) + w_att pair BCE + w_cls real/reconstructed BCE (Eq. 8).
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ from ofa_sdk.models import FingerprintSimulator, OFAModel
 
 from .common import (PhotoSet, Prefetcher, autocast, git_commit, load_checkpoint, open_run,
                      read_metadata, save_checkpoint, set_lr, train_device)
-from .losses import MemoryBank, episodic_loss, pair_loss, real_loss, supcon_loss, total_loss
+from .losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 
 REAL_LABEL = -1  # architecture ids are >= 0
 
@@ -183,9 +182,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
             l_scl = supcon_loss(z, y, cfg.loss.tau, bf, bl)
             l_att, acc = pair_loss(model.pair_head, z, y, g)
             l_cls = real_loss(model.real_head, z, y != REAL_LABEL)
-            l_epi = episodic_loss(z, y, cfg.loss.episodic_scale, bf, bl) \
-                if cfg.loss.w_episodic > 0 else torch.zeros(())
-            loss = total_loss(cfg.loss, l_scl, l_att, l_cls, l_epi)
+            loss = total_loss(cfg.loss, l_scl, l_att, l_cls)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
@@ -194,7 +191,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
             opt.step()
             bank.push(z.detach(), y)
             log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
-                     cls=l_cls.item(), epi=l_epi.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
+                     cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
             if step % every == 0 or step == sc.steps or step == stop_at:
                 meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
                         "data": data.describe(), "commit": git_commit(),
