@@ -374,7 +374,7 @@ def load_model(path, device=None) -> ModelBundle:
     del data
     try:
         cfg = OFAConfig.from_dict(config)
-    except (KeyError, TypeError, ValueError, RecursionError) as e:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:   # incl. RecursionError
         raise ValueError(f"model file {path} does not hold a model of its own configuration: "
                          f"{_why(e).splitlines()[0]}") from None
     tensors = {k: v for k, v in tensors.items() if k.startswith("model.")}
