@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ofa_sdk import decision, scoring
-from rules import CACHE        # the embedding caches (OFA_BENCH_CACHE: another model's)
+from rules import CACHE, GAUSS_DECISION   # the embedding caches (OFA_BENCH_CACHE: another model's)
 
 QUERIES = 75
 RAW = scoring.Calibration(1.0, 0.0)
@@ -143,8 +143,7 @@ def main():
     ap.add_argument("--one-crop", choices=["centre", "grid"], default="centre",
                     help="1-crop queries: the crops=1 embedding (centre crop) or a grid crop")
     a = ap.parse_args()
-    # raw scores on a probability-like scale that grows with the score (decide compares them)
-    rule = scoring.GaussianRule(scoring.Calibration(-1.0, 0.0)) if a.rule == "gaussian" else \
+    rule = scoring.GaussianRule(GAUSS_DECISION) if a.rule == "gaussian" else \
         scoring.PrototypeRule(RAW)
     fraction = decision.DEFAULT_FRACTION
     results = {}

@@ -203,12 +203,16 @@ def auc_runs(data: Cached, supports_n, rules, seed=0, queries: Cached = None):
 
 
 # -- open set: every known class enrolled at once ------------------------------------------------
+# The Gaussian rule's raw scores on a probability-like scale that grows with the score (what
+# decision.decide compares): CAL's logistic of log(D^2/d) falls with the Gaussian's score.
+GAUSS_DECISION = scoring.Calibration(-1.0, 0.0)
+
+
 def _decision_scale(rule):
-    """The rule with a calibration under which scores grow with the raw score (what
-    decision.decide compares): CAL's logistic of log(D^2/d) falls with the Gaussian's score."""
+    """The rule with a calibration :func:`ofa_sdk.decision.decide` can compare."""
     import dataclasses
     if isinstance(rule, scoring.GaussianRule):
-        return dataclasses.replace(rule, calibration=scoring.Calibration(-1.0, 0.0))
+        return dataclasses.replace(rule, calibration=GAUSS_DECISION)
     return rule
 
 

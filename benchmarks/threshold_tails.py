@@ -21,6 +21,7 @@ import numpy as np
 
 from ofa_sdk import scoring
 from own_rejection import QUERIES, load
+from rules import GAUSS_DECISION
 
 
 def standardized(rule, c4, n, seeds):
@@ -50,7 +51,7 @@ def main():
     ap.add_argument("--sizes", nargs="+", type=int, default=[20, 50])
     ap.add_argument("--seeds", type=int, default=10)
     a = ap.parse_args()
-    rule = scoring.GaussianRule(scoring.Calibration(-1.0, 0.0))
+    rule = scoring.GaussianRule(GAUSS_DECISION)
     print("| set | support images | t bound | queries above it (%) | queries' q95 | pooled held-out q95 "
           "| queries above that (%) |\n|---|---|---|---|---|---|---|")
     for s in a.sets:

@@ -394,6 +394,14 @@ def load_default_model(device=None) -> ModelBundle:
     return load_model(DEFAULT_MODEL, device)
 
 
+def model_path(model=None) -> Path:
+    """The file of ``model``: None (the shipped default), the name of a shipped model
+    (:data:`MODELS`) or a model file's path."""
+    if model is None:
+        return DEFAULT_MODEL
+    return MODELS[model] if isinstance(model, str) and model in MODELS else Path(model)
+
+
 def as_bundle(model=None, device=None) -> ModelBundle:
     """A loaded model from what callers accept as ``model=``: None (the shipped default), the
     name of a shipped model (:data:`MODELS`), a :class:`ModelBundle` (as it is) or a model
@@ -402,9 +410,7 @@ def as_bundle(model=None, device=None) -> ModelBundle:
         return load_default_model(device)
     if isinstance(model, ModelBundle):
         return model
-    if isinstance(model, str) and model in MODELS:
-        return load_model(MODELS[model], device)
-    return load_model(model, device)
+    return load_model(model_path(model), device)
 
 
 def save_model(path, model, simulator, meta: Dict, dtype="float16") -> str:

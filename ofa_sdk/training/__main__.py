@@ -85,8 +85,8 @@ def main(argv=None):
         return 0
     if a.command == "unpack":
         from . import export
-        from ofa_sdk.weights import DEFAULT_MODEL, MODELS
-        export.unpack(Path(MODELS.get(a.model, a.model)) if a.model else DEFAULT_MODEL, out)
+        from ofa_sdk.weights import model_path
+        export.unpack(model_path(a.model), out)
         print(json.dumps({"out": str(out), "written": ["stage0.safetensors", "stage1.safetensors"]}))
         return 0
     if not a.data:
@@ -117,11 +117,10 @@ def main(argv=None):
                 lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin, **on)
         else:
             from .stage2_extractor import run
-            init = a.init
-            from ofa_sdk.weights import DEFAULT_MODEL, MODELS
-            init = DEFAULT_MODEL if init == "shipped" else MODELS.get(init, init)
+            from ofa_sdk.weights import model_path
+            init = None if not a.init else model_path(None if a.init == "shipped" else a.init)
             run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at,
-                init=Path(init) if init else None, **on)
+                init=init, **on)
     return 0
 
 
