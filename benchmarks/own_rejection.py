@@ -51,37 +51,43 @@ def load(name: str, q: int, crops: int):
 
 
 def rejection(rule, c4, c1, sizes, seeds, fraction):
-    """{n: {"now_4", "now_1", "before_4", "before_1", "profiles"}}: mean refused shares."""
-    acc = {n: {k: [] for k in ("now_4", "now_1", "before_4", "before_1")} for n in sizes}
-    for c in sorted(c4):
-        idx = sorted(set(c4[c]) & set(c1[c]))
-        for seed in range(seeds):
-            order = np.random.default_rng(seed).permutation(idx)
-            for n in sizes:
+    """{n: {"now_4", "now_1", "t_4", "t_1", "profiles"}}: mean refused shares. Per seed and
+    size every class of the set is enrolled at once (a gallery), so the SDK's thresholds
+    ("now") read the t bound through the tail pooled over the gallery's profiles
+    (``scoring.Tails``); "t": the t bound alone (the previous release)."""
+    acc = {n: {k: [] for k in ("now_4", "now_1", "t_4", "t_1")} for n in sizes}
+    for seed in range(seeds):
+        for n in sizes:
+            profiles = []
+            for c in sorted(c4):
+                order = np.random.default_rng(seed).permutation(sorted(set(c4[c]) & set(c1[c])))
                 if len(order) < n + 10:
                     continue
                 sup = [c4[c][i] for i in order[:n]]
                 support, counts = np.concatenate(sup), [len(x) for x in sup]
-                state = rule.prepare([support], counts=[counts])
                 centre = np.concatenate([c1[c][i] for i in order[:n]])
-                fits = {"now": scoring.held_out_stats(rule, support, counts, centre=centre),
-                        "before": scoring.held_out_stats(rule, support, counts)}
-                for k, cache in ((4, c4), (1, c1)):
-                    qs = [cache[c][i] for i in order[n:n + QUERIES]]
-                    raw = rule.raw_scores(state, qs)[:, 0]
-                    for w, own in fits.items():
-                        thr = np.array([own.threshold(fraction, len(q)) for q in qs])
+                own = scoring.held_out_stats(rule, support, counts, centre=centre)
+                state = rule.prepare([support], counts=[counts])
+                queries = {k: [cache[c][i] for i in order[n:n + QUERIES]] for k, cache in ((4, c4), (1, c1))}
+                profiles.append((own, {k: (rule.raw_scores(state, qs)[:, 0], [len(q) for q in qs])
+                                       for k, qs in queries.items()}))
+            tails = scoring.Tails.pooled([own for own, _ in profiles])
+            for own, raws in profiles:
+                for k, (raw, crops) in raws.items():
+                    for w, t in (("now", tails), ("t", None)):
+                        thr = np.array([own.threshold(fraction, q, t) for q in crops])
                         acc[n][f"{w}_{k}"].append(float((raw < thr).mean()))
     return {n: {**{k: 100 * float(np.mean(v)) for k, v in a.items() if v},
                 "profiles": len(a["now_4"])} for n, a in acc.items() if a["now_4"]}
 
 
 def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
-    """{crops: {"now"/"before": {right, wrong, unknown, held_out_labelled}}} in percent."""
+    """{crops: {"now"/"t": {right, wrong, unknown, held_out_labelled}}} in percent: the SDK's
+    thresholds (the gallery's pooled tail) and the t bound alone."""
     from ofa_sdk.snapshot import GallerySnapshot
     names = sorted(c4)
     rng = np.random.default_rng(seed)
-    tally = {k: {w: np.zeros(5) for w in ("now", "before")} for k in (4, 1)}
+    tally = {k: {w: np.zeros(5) for w in ("now", "t")} for k in (4, 1)}
     for f in range(folds):
         held = set(rng.permutation(names)[:unknown])
         known = [c for c in names if c not in held]
@@ -91,13 +97,13 @@ def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
         supports, counts = [np.concatenate(x) for x in sup], [[len(z) for z in x] for x in sup]
         state = rule.prepare(supports, counts=counts)
         centres = [np.concatenate([c1[c][i] for i in orders[c][:n]]) for c in known]
+        own = tuple(scoring.held_out_stats(rule, s, k, centre=e)
+                    for s, k, e in zip(supports, counts, centres))
         snaps = {}
-        for w, cen in (("now", centres), ("before", [None] * len(known))):
-            own = tuple(scoring.held_out_stats(rule, s, k, centre=e)
-                        for s, k, e in zip(supports, counts, cen))
+        for w, tails in (("now", scoring.Tails.pooled(own)), ("t", None)):
             snaps[w] = GallerySnapshot("bench", tuple(known), rule, state,
-                                       tuple(float(rule.to_prob(o.threshold(fraction))) for o in own),
-                                       own, "profile", fraction)
+                                       tuple(decision.threshold_of(rule, o, fraction, None, tails)
+                                             for o in own), own, "profile", fraction, tails)
         for k, cache in ((4, c4), (1, c1)):
             for c in names:
                 qs = [cache[c][i] for i in orders[c][n:n + QUERIES]]
@@ -147,7 +153,7 @@ def main():
         scoring.PrototypeRule(RAW)
     fraction = decision.DEFAULT_FRACTION
     results = {}
-    print(f"own-rejection (%), nominal {100 * fraction:g}%, rule {a.rule}: now (before)")
+    print(f"own-rejection (%), nominal {100 * fraction:g}%, rule {a.rule}: now (t bound alone)")
     print("| set | JPEG | support images | 4-crop queries | 1-crop queries | profiles |")
     print("|---|---|---|---|---|---|")
     for s, q, c4, c1 in caches(a.sets, a.jpeg, a.one_crop):
@@ -157,12 +163,12 @@ def main():
         res = rejection(rule, c4, c1, a.sizes, a.seeds, fraction)
         results[f"{s}_q{q}"] = res
         for n, r in res.items():
-            print(f"| {s} | {q or 'clean'} | {n} | {r['now_4']:.1f} ({r['before_4']:.1f}) | "
-                  f"{r['now_1']:.1f} ({r['before_1']:.1f}) | {r['profiles']} |", flush=True)
+            print(f"| {s} | {q or 'clean'} | {n} | {r['now_4']:.1f} ({r['t_4']:.1f}) | "
+                  f"{r['now_1']:.1f} ({r['t_1']:.1f}) | {r['profiles']} |", flush=True)
     opened = {}
     if a.open:
         print(f"\nopen set: all but {a.unknown} classes enrolled ({a.folds} folds); known queries "
-              f"right / wrong / unknown, held-out queries labelled (%): now (before)")
+              f"right / wrong / unknown, held-out queries labelled (%): now (t bound alone)")
         print("| set | JPEG | support | query crops | right | wrong | unknown | held-out labelled |")
         print("|---|---|---|---|---|---|---|---|")
         for s, q, c4, c1 in caches(a.sets, a.jpeg, a.one_crop):
@@ -171,7 +177,7 @@ def main():
                 res = open_set(rule, c4, c1, n, a.unknown, a.folds, fraction)
                 opened[f"{s}_q{q}_n{n}"] = res
                 for k, r in res.items():
-                    now, bef = r["now"], r["before"]
+                    now, bef = r["now"], r["t"]
                     print(f"| {s} | {q or 'clean'} | {n} | {k} | " + " | ".join(
                         f"{now[x]:.1f} ({bef[x]:.1f})" for x in
                         ("right", "wrong", "unknown", "held_out_labelled")) + " |", flush=True)

@@ -228,7 +228,7 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
     """Right / wrong / unknown for known classes' queries, and the share of held-out classes'
     queries given a label, by the SDK's decision (``decision.decide`` on a snapshot of the
     enrolled profiles: per-profile thresholds from ``scoring.held_out_stats`` at the queries'
-    crop count, refusing ``fraction`` of each profile's own images -- the SDK's default is
+    crop count, read through the tail pooled over the enrolled profiles (``scoring.Tails``), refusing ``fraction`` of each profile's own images -- the SDK's default is
     decision.DEFAULT_FRACTION --, and among the profiles that accept an image the one it is most
     typical of); plus OSCR and known-vs-unknown AUROC of the best score's margin over its
     profile's threshold at the default fraction. ``held_out``: the held-out classes of each
@@ -246,6 +246,7 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         supports, counts = [s for s, _ in sup], [k for _, k in sup]
         state = rule.prepare(supports, counts=counts)
         own = tuple(decision.own_scores(rule, s, k, state=state) for s, k in sup)
+        tails = scoring.Tails.pooled(own)      # the gallery's tail, as a snapshot pools it
         kq, ko = [], []
         for p, c in enumerate(known):
             q = data.query(c)
@@ -257,8 +258,8 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         row = {}
         for frac in fractions:
             snap = GallerySnapshot("bench", tuple(known), rule, state,
-                                   tuple(decision.threshold_of(rule, o, frac) for o in own), own,
-                                   "profile", frac)
+                                   tuple(decision.threshold_of(rule, o, frac, None, tails) for o in own),
+                                   own, "profile", frac, tails)
             lk, lu = _labels(snap, kq, Sk), _labels(snap, uq, Su)
             row[f"f{frac}"] = {"right": (lk == ko).mean(), "wrong": ((lk >= 0) & (lk != ko)).mean(),
                                "unknown": (lk < 0).mean(),
@@ -267,7 +268,7 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         if not uq:      # every class enrolled: no known-vs-unknown curve
             continue
         k = len(kq[0])
-        thr = np.array([decision.threshold_of(rule, o, decision.DEFAULT_FRACTION, k) for o in own])
+        thr = np.array([decision.threshold_of(rule, o, decision.DEFAULT_FRACTION, k, tails) for o in own])
         bk, bu = Sk.argmax(1), Su.argmax(1)
         mk = Sk[np.arange(len(bk)), bk] - thr[bk]
         mu = Su[np.arange(len(bu)), bu] - thr[bu]

@@ -264,24 +264,12 @@ class Attributor:
     def _profile(self, name: str) -> Profile:
         return self.gallery.get(name, model_id=self.bundle.ids)
 
-    def _own_of(self, prof: Profile, state=None):
-        """How a loaded profile's own images score under this Attributor's rule, cached
-        (:class:`~ofa_sdk.snapshot.SnapshotCache`). ``state``: the snapshot's prepared state."""
-        return self._snapshots.own_of(self.rule, prof, state, self.gallery, self.model_id)
-
-    def _threshold_of(self, prof: Profile, state=None, crops: Optional[int] = None) -> float:
-        return decision.threshold_of(self.rule, self._own_of(prof, state), self.profile_quantile,
-                                     crops)
-
     def profile_threshold(self, name: str, crops: Optional[int] = None) -> float:
         """The threshold ``threshold="profile"`` holds profile ``name``'s scores to (see
-        :mod:`ofa_sdk.decision`) for a query of ``crops`` crops (None: whole support images);
-        for a rule that whitens by the gallery, in a snapshot of the whole gallery."""
-        prof = self._profile(name)
-        if getattr(self.rule, "whiten", None) is None:
-            return self._threshold_of(prof, crops=crops)
-        snap = self.snapshot(threshold="profile")
-        return snap.thresholds_at(crops)[snap.names.index(name)]
+        :mod:`ofa_sdk.decision`) for a query of ``crops`` crops (None: whole support images):
+        the one a snapshot of the gallery holds it to (the gallery's tail shape and, for a rule
+        that whitens, its whitener are the whole gallery's)."""
+        return self.snapshot([name], threshold="profile").thresholds_at(crops)[0]
 
     def snapshot(self, profiles: Optional[Sequence[str]] = None,
                  threshold: Union[float, str, None] = None) -> GallerySnapshot:

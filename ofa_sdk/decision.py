@@ -5,10 +5,13 @@ threshold it meets (:func:`decide`), or "unknown" when it meets none. The defaul
 (:func:`profile_threshold`): a threshold below which about ``fraction`` (5% by default) of the
 generator's own new images should fall, estimated from its support images' held-out scores
 with :func:`ofa_sdk.scoring.held_out_stats`, for the query's crop count (a 1-crop query is
-held to how single crops of the support images score, not whole images). A number sets one
-threshold for every profile; 0.5 is each rule's own decision point. How these choices were made and what they
-cost is in docs/experiment-log.md (sections 5.1-5.2) and, for the Gaussian rule,
-benchmarks/RESULTS.md (section 3).
+held to how single crops of the support images score, not whole images), read through the
+tail shape the held-out scores of the gallery's profiles show together
+(:class:`ofa_sdk.scoring.Tails`, which a snapshot pools; :func:`profile_threshold` of one
+support set alone keeps the t model's tail). A number sets one threshold for every profile;
+0.5 is each rule's own decision point. How these choices were made and what they cost is in
+docs/experiment-log.md (sections 5.1-5.2) and, for the Gaussian rule, benchmarks/RESULTS.md
+(sections 3 and 10).
 """
 from __future__ import annotations
 
@@ -59,11 +62,12 @@ def own_scores(rule, support: np.ndarray, crops, part: Optional[np.ndarray] = No
 
 
 def threshold_of(rule, own: Optional[scoring.OwnByCrops], fraction: float = DEFAULT_FRACTION,
-                 crops: Optional[int] = None) -> float:
+                 crops: Optional[int] = None, tails: Optional[scoring.Tails] = None) -> float:
     """A profile's threshold on the rule's probability scale for a query of ``crops`` crops
     (None: whole support images), from how its own images score (:data:`FALLBACK_THRESHOLD`
-    when too few support images to tell)."""
-    return FALLBACK_THRESHOLD if own is None else float(rule.to_prob(own.threshold(fraction, crops)))
+    when too few support images to tell) and, with ``tails``, the gallery's tail shape."""
+    return FALLBACK_THRESHOLD if own is None else \
+        float(rule.to_prob(own.threshold(fraction, crops, tails)))
 
 
 def profile_threshold(rule, support: np.ndarray, crops, fraction: float = DEFAULT_FRACTION,

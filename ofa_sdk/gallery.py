@@ -227,7 +227,9 @@ def _ids(model_id: Union[str, Sequence[str], None]) -> tuple:
     return (model_id,) if isinstance(model_id, str) else tuple(model_id or ())
 
 
-def _check_model(prof: Profile, model_id) -> Profile:
+def check_model(prof: Profile, model_id) -> Profile:
+    """``prof``, or :class:`ModelMismatch` when it was enrolled with none of the models
+    ``model_id`` (an id or several; None: any)."""
     ids = _ids(model_id)
     if ids and prof.model_id not in ids:
         raise ModelMismatch(
@@ -496,7 +498,7 @@ class Gallery:
             cached = self._load(name)
         if cached is None:
             raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
-        return _check_model(cached, model_id)
+        return check_model(cached, model_id)
 
     def _load(self, name: str) -> Optional[Profile]:
         """Profile ``name`` from the open connection (the caller holds the lock), or None; the
@@ -541,7 +543,7 @@ class Gallery:
         for n, p in zip(names, profs):
             if p is None:
                 raise ProfileNotFound(f"no profile named {n!r} in {self!r}")
-        return [_check_model(p, model_id) for p in profs]
+        return [check_model(p, model_id) for p in profs]
 
     def remove(self, name: str) -> None:
         with self._write("remove") as db:

@@ -132,24 +132,37 @@ def leave_one_out_cosines(support: np.ndarray, crops) -> np.ndarray:
     return np.einsum("sd,sd->s", unit(per_image), rest)
 
 
-def _t_cdf_nonneg(x: float, dof: int) -> float:
-    """Student's t CDF for x >= 0 and integer ``dof``, in closed form (Abramowitz & Stegun
-    26.7.3-4): with theta = atan(x / sqrt(dof)), P(|T| <= x) is a finite series in cos(theta) of
-    about dof / 2 terms (one numpy cumulative product), so it is exact to rounding."""
-    th = math.atan(x / math.sqrt(dof))
-    s, c2 = math.sin(th), math.cos(th) ** 2
+def _t_cdf_nonneg(x, dof: int):
+    """Student's t CDF for x >= 0 (a number or an array) and integer ``dof``, in closed form
+    (Abramowitz & Stegun 26.7.3-4): with theta = atan(x / sqrt(dof)), P(|T| <= x) is a
+    polynomial in cos(theta)^2 of about dof / 2 terms whose coefficients are one numpy
+    cumulative product, so it is exact to rounding."""
+    th = np.arctan(np.asarray(x, np.float64) / math.sqrt(dof))
+    s, c2 = np.sin(th), np.cos(th) ** 2
     if dof % 2:                      # odd: 2/pi (theta + sin cos (1 + 2/3 c^2 + 2*4/(3*5) c^4 ...))
         k = np.arange(1, (dof - 1) // 2)
-        total = (1.0 + np.cumprod(c2 * (2 * k) / (2 * k + 1)).sum()) if dof > 1 else 0.0
-        a = 2 / math.pi * (th + s * math.cos(th) * total)
+        coef = np.cumprod(2 * k / (2 * k + 1))
     else:                            # even: sin (1 + 1/2 c^2 + 1*3/(2*4) c^4 ...)
         k = np.arange(1, dof // 2)
-        a = s * (1.0 + np.cumprod(c2 * (2 * k - 1) / (2 * k)).sum())
-    return 0.5 + 0.5 * min(float(a), 1.0)
+        coef = np.cumprod((2 * k - 1) / (2 * k))
+    total = 1.0 + c2 * np.polyval(coef[::-1], c2) if len(coef) else np.ones_like(c2)
+    if dof % 2 == 0:
+        a = s * total
+    else:
+        a = 2 / math.pi * (th + s * np.cos(th) * total) if dof > 1 else 2 / math.pi * th
+    out = 0.5 + 0.5 * np.minimum(a, 1.0)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def student_t_sf(x, dof: int):
+    """Upper tail P(T > x) of Student's t with integer ``dof`` >= 1, for an array ``x``."""
+    x = np.asarray(x, np.float64)
+    v = _t_cdf_nonneg(np.abs(x), int(dof))
+    return np.where(x >= 0, 1.0 - v, v)
 
 
 def student_t_cdf(x: float, dof: int) -> float:
-    """CDF of Student's t distribution with integer ``dof`` >= 1 (numpy-free closed form)."""
+    """CDF of Student's t distribution with integer ``dof`` >= 1 (closed form)."""
     if dof < 1 or int(dof) != dof:
         raise ValueError(f"student_t_cdf needs an integer dof >= 1, got {dof!r}")
     v = _t_cdf_nonneg(abs(float(x)), int(dof))
@@ -191,6 +204,57 @@ def _from_scale(y: float, power: float) -> float:
     return math.exp(y) if power == 0 else max(y, 0.0) ** (1 / power)
 
 
+MIN_TAIL = 100   # pooled held-out values below which a gallery's tail is not estimated
+
+
+def jackknife_survival(y: np.ndarray) -> np.ndarray:
+    """Each of N >= 4 held-out values' upper-tail probability under the Student-t prediction
+    from the other N - 1 (their mean and sd, N - 2 degrees of freedom): uniform on (0, 1) when
+    the values are normal, so pooled over many profiles they show how the t bound's tail
+    differs from the real one. Fewer values: an empty array."""
+    y = np.asarray(y, np.float64)
+    N = len(y)
+    if N < 4:
+        return np.empty(0)
+    dev = y - y.mean()
+    var = ((dev ** 2).sum() - dev ** 2 * N / (N - 1)) / (N - 2)      # sd without value i
+    z = dev * N / (N - 1) / np.sqrt(np.maximum(var, 1e-300) * (1 + 1 / (N - 1)))
+    return student_t_sf(z, N - 2)
+
+
+TAIL_POINTS = 4096   # a pool of more values keeps this many of its quantiles
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The real upper tail of the t bound at one query crop count, from the held-out values of
+    many profiles (:func:`jackknife_survival`, pooled by :meth:`Tails.pooled`): a monotone map
+    between the t model's tail probability ``p`` and the share of own images beyond it
+    (``share``, the pooled values' empirical distribution, from (0, 0) to (1, 1)). Real
+    generators' held-out distances have heavier tails than the normal model
+    (benchmarks/RESULTS.md, sections 10.3 and 10.5), so at a nominal 5% the t bound alone
+    refuses more."""
+    p: np.ndarray
+    share: np.ndarray
+
+    @classmethod
+    def of_values(cls, values: Sequence[float]) -> "Tail":
+        v = np.sort(np.asarray(values, np.float64))
+        if len(v) > TAIL_POINTS:
+            v = np.quantile(v, (np.arange(TAIL_POINTS) + 0.5) / TAIL_POINTS)
+        n = len(v)
+        return cls(np.concatenate([[0.0], v, [1.0]]),
+                   np.concatenate([[0.0], (np.arange(n) + 0.5) / n, [1.0]]))
+
+    def nominal(self, fraction: float) -> float:
+        """The t model's tail probability beyond which ``fraction`` of own images fall."""
+        return float(np.interp(fraction, self.share, self.p))
+
+    def share_at(self, p: float) -> float:
+        """The share of own images beyond the t model's tail probability ``p``."""
+        return float(np.interp(p, self.p, self.share))
+
+
 @dataclass(frozen=True)
 class OwnScores:
     """How a generator's own new images score against its profile, from the held-out scores of
@@ -199,12 +263,16 @@ class OwnScores:
     t with n - 1 degrees of freedom, centred on ``mean``, scaled by sd * sqrt(1 + 1/n) (the
     prediction interval). ``mean`` and ``sd`` are those of the n-point fit that queries meet
     (:func:`held_out_stats` extrapolates them from smaller refits); ``dof`` (None: n - 1) is
-    more when the sd was taken over more held-out values than images (runs of crops)."""
+    more when the sd was taken over more held-out values than images (runs of crops).
+    ``held``: the held-out values' :func:`jackknife_survival`, which a gallery pools into the
+    real shape of the tail (:class:`Tail`); with a ``tail``, the threshold and the typicality
+    read the t model's tail probabilities through it."""
     mean: float
     sd: float
     n: int
     power: float = 0.0
     dof: Optional[int] = None
+    held: np.ndarray = field(default_factory=lambda: np.empty(0), compare=False, repr=False)
 
     @property
     def _dof(self) -> int:
@@ -222,21 +290,24 @@ class OwnScores:
     def _scale(self) -> float:
         return self.sd * math.sqrt(1 + 1 / self.n)
 
-    def threshold(self, fraction: float) -> float:
+    def threshold(self, fraction: float, tail: Optional[Tail] = None) -> float:
         """The raw score below which about ``fraction`` of the generator's new images fall."""
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
-        bound = self.mean + student_t_quantile(1 - fraction, self._dof) * self._scale
+        p = fraction if tail is None else min(max(tail.nominal(fraction), 1e-12), 1 - 1e-12)
+        bound = self.mean + student_t_quantile(1 - p, self._dof) * self._scale
         return float(1.0 - _from_scale(bound, self.power))
 
-    def typicality(self, raw: float) -> float:
+    def typicality(self, raw: float, tail: Optional[Tail] = None) -> float:
         """The share of the generator's own new images expected to score *below* ``raw``: 0.5
-        for a typical image of it, ``fraction`` exactly at :meth:`threshold`, near 0 for an
-        image unlike any it makes. The per-profile threshold and this read on one scale."""
+        for a typical image of it, ``fraction`` exactly at :meth:`threshold` (with the same
+        ``tail``), near 0 for an image unlike any it makes. The per-profile threshold and this
+        read on one scale."""
         d = float(_to_scale(1.0 - float(raw), self.power))
         if self._scale <= 0:
             return 1.0 if d <= self.mean else 0.0
-        return 1.0 - student_t_cdf((d - self.mean) / self._scale, self._dof)
+        p = 1.0 - student_t_cdf((d - self.mean) / self._scale, self._dof)
+        return p if tail is None else tail.share_at(p)
 
 
 @dataclass(frozen=True)
@@ -245,19 +316,48 @@ class OwnByCrops:
     query of fewer crops than the support images averages less crop noise away and lands
     farther from the profile, so it is held to the spread of held-out *crops* of that count,
     not of whole images. Queries of more crops than the last level use the last (whole
-    support images)."""
+    support images). ``tails``: a gallery's :class:`Tails` (None: the t model's own)."""
     levels: Tuple[OwnScores, ...]
+
+    def level(self, crops: Optional[int] = None) -> int:
+        """The level (1-based) a query of ``crops`` crops is held to (None: whole images)."""
+        return len(self.levels) if crops is None else min(max(int(crops), 1), len(self.levels))
 
     def at(self, crops: Optional[int] = None) -> OwnScores:
         """The level of a query of ``crops`` crops (None: whole support images)."""
-        k = len(self.levels) if crops is None else min(max(int(crops), 1), len(self.levels))
-        return self.levels[k - 1]
+        return self.levels[self.level(crops) - 1]
 
-    def threshold(self, fraction: float, crops: Optional[int] = None) -> float:
-        return self.at(crops).threshold(fraction)
+    def threshold(self, fraction: float, crops: Optional[int] = None,
+                  tails: Optional["Tails"] = None) -> float:
+        return self.at(crops).threshold(fraction, None if tails is None else tails.of(self, crops))
 
-    def typicality(self, raw: float, crops: Optional[int] = None) -> float:
-        return self.at(crops).typicality(raw)
+    def typicality(self, raw: float, crops: Optional[int] = None,
+                   tails: Optional["Tails"] = None) -> float:
+        return self.at(crops).typicality(raw, None if tails is None else tails.of(self, crops))
+
+
+@dataclass(frozen=True)
+class Tails:
+    """A gallery's :class:`Tail` per query level, pooled over the profiles that share a level
+    structure (the same number of levels, i.e. of crops per support image): the held-out
+    values of one profile are too few to show a 5% tail, those of a gallery are not. A level
+    pooling fewer than :data:`MIN_TAIL` values keeps the t model's tail."""
+    by_level: Dict[Tuple[int, int], Tail] = field(default_factory=dict)
+
+    @classmethod
+    def pooled(cls, owns: Sequence[Optional[OwnByCrops]]) -> "Tails":
+        pools: Dict[Tuple[int, int], list] = {}
+        for o in owns:
+            if o is None:
+                continue
+            for k, lv in enumerate(o.levels, 1):
+                pools.setdefault((k, len(o.levels)), []).append(np.asarray(lv.held, np.float64))
+        pools = {key: np.concatenate(v) for key, v in pools.items()}
+        return cls({key: Tail.of_values(v) for key, v in pools.items() if len(v) >= MIN_TAIL})
+
+    def of(self, own: OwnByCrops, crops: Optional[int] = None) -> Optional[Tail]:
+        """The tail that ``own``'s level for a ``crops``-crop query is read through."""
+        return self.by_level.get((own.level(crops), len(own.levels)))
 
 
 def crop_groups(counts: Sequence[int], level: int) -> Tuple[np.ndarray, list]:
@@ -334,7 +434,8 @@ def held_out_stats(rule, support: np.ndarray, crops, part=None, state=None,
         sd1, sd2 = a.std(ddof=1), b.std(ddof=1)
         mean = a.mean() + (a.mean() - b.mean()) * c
         sd = max(sd1 + (sd1 - sd2) * c, 0.5 * sd1)
-        levels.append(OwnScores(float(mean), float(sd), n, power, len(a) - 1))
+        levels.append(OwnScores(float(mean), float(sd), n, power, len(a) - 1,
+                                jackknife_survival(a)))
     return OwnByCrops(tuple(levels))
 
 

@@ -5,8 +5,9 @@ The SQLite :class:`~ofa_sdk.gallery.Gallery` is the store; a snapshot is read fr
 call: it needs the gallery and the loaded model, not an engine) and then used without it: by the facade for a batch or a scan, by
 worker processes and Ray actors (it pickles: numpy arrays, strings, floats and the rule object),
 and by kernels. It holds the profile names, the rule with its prepared state, each profile's
-threshold for the chosen threshold setting, how each profile's own images score (for the typicality of a score), and the
-model id it was made with.
+threshold for the chosen threshold setting, how each profile's own images score (for the typicality of a score), the
+tail shape pooled over the whole gallery's profiles that both read through
+(:class:`~ofa_sdk.scoring.Tails`), and the model id it was made with.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from . import decision, scoring
 from .gallery import GalleryError
-from .scoring import OwnByCrops
+from .scoring import OwnByCrops, Tails
 
 _MISSING = object()     # no stored state under a key (unlike a stored None)
 
@@ -35,13 +36,14 @@ class GallerySnapshot:
     own: Tuple[Optional[OwnByCrops], ...] = ()   # per profile, how its own images score
     policy: Union[float, str] = decision.DEFAULT_THRESHOLD   # "profile" or one number
     fraction: float = decision.DEFAULT_FRACTION
+    tails: Optional[Tails] = None   # the gallery's tail shape (all its profiles, not only these)
     _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
 
     def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
         """The share of profile i's own images of ``crops`` crops (None: whole support images)
         expected to score below ``score``."""
         o = self.own[i] if i < len(self.own) else None
-        return None if o is None else o.typicality(self.rule.from_prob(score), crops)
+        return None if o is None else o.typicality(self.rule.from_prob(score), crops, self.tails)
 
     def thresholds_at(self, crops: Optional[int] = None) -> Tuple[float, ...]:
         """Per profile, the threshold a query of ``crops`` crops is held to (None: whole
@@ -49,8 +51,8 @@ class GallerySnapshot:
         if crops is None or self.policy != "profile" or not self.own:
             return self.thresholds
         if crops not in self._at:
-            self._at[crops] = tuple(decision.threshold_of(self.rule, o, self.fraction, crops)
-                                    for o in self.own)
+            self._at[crops] = tuple(decision.threshold_of(self.rule, o, self.fraction, crops,
+                                                          self.tails) for o in self.own)
         return self._at[crops]
 
     def __len__(self) -> int:
@@ -68,7 +70,7 @@ class GallerySnapshot:
         return GallerySnapshot(self.model_id, tuple(names), self.rule,
                                self.rule.select(self.state, idx), tuple(self.thresholds[i] for i in idx),
                                tuple(self.own[i] for i in idx) if self.own else (),
-                               self.policy, self.fraction)
+                               self.policy, self.fraction, self.tails)
 
 
 def crop_counts(prof) -> Union[int, Sequence[int]]:
@@ -77,7 +79,7 @@ def crop_counts(prof) -> Union[int, Sequence[int]]:
     return counts if counts is not None else int(prof.metadata.get("crops", 1))
 
 
-STATE_VERSION = 2   # bump when what is persisted, or how it is computed, changes
+STATE_VERSION = 3   # bump when what is persisted, or how it is computed, changes
 MAX_SETS = 4        # prepared profile sets kept in memory (attribute's, verify's, ...)
 _NOT_SETTINGS = ("calibration", "head", "name", "chunk", "prefilter")   # not in the state key
 
@@ -183,10 +185,6 @@ class SnapshotCache:
             self.own[(p.name, p.created, rkey, wkey)] = v
         return [self.own[k] for k in keys]
 
-    def own_of(self, rule, prof, state=None, gallery=None, model_id=None) -> Optional[OwnByCrops]:
-        """How one loaded profile's own images score (:meth:`own_many`)."""
-        return self.own_many(rule, [prof], state, gallery, model_id)[0]
-
     def prepared(self, rule, profs, gallery=None, model_id=None) -> Any:
         """``rule.prepare`` of the profiles ``profs``, made once per rule and set of profiles
         (the last :data:`MAX_SETS` sets kept); a Gaussian rule that does not whiten reuses each
@@ -225,14 +223,17 @@ class SnapshotCache:
 
 def _encode_own(own: Optional[OwnByCrops]) -> bytes:
     levels = None if own is None else [[o.mean, o.sd, o.n, o.power, o.dof] for o in own.levels]
-    return _pack({}, {"levels": levels})
+    held = {} if own is None else {f"held{k}": np.asarray(o.held) for k, o in enumerate(own.levels)}
+    return _pack(held, {"levels": levels})
 
 
 def _decode_own(blob: bytes) -> Optional[OwnByCrops]:
-    levels = _unpack(blob)[1]["levels"]
+    held, meta = _unpack(blob)
+    levels = meta["levels"]
     return None if levels is None else OwnByCrops(tuple(
-        scoring.OwnScores(float(m), float(s), int(n), float(pw), None if d is None else int(d))
-        for m, s, n, pw, d in levels))
+        scoring.OwnScores(float(m), float(s), int(n), float(pw), None if d is None else int(d),
+                          held[f"held{k}"])
+        for k, (m, s, n, pw, d) in enumerate(levels)))
 
 
 def _encode_fit(f) -> bytes:
@@ -259,7 +260,7 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     ``quantile``: the share of a generator's own images its profile threshold rejects;
     ``cache``: a :class:`SnapshotCache` kept between calls. Profiles enrolled with another
     model raise :class:`~ofa_sdk.gallery.ModelMismatch` naming them."""
-    from .gallery import Gallery
+    from .gallery import Gallery, ProfileNotFound, check_model
     if rule is None or isinstance(rule, str):
         rule = scoring.make_rule(rule, bundle, whiten)
     elif whiten is not None:
@@ -270,24 +271,28 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     thr = decision.parse_threshold(decision.DEFAULT_THRESHOLD if threshold is None else threshold)
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
     cache = SnapshotCache() if cache is None else cache
-    # one read transaction: a concurrent enroll or remove is seen wholly or not at all
+    # one read transaction of every profile: a concurrent enroll or remove is seen wholly or
+    # not at all; the whitener and the tail are the whole gallery's, whichever profiles are
+    # asked for (a rule that whitens needs every profile of this model, others' only the asked)
     whiten = getattr(rule, "whiten", None) is not None
-    every = gallery.read(None if whiten or profiles is None else list(profiles), bundle.ids)
-    if whiten:   # the whitener is the whole gallery's, whichever profiles are asked for
-        by_name = {p.name: p for p in every}
-        names = list(profiles) if profiles is not None else list(by_name)
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            from .gallery import ProfileNotFound
-            raise ProfileNotFound(f"no profile named {missing[0]!r} in {gallery!r}")
-        profs = [by_name[n] for n in names]
-        full = cache.prepared(rule, every, gallery, bundle.model_id)
+    every = gallery.read(None, bundle.ids if whiten else None)
+    by_name = {p.name: p for p in every}
+    names = list(profiles) if profiles is not None else list(by_name)
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ProfileNotFound(f"no profile named {missing[0]!r} in {gallery!r}")
+    profs = [check_model(by_name[n], bundle.ids) for n in names]
+    mine = every if whiten else [p for p in every if p.model_id in bundle.ids]
+    if whiten:
+        full = cache.prepared(rule, mine, gallery, bundle.model_id)
         state = rule.select(full, [list(by_name).index(n) for n in names])
     else:
-        profs, names = every, [p.name for p in every]
         state = full = cache.prepared(rule, profs, gallery, bundle.model_id)
-    own = tuple(cache.own_many(rule, profs, full, gallery, bundle.model_id))
-    thresholds = tuple(decision.threshold_of(rule, o, quantile) if thr == "profile" else float(thr)
-                       for o in own)
+    own_all = dict(zip((p.name for p in mine), cache.own_many(rule, mine, full if whiten else None,
+                                                              gallery, bundle.model_id)))
+    own = tuple(own_all[n] for n in names)
+    tails = scoring.Tails.pooled(list(own_all.values())) if thr == "profile" else None
+    thresholds = tuple(decision.threshold_of(rule, o, quantile, None, tails) if thr == "profile"
+                       else float(thr) for o in own)
     return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
-                           quantile)
+                           quantile, tails)

@@ -132,3 +132,38 @@ def test_verify_does_not_evict_what_attribute_prepared(tiny_model, tmp_path, mon
     att.attribute(a[3:])
     att.verify(a[3:], "gen-b")
     assert len(prepared) == 2                              # one set each, both kept
+
+
+def test_the_gallerys_tail_is_pooled_over_every_profile_and_read_back(gauss_model, tmp_path,
+                                                                      monkeypatch):
+    """Enough profiles for a pooled tail (scoring.Tails): every profile's threshold reads the
+    t bound through it, the same whichever profiles a snapshot (or ``profile_threshold``)
+    asks for, and a fresh process reads each profile's held-out values back from the gallery
+    rather than refitting."""
+    from ofa_sdk import decision, scoring
+    from ofa_sdk.gallery import Gallery, Profile
+    from ofa_sdk.weights import load_model
+    bundle = load_model(gauss_model)
+    head, d = bundle.pair_head(), bundle.config.extractor.dim
+    rng = np.random.default_rng(0)
+    g = Gallery(tmp_path / "g.db")
+    n = 2 * scoring.MIN_TAIL // 8 + 1                       # 8 profiles pool over MIN_TAIL values
+    for i in range(8):
+        mu = rng.normal(size=d)
+        spread = np.sqrt(2.5 / rng.gamma(2.5, 1.0, size=(n, 1)))          # heavy tails
+        z = mu + 0.3 * spread * rng.normal(size=(n, d))
+        z = (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+        g.put(Profile(f"gen-{i}", bundle.model_id, z, head.support_part(z),
+                      {"crops": 1, "crop_counts": [1] * n}, 1.0 + i))
+    att = Attributor(model=gauss_model, gallery=g, crops=1, backend="torch")
+    snap = att.snapshot()
+    assert snap.tails is not None and snap.tails.of(snap.own[0], 1) is not None
+    untailed = [decision.threshold_of(snap.rule, o, snap.fraction) for o in snap.own]
+    assert not np.allclose(snap.thresholds, untailed)
+    one = att.snapshot(["gen-3"])
+    assert one.thresholds[0] == snap.thresholds[3] == att.profile_threshold("gen-3")
+    assert one.typicality(0, snap.thresholds[3]) == pytest.approx(snap.fraction, abs=1e-9)
+    real = decision.own_scores
+    monkeypatch.setattr(decision, "own_scores", lambda *a, **k: pytest.fail("refit") or real(*a, **k))
+    again = Attributor(model=gauss_model, gallery=tmp_path / "g.db", crops=1, backend="torch").snapshot()
+    assert again.thresholds == snap.thresholds
