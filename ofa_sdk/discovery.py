@@ -174,7 +174,6 @@ class Cluster:
     # from the members, since the cluster's mean fingerprint reads higher than any member
     nearest_score: Optional[float] = None
     nearest_threshold: Optional[float] = None
-    member_score_median: Optional[float] = None
     representatives: List[int] = field(default_factory=list)
     outliers: List[int] = field(default_factory=list)
 
@@ -399,7 +398,6 @@ def _describe(cid: int, idx: np.ndarray, x: np.ndarray, f: np.ndarray,
         best = int(np.argmax(med))
         c.nearest_profile, c.nearest_score = names[best], float(med[best])
         c.nearest_threshold = float(thresholds[best]) if best < len(thresholds) else None
-        c.member_score_median = c.nearest_score
     return c
 
 
