@@ -115,9 +115,6 @@ class Stage1Config:
     perceptual: str = "ssim"    # "ssim" (weight-free default) or "lpips" (needs user weights)
     lr_floor: float = 0.05
     grad_clip: float = 1.0      # max global gradient norm
-    # Weight of the adversarial term (a PatchGAN critic's hinge loss, training.perceptual.
-    # PatchCritic): decoders trained against a critic, as GAN-trained generators are; 0: off.
-    w_adv: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -147,14 +144,6 @@ class Stage2Config:
     resample_p: float = 0.0
     resample_f: Tuple[float, float] = (0.5, 1.0)
     resample_share: float = 0.5
-    # Probability that one generated image's content is an upscaler's: downscaled by a factor
-    # from upscale_factors (area averaging) and interpolated back (bicubic) before the simulator
-    # reconstructs it, so a decoder's traces also lie on the smooth content that super-resolution
-    # networks are given. Drawn per image (shared by the classes that share a single-set
-    # content), so content smoothness stays a nuisance, not a class's mark; real photos keep
-    # theirs.
-    upscale_p: float = 0.0
-    upscale_factors: Tuple[int, ...] = (2, 3, 4)
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,10 @@ def image_sums(support: np.ndarray, crops) -> np.ndarray:
     (S, d) float64 sum of each image's crop fingerprints."""
     z = np.asarray(support, np.float64)
     img = image_ids(len(z), crops)
-    out = np.zeros((img.max() + 1 if len(img) else 0, z.shape[-1]))
-    np.add.at(out, img, z)
-    return out
+    if not len(img):
+        return np.zeros((0, z.shape[-1]))
+    # an image's rows are consecutive: one reduction per run (as np.add.at, in row order)
+    return np.add.reduceat(z, np.flatnonzero(np.r_[True, img[1:] != img[:-1]]), axis=0)
 
 
 def image_points(support: np.ndarray, crops) -> np.ndarray:

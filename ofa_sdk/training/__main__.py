@@ -7,7 +7,6 @@
                                                      (score calibrations, after export)
     ofa-train unpack --model FILE [--out DIR]        (stage 0/1 checkpoints from a model file)
     ofa-train stage2 --init shipped ...              (a fine-tune from a model file's extractor)
-    ofa-train stage1 --init shipped --set stage1.w_adv=0.1 ...   (a simulator fine-tune)
 
 Runs resume from their checkpoints in --out unless --fresh is given. Overrides use dotted
 names: --set stage2.steps=2000 --set loss.tau=0.05.
@@ -61,9 +60,8 @@ def main(argv=None):
     ap.add_argument("--model", default=None,
                     help="unpack: model file or shipped model name (default: the default)")
     ap.add_argument("--init", default=None,
-                    help="stage1/stage2: a model file whose simulator (stage1) or extractor and "
-                         "heads (stage2) a fresh run starts from (a fine-tune; a shipped model's "
-                         "name, or 'shipped' for the default)")
+                    help="stage2: a model file whose extractor and heads a fresh run starts from "
+                         "(a fine-tune; a shipped model's name, or 'shipped' for the default)")
     a = ap.parse_args(argv)
 
     import torch
@@ -109,8 +107,6 @@ def main(argv=None):
     print(json.dumps({"data": data.describe(), "config": cfg.name, "device": str(on["device"]),
                       "precision": a.precision}), file=sys.stderr)
     stages = ["stage0", "stage1", "stage2"] if a.command == "all" else [a.command]
-    from ofa_sdk.weights import model_path
-    init = None if not a.init else model_path(None if a.init == "shipped" else a.init)
     for st in stages:
         if st == "stage0":
             from .stage0_denoiser import run
@@ -118,9 +114,11 @@ def main(argv=None):
         elif st == "stage1":
             from .stage1_simulator import run
             run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at,
-                lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin, init=init, **on)
+                lpips_vgg=a.lpips_vgg, lpips_lin=a.lpips_lin, **on)
         else:
             from .stage2_extractor import run
+            from ofa_sdk.weights import model_path
+            init = None if not a.init else model_path(None if a.init == "shipped" else a.init)
             run(cfg, data, out, a.seed, not a.fresh, quiet=a.quiet, stop_at=a.stop_at,
                 init=init, **on)
     return 0

@@ -1,5 +1,4 @@
-"""Perceptual and adversarial terms for the simulator's image loss (paper Eq. 3: 1.0 MSE + 0.25
-LPIPS; ``stage1.w_adv`` adds a PatchGAN critic's hinge term, off by default).
+"""Perceptual terms for the simulator's image loss (paper Eq. 3: 1.0 MSE + 0.25 LPIPS).
 
 LPIPS needs ImageNet VGG/AlexNet weights, which cannot be downloaded here. Two options:
 
@@ -144,29 +143,3 @@ def make_perceptual(kind: str, vgg_path=None, lin_path=None) -> nn.Module:
                              "(they cannot be downloaded here); the default is 'ssim'")
         return LPIPS(vgg_path, lin_path)
     raise ValueError(f"unknown perceptual loss {kind!r}; choose 'ssim' or 'lpips'")
-
-
-class PatchCritic(nn.Module):
-    """A PatchGAN critic (Isola et al. 2017): three stride-2 4x4 convolutions with spectral
-    norm and LeakyReLU, then a 3x3 convolution to one logit per patch. Trained with the hinge
-    loss (:func:`hinge_critic_loss`) against the simulator's reconstructions, it makes the
-    decoders' outputs carry the high-frequency traces that adversarially trained generators
-    leave (``stage1.w_adv``; the paper's simulator is trained with MSE and LPIPS only)."""
-
-    def __init__(self, width: int = 32):
-        super().__init__()
-        sn = nn.utils.parametrizations.spectral_norm
-        layers, cin = [], 3
-        for c in (width, 2 * width, 4 * width):
-            layers += [sn(nn.Conv2d(cin, c, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-            cin = c
-        layers.append(sn(nn.Conv2d(cin, 1, 3, padding=1)))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.net(x * 2 - 1)
-
-
-def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """The critic's hinge loss: real patches above +1, reconstructed ones below -1."""
-    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()

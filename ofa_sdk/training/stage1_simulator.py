@@ -1,10 +1,8 @@
 """Stage 1: the fingerprint simulator (encoder + stochastic decoder) on real photos only.
 
-L_img = w_mse * MSE + w_perc * perceptual (paper Eq. 3), plus w_adv * a PatchGAN critic's hinge
-term when ``stage1.w_adv`` > 0 (the critic trained beside the simulator, in the same optimizer
-step). Every step draws one architecture for the whole batch, so every slot's weights learn to
-reconstruct under every structure that uses them. Perceptual term: weight-free MS-SSIM by
-default, real LPIPS with user weights."""
+L_img = w_mse * MSE + w_perc * perceptual (paper Eq. 3). Every step draws one architecture for
+the whole batch, so every slot's weights learn to reconstruct under every structure that uses
+them. Perceptual term: weight-free MS-SSIM by default, real LPIPS with user weights."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,28 +15,20 @@ from ofa_sdk.models import FingerprintSimulator
 
 from .common import (PhotoSet, Prefetcher, autocast, git_commit, open_run, save_checkpoint,
                      set_lr, train_device)
-from .perceptual import PatchCritic, hinge_critic_loss, make_perceptual
+from .perceptual import make_perceptual
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
         every: int = 100, quiet: bool = False, stop_at: int | None = None,
-        lpips_vgg=None, lpips_lin=None, device=None, precision: str = "auto",
-        init: Path | None = None) -> Path:
-    """Train stage 1 into ``out/stage1.safetensors``. ``init``: a model file whose simulator a
-    fresh run starts from (a fine-tune, e.g. with ``stage1.w_adv`` of the shipped simulator)."""
+        lpips_vgg=None, lpips_lin=None, device=None, precision: str = "auto") -> Path:
     sc = cfg.stage1
     dev = train_device(device)
     torch.manual_seed(seed + 1)
     g = torch.Generator().manual_seed(seed + 1)
     sim = FingerprintSimulator(cfg.simulator).to(dev)
     perc = make_perceptual(sc.perceptual, lpips_vgg, lpips_lin).to(dev)
-    critic = PatchCritic().to(dev) if sc.w_adv > 0 else None
-    trained = {"simulator": sim, **({"critic": critic} if critic is not None else {})}
-    opt = torch.optim.Adam([{"params": list(m.parameters())} for m in trained.values()], lr=sc.lr)
-    ckpt, start, log = open_run(out, "stage1", trained, opt, g, resume, sc.steps, "stage1 simulator", quiet)
-    if init is not None and start == 0:
-        from ofa_sdk.weights import load_model
-        sim.load_state_dict({k: v.float() for k, v in load_model(init).simulator().state_dict().items()})
+    opt = torch.optim.Adam(sim.parameters(), lr=sc.lr)
+    ckpt, start, log = open_run(out, "stage1", {"simulator": sim}, opt, g, resume, sc.steps, "stage1 simulator", quiet)
 
     def draw(gs):                       # on the loader's thread: photos and architecture draws
         return [(data.batch(sc.batch, sc.crop, gs), sim.sample(gs)) for _ in range(sc.accum)]
@@ -47,7 +37,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     with Prefetcher(draw, seed, "stage1", start, sc.steps, dev) as loader:
         for step, parts in loader:
             opt.zero_grad(set_to_none=True)
-            tot = {"loss": 0.0, "mse": 0.0, "perc": 0.0, **({"adv": 0.0, "critic": 0.0} if critic else {})}
+            tot = {"loss": 0.0, "mse": 0.0, "perc": 0.0}
             for x, arch in parts:
                 with autocast(dev, precision):
                     y = sim(x, arch)
@@ -55,17 +45,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
                 mse = F.mse_loss(y, x)
                 p = perc(y.clamp(0, 1), x)
                 loss = (sc.w_mse * mse + sc.w_perc * p) / sc.accum
-                if critic is not None:          # the simulator's term: the critic frozen for it
-                    critic.requires_grad_(False)
-                    adv = -critic(y.clamp(0, 1)).float().mean()
-                    loss = loss + sc.w_adv * adv / sc.accum
                 loss.backward()
-                if critic is not None:          # the critic's term: reconstructions detached
-                    critic.requires_grad_(True)
-                    c = hinge_critic_loss(critic(x).float(), critic(y.detach().clamp(0, 1)).float())
-                    (c / sc.accum).backward()
-                    tot["adv"] += adv.item() / sc.accum
-                    tot["critic"] += c.item() / sc.accum
                 tot["loss"] += loss.item()
                 tot["mse"] += mse.item() / sc.accum
                 tot["perc"] += p.item() / sc.accum
@@ -78,9 +58,8 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
                 meta = {"stage": 1, "step": step, "seed": seed, "config": cfg.to_dict(),
                         "data": data.describe(), "commit": git_commit(),
                         "perceptual": sc.perceptual if sc.perceptual == "ssim" else
-                        {"kind": "lpips", "vgg": str(lpips_vgg), "lin": str(lpips_lin)},
-                        "init": None if init is None else str(init)}
-                save_checkpoint(ckpt, trained, meta, opt, g)
+                        {"kind": "lpips", "vgg": str(lpips_vgg), "lin": str(lpips_lin)}}
+                save_checkpoint(ckpt, {"simulator": sim}, meta, opt, g)
             if step == stop_at:  # an interruption on purpose (tests, time-boxed jobs)
                 break
     log.close()

@@ -87,23 +87,6 @@ def _resample(x: torch.Tensor, plan, crop: int, share: float, g: torch.Generator
     return out
 
 
-def _upscaled(x: torch.Tensor, sc, g: torch.Generator) -> torch.Tensor:
-    """Each image with probability ``upscale_p``: area-downscaled by a factor drawn from
-    ``upscale_factors`` and bicubic-interpolated back to its side (an upscaler's smooth input);
-    no draw at all when the option is off, so a recipe without it keeps its batches."""
-    if sc.upscale_p <= 0:
-        return x
-    import torch.nn.functional as F
-    out = x.clone()
-    side = x.shape[-1]
-    for k in range(len(x)):
-        if float(torch.rand(1, generator=g)) < sc.upscale_p:
-            f = sc.upscale_factors[int(torch.randint(len(sc.upscale_factors), (1,), generator=g))]
-            small = F.interpolate(x[k:k + 1], size=max(1, round(side / f)), mode="area")
-            out[k] = F.interpolate(small, size=side, mode="bicubic", align_corners=False).clamp(0, 1)[0]
-    return out
-
-
 def _centre(x: torch.Tensor, side: int) -> torch.Tensor:
     o = (x.shape[-1] - side) // 2
     return x[..., o:o + side, o:o + side]
@@ -121,13 +104,13 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
     # single set content; with resampling on, drawn at the largest side a class can need and
     # centre-cropped per class, so every class still shares the content
     big = _content_side(sc.crop, sc.resample_f[0], multiple) if sc.resample_p > 0 else sc.crop
-    shared = _upscaled(data.batch(sc.n, big, g), sc, g)
+    shared = data.batch(sc.n, big, g)
     with torch.no_grad():
         for a in archs:
             plan = _resample_plan(sc, g)
             side = _content_side(sc.crop, plan[0], multiple) if plan else sc.crop
             pair = []
-            for content in (_upscaled(data.batch(sc.n, side, g), sc, g), _centre(shared, side)):
+            for content in (data.batch(sc.n, side, g), _centre(shared, side)):
                 r = sim(content.to(dev), a).float().clamp(0, 1)
                 if sc.quantize:
                     r = quantize(r)
