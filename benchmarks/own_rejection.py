@@ -11,16 +11,17 @@ them): support images and 4-crop queries from the 4-crop cache, 1-crop queries f
 cache (the same images embedded with ``crops=1``: the centre crop). Per class and seed, one
 permutation of its images: the first n are the support, up to 75 of the rest the queries.
 Columns: the SDK's threshold now (``scoring.held_out_stats`` with the support's centre crops,
-``Profile.centre``: the 1-crop level held out where a 1-crop query looks) and before (the same
-without them: the 1-crop level held out on single grid crops, the previous release), both on
-the Gaussian rule's raw scale (or ``--rule prototype``). Figures: means over classes and seeds,
-in percent.
+``Profile.centre``, read through the tail pooled over every class's profile of that seed and
+size, ``scoring.Tails``: the set enrolled as one gallery) and the t bound alone (the previous
+release), both on the Gaussian rule's raw scale (or ``--rule prototype``). Figures: means over
+classes and seeds, in percent. (The release before that held 1-crop queries out on grid crops:
+RESULTS.md 10.2 at git tag ``results-labels-before-gallery-tail``.)
 
 ``--open``: the label with every class but ``--unknown`` held-out ones enrolled at once (folds
 rotate them): of the known classes' queries (4 and 1 crops) the share labelled right, wrong and
 ``unknown``, and of the held-out classes' queries the share given a label, for the SDK's
 decision (decision.decide: per-crop-count thresholds; among the accepting profiles the one the
-image is most typical of) with the thresholds now and before.
+image is most typical of) with the thresholds now and with the t bound alone.
 """
 from __future__ import annotations
 

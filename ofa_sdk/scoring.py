@@ -226,7 +226,7 @@ def jackknife_survival(y: np.ndarray) -> np.ndarray:
 TAIL_POINTS = 4096   # a pool of more values keeps this many of its quantiles
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)      # arrays: compared by identity
 class Tail:
     """The real upper tail of the t bound at one query crop count, from the held-out values of
     many profiles (:func:`jackknife_survival`, pooled by :meth:`Tails.pooled`): a monotone map

@@ -272,8 +272,9 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
     cache = SnapshotCache() if cache is None else cache
     # one read transaction of every profile: a concurrent enroll or remove is seen wholly or
-    # not at all; the whitener and the tail are the whole gallery's, whichever profiles are
-    # asked for (a rule that whitens needs every profile of this model, others' only the asked)
+    # not at all. The whitener and the tail are the whole gallery's, whichever profiles are
+    # asked for: a rule that whitens needs every profile to be of this model; otherwise only
+    # the asked ones must be, and the tail pools this model's profiles.
     whiten = getattr(rule, "whiten", None) is not None
     every = gallery.read(None, bundle.ids if whiten else None)
     by_name = {p.name: p for p in every}
