@@ -228,7 +228,8 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
     """Right / wrong / unknown for known classes' queries, and the share of held-out classes'
     queries given a label, by the SDK's decision (``decision.decide`` on a snapshot of the
     enrolled profiles: per-profile thresholds from ``scoring.held_out_stats`` at the queries'
-    crop count, read through the tail pooled over the enrolled profiles (``scoring.Tails``), refusing ``fraction`` of each profile's own images -- the SDK's default is
+    crop count, read through the tail pooled over the enrolled profiles (``scoring.Tails``),
+    refusing ``fraction`` of each profile's own images -- the SDK's default is
     decision.DEFAULT_FRACTION --, and among the profiles that accept an image the one it is most
     typical of); plus OSCR and known-vs-unknown AUROC of the best score's margin over its
     profile's threshold at the default fraction. ``held_out``: the held-out classes of each

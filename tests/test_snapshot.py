@@ -147,7 +147,7 @@ def test_the_gallerys_tail_is_pooled_over_every_profile_and_read_back(gauss_mode
     head, d = bundle.pair_head(), bundle.config.extractor.dim
     rng = np.random.default_rng(0)
     g = Gallery(tmp_path / "g.db")
-    n = 2 * scoring.MIN_TAIL // 8 + 1                       # 8 profiles pool over MIN_TAIL values
+    n = 2 * scoring.MIN_TAIL // 8 + 1                       # 8 profiles pool 2 x MIN_TAIL values
     for i in range(8):
         mu = rng.normal(size=d)
         spread = np.sqrt(2.5 / rng.gamma(2.5, 1.0, size=(n, 1)))          # heavy tails

@@ -174,8 +174,8 @@ def test_a_gallery_pooled_tail_keeps_the_promise_where_the_t_bound_does_not(n):
     """Heavy-tailed generators (Student-t spread, 5 degrees of freedom): at 10-20 images the t
     bound alone refuses more than the nominal share of their own images, beyond 1.5 points;
     read through the tail their gallery's held-out scores show, the nominal share within 1.5
-    points at every size.
-    Normal generators: the pooled tail keeps the promise too (it has nothing to fix)."""
+    points at every size. Normal generators: the pooled tail keeps the promise too (it has
+    nothing to fix)."""
     galleries = 200 // n + 4
     heavy = gallery_rejection(n, True, galleries, seed=n)
     assert np.abs(heavy["pooled"] - NOMINAL).max() < 0.015, heavy
@@ -207,3 +207,20 @@ def test_tails_pool_only_enough_values_and_read_both_ways():
     thr = own.threshold(NOMINAL, 1, tails)
     assert thr < own.threshold(NOMINAL, 1)                  # a heavier tail: a lower bar
     assert own.typicality(thr, 1, tails) == pytest.approx(NOMINAL, abs=1e-6)
+
+
+def test_jackknife_survival_is_each_values_t_tail_from_the_others():
+    """Against a direct leave-one-out computation (mean and sd of the others, t with N - 2
+    degrees of freedom, prediction scale), and uniform for normal values."""
+    from ofa_sdk.scoring import jackknife_survival, student_t_cdf
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=9)
+    want = []
+    for i in range(len(y)):
+        rest = np.delete(y, i)
+        z = (y[i] - rest.mean()) / (rest.std(ddof=1) * np.sqrt(1 + 1 / len(rest)))
+        want.append(1 - student_t_cdf(z, len(rest) - 1))
+    np.testing.assert_allclose(jackknife_survival(y), want, rtol=1e-12, atol=1e-14)
+    assert len(jackknife_survival(y[:3])) == 0
+    u = np.concatenate([jackknife_survival(rng.normal(size=12)) for _ in range(2000)])
+    assert np.abs(np.quantile(u, [0.05, 0.25, 0.5, 0.75, 0.95]) - [0.05, 0.25, 0.5, 0.75, 0.95]).max() < 0.01
