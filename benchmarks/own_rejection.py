@@ -69,7 +69,8 @@ def rejection(rule, c4, c1, sizes, seeds, fraction):
                 centre = np.concatenate([c1[c][i] for i in order[:n]])
                 own = scoring.held_out_stats(rule, support, counts, centre=centre)
                 state = rule.prepare([support], counts=[counts])
-                queries = {k: [cache[c][i] for i in order[n:n + QUERIES]] for k, cache in ((4, c4), (1, c1))}
+                queries = {k: [cache[c][i] for i in order[n:n + QUERIES]]
+                           for k, cache in ((4, c4), (1, c1))}
                 profiles.append((own, {k: (rule.raw_scores(state, qs)[:, 0], [len(q) for q in qs])
                                        for k, qs in queries.items()}))
             tails = scoring.Tails.pooled([own for own, _ in profiles])

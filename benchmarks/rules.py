@@ -259,8 +259,8 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         row = {}
         for frac in fractions:
             snap = GallerySnapshot("bench", tuple(known), rule, state,
-                                   tuple(decision.threshold_of(rule, o, frac, None, tails) for o in own),
-                                   own, "profile", frac, tails)
+                                   tuple(decision.threshold_of(rule, o, frac, None, tails)
+                                         for o in own), own, "profile", frac, tails)
             lk, lu = _labels(snap, kq, Sk), _labels(snap, uq, Su)
             row[f"f{frac}"] = {"right": (lk == ko).mean(), "wrong": ((lk >= 0) & (lk != ko)).mean(),
                                "unknown": (lk < 0).mean(),
@@ -269,7 +269,8 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         if not uq:      # every class enrolled: no known-vs-unknown curve
             continue
         k = len(kq[0])
-        thr = np.array([decision.threshold_of(rule, o, decision.DEFAULT_FRACTION, k, tails) for o in own])
+        thr = np.array([decision.threshold_of(rule, o, decision.DEFAULT_FRACTION, k, tails)
+                        for o in own])
         bk, bu = Sk.argmax(1), Su.argmax(1)
         mk = Sk[np.arange(len(bk)), bk] - thr[bk]
         mu = Su[np.arange(len(bu)), bu] - thr[bu]

@@ -5,9 +5,9 @@ The SQLite :class:`~ofa_sdk.gallery.Gallery` is the store; a snapshot is read fr
 call: it needs the gallery and the loaded model, not an engine) and then used without it: by the facade for a batch or a scan, by
 worker processes and Ray actors (it pickles: numpy arrays, strings, floats and the rule object),
 and by kernels. It holds the profile names, the rule with its prepared state, each profile's
-threshold for the chosen threshold setting, how each profile's own images score (for the typicality of a score), the
-tail shape pooled over the whole gallery's profiles that both read through
-(:class:`~ofa_sdk.scoring.Tails`), and the model id it was made with.
+threshold for the chosen threshold setting, how each profile's own images score (for the
+typicality of a score), the tail shape pooled over the whole gallery's profiles that both read
+through (:class:`~ofa_sdk.scoring.Tails`), and the model id it was made with.
 """
 from __future__ import annotations
 
@@ -289,7 +289,9 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         state = rule.select(full, [list(by_name).index(n) for n in names])
     else:
         state = full = cache.prepared(rule, profs, gallery, bundle.model_id)
-    own_all = dict(zip((p.name for p in mine), cache.own_many(rule, mine, full if whiten else None,
+    # every profile's own scores when the tail is pooled (per-profile thresholds), else the asked
+    pool = mine if thr == "profile" else profs
+    own_all = dict(zip((p.name for p in pool), cache.own_many(rule, pool, full if whiten else None,
                                                               gallery, bundle.model_id)))
     own = tuple(own_all[n] for n in names)
     tails = scoring.Tails.pooled(list(own_all.values())) if thr == "profile" else None
