@@ -289,12 +289,12 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         state = rule.select(full, [list(by_name).index(n) for n in names])
     else:
         state = full = cache.prepared(rule, profs, gallery, bundle.model_id)
-    # every profile's own scores when the tail is pooled (per-profile thresholds), else the asked
-    pool = mine if thr == "profile" else profs
-    own_all = dict(zip((p.name for p in pool), cache.own_many(rule, pool, full if whiten else None,
+    # every profile's own scores: the tail pools them, whatever the threshold policy, so a
+    # profile's typicality is one number under a fixed threshold and a per-profile one
+    own_all = dict(zip((p.name for p in mine), cache.own_many(rule, mine, full if whiten else None,
                                                               gallery, bundle.model_id)))
     own = tuple(own_all[n] for n in names)
-    tails = scoring.Tails.pooled(list(own_all.values())) if thr == "profile" else None
+    tails = scoring.Tails.pooled(list(own_all.values()))
     thresholds = tuple(decision.threshold_of(rule, o, quantile, None, tails) if thr == "profile"
                        else float(thr) for o in own)
     return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,

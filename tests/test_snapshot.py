@@ -139,7 +139,7 @@ def test_the_gallerys_tail_is_pooled_over_every_profile_and_read_back(gauss_mode
     """Enough profiles for a pooled tail (scoring.Tails): every profile's threshold reads the
     t bound through it, the same whichever profiles a snapshot (or ``profile_threshold``)
     asks for, and a fresh process reads each profile's held-out values back from the gallery
-    rather than refitting."""
+    rather than refitting; a fixed threshold reads typicalities through the same tail."""
     from ofa_sdk import decision, scoring
     from ofa_sdk.gallery import Gallery, Profile
     from ofa_sdk.weights import load_model
@@ -163,6 +163,8 @@ def test_the_gallerys_tail_is_pooled_over_every_profile_and_read_back(gauss_mode
     one = att.snapshot(["gen-3"])
     assert one.thresholds[0] == snap.thresholds[3] == att.profile_threshold("gen-3")
     assert one.typicality(0, snap.thresholds[3]) == pytest.approx(snap.fraction, abs=1e-9)
+    fixed = att.snapshot(["gen-3"], threshold=0.5)          # a typicality is the profile's own
+    assert fixed.typicality(0, snap.thresholds[3]) == one.typicality(0, snap.thresholds[3])
     real = decision.own_scores
     monkeypatch.setattr(decision, "own_scores", lambda *a, **k: pytest.fail("refit") or real(*a, **k))
     again = Attributor(model=gauss_model, gallery=tmp_path / "g.db", crops=1, backend="torch").snapshot()
