@@ -16,6 +16,8 @@ Sections:
   per backend at batch 1, 16, 64 against the eager baseline.
 * ``policy``: the default (shipped model, default crops and engine) against the previous
   default as it ran (``--previous`` model file, one crop, torch), same images, same run.
+* ``models``: each shipped model and each ``--candidate`` model file at its default settings,
+  end to end on the same images, as a ratio to the default model (the ship gate of a model).
 * ``gallery``: attribution cost beyond the fingerprint against 10, 100, 1,000, 10,000 profiles
   of 100 supports, for every rule, per query image (batch of 16 queries, synthetic
   fingerprints); for the pair rule the backend that ran (the C++ kernel when built) against the
@@ -245,6 +247,38 @@ def section_policy(a, report):
     report["policy"] = rows
 
 
+def section_models(a, report):
+    """Each shipped model (``weights.MODELS``) and each ``--candidate`` model file at its
+    default settings (crop policy, engine), end to end on the same 64 images against 10
+    profiles at batch 64, repeats taking turns: images/s and the ratio to the default model
+    (the ship gate of a new default or a second size)."""
+    from ofa_sdk import Attributor
+    from ofa_sdk.weights import DEFAULT_NAME, MODELS
+    blobs = encoded(images(64))
+    atts, tmp = {}, tempfile.TemporaryDirectory()
+    for k, name in enumerate([DEFAULT_NAME] + [m for m in MODELS if m != DEFAULT_NAME]
+                             + list(a.candidate)):
+        att = Attributor(model=name, batch_size=64, gallery=Path(tmp.name) / f"{k}.db")
+        for i in range(10):
+            att.enroll(f"p{i}", images(3, seed=100 + i))
+        att.attribute(blobs)                                  # warm-up (and a candidate's export)
+        atts[name] = att
+    times = {n: [] for n in atts}
+    for _ in range(a.repeats):
+        for n, att in atts.items():
+            t0 = time.perf_counter()
+            att.attribute(blobs)
+            times[n].append(time.perf_counter() - t0)
+    base = float(np.median(times[DEFAULT_NAME]))
+    rows = {n: {"backend": att.backend, "crops": str(att.crops),
+                "images_per_s": len(blobs) / float(np.median(times[n])),
+                "x_default": base / float(np.median(times[n]))} for n, att in atts.items()}
+    for n, r in rows.items():
+        print(f"models {n}: " + json.dumps(r), flush=True)
+    report["models"] = rows
+    tmp.cleanup()
+
+
 def section_gallery(a, report):
     from ofa_sdk.kernels import dispatch
     from ofa_sdk.scoring import Calibration, PairRule, PrototypeRule, make_rule, unit
@@ -418,6 +452,8 @@ def main(argv=None):
                     default=["e2e", "paper", "policy", "gallery", "scan", "mokconv"])
     ap.add_argument("--previous", default=None,
                     help="policy: the previous default model file (e.g. from git history)")
+    ap.add_argument("--candidate", nargs="*", default=[],
+                    help="models: model files measured beside the shipped models")
     ap.add_argument("--sets", nargs="+", default=["benchmarks/data/dev-sim", "benchmarks/data/wild"],
                     help="class-per-folder sets for the prefilter's agreement on real fingerprints")
     ap.add_argument("--queries", type=int, default=50, help="query images per class (agreement)")
@@ -432,7 +468,7 @@ def main(argv=None):
               "quick": a.quick, "max_rss_mb_at_start": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     for s in a.sections:
         {"e2e": section_e2e, "paper": section_paper, "policy": section_policy,
-         "gallery": section_gallery,
+         "models": section_models, "gallery": section_gallery,
          "scan": section_scan, "mokconv": section_mokconv}[s](a, report)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=1))
