@@ -250,8 +250,8 @@ def section_policy(a, report):
 def section_models(a, report):
     """Each shipped model (``weights.MODELS``) and each ``--candidate`` model file at its
     default settings (crop policy, engine), end to end on the same 64 images against 10
-    profiles at batch 64, repeats taking turns: images/s and the ratio to the default model
-    (the ship gate of a new default or a second size)."""
+    profiles at batch 64, repeats taking turns (each model first in turn): images/s and the
+    ratio to the default model (the ship gate of a new default or a second size)."""
     from ofa_sdk import Attributor
     from ofa_sdk.weights import DEFAULT_NAME, MODELS
     blobs = encoded(images(64))
@@ -264,8 +264,9 @@ def section_models(a, report):
         att.attribute(blobs)                                  # warm-up (and a candidate's export)
         atts[name] = att
     times = {n: [] for n in atts}
-    for _ in range(a.repeats):
-        for n, att in atts.items():
+    order = list(atts.items())
+    for r in range(a.repeats):                                # each model first in turn
+        for n, att in order[r % len(order):] + order[:r % len(order)]:
             t0 = time.perf_counter()
             att.attribute(blobs)
             times[n].append(time.perf_counter() - t0)
