@@ -265,3 +265,10 @@ def test_a_fine_tune_starts_from_the_init_models_extractor(photos, tmp_path):
     convs = [k for k in init if k.endswith("weight")]
     assert convs and all(torch.equal(got[f"extractor.{k}"], init[k].float()) for k in convs)
     assert common.read_metadata(out / "stage2.safetensors")["init"] == load_model(model).model_id
+
+
+def test_init_on_a_command_that_does_not_train_stage_2_is_an_error(photos, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["stage1", "--init", "shipped"] + _args(photos, tmp_path / "run", 2))
+    assert "--init" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

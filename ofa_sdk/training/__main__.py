@@ -63,6 +63,8 @@ def main(argv=None):
                     help="stage2: a model file whose extractor and heads a fresh run starts from "
                          "(a fine-tune; a shipped model's name, or 'shipped' for the default)")
     a = ap.parse_args(argv)
+    if a.init and a.command not in ("stage2", "all"):
+        ap.error(f"--init starts stage 2 from a model file; {a.command} does not train stage 2")
 
     import torch
 
