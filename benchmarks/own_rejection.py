@@ -21,7 +21,8 @@ RESULTS.md 10.2 at git tag ``results-labels-before-gallery-tail``.)
 rotate them): of the known classes' queries (4 and 1 crops) the share labelled right, wrong and
 ``unknown``, and of the held-out classes' queries the share given a label, for the SDK's
 decision (decision.decide: per-crop-count thresholds; among the accepting profiles the one the
-image is most typical of) with the thresholds now and with the t bound alone.
+image is most typical of) with the thresholds now and with the t bound alone, and the share of
+each whose score meets two or more profiles' thresholds.
 """
 from __future__ import annotations
 
@@ -83,13 +84,12 @@ def rejection(rule, c4, c1, sizes, seeds, fraction):
                 "profiles": len(a["now_4"])} for n, a in acc.items() if a["now_4"]}
 
 
-def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
-    """{crops: {"now"/"t": {right, wrong, unknown, held_out_labelled}}} in percent: the SDK's
-    thresholds (the gallery's pooled tail) and the t bound alone."""
-    from ofa_sdk.snapshot import GallerySnapshot
+def open_folds(rule, c4, c1, n, unknown, folds, seed=0):
+    """Per fold: (held-out classes, known classes, each class's image order, the rule's
+    prepared state of the known classes' first n images, their own scores), the known classes
+    enrolled at once; the rest of each order are its queries."""
     names = sorted(c4)
     rng = np.random.default_rng(seed)
-    tally = {k: {w: np.zeros(5) for w in ("now", "t")} for k in (4, 1)}
     for f in range(folds):
         held = set(rng.permutation(names)[:unknown])
         known = [c for c in names if c not in held]
@@ -101,6 +101,18 @@ def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
         centres = [np.concatenate([c1[c][i] for i in orders[c][:n]]) for c in known]
         own = tuple(scoring.held_out_stats(rule, s, k, centre=e)
                     for s, k, e in zip(supports, counts, centres))
+        yield held, known, orders, state, own
+
+
+def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
+    """{crops: {"now"/"t": {right, wrong, unknown, held_out_labelled, known_multi,
+    held_out_multi}}} in percent: the SDK's thresholds (the gallery's pooled tail) and the t bound
+    alone; ``*_multi``: the share of known / held-out classes' queries whose score meets the
+    thresholds of two or more profiles (how far the profiles' acceptance regions overlap)."""
+    from ofa_sdk.snapshot import GallerySnapshot
+    names = sorted(c4)
+    tally = {k: {w: np.zeros(7) for w in ("now", "t")} for k in (4, 1)}
+    for held, known, orders, state, own in open_folds(rule, c4, c1, n, unknown, folds, seed):
         snaps = {}
         for w, tails in (("now", scoring.Tails.pooled(own)), ("t", None)):
             snaps[w] = GallerySnapshot("bench", tuple(known), rule, state,
@@ -114,13 +126,18 @@ def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
                     for w, snap in snaps.items():
                         lab = decision.decide("", row, snap.names, None, snapshot=snap,
                                               crops=len(q)).profile
+                        multi = int((row >= np.asarray(snap.thresholds_at(len(q)))).sum() >= 2)
                         if c in held:
-                            tally[k][w][3:] += [lab is not None, 1]
+                            tally[k][w][3:5] += [lab is not None, 1]
+                            tally[k][w][6] += multi
                         else:
                             tally[k][w][:3] += [lab == c, lab not in (c, None), lab is None]
+                            tally[k][w][5] += multi
     return {k: {w: {"right": 100 * v[0] / v[:3].sum(), "wrong": 100 * v[1] / v[:3].sum(),
                      "unknown": 100 * v[2] / v[:3].sum(),
-                     "held_out_labelled": 100 * v[3] / max(v[4], 1)} for w, v in t.items()}
+                     "held_out_labelled": 100 * v[3] / max(v[4], 1),
+                     "known_multi": 100 * v[5] / v[:3].sum(),
+                     "held_out_multi": 100 * v[6] / max(v[4], 1)} for w, v in t.items()}
             for k, t in tally.items()}
 
 
@@ -171,8 +188,9 @@ def main():
     if a.open:
         print(f"\nopen set: all but {a.unknown} classes enrolled ({a.folds} folds); known queries "
               f"right / wrong / unknown, held-out queries labelled (%): now (t bound alone)")
-        print("| set | JPEG | support | query crops | right | wrong | unknown | held-out labelled |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| set | JPEG | support | query crops | right | wrong | unknown | held-out labelled "
+              "| known, two or more accept | held-out, two or more accept |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for s, q, c4, c1 in caches(a.sets, a.jpeg, a.one_crop):
             m = 0 if c4 is None else min(len(set(c4[c]) & set(c1[c])) for c in c4)
             for n in (n for n in a.open_sizes if m >= n + 10):
@@ -182,7 +200,8 @@ def main():
                     now, bef = r["now"], r["t"]
                     print(f"| {s} | {q or 'clean'} | {n} | {k} | " + " | ".join(
                         f"{now[x]:.1f} ({bef[x]:.1f})" for x in
-                        ("right", "wrong", "unknown", "held_out_labelled")) + " |", flush=True)
+                        ("right", "wrong", "unknown", "held_out_labelled", "known_multi",
+                         "held_out_multi")) + " |", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"rule": a.rule, "fraction": fraction,

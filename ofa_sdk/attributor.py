@@ -74,7 +74,11 @@ class Attributor:
     (default: the first the model is calibrated for, in that order; :mod:`ofa_sdk.scoring`);
     ``whiten="gallery"``: the Gaussian rule whitened by the gallery's pooled covariance;
     ``threshold``: "profile" (default) or a number; ``profile_quantile``: the share of a
-    generator's own images a profile threshold rejects. ``batch_size``: crops per engine call;
+    generator's own images a profile threshold rejects; ``ambiguity_margin``: ``attribute``
+    and ``scan`` answer ``unknown`` when a second accepting profile finds the image within this
+    much as typical as the chosen one (:func:`ofa_sdk.decision.rival`; 0, the default, never:
+    a larger margin gives fewer wrong labels and fewer labels on never-enrolled generators for
+    fewer right ones, benchmarks/RESULTS.md 10.6). ``batch_size``: crops per engine call;
     ``workers``: decoding threads; ``engine_options``: per engine, constructor keywords.
     ``verbose``: progress bars (on stderr) for scans and enrollment; off by default in the
     library, on in the CLI.
@@ -86,6 +90,7 @@ class Attributor:
                  small: str = "reject", threshold: Union[float, str, None] = None,
                  workers: int = 2, rule: Optional[str] = None,
                  profile_quantile: float = decision.DEFAULT_FRACTION,
+                 ambiguity_margin: float = decision.DEFAULT_MARGIN,
                  max_pixels: int = imio.MAX_PIXELS, provenance: bool = True,
                  max_bytes: int = imio.MAX_BYTES,
                  engine_options: Optional[Dict[str, Dict]] = None, whiten: Optional[str] = None,
@@ -104,6 +109,7 @@ class Attributor:
         if not 0 < profile_quantile < 1:
             raise ValueError(f"profile_quantile must be in (0, 1), got {profile_quantile!r}")
         self.profile_quantile = float(profile_quantile)
+        self.ambiguity_margin = decision.check_margin(ambiguity_margin)
         self.rule = scoring.make_rule(rule, self.bundle, whiten)
         self.strict = strict
         self.verbose = bool(verbose)
@@ -147,7 +153,9 @@ class Attributor:
         return {"model_id": self.model_id, "model_path": str(self.bundle.path),
                 "config": self.bundle.config.name, "crop": self.crop, "dim": self.dim,
                 "backend": self.backend, "backend_note": self.backend_note,
-                "rule": self.rule.name, "threshold": self.threshold, "crops": self.crops,
+                "rule": self.rule.name, "threshold": self.threshold,
+                "profile_quantile": self.profile_quantile,
+                "ambiguity_margin": self.ambiguity_margin, "crops": self.crops,
                 "small": self.small,
                 "gallery": str(self.gallery.path) if self.gallery.path else "memory",
                 "profiles": self.gallery.names()}
@@ -278,7 +286,8 @@ class Attributor:
         gallery (:func:`~ofa_sdk.snapshot.make_snapshot`, with this Attributor's caches)."""
         return make_snapshot(self.bundle, self.gallery, self.rule,
                              self.threshold if threshold is None else threshold, profiles,
-                             self.profile_quantile, cache=self._snapshots)
+                             self.profile_quantile, cache=self._snapshots,
+                             margin=self.ambiguity_margin)
 
     # -- scores ------------------------------------------------------------------------------------
     def scores(self, images, profiles: Optional[Sequence[str]] = None,
@@ -375,7 +384,7 @@ class Attributor:
         from .scan_output import describe_run
         return describe_run(self.model_id, self.rule, self.threshold if threshold is None else
                             decision.parse_threshold(threshold), self.profile_quantile,
-                            self.crops, self.gallery, profiles)
+                            self.crops, self.gallery, profiles, self.ambiguity_margin)
 
     def _scan(self, sources, threshold, progress: bool, skip: set, profiles,
               recursive: bool, absolute: bool = False) -> Iterator[Attribution]:

@@ -33,6 +33,7 @@ import numpy as np
 
 from .backends import backend_names
 from .images import AUTO, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
+from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN
 from .scoring import RULES
 
 DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
@@ -60,6 +61,24 @@ def _at_least_1(v: str, flag: str, alternative: str = "") -> int:
     if k < 1:
         raise argparse.ArgumentTypeError(f"{flag} takes an integer >= 1{alternative}, got {v!r}")
     return k
+
+
+def _quantile(v: str) -> float:
+    try:
+        q = float(v)
+    except ValueError:
+        q = float("nan")
+    if not 0 < q < 1:
+        raise argparse.ArgumentTypeError(f"--profile-quantile takes a share in (0, 1), got {v!r}")
+    return q
+
+
+def _margin(v: str) -> float:
+    from .decision import check_margin
+    try:
+        return check_margin(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _crops(v: str):
@@ -100,6 +119,14 @@ def _common(p: argparse.ArgumentParser):
                         "pair needs no calibration)")
     p.add_argument("--whiten", default=None, choices=["gallery"],
                    help="gaussian rule: whiten by the enrolled profiles' pooled covariance")
+    p.add_argument("--profile-quantile", type=_quantile, default=DEFAULT_FRACTION, metavar="Q",
+                   help="the share of a generator's own images its profile threshold refuses "
+                        "(default %(default)s)")
+    p.add_argument("--ambiguity-margin", type=_margin, default=DEFAULT_MARGIN, metavar="M",
+                   help="attribute/scan: unknown when a second accepting profile finds the image "
+                        "within M as typical as the chosen one (default %(default)s: never; "
+                        "larger: fewer wrong labels and fewer labels on never-enrolled "
+                        "generators, fewer right ones)")
     p.add_argument("--json", action="store_true", help="JSON output")
 
 
@@ -219,6 +246,7 @@ def _attributor(a):
     return Attributor(model=a.model, backend=a.backend, gallery=a.gallery, strict=a.strict,
                       batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule,
                       engine_options=options, max_bytes=a.max_bytes, whiten=a.whiten,
+                      profile_quantile=a.profile_quantile, ambiguity_margin=a.ambiguity_margin,
                       verbose=not getattr(a, "no_progress", False) and a.cmd != "serve")
 
 
@@ -349,7 +377,8 @@ def _scan_ray(a) -> int:
                      crops=a.crops, small=a.small, backend=a.backend, address=a.address,
                      batch_size=a.batch_size, concurrency=a.concurrency, num_gpus=a.num_gpus,
                      rule=a.rule, whiten=a.whiten, max_bytes=a.max_bytes,
-                     engine_options=_engine_options(a), allow_mismatch=a.allow_mismatch)
+                     engine_options=_engine_options(a), allow_mismatch=a.allow_mismatch,
+                     profile_quantile=a.profile_quantile, ambiguity_margin=a.ambiguity_margin)
     print(json.dumps(s) if a.json else f"wrote {s['written']} rows to {s['output']} "
           f"({s['errors']} errors; {s['skipped_already_done']} already done)")
     return 1 if s["errors"] else 0

@@ -1,8 +1,9 @@
 """The last stage of the data flow: scores -> decisions (threshold, label).
 
 ``attribute`` answers with the profile the image is most typical of among those whose
-threshold it meets (:func:`decide`), or "unknown" when it meets none. The default, ``threshold="profile"``, gives each profile its own
-(:func:`profile_threshold`): a threshold below which about ``fraction`` (5% by default) of the
+threshold it meets (:func:`decide`), or "unknown" when it meets none, or, with an ambiguity
+margin, when another accepting profile is about as typical (:func:`rival`). The default,
+``threshold="profile"``, gives each profile its own (:func:`profile_threshold`): a threshold below which about ``fraction`` (5% by default) of the
 generator's own new images should fall, estimated from its support images' held-out scores
 with :func:`ofa_sdk.scoring.held_out_stats`, for the query's crop count (a 1-crop query is
 held to how single crops of the support images score, not whole images), read through the
@@ -27,6 +28,7 @@ DEFAULT_THRESHOLD = "profile"   # per-profile thresholds
 FALLBACK_THRESHOLD = 0.5        # for profiles with fewer than MIN_PROFILE_IMAGES support images
 MIN_PROFILE_IMAGES = 3          # scoring.held_out_stats needs 3 held-out images
 DEFAULT_FRACTION = 0.05         # share of a generator's own images a profile threshold rejects
+DEFAULT_MARGIN = 0.0            # ambiguity margin in typicality (0: never ambiguous)
 
 Threshold = Union[float, str]
 
@@ -45,6 +47,18 @@ def parse_threshold(t) -> Threshold:
         except ValueError:
             raise ValueError(f"threshold must be a number or 'profile', got {t!r}") from None
     return t if t == "profile" else float(t)
+
+
+def check_margin(m) -> float:
+    """An ambiguity margin is a typicality difference in [0, 1] (0: never ambiguous; 1: any
+    second accepting profile makes an image ``unknown``)."""
+    try:
+        v = float(m)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not 0 <= v <= 1:
+        raise ValueError(f"the ambiguity margin must be a number in [0, 1], got {m!r}")
+    return v
 
 
 def own_scores(rule, support: np.ndarray, crops, part: Optional[np.ndarray] = None,
@@ -120,7 +134,10 @@ def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
     One decision across profiles: of the profiles whose threshold the image meets, the one it
     is most typical of (:func:`choose`), not the highest raw score held to its own threshold
     alone (an image a loose profile accepts but that scores higher on a tight one was
-    ``unknown``). When none accepts: ``unknown``, reported with the highest score."""
+    ``unknown``). When none accepts: ``unknown``, reported with the highest score. With the
+    snapshot's ambiguity margin above 0, an image that another accepting profile finds about
+    as typical (:func:`rival`) is ``unknown`` too, reported with the chosen profile's score
+    and a note naming both."""
     if not len(names):
         return Attribution(source, None, float("nan"), {}, None, note, None, provenance or {})
     if snapshot is not None:
@@ -132,7 +149,14 @@ def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
     score, thr = float(row[best]), float(thr_all[best])
     if typ is None and snapshot is not None:
         typ = snapshot.typicality(best, score, crops)
-    return Attribution(source, names[best] if len(accepted) else None, score,
+    label = names[best] if len(accepted) else None
+    if label is not None and typ is not None and getattr(snapshot, "margin", 0.0) > 0:
+        other = rival(row, accepted, best, typ, snapshot, crops)
+        if other is not None:
+            label = None
+            note = "; ".join(x for x in (note, f"ambiguous: {names[best]} (typicality {typ:.2f}) "
+                                               f"or {names[other[0]]} ({other[1]:.2f})") if x)
+    return Attribution(source, label, score,
                        {n: float(v) for n, v in zip(names, row)}, None, note, thr, provenance or {},
                        typ)
 
@@ -155,6 +179,24 @@ def choose(row: np.ndarray, thresholds: np.ndarray, accepted: np.ndarray, snapsh
         key = [(row[p] - thresholds[p], row[p]) for p in accepted]
     i = max(range(len(accepted)), key=key.__getitem__)
     return int(accepted[i]), (typ[i] if typ[0] is not None else None)
+
+
+def rival(row: np.ndarray, accepted: np.ndarray, best: int, typ: float, snapshot,
+          crops: Optional[int] = None) -> Optional[Tuple[int, float]]:
+    """The accepting profile other than ``best`` that the image is most typical of, with its
+    typicality, when that comes within ``snapshot.margin`` of ``typ`` (the chosen profile's);
+    else None. Profiles without a typicality (fewer than :data:`MIN_PROFILE_IMAGES` support
+    images) are not compared. Where profiles' acceptance regions overlap, the typicality is the
+    one measure comparable across them, and two close ones mean the fingerprint cannot tell
+    the two generators apart for this image: answering ``unknown`` trades right labels for
+    fewer wrong ones and fewer labels on never-enrolled generators (benchmarks/RESULTS.md 10.6)."""
+    others = [(int(p), snapshot.typicality(int(p), float(row[p]), crops))
+              for p in accepted if int(p) != best]
+    others = [(p, t) for p, t in others if t is not None]
+    if not others:
+        return None
+    p, t = max(others, key=lambda x: x[1])
+    return (p, t) if t >= typ - snapshot.margin else None
 
 
 def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[Attribution]:

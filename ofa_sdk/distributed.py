@@ -58,7 +58,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import images as imio
-from .decision import RESULT_FIELDS   # the single-process scan's columns
+from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN, RESULT_FIELDS   # RESULT_FIELDS: the single-process scan's columns
 
 FORMATS = ("parquet", "jsonl")
 STAGING = "_incomplete"          # Ray's readers skip names starting with "_"
@@ -406,12 +406,14 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
                  num_gpus: float = 0, format: Optional[str] = None,
                  rule: Optional[str] = None, whiten: Optional[str] = None,
                  max_bytes: int = imio.MAX_BYTES, engine_options: Optional[Dict] = None,
-                 allow_mismatch: bool = False) -> Dict[str, Any]:
+                 allow_mismatch: bool = False, profile_quantile: float = DEFAULT_FRACTION,
+                 ambiguity_margin: float = DEFAULT_MARGIN) -> Dict[str, Any]:
     """Attribute every image of ``sources`` on a Ray cluster; write one row per input into the
     folder ``output`` (Parquet or JSONL part files); skip sources already written there.
 
     ``sources``: local folders, globs or files, or URIs Ray's readers accept (``s3://...``).
-    ``model``/``gallery``/``profiles``/``threshold``/``crops``/``small``/``rule``/``whiten``: as for
+    ``model``/``gallery``/``profiles``/``threshold``/``crops``/``small``/``rule``/``whiten``/
+    ``profile_quantile``/``ambiguity_margin``: as for
     :class:`~ofa_sdk.Attributor` and :meth:`~ofa_sdk.Attributor.snapshot`. ``backend``: the
     engine each actor builds. ``address``: the Ray cluster (``ray.init(address)``; default: the
     running one, ``$RAY_ADDRESS``, or a local one). ``batch_size``: images per batch in both
@@ -455,7 +457,8 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
     bundle = as_bundle(model)
     policy = InputPolicy(bundle.config.crop, crops, small, max_bytes=max_bytes)
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
-    snap = make_snapshot(bundle, gallery, rule, threshold, profiles, whiten=whiten)
+    snap = make_snapshot(bundle, gallery, rule, threshold, profiles, profile_quantile,
+                         whiten=whiten, margin=ambiguity_margin)
     snap_ref = ray.put(snap)
     model_arg = model_ref = None
     if model is not None:
@@ -469,7 +472,7 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
     existing = _part_files(fs, out_path, fmt)
     if "://" not in output:     # refused before any work when the rows there are another run's
         run_record(output, describe_run(snap.model_id, snap.rule, snap.policy, snap.fraction,
-                                        crops, gallery, profiles),
+                                        crops, gallery, profiles, snap.margin),
                    bool(existing), allow_mismatch)
     done_ref, n_done = None, 0
     if existing:

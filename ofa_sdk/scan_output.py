@@ -78,7 +78,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set
 
-from .decision import JSON_FIELDS, RESULT_FIELDS
+from .decision import DEFAULT_MARGIN, JSON_FIELDS, RESULT_FIELDS
 
 SCAN_FIELDS = list(RESULT_FIELDS)
 FLOAT_FIELDS = ("score", "threshold", "typicality")   # numbers; the other columns are text
@@ -374,7 +374,9 @@ def run_file(output) -> Path:
 
 
 # what must match for a resumed scan to append to an output (the rest is recorded only)
-RUN_KEYS = ("model_id", "rule", "whiten", "threshold", "profile_quantile", "gallery_digest")
+RUN_KEYS = ("model_id", "rule", "whiten", "threshold", "profile_quantile", "ambiguity_margin",
+            "gallery_digest")
+RUN_DEFAULTS = {"ambiguity_margin": DEFAULT_MARGIN}   # what a record written before a key existed meant
 
 
 class ScanMismatch(ValueError):
@@ -383,14 +385,14 @@ class ScanMismatch(ValueError):
 
 
 def describe_run(model_id: str, rule, threshold, quantile: float, crops, gallery,
-                 profiles: Optional[Sequence[str]] = None) -> Dict:
+                 profiles: Optional[Sequence[str]] = None, margin: float = DEFAULT_MARGIN) -> Dict:
     """What a scan's verdicts depend on (recorded beside its output, :func:`run_record`): model
-    id, rule, threshold policy, crops and a digest of the gallery's profiles (of every profile
-    when the rule whitens by the gallery)."""
+    id, rule, threshold policy, ambiguity margin, crops and a digest of the gallery's profiles
+    (of every profile when the rule whitens by the gallery)."""
     names = list(profiles) if profiles is not None else None
     whiten = getattr(rule, "whiten", None)
     return {"model_id": model_id, "rule": rule.name, "whiten": whiten, "threshold": threshold,
-            "profile_quantile": quantile, "crops": crops,
+            "profile_quantile": quantile, "ambiguity_margin": margin, "crops": crops,
             "gallery": str(gallery.path.resolve()) if gallery.path else "memory",
             "gallery_digest": gallery.digest(None if whiten else names),
             "profiles": len(names) if names is not None else len(gallery)}
@@ -409,9 +411,10 @@ def run_record(output, run: Dict, has_rows: bool, allow_mismatch: bool = False) 
                          f"move it away to resume without the check") from None
     runs = [r for r in rec.get("runs", []) if isinstance(r, dict)]
     last = runs[-1] if runs and has_rows else None
-    differ = [k for k in RUN_KEYS if last is not None and last.get(k) != run.get(k)]
+    there = {} if last is None else {k: last.get(k, RUN_DEFAULTS.get(k)) for k in RUN_KEYS}
+    differ = [k for k in RUN_KEYS if last is not None and there[k] != run.get(k)]
     if differ and not allow_mismatch:
-        what = "; ".join(f"{k} {last.get(k)!r} there, {run.get(k)!r} now" for k in differ)
+        what = "; ".join(f"{k} {there[k]!r} there, {run.get(k)!r} now" for k in differ)
         raise ScanMismatch(f"{output} holds rows of another run ({what}): resuming would mix their "
                            f"verdicts with this run's; write to another file, or pass "
                            f"--allow-mismatch (allow_mismatch=True) to append anyway (the record "

@@ -37,6 +37,7 @@ class GallerySnapshot:
     policy: Union[float, str] = decision.DEFAULT_THRESHOLD   # "profile" or one number
     fraction: float = decision.DEFAULT_FRACTION
     tails: Optional[Tails] = None   # the gallery's tail shape (all its profiles, not only these)
+    margin: float = decision.DEFAULT_MARGIN   # ambiguity margin of the decision (decision.rival)
     _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
 
     def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
@@ -70,7 +71,7 @@ class GallerySnapshot:
         return GallerySnapshot(self.model_id, tuple(names), self.rule,
                                self.rule.select(self.state, idx), tuple(self.thresholds[i] for i in idx),
                                tuple(self.own[i] for i in idx) if self.own else (),
-                               self.policy, self.fraction, self.tails)
+                               self.policy, self.fraction, self.tails, self.margin)
 
 
 def crop_counts(prof) -> Union[int, Sequence[int]]:
@@ -249,7 +250,8 @@ def _decode_fit(blob: bytes):
 def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None] = None,
                   profiles: Optional[Sequence[str]] = None,
                   quantile: float = decision.DEFAULT_FRACTION, *, whiten: Optional[str] = None,
-                  cache: Optional[SnapshotCache] = None) -> GallerySnapshot:
+                  cache: Optional[SnapshotCache] = None,
+                  margin: float = decision.DEFAULT_MARGIN) -> GallerySnapshot:
     """A :class:`GallerySnapshot` of ``gallery``'s profiles ``profiles`` (default: all, in
     ``gallery.names()`` order) for the model ``bundle`` (a loaded
     :class:`~ofa_sdk.weights.ModelBundle`; no engine is built).
@@ -258,7 +260,8 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     (:mod:`ofa_sdk.scoring`) or a rule name (None: the model's default; ``whiten`` as for
     :func:`ofa_sdk.scoring.make_rule`); ``threshold``: "profile" (the default) or a number;
     ``quantile``: the share of a generator's own images its profile threshold rejects;
-    ``cache``: a :class:`SnapshotCache` kept between calls. Profiles enrolled with another
+    ``cache``: a :class:`SnapshotCache` kept between calls; ``margin``: the decision's
+    ambiguity margin (:func:`ofa_sdk.decision.rival`). Profiles enrolled with another
     model raise :class:`~ofa_sdk.gallery.ModelMismatch` naming them."""
     from .gallery import Gallery, ProfileNotFound, check_model
     if rule is None or isinstance(rule, str):
@@ -268,6 +271,7 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
                          "name, not with a rule object")
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+    margin = decision.check_margin(margin)
     thr = decision.parse_threshold(decision.DEFAULT_THRESHOLD if threshold is None else threshold)
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
     cache = SnapshotCache() if cache is None else cache
@@ -298,4 +302,4 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     thresholds = tuple(decision.threshold_of(rule, o, quantile, None, tails) if thr == "profile"
                        else float(thr) for o in own)
     return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
-                           quantile, tails)
+                           quantile, tails, margin)

@@ -60,6 +60,12 @@ def test_cli_end_to_end(tiny_model, folders):
     out = run("attribute", str(q), "--threshold", "profile", gallery=g, model=tiny_model, expect=1)
     assert "per profile (gen-a" in out.stdout
     run("attribute", str(q), "--threshold", "bogus", gallery=g, model=tiny_model, expect=2)
+    info = json.loads(run("info", "--json", "--ambiguity-margin", "0.3", "--profile-quantile", "0.1",
+                          gallery=g, model=tiny_model).stdout)
+    assert info["ambiguity_margin"] == 0.3 and info["profile_quantile"] == 0.1
+    for bad in (("--ambiguity-margin", "2"), ("--profile-quantile", "1")):
+        err = run("attribute", str(q), *bad, gallery=g, model=tiny_model, expect=2).stderr
+        assert bad[0] in err or "ambiguity margin" in err
 
     run("verify", str(q), "--against", "nobody", gallery=g, model=tiny_model, expect=2)
 

@@ -50,3 +50,43 @@ def test_one_threshold_for_all_keeps_the_highest_score():
     snap = _snapshot(0.5)
     row = _row(0.215, 0.5)
     assert decide("x", row, NAMES, None, snapshot=snap).profile == "tight"
+
+
+def _ambiguous(margin, policy="profile"):
+    from dataclasses import replace
+    return replace(_snapshot(policy), margin=margin)
+
+
+def test_an_image_two_profiles_find_about_as_typical_is_unknown_with_a_margin():
+    row = _row(0.2, 0.51)           # at the centre of "tight" (typicality 0.5) and of "broad" (0.46)
+    t = [OWN[i].typicality(RULE.from_prob(row[i])) for i in (0, 1)]
+    assert 0 < t[0] - t[1] < 0.1
+    assert decide("x", row, NAMES, None, snapshot=_snapshot()).profile == "tight"   # margin 0
+    r = decide("x", row, NAMES, None, snapshot=_ambiguous(0.1), note="small: padded")
+    assert r.profile is None and r.label == "unknown"
+    assert r.score == row[0] and r.typicality == pytest.approx(t[0])      # the chosen profile's
+    assert r.note.startswith("small: padded; ambiguous: tight") and "broad" in r.note
+    # a margin below the difference keeps the label
+    assert decide("x", row, NAMES, None, snapshot=_ambiguous((t[0] - t[1]) / 2)).profile == "tight"
+
+
+def test_a_margin_keeps_a_label_the_other_accepting_profile_finds_untypical():
+    row = _row(0.2, 0.62)           # typical of "tight", at the edge of "broad" (still accepted)
+    snap = _ambiguous(0.3)
+    assert (row >= snap.thresholds).all()
+    assert decide("x", row, NAMES, None, snapshot=snap).profile == "tight"
+    # one accepting profile is never ambiguous, whatever the margin
+    assert decide("x", _row(0.2, 0.9), NAMES, None, snapshot=_ambiguous(1.0)).profile == "tight"
+
+
+def test_with_one_threshold_for_all_a_more_typical_rival_makes_the_image_ambiguous():
+    row = _row(0.215, 0.5)          # higher score on "tight", more typical of "broad"
+    assert decide("x", row, NAMES, None, snapshot=_ambiguous(0.0, 0.5)).profile == "tight"
+    assert decide("x", row, NAMES, None, snapshot=_ambiguous(0.01, 0.5)).profile is None
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "x", None, float("nan")])
+def test_a_margin_outside_0_1_is_refused(bad):
+    from ofa_sdk.decision import check_margin
+    with pytest.raises(ValueError, match="ambiguity margin"):
+        check_margin(bad)

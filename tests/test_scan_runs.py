@@ -84,3 +84,19 @@ def test_retry_errors_rescans_the_files_of_error_rows(setup, fmt):
     rows = list(read_rows(out))
     assert len(rows) == 6 and not any(r["error"] for r in rows)
     assert sum(r["source"] == str(bad) for r in rows) == 1
+
+
+def test_another_ambiguity_margin_is_refused_and_an_older_record_means_none(setup):
+    att, tmp = setup
+    out = tmp / "out.jsonl"
+    att.scan(tmp / "data" / "incoming", output=out, progress=False)
+    assert json.loads(run_file(out).read_text())["runs"][0]["ambiguity_margin"] == 0.0
+    wary = Attributor(model=att.bundle, gallery=att.gallery, crops=1, backend="torch",
+                      ambiguity_margin=0.2)
+    make_images(tmp / "data" / "incoming", 6, 1)
+    with pytest.raises(ScanMismatch, match="ambiguity_margin"):
+        wary.scan(tmp / "data" / "incoming", output=out, progress=False)
+    rec = json.loads(run_file(out).read_text())    # a record from before the margin existed
+    del rec["runs"][0]["ambiguity_margin"]
+    run_file(out).write_text(json.dumps(rec))
+    assert att.scan(tmp / "data" / "incoming", output=out, progress=False).written == 1
