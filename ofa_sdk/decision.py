@@ -1,18 +1,18 @@
 """The last stage of the data flow: scores -> decisions (threshold, label).
 
-``attribute`` answers with the profile the image is most typical of among those whose
-threshold it meets (:func:`decide`), or "unknown" when it meets none, or, with an ambiguity
-margin, when another accepting profile is about as typical (:func:`rival`). The default,
-``threshold="profile"``, gives each profile its own (:func:`profile_threshold`): a threshold below which about ``fraction`` (5% by default) of the
-generator's own new images should fall, estimated from its support images' held-out scores
-with :func:`ofa_sdk.scoring.held_out_stats`, for the query's crop count (a 1-crop query is
-held to how single crops of the support images score, not whole images), read through the
-tail shape the held-out scores of the gallery's profiles show together
-(:class:`ofa_sdk.scoring.Tails`, which a snapshot pools; :func:`profile_threshold` of one
-support set alone keeps the t model's tail). A number sets one threshold for every profile;
-0.5 is each rule's own decision point. How these choices were made and what they cost is in
-docs/experiment-log.md (sections 5.1-5.2) and, for the Gaussian rule, benchmarks/RESULTS.md
-(sections 3 and 10).
+``attribute`` answers with the profile the image is most typical of among those whose threshold
+it meets (:func:`decide`), or "unknown" when it meets none, or, with an ambiguity margin, when
+another accepting profile is about as typical (:func:`rival`). The default,
+``threshold="profile"``, gives each profile its own (:func:`profile_threshold`): a threshold
+below which about ``fraction`` (5% by default) of the generator's own new images should fall,
+estimated from its support images' held-out scores with :func:`ofa_sdk.scoring.held_out_stats`,
+for the query's crop count (a 1-crop query is held to how single crops of the support images
+score, not whole images), read through the tail shape the held-out scores of the gallery's
+profiles show together (:class:`ofa_sdk.scoring.Tails`, which a snapshot pools;
+:func:`profile_threshold` of one support set alone keeps the t model's tail). A number sets one
+threshold for every profile; 0.5 is each rule's own decision point. How these choices were made
+and what they cost is in docs/experiment-log.md (sections 5.1-5.2) and, for the Gaussian rule,
+benchmarks/RESULTS.md (sections 3 and 10).
 """
 from __future__ import annotations
 
