@@ -278,7 +278,8 @@ def table(rep):
 
 def open_families(a):
     """The paper's AUC and top-1 with every class enrolled, and the open-set decision (default
-    threshold fraction) with one family, or one split's families, never enrolled."""
+    threshold fraction) with one family, or one split's families, never enrolled; with
+    ``--margins``, also with each ambiguity margin (``decision.rival``)."""
     from ofa_sdk import decision
     from rules import Cached, auc_runs, cache_path, open_set, rule_objects
     data = Cached(cache_path("related", 0, a.crops))
@@ -308,12 +309,18 @@ def open_families(a):
     tag = f"f{decision.DEFAULT_FRACTION}"
     print(f"all enrolled: 1v1 {rep['all enrolled']['mean_1v1']:.3f} top1 {rep['all enrolled']['top1']:.3f}; "
           f"choose-on classes {rep['split_1v1']['choose']:.3f}, confirm-on {rep['split_1v1']['confirm']:.3f}")
-    print("| never enrolled | right | wrong | unknown | never-enrolled given a label |\n|---|---|---|---|---|")
+    tags = [tag] + [f"{tag}_m{m}" for m in a.margins]
+    print("| never enrolled | " + " | ".join(
+        f"right / wrong / unknown / never-enrolled labelled{'' if t == tag else ', margin ' + t.split('_m')[1]}"
+        for t in tags) + " |\n|---|" + "---|" * len(tags))
     for name, h in held.items():
-        r = open_set(data, rule, n, None, None, held_out=[h])[tag]
-        rep["never enrolled"][name] = r
-        print(f"| {name} ({', '.join(h)}) | {100 * r['right']:.1f} | {100 * r['wrong']:.1f} | "
-              f"{100 * r['unknown']:.1f} | {100 * r['unknown_labelled']:.1f} |", flush=True)
+        r = open_set(data, rule, n, None, None, held_out=[h], margins=a.margins)
+        rep["never enrolled"][name] = r[tag]
+        for t in tags[1:]:
+            rep.setdefault(f"never enrolled, margin {t.split('_m')[1]}", {})[name] = r[t]
+        print(f"| {name} ({', '.join(h)}) | " + " | ".join(
+            f"{100 * r[t]['right']:.1f} / {100 * r[t]['wrong']:.1f} / {100 * r[t]['unknown']:.1f} / "
+            f"{100 * r[t]['unknown_labelled']:.1f}" for t in tags) + " |", flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(rep, indent=1))
 
@@ -364,6 +371,8 @@ def main(argv=None):
     t.add_argument("report")
     o = sub.add_parser("open")
     o.add_argument("--crops", type=int, default=4)
+    o.add_argument("--margins", type=float, nargs="+", default=[],
+                   help="also these ambiguity margins (Attributor(ambiguity_margin=...))")
     o.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_open.json"))
     v = sub.add_parser("levers")
     v.add_argument("--sets", nargs="+", default=["wild13", "related"])

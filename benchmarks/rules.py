@@ -224,7 +224,7 @@ def _labels(snap, queries, S) -> np.ndarray:
 
 
 def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 0.2, 0.3),
-             seed=0, held_out=None):
+             seed=0, held_out=None, margins=()):
     """Right / wrong / unknown for known classes' queries, and the share of held-out classes'
     queries given a label, by the SDK's decision (``decision.decide`` on a snapshot of the
     enrolled profiles: per-profile thresholds from ``scoring.held_out_stats`` at the queries'
@@ -234,7 +234,10 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
     typical of); plus OSCR and known-vs-unknown AUROC of the best score's margin over its
     profile's threshold at the default fraction. ``held_out``: the held-out classes of each
     fold, given (e.g. one family at a time) instead of ``unknown`` random ones in each of
-    ``folds``."""
+    ``folds``. ``margins``: also the default fraction with each ambiguity margin
+    (``decision.rival``), under ``f<fraction>_m<margin>``."""
+    from dataclasses import replace
+
     from ofa_sdk.snapshot import GallerySnapshot
     rule = _decision_scale(rule)
     names = data.names
@@ -257,14 +260,18 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         ko = np.array(ko)
         Sk, Su = rule.scores(state, kq), rule.scores(state, uq)
         row = {}
-        for frac in fractions:
-            snap = GallerySnapshot("bench", tuple(known), rule, state,
-                                   tuple(decision.threshold_of(rule, o, frac, None, tails)
-                                         for o in own), own, "profile", frac, tails)
+        snaps = {f"f{frac}": GallerySnapshot("bench", tuple(known), rule, state,
+                                             tuple(decision.threshold_of(rule, o, frac, None, tails)
+                                                   for o in own), own, "profile", frac, tails)
+                 for frac in set(fractions) | {decision.DEFAULT_FRACTION}}
+        default = f"f{decision.DEFAULT_FRACTION}"
+        snaps.update({f"{default}_m{m}": replace(snaps[default], margin=m) for m in margins})
+        for tag in [f"f{frac}" for frac in fractions] + [f"{default}_m{m}" for m in margins]:
+            snap = snaps[tag]
             lk, lu = _labels(snap, kq, Sk), _labels(snap, uq, Su)
-            row[f"f{frac}"] = {"right": (lk == ko).mean(), "wrong": ((lk >= 0) & (lk != ko)).mean(),
-                               "unknown": (lk < 0).mean(),
-                               "unknown_labelled": (lu >= 0).mean() if len(lu) else float("nan")}
+            row[tag] = {"right": (lk == ko).mean(), "wrong": ((lk >= 0) & (lk != ko)).mean(),
+                        "unknown": (lk < 0).mean(),
+                        "unknown_labelled": (lu >= 0).mean() if len(lu) else float("nan")}
         res.append(row)
         if not uq:      # every class enrolled: no known-vs-unknown curve
             continue
