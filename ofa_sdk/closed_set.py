@@ -28,7 +28,13 @@ def make_head(dim: int, n_out: int, hidden: int = 128):
 
 def fit_head(known: Dict[str, np.ndarray], reject: np.ndarray, epochs: int = 300,
              lr: float = 3e-3, weight_decay: float = 1e-4, hidden: int = 128, seed: int = 0):
-    """known: class -> (n_c, d) fingerprints; reject: (n_r, d). Returns (head, classes, stats)."""
+    """known: class -> (n_c, d) fingerprints; reject: (n_r, d). Returns (head, classes, stats).
+
+    The head trains on standardised fingerprints (each dimension centred and scaled by the
+    training set's mean and spread) and the standardisation is then folded into its first
+    layer, so it takes raw fingerprints and its stored form is unchanged. A unit fingerprint's
+    dimensions are small and unequal in spread; unstandardised, the same Adam steps left the
+    head far from fitting its own training set (benchmarks/RESULTS.md 3.1)."""
     import torch
     import torch.nn.functional as F
     classes = sorted(known) + [REJECT]
@@ -39,17 +45,22 @@ def fit_head(known: Dict[str, np.ndarray], reject: np.ndarray, epochs: int = 300
     y = torch.cat([torch.full((len(v),), i, dtype=torch.long) for i, v in enumerate(xs)])
     counts = torch.bincount(y, minlength=len(classes)).float()
     weight = counts.sum() / (len(classes) * counts)
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
     torch.manual_seed(seed)
     head = make_head(x.shape[1], len(classes), hidden)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     head.train()
+    xs = (x - mu) / sd
     for _ in range(epochs):
-        loss = F.cross_entropy(head(x), y, weight=weight)
+        loss = F.cross_entropy(head(xs), y, weight=weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
     head.eval()
-    with torch.no_grad():
+    with torch.no_grad():    # W (x - mu) / sd + b  ==  (W / sd) x + (b - (W / sd) mu)
+        w = head[0].weight / sd
+        head[0].bias -= w @ mu
+        head[0].weight.copy_(w)
         acc = float((head(x).argmax(1) == y).float().mean())
     return head, classes, {"train_loss": loss.item(), "train_acc": acc,
                            "counts": {c: int(n) for c, n in zip(classes, counts.tolist())}}
