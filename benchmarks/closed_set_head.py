@@ -37,8 +37,8 @@ def run(c4, reject, epochs, held=(), seed=0):
             if c in held:
                 labelled += k < len(classes) - 1
                 n_h += 1
-            else:
-                right += classes[int(np.argmax(p[:-1]))] == c if not held else classes[k] == c
+            else:   # closed set: the best known class; open set: the best of all, rejection too
+                right += classes[int(np.argmax(p[:-1])) if not held else k] == c
                 n_k += 1
     return 100 * right / n_k, (100 * labelled / n_h if n_h else float("nan"))
 

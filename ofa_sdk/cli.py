@@ -32,8 +32,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .backends import backend_names
-from .images import AUTO, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
 from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN
+from .images import AUTO, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
 from .scoring import RULES
 
 DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",

@@ -58,7 +58,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import images as imio
-from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN, RESULT_FIELDS   # RESULT_FIELDS: the single-process scan's columns
+# RESULT_FIELDS: the single-process scan's columns
+from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN, RESULT_FIELDS
 
 FORMATS = ("parquet", "jsonl")
 STAGING = "_incomplete"          # Ray's readers skip names starting with "_"

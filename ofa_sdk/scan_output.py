@@ -376,7 +376,8 @@ def run_file(output) -> Path:
 # what must match for a resumed scan to append to an output (the rest is recorded only)
 RUN_KEYS = ("model_id", "rule", "whiten", "threshold", "profile_quantile", "ambiguity_margin",
             "gallery_digest")
-RUN_DEFAULTS = {"ambiguity_margin": DEFAULT_MARGIN}   # what a record written before a key existed meant
+# what a record written before a key existed meant by its absence
+RUN_DEFAULTS = {"ambiguity_margin": DEFAULT_MARGIN}
 
 
 class ScanMismatch(ValueError):
