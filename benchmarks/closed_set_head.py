@@ -9,6 +9,12 @@ here is dev-sim's simulated generators' fingerprints (30 images each), standing 
 simulator reconstructions of real photos that ``fit_closed_set`` makes.
 
     OFA_BENCH_CACHE=benchmarks/data/cache-v2 python benchmarks/closed_set_head.py --sets related wild13
+
+``--with-profiles``: instead, a decision not in the SDK measured beside the SDK's: the
+profiles' thresholds decide whether an image gets a label at all (the SDK's Gaussian profiles,
+own_rejection.py's open set: 2 held out, 3 folds, 100 support images, the first grid crop as
+the 1-crop level), and the head chooses among the accepting profiles instead of the
+typicality; right / wrong / ``unknown`` among known classes' images and never-enrolled labelled.
 """
 import argparse
 import json
@@ -16,8 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ofa_sdk import decision, scoring
 from ofa_sdk.closed_set import fit_head, predict
-from own_rejection import QUERIES, load
+from ofa_sdk.snapshot import GallerySnapshot
+from own_rejection import QUERIES, load, open_folds
+from rules import GAUSS_DECISION
 
 SUPPORT = 100
 
@@ -43,13 +52,55 @@ def run(c4, reject, epochs, held=(), seed=0):
     return 100 * right / n_k, (100 * labelled / n_h if n_h else float("nan"))
 
 
+def with_profiles(s, q):
+    """{"profiles", "head chooses"}: (right, wrong, unknown, never-enrolled labelled) in %."""
+    rule = scoring.GaussianRule(GAUSS_DECISION)
+    c4, sim = load(s, q, 4), load("dev-sim", q, 4)
+    c1 = {c: {i: z[:1] for i, z in d.items()} for c, d in c4.items()}
+    reject = np.concatenate([z for d in sim.values() for z in list(d.values())[:30]])
+    t = {"profiles": np.zeros(5), "head chooses": np.zeros(5)}
+    for held, known, orders, state, own in open_folds(rule, c4, c1, SUPPORT, 2, 3):
+        tails = scoring.Tails.pooled(own)
+        snap = GallerySnapshot("bench", tuple(known), rule, state, tuple(
+            decision.threshold_of(rule, o, decision.DEFAULT_FRACTION, None, tails) for o in own),
+            own, "profile", decision.DEFAULT_FRACTION, tails)
+        head, classes, _ = fit_head({c: np.concatenate([c4[c][i] for i in orders[c][:SUPPORT]])
+                                     for c in known}, reject)
+        cols = [classes.index(c) for c in known]
+        thr = np.asarray(snap.thresholds_at(4))
+        for c, order in orders.items():
+            qs = [c4[c][i] for i in order[SUPPORT:SUPPORT + QUERIES]]
+            for z, row in zip(qs, rule.scores(state, qs)):
+                acc = np.flatnonzero(row >= thr)
+                p = predict(head, z).mean(0)[cols]
+                for w, lab in (("profiles", decision.decide("", row, snap.names, None, snapshot=snap,
+                                                            crops=len(z)).profile),
+                               ("head chooses", known[int(acc[np.argmax(p[acc])])] if len(acc) else None)):
+                    if c in held:
+                        t[w][3:] += [lab is not None, 1]
+                    else:
+                        t[w][:3] += [lab == c, lab not in (c, None), lab is None]
+    return {w: tuple(100 * v[:3] / v[:3].sum()) + (100 * v[3] / v[4],) for w, v in t.items()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", nargs="+", default=["related", "wild13"])
     ap.add_argument("--epochs", type=int, nargs="+", default=[300, 1000])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--with-profiles", action="store_true", help="see above")
     a = ap.parse_args()
     rep = {}
+    if a.with_profiles:
+        print("| set | JPEG | the SDK's decision | profiles accept, the head chooses |\n|---|---|---|---|")
+        for s in a.sets:
+            for q in (0, 90):
+                r = rep[f"{s}_q{q}"] = with_profiles(s, q)
+                print(f"| {s} | {q or 'clean'} | " + " | ".join(" / ".join(f"{x:.1f}" for x in r[w])
+                                                          for w in r) + " |", flush=True)
+        if a.out:
+            Path(a.out).write_text(json.dumps(rep, indent=1))
+        return
     print("| set | JPEG | epochs | every class enrolled: top-1 | 2 held out: known right | 2 held out: held-out labelled |")
     print("|---|---|---|---|---|---|")
     for s in a.sets:
