@@ -10,20 +10,22 @@ simulator reconstructions of real photos that ``fit_closed_set`` makes.
 
     OFA_BENCH_CACHE=benchmarks/data/cache-v2 python benchmarks/closed_set_head.py --sets related wild13
 
-``--with-profiles``: instead, a decision not in the SDK measured beside the SDK's: the
+``--with-profiles``: instead, the default decision against ``choose_head``'s: the
 profiles' thresholds decide whether an image gets a label at all (the SDK's Gaussian profiles,
 own_rejection.py's open set: 2 held out, 3 folds, 100 support images, the first grid crop as
 the 1-crop level), and the head chooses among the accepting profiles instead of the
-typicality; right / wrong / ``unknown`` among known classes' images and never-enrolled labelled.
+typicality (the SDK's ``choose_head``, ``decision.choose`` with a ``closed_set.HeadChooser``);
+right / wrong / ``unknown`` among known classes' images and never-enrolled labelled.
 """
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ofa_sdk import decision, scoring
-from ofa_sdk.closed_set import fit_head, predict
+from ofa_sdk.closed_set import HeadChooser, fit_head, predict
 from ofa_sdk.snapshot import GallerySnapshot
 from own_rejection import QUERIES, load, open_folds
 from rules import GAUSS_DECISION
@@ -66,16 +68,13 @@ def with_profiles(s, q):
             own, "profile", decision.DEFAULT_FRACTION, tails)
         head, classes, _ = fit_head({c: np.concatenate([c4[c][i] for i in orders[c][:SUPPORT]])
                                      for c in known}, reject)
-        cols = [classes.index(c) for c in known]
-        thr = np.asarray(snap.thresholds_at(4))
+        chosen = replace(snap, chooser=HeadChooser("bench", head, tuple(classes.index(c) for c in known)))
         for c, order in orders.items():
             qs = [c4[c][i] for i in order[SUPPORT:SUPPORT + QUERIES]]
             for z, row in zip(qs, rule.scores(state, qs)):
-                acc = np.flatnonzero(row >= thr)
-                p = predict(head, z).mean(0)[cols]
-                for w, lab in (("profiles", decision.decide("", row, snap.names, None, snapshot=snap,
-                                                            crops=len(z)).profile),
-                               ("head chooses", known[int(acc[np.argmax(p[acc])])] if len(acc) else None)):
+                for w, lab in ((w, decision.decide("", row, sn.names, None, snapshot=sn, crops=len(z),
+                                                   z=z).profile)
+                               for w, sn in (("profiles", snap), ("head chooses", chosen))):
                     if c in held:
                         t[w][3:] += [lab is not None, 1]
                     else:
@@ -92,7 +91,7 @@ def main():
     a = ap.parse_args()
     rep = {}
     if a.with_profiles:
-        print("| set | JPEG | the SDK's decision | profiles accept, the head chooses |\n|---|---|---|---|")
+        print("| set | JPEG | the default decision | `choose_head`: profiles accept, the head chooses |\n|---|---|---|---|")
         for s in a.sets:
             for q in (0, 90):
                 r = rep[f"{s}_q{q}"] = with_profiles(s, q)

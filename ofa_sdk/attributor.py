@@ -78,7 +78,10 @@ class Attributor:
     and ``scan`` answer ``unknown`` when a second accepting profile finds the image within this
     much as typical as the chosen one (:func:`ofa_sdk.decision.rival`; 0, the default, never:
     a larger margin gives fewer wrong labels and fewer labels on never-enrolled generators for
-    fewer right ones, benchmarks/RESULTS.md 10.6). ``batch_size``: crops per engine call;
+    fewer right ones, benchmarks/RESULTS.md 10.6); ``choose_head``: the name of a closed-set
+    head (:func:`ofa_sdk.closed_set.fit_closed_set`) that chooses among the profiles whose
+    thresholds an image meets, instead of the typicality (which images get a label is
+    unchanged; benchmarks/RESULTS.md 3.1). ``batch_size``: crops per engine call;
     ``workers``: decoding threads; ``engine_options``: per engine, constructor keywords.
     ``verbose``: progress bars (on stderr) for scans and enrollment; off by default in the
     library, on in the CLI.
@@ -91,6 +94,7 @@ class Attributor:
                  workers: int = 2, rule: Optional[str] = None,
                  profile_quantile: float = decision.DEFAULT_FRACTION,
                  ambiguity_margin: float = decision.DEFAULT_MARGIN,
+                 choose_head: Optional[str] = None,
                  max_pixels: int = imio.MAX_PIXELS, provenance: bool = True,
                  max_bytes: int = imio.MAX_BYTES,
                  engine_options: Optional[Dict[str, Dict]] = None, whiten: Optional[str] = None,
@@ -110,6 +114,7 @@ class Attributor:
             raise ValueError(f"profile_quantile must be in (0, 1), got {profile_quantile!r}")
         self.profile_quantile = float(profile_quantile)
         self.ambiguity_margin = decision.check_margin(ambiguity_margin)
+        self.choose_head = choose_head
         self.rule = scoring.make_rule(rule, self.bundle, whiten)
         self.strict = strict
         self.verbose = bool(verbose)
@@ -155,7 +160,8 @@ class Attributor:
                 "backend": self.backend, "backend_note": self.backend_note,
                 "rule": self.rule.name, "threshold": self.threshold,
                 "profile_quantile": self.profile_quantile,
-                "ambiguity_margin": self.ambiguity_margin, "crops": self.crops,
+                "ambiguity_margin": self.ambiguity_margin, "choose_head": self.choose_head,
+                "crops": self.crops,
                 "small": self.small,
                 "gallery": str(self.gallery.path) if self.gallery.path else "memory",
                 "profiles": self.gallery.names()}
@@ -277,17 +283,20 @@ class Attributor:
         :mod:`ofa_sdk.decision`) for a query of ``crops`` crops (None: whole support images):
         the one a snapshot of the gallery holds it to (the gallery's tail shape and, for a rule
         that whitens, its whitener are the whole gallery's)."""
-        return self.snapshot([name], threshold="profile").thresholds_at(crops)[0]
+        return self.snapshot([name], threshold="profile", chooser=False).thresholds_at(crops)[0]
 
     def snapshot(self, profiles: Optional[Sequence[str]] = None,
-                 threshold: Union[float, str, None] = None) -> GallerySnapshot:
+                 threshold: Union[float, str, None] = None, *,
+                 chooser: bool = True) -> GallerySnapshot:
         """The profiles (default: all), prepared for this Attributor's rule, with their
         thresholds (default: ``self.threshold``): a picklable value that scores without the
-        gallery (:func:`~ofa_sdk.snapshot.make_snapshot`, with this Attributor's caches)."""
+        gallery (:func:`~ofa_sdk.snapshot.make_snapshot`, with this Attributor's caches).
+        ``chooser=False``: without ``choose_head``'s head (scores need none)."""
+        head = self.choose_head if chooser else None
         return make_snapshot(self.bundle, self.gallery, self.rule,
                              self.threshold if threshold is None else threshold, profiles,
                              self.profile_quantile, cache=self._snapshots,
-                             margin=self.ambiguity_margin)
+                             margin=self.ambiguity_margin, chooser=head)
 
     # -- scores ------------------------------------------------------------------------------------
     def scores(self, images, profiles: Optional[Sequence[str]] = None,
@@ -296,7 +305,7 @@ class Attributor:
         in ``gallery.names()`` order), on the rule's probability scale, no threshold applied.
         Unusable inputs: :class:`InputError` (``errors='raise'``) or NaN rows (``'nan'``).
         ``names=True``: (scores, the profile names of its columns), read in one snapshot."""
-        snap = self.snapshot(profiles)
+        snap = self.snapshot(profiles, chooser=False)
         rows: List[Optional[int]] = []
         good, errs = [], []
         for i, e in enumerate(self._embedded(images)):
@@ -384,7 +393,8 @@ class Attributor:
         from .scan_output import describe_run
         return describe_run(self.model_id, self.rule, self.threshold if threshold is None else
                             decision.parse_threshold(threshold), self.profile_quantile,
-                            self.crops, self.gallery, profiles, self.ambiguity_margin)
+                            self.crops, self.gallery, profiles, self.ambiguity_margin,
+                            self.choose_head)
 
     def _scan(self, sources, threshold, progress: bool, skip: set, profiles,
               recursive: bool, absolute: bool = False) -> Iterator[Attribution]:
@@ -423,7 +433,7 @@ class Attributor:
         fingerprints and the cosine), the enrolled profiles' spread in that space, and a scorer
         of fingerprints against the profiles."""
         from . import discovery
-        snap = self.snapshot(profiles)
+        snap = self.snapshot(profiles, chooser=False)
         fmap = getattr(self.rule, "feature_map", None)
         transform = fmap(snap) if callable(fmap) else None
         per_image = {}

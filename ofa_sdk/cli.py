@@ -127,6 +127,9 @@ def _common(p: argparse.ArgumentParser):
                         "within M as typical as the chosen one (default %(default)s: never; "
                         "larger: fewer wrong labels and fewer labels on never-enrolled "
                         "generators, fewer right ones)")
+    p.add_argument("--choose-head", default=None, metavar="NAME",
+                   help="attribute/scan: among the profiles whose thresholds an image meets, the "
+                        "closed-set head NAME (fit-closed-set) chooses, not the typicality")
     p.add_argument("--json", action="store_true", help="JSON output")
 
 
@@ -247,7 +250,7 @@ def _attributor(a):
                       batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule,
                       engine_options=options, max_bytes=a.max_bytes, whiten=a.whiten,
                       profile_quantile=a.profile_quantile, ambiguity_margin=a.ambiguity_margin,
-                      verbose=not getattr(a, "no_progress", False) and a.cmd != "serve")
+                      choose_head=a.choose_head, verbose=not getattr(a, "no_progress", False) and a.cmd != "serve")
 
 
 def _fmt(v) -> str:
@@ -378,7 +381,8 @@ def _scan_ray(a) -> int:
                      batch_size=a.batch_size, concurrency=a.concurrency, num_gpus=a.num_gpus,
                      rule=a.rule, whiten=a.whiten, max_bytes=a.max_bytes,
                      engine_options=_engine_options(a), allow_mismatch=a.allow_mismatch,
-                     profile_quantile=a.profile_quantile, ambiguity_margin=a.ambiguity_margin)
+                     profile_quantile=a.profile_quantile, ambiguity_margin=a.ambiguity_margin,
+                     choose_head=a.choose_head)
     print(json.dumps(s) if a.json else f"wrote {s['written']} rows to {s['output']} "
           f"({s['errors']} errors; {s['skipped_already_done']} already done)")
     return 1 if s["errors"] else 0

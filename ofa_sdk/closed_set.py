@@ -11,7 +11,7 @@ a CPU. The head is persisted in the gallery with the classes and the model id it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -70,6 +70,39 @@ def predict(head, z: np.ndarray) -> np.ndarray:
     import torch
     with torch.inference_mode():
         return torch.softmax(head(torch.from_numpy(np.ascontiguousarray(z, np.float32))), -1).numpy()
+
+
+@dataclass(frozen=True)
+class HeadChooser:
+    """A fitted head as the decision's chooser among accepting profiles
+    (:func:`ofa_sdk.decision.choose`): the profiles' thresholds still decide whether an image
+    gets a label, the head's known-class probabilities decide which (benchmarks/RESULTS.md 3.1).
+    ``columns``: per profile of the snapshot, the head's output for it."""
+    name: str
+    head: Any
+    columns: Tuple[int, ...]
+
+    def probs(self, z: np.ndarray) -> np.ndarray:
+        """(P,) the head's probability of each profile for one image's (k, d) fingerprints."""
+        return predict(self.head, z).mean(0)[list(self.columns)]
+
+    def select(self, idx: Sequence[int]) -> "HeadChooser":
+        return HeadChooser(self.name, self.head, tuple(self.columns[i] for i in idx))
+
+
+def load_chooser(gallery, name: str, model_ids, profiles: Sequence[str]) -> HeadChooser:
+    """The head ``name`` stored in ``gallery`` as a chooser among ``profiles``; every profile
+    must be one of its known classes."""
+    from .gallery import GalleryError
+    h = gallery.get_head(name, model_ids)
+    known = h["classes"][:-1]
+    missing = [n for n in profiles if n not in known]
+    if missing:
+        raise GalleryError(f"closed-set head {name!r} was fit without profile(s) "
+                           f"{', '.join(map(repr, missing[:3]))}; fit it again with every "
+                           f"profile enrolled ('ofa-sdk fit-closed-set')")
+    head = head_from_bytes(h["weights"], h["dim"], len(h["classes"]), h["hidden"])
+    return HeadChooser(name, head, tuple(known.index(n) for n in profiles))
 
 
 def head_to_bytes(head) -> bytes:

@@ -125,8 +125,8 @@ class Attribution:
 
 
 def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
-           provenance: Optional[Dict] = None, snapshot=None, crops: Optional[int] = None
-           ) -> Attribution:
+           provenance: Optional[Dict] = None, snapshot=None, crops: Optional[int] = None,
+           z: Optional[np.ndarray] = None) -> Attribution:
     """One image's scores against ``names`` -> its :class:`Attribution`. With ``snapshot``, the
     thresholds are the snapshot's for a query of ``crops`` crops (``thresholds`` is then not
     read) and the typicality of the chosen profile's score is reported too.
@@ -134,7 +134,9 @@ def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
     One decision across profiles: of the profiles whose threshold the image meets, the one it
     is most typical of (:func:`choose`), not the highest raw score held to its own threshold
     alone (an image a loose profile accepts but that scores higher on a tight one was
-    ``unknown``). When none accepts: ``unknown``, reported with the highest score. With the
+    ``unknown``), or, with a snapshot's chooser (a fitted head), the one the head finds most
+    probable for the image's fingerprints ``z``. When none accepts: ``unknown``, reported with
+    the highest score. With the
     snapshot's ambiguity margin above 0, an image that another accepting profile finds about
     as typical (:func:`rival`) is ``unknown`` too, reported with the chosen profile's score
     and a note naming both."""
@@ -144,7 +146,7 @@ def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
         thresholds = snapshot.thresholds_at(crops)
     thr_all = np.asarray(thresholds, np.float64)
     accepted = np.flatnonzero(np.asarray(row, np.float64) >= thr_all)
-    best, typ = choose(row, thr_all, accepted, snapshot, crops) if len(accepted) else \
+    best, typ = choose(row, thr_all, accepted, snapshot, crops, z) if len(accepted) else \
         (int(np.argmax(row)), None)
     score, thr = float(row[best]), float(thr_all[best])
     if typ is None and snapshot is not None:
@@ -162,15 +164,21 @@ def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
 
 
 def choose(row: np.ndarray, thresholds: np.ndarray, accepted: np.ndarray, snapshot=None,
-           crops: Optional[int] = None) -> Tuple[int, Optional[float]]:
+           crops: Optional[int] = None, z: Optional[np.ndarray] = None
+           ) -> Tuple[int, Optional[float]]:
     """Which of the ``accepted`` profiles an image goes to, by a measure comparable across
     profiles: its typicality (the share of each generator's own images expected to score
     lower, the scale every per-profile threshold is set on) when every accepted profile has
     one, else its margin over each threshold on the probability scale (with one threshold for
-    all, the highest score). Ties go to the higher score. Returns the profile's index and its
+    all, the highest score). Ties go to the higher score. With the snapshot's ``chooser`` (a
+    fitted head, :class:`ofa_sdk.closed_set.HeadChooser`) and the image's fingerprints ``z``:
+    the accepting profile the head finds most probable. Returns the profile's index and its
     typicality when it was computed here (else None)."""
     if len(accepted) == 1:
         return int(accepted[0]), None
+    chooser = getattr(snapshot, "chooser", None)
+    if chooser is not None and z is not None:
+        return int(accepted[int(np.argmax(chooser.probs(z)[accepted]))]), None
     typ = [snapshot.typicality(int(p), float(row[p]), crops) for p in accepted] \
         if snapshot is not None and snapshot.policy == "profile" else [None]
     if all(t is not None for t in typ):
@@ -212,7 +220,7 @@ def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[
                 yield Attribution(e.source, None, float("nan"), {}, e.error, e.note)
             else:
                 yield decide(e.source, next(rows), snapshot.names, None, e.note,
-                             e.provenance, snapshot, len(e.z))
+                             e.provenance, snapshot, len(e.z), e.z)
 
     for e in embedded:
         buf.append(e)

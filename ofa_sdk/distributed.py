@@ -408,13 +408,14 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
                  rule: Optional[str] = None, whiten: Optional[str] = None,
                  max_bytes: int = imio.MAX_BYTES, engine_options: Optional[Dict] = None,
                  allow_mismatch: bool = False, profile_quantile: float = DEFAULT_FRACTION,
-                 ambiguity_margin: float = DEFAULT_MARGIN) -> Dict[str, Any]:
+                 ambiguity_margin: float = DEFAULT_MARGIN,
+                 choose_head: Optional[str] = None) -> Dict[str, Any]:
     """Attribute every image of ``sources`` on a Ray cluster; write one row per input into the
     folder ``output`` (Parquet or JSONL part files); skip sources already written there.
 
     ``sources``: local folders, globs or files, or URIs Ray's readers accept (``s3://...``).
     ``model``/``gallery``/``profiles``/``threshold``/``crops``/``small``/``rule``/``whiten``/
-    ``profile_quantile``/``ambiguity_margin``: as for
+    ``profile_quantile``/``ambiguity_margin``/``choose_head``: as for
     :class:`~ofa_sdk.Attributor` and :meth:`~ofa_sdk.Attributor.snapshot`. ``backend``: the
     engine each actor builds. ``address``: the Ray cluster (``ray.init(address)``; default: the
     running one, ``$RAY_ADDRESS``, or a local one). ``batch_size``: images per batch in both
@@ -459,7 +460,7 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
     policy = InputPolicy(bundle.config.crop, crops, small, max_bytes=max_bytes)
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
     snap = make_snapshot(bundle, gallery, rule, threshold, profiles, profile_quantile,
-                         whiten=whiten, margin=ambiguity_margin)
+                         whiten=whiten, margin=ambiguity_margin, chooser=choose_head)
     snap_ref = ray.put(snap)
     model_arg = model_ref = None
     if model is not None:
@@ -473,7 +474,7 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
     existing = _part_files(fs, out_path, fmt)
     if "://" not in output:     # refused before any work when the rows there are another run's
         run_record(output, describe_run(snap.model_id, snap.rule, snap.policy, snap.fraction,
-                                        crops, gallery, profiles, snap.margin),
+                                        crops, gallery, profiles, snap.margin, choose_head),
                    bool(existing), allow_mismatch)
     done_ref, n_done = None, 0
     if existing:

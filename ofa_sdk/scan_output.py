@@ -375,9 +375,9 @@ def run_file(output) -> Path:
 
 # what must match for a resumed scan to append to an output (the rest is recorded only)
 RUN_KEYS = ("model_id", "rule", "whiten", "threshold", "profile_quantile", "ambiguity_margin",
-            "gallery_digest")
+            "choose_head", "gallery_digest")
 # what a record written before a key existed meant by its absence
-RUN_DEFAULTS = {"ambiguity_margin": DEFAULT_MARGIN}
+RUN_DEFAULTS = {"ambiguity_margin": DEFAULT_MARGIN, "choose_head": None}
 
 
 class ScanMismatch(ValueError):
@@ -386,14 +386,17 @@ class ScanMismatch(ValueError):
 
 
 def describe_run(model_id: str, rule, threshold, quantile: float, crops, gallery,
-                 profiles: Optional[Sequence[str]] = None, margin: float = DEFAULT_MARGIN) -> Dict:
+                 profiles: Optional[Sequence[str]] = None, margin: float = DEFAULT_MARGIN,
+                 choose_head: Optional[str] = None) -> Dict:
     """What a scan's verdicts depend on (recorded beside its output, :func:`run_record`): model
-    id, rule, threshold policy, ambiguity margin, crops and a digest of the gallery's profiles
-    (of every profile when the rule whitens by the gallery)."""
+    id, rule, threshold policy, ambiguity margin, the head that chooses among profiles, crops
+    and a digest of the gallery's profiles (of every profile when the rule whitens by the
+    gallery)."""
     names = list(profiles) if profiles is not None else None
     whiten = getattr(rule, "whiten", None)
     return {"model_id": model_id, "rule": rule.name, "whiten": whiten, "threshold": threshold,
-            "profile_quantile": quantile, "ambiguity_margin": margin, "crops": crops,
+            "profile_quantile": quantile, "ambiguity_margin": margin,
+            "choose_head": choose_head, "crops": crops,
             "gallery": str(gallery.path.resolve()) if gallery.path else "memory",
             "gallery_digest": gallery.digest(None if whiten else names),
             "profiles": len(names) if names is not None else len(gallery)}

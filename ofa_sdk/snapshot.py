@@ -38,6 +38,7 @@ class GallerySnapshot:
     fraction: float = decision.DEFAULT_FRACTION
     tails: Optional[Tails] = None   # the gallery's tail shape (all its profiles, not only these)
     margin: float = decision.DEFAULT_MARGIN   # ambiguity margin of the decision (decision.rival)
+    chooser: Any = None   # closed_set.HeadChooser: a head chooses among accepting profiles
     _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
 
     def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
@@ -71,7 +72,8 @@ class GallerySnapshot:
         return GallerySnapshot(self.model_id, tuple(names), self.rule,
                                self.rule.select(self.state, idx), tuple(self.thresholds[i] for i in idx),
                                tuple(self.own[i] for i in idx) if self.own else (),
-                               self.policy, self.fraction, self.tails, self.margin)
+                               self.policy, self.fraction, self.tails, self.margin,
+                               None if self.chooser is None else self.chooser.select(idx))
 
 
 def crop_counts(prof) -> Union[int, Sequence[int]]:
@@ -251,7 +253,8 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
                   profiles: Optional[Sequence[str]] = None,
                   quantile: float = decision.DEFAULT_FRACTION, *, whiten: Optional[str] = None,
                   cache: Optional[SnapshotCache] = None,
-                  margin: float = decision.DEFAULT_MARGIN) -> GallerySnapshot:
+                  margin: float = decision.DEFAULT_MARGIN,
+                  chooser: Optional[str] = None) -> GallerySnapshot:
     """A :class:`GallerySnapshot` of ``gallery``'s profiles ``profiles`` (default: all, in
     ``gallery.names()`` order) for the model ``bundle`` (a loaded
     :class:`~ofa_sdk.weights.ModelBundle`; no engine is built).
@@ -261,7 +264,9 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     :func:`ofa_sdk.scoring.make_rule`); ``threshold``: "profile" (the default) or a number;
     ``quantile``: the share of a generator's own images its profile threshold rejects;
     ``cache``: a :class:`SnapshotCache` kept between calls; ``margin``: the decision's
-    ambiguity margin (:func:`ofa_sdk.decision.rival`). Profiles enrolled with another
+    ambiguity margin (:func:`ofa_sdk.decision.rival`); ``chooser``: the name of a closed-set
+    head stored in the gallery that chooses among accepting profiles
+    (:func:`ofa_sdk.closed_set.load_chooser`). Profiles enrolled with another
     model raise :class:`~ofa_sdk.gallery.ModelMismatch` naming them."""
     from .gallery import Gallery, ProfileNotFound, check_model
     if rule is None or isinstance(rule, str):
@@ -301,5 +306,9 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     tails = scoring.Tails.pooled(list(own_all.values()))
     thresholds = tuple(decision.threshold_of(rule, o, quantile, None, tails) if thr == "profile"
                        else float(thr) for o in own)
+    head = None
+    if chooser is not None and len(names) > 1:     # one profile: nothing to choose among
+        from .closed_set import load_chooser
+        head = load_chooser(gallery, chooser, bundle.ids, names)
     return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
-                           quantile, tails, margin)
+                           quantile, tails, margin, head)

@@ -285,3 +285,29 @@ def test_enroll_stores_each_images_centre_crop(tiny_model, tmp_path):
     att.gallery.remove("one")
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM profile_centre WHERE name='one'").fetchone()[0] == 0
+
+
+def test_a_head_chooses_among_accepting_profiles_and_the_open_set_stays_the_profiles(tiny_model, tmp_path):
+    import numpy as np
+    from ofa_sdk.closed_set import fit_closed_set, open_set
+    from ofa_sdk.gallery import GalleryError
+    db = tmp_path / "g.db"
+    att = Attributor(model=tiny_model, gallery=str(db), crops=1, threshold=0.0)   # every profile accepts
+    a = make_images(tmp_path / "a", 6, 30, kind="noise")
+    b = make_images(tmp_path / "b", 6, 31, kind="blocky")
+    att.enroll("gen-a", a)
+    att.enroll("gen-b", b)
+    fit_closed_set(att, make_images(tmp_path / "real", 4, 32, size=48), epochs=200)
+    queries = make_images(tmp_path / "q", 3, 33, kind="noise") + make_images(tmp_path / "r", 3, 34, kind="blocky")
+    chosen = Attributor(model=tiny_model, gallery=str(db), crops=1, threshold=0.0, choose_head="default")
+    head = {r.source: r.predicted for r in open_set(chosen, queries)}
+    got = chosen.attribute(queries)
+    assert [r.label for r in got] == [head[str(q)] for q in queries]      # the head's choice
+    # a threshold none meets: unknown whatever the head says, as without it
+    strict = Attributor(model=tiny_model, gallery=str(db), crops=1, threshold=1.01, choose_head="default")
+    assert all(r.label == "unknown" for r in strict.attribute(queries))
+    assert chosen.info()["choose_head"] == "default"
+    att.enroll("gen-c", make_images(tmp_path / "c", 4, 35, kind="noise"))  # not in the head
+    with pytest.raises(GalleryError, match="gen-c"):
+        chosen.attribute(queries[:1])
+    assert np.isfinite(chosen.verify(queries[:1], "gen-c")).all()           # scores need no head

@@ -90,7 +90,8 @@ def test_another_ambiguity_margin_is_refused_and_an_older_record_means_none(setu
     att, tmp = setup
     out = tmp / "out.jsonl"
     att.scan(tmp / "data" / "incoming", output=out, progress=False)
-    assert json.loads(run_file(out).read_text())["runs"][0]["ambiguity_margin"] == 0.0
+    run = json.loads(run_file(out).read_text())["runs"][0]
+    assert run["ambiguity_margin"] == 0.0 and run["choose_head"] is None
     wary = Attributor(model=att.bundle, gallery=att.gallery, crops=1, backend="torch",
                       ambiguity_margin=0.2)
     make_images(tmp / "data" / "incoming", 6, 1)
