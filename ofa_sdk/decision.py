@@ -136,10 +136,9 @@ def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
     alone (an image a loose profile accepts but that scores higher on a tight one was
     ``unknown``), or, with a snapshot's chooser (a fitted head), the one the head finds most
     probable for the image's fingerprints ``z``. When none accepts: ``unknown``, reported with
-    the highest score. With the
-    snapshot's ambiguity margin above 0, an image that another accepting profile finds about
-    as typical (:func:`rival`) is ``unknown`` too, reported with the chosen profile's score
-    and a note naming both."""
+    the highest score. With the snapshot's ambiguity margin above 0, an image that another
+    accepting profile finds about as typical (:func:`rival`) is ``unknown`` too, reported with
+    the chosen profile's score and a note naming both."""
     if not len(names):
         return Attribution(source, None, float("nan"), {}, None, note, None, provenance or {})
     if snapshot is not None:
