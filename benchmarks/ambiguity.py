@@ -14,9 +14,8 @@ from dataclasses import replace
 import numpy as np
 
 from ofa_sdk import decision, scoring
-from ofa_sdk.snapshot import GallerySnapshot
 from own_rejection import QUERIES, load, open_folds
-from rules import GAUSS_DECISION
+from rules import GAUSS_DECISION, bench_snapshot
 
 SETTINGS = [(0.05, m) for m in (0.0, 0.05, 0.1, 0.15, 0.3, 1.0)] + \
            [(f, 0.0) for f in (0.1, 0.2, 0.3, 0.5)]
@@ -38,9 +37,8 @@ def main():
                 tally = {k: np.zeros((len(SETTINGS), 5)) for k in (4, 1)}
                 for held, known, orders, state, own in open_folds(rule, c4, c1, n, 2, 3):
                     tails = scoring.Tails.pooled(own)
-                    base = {fr: GallerySnapshot("bench", tuple(known), rule, state, tuple(
-                        decision.threshold_of(rule, o, fr, None, tails) for o in own),
-                        own, "profile", fr, tails) for fr in sorted({fr for fr, _ in SETTINGS})}
+                    base = {fr: bench_snapshot(known, rule, state, own, fr, tails)
+                            for fr in sorted({fr for fr, _ in SETTINGS})}
                     snaps = [replace(base[fr], margin=m) for fr, m in SETTINGS]
                     for k, cache in ((4, c4), (1, c1)):
                         for c in names:

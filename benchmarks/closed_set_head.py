@@ -26,11 +26,15 @@ import numpy as np
 
 from ofa_sdk import decision, scoring
 from ofa_sdk.closed_set import HeadChooser, fit_head, predict
-from ofa_sdk.snapshot import GallerySnapshot
 from own_rejection import QUERIES, load, open_folds
-from rules import GAUSS_DECISION
+from rules import GAUSS_DECISION, bench_snapshot
 
 SUPPORT = 100
+
+
+def stand_in_reject(q):
+    """The rejection class here: 30 images of each dev-sim generator, at JPEG quality q."""
+    return np.concatenate([z for d in load("dev-sim", q, 4).values() for z in list(d.values())[:30]])
 
 
 def run(c4, reject, epochs, held=(), seed=0):
@@ -57,15 +61,12 @@ def run(c4, reject, epochs, held=(), seed=0):
 def with_profiles(s, q):
     """{"profiles", "head chooses"}: (right, wrong, unknown, never-enrolled labelled) in %."""
     rule = scoring.GaussianRule(GAUSS_DECISION)
-    c4, sim = load(s, q, 4), load("dev-sim", q, 4)
+    c4, reject = load(s, q, 4), stand_in_reject(q)
     c1 = {c: {i: z[:1] for i, z in d.items()} for c, d in c4.items()}
-    reject = np.concatenate([z for d in sim.values() for z in list(d.values())[:30]])
     t = {"profiles": np.zeros(5), "head chooses": np.zeros(5)}
     for held, known, orders, state, own in open_folds(rule, c4, c1, SUPPORT, 2, 3):
         tails = scoring.Tails.pooled(own)
-        snap = GallerySnapshot("bench", tuple(known), rule, state, tuple(
-            decision.threshold_of(rule, o, decision.DEFAULT_FRACTION, None, tails) for o in own),
-            own, "profile", decision.DEFAULT_FRACTION, tails)
+        snap = bench_snapshot(known, rule, state, own, tails=tails)
         head, classes, _ = fit_head({c: np.concatenate([c4[c][i] for i in orders[c][:SUPPORT]])
                                      for c in known}, reject)
         chosen = replace(snap, chooser=HeadChooser("bench", head, tuple(classes.index(c) for c in known)))
@@ -104,8 +105,7 @@ def main():
     print("|---|---|---|---|---|---|")
     for s in a.sets:
         for q in (0, 90):
-            c4, sim = load(s, q, 4), load("dev-sim", q, 4)
-            reject = np.concatenate([z for d in sim.values() for z in list(d.values())[:30]])
+            c4, reject = load(s, q, 4), stand_in_reject(q)
             names = sorted(c4)
             for ep in a.epochs:
                 top1 = run(c4, reject, ep)[0]

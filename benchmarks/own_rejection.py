@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from ofa_sdk import decision, scoring
-from rules import CACHE, GAUSS_DECISION   # the embedding caches (OFA_BENCH_CACHE: another model's)
+# CACHE: the embedding caches (OFA_BENCH_CACHE: another model's)
+from rules import CACHE, GAUSS_DECISION, bench_snapshot
 
 QUERIES = 75
 RAW = scoring.Calibration(1.0, 0.0)
@@ -109,15 +110,11 @@ def open_set(rule, c4, c1, n, unknown, folds, fraction, seed=0):
     held_out_multi}}} in percent: the SDK's thresholds (the gallery's pooled tail) and the t bound
     alone; ``*_multi``: the share of known / held-out classes' queries whose score meets the
     thresholds of two or more profiles (how far the profiles' acceptance regions overlap)."""
-    from ofa_sdk.snapshot import GallerySnapshot
     names = sorted(c4)
     tally = {k: {w: np.zeros(7) for w in ("now", "t")} for k in (4, 1)}
     for held, known, orders, state, own in open_folds(rule, c4, c1, n, unknown, folds, seed):
-        snaps = {}
-        for w, tails in (("now", scoring.Tails.pooled(own)), ("t", None)):
-            snaps[w] = GallerySnapshot("bench", tuple(known), rule, state,
-                                       tuple(decision.threshold_of(rule, o, fraction, None, tails)
-                                             for o in own), own, "profile", fraction, tails)
+        snaps = {w: bench_snapshot(known, rule, state, own, fraction, tails)
+                 for w, tails in (("now", scoring.Tails.pooled(own)), ("t", None))}
         for k, cache in ((4, c4), (1, c1)):
             for c in names:
                 qs = [cache[c][i] for i in orders[c][n:n + QUERIES]]

@@ -216,6 +216,15 @@ def _decision_scale(rule):
     return rule
 
 
+def bench_snapshot(known, rule, state, own, fraction=decision.DEFAULT_FRACTION, tails=None):
+    """A snapshot of the enrolled classes ``known`` as the SDK makes one (per-profile
+    thresholds refusing ``fraction``, read through ``tails``), without a gallery."""
+    from ofa_sdk.snapshot import GallerySnapshot
+    return GallerySnapshot("bench", tuple(known), rule, state,
+                           tuple(decision.threshold_of(rule, o, fraction, None, tails) for o in own),
+                           own, "profile", fraction, tails)
+
+
 def _labels(snap, queries, S) -> np.ndarray:
     """Index of the profile ``decision.decide`` labels each query with; -1 for ``unknown``."""
     out = [decision.decide("", row, snap.names, None, snapshot=snap, crops=len(q)).profile
@@ -237,8 +246,6 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
     ``folds``. ``margins``: also the default fraction with each ambiguity margin
     (``decision.rival``), under ``f<fraction>_m<margin>``."""
     from dataclasses import replace
-
-    from ofa_sdk.snapshot import GallerySnapshot
     rule = _decision_scale(rule)
     names = data.names
     rng = np.random.default_rng(seed)
@@ -260,9 +267,7 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         ko = np.array(ko)
         Sk, Su = rule.scores(state, kq), rule.scores(state, uq)
         row = {}
-        snaps = {f"f{frac}": GallerySnapshot("bench", tuple(known), rule, state,
-                                             tuple(decision.threshold_of(rule, o, frac, None, tails)
-                                                   for o in own), own, "profile", frac, tails)
+        snaps = {f"f{frac}": bench_snapshot(known, rule, state, own, frac, tails)
                  for frac in set(fractions) | {decision.DEFAULT_FRACTION}}
         default = f"f{decision.DEFAULT_FRACTION}"
         snaps.update({f"{default}_m{m}": replace(snaps[default], margin=m) for m in margins})

@@ -110,9 +110,7 @@ class Attributor:
         self.batch_size, self.workers = batch_size, workers
         self.threshold = decision.parse_threshold(
             decision.DEFAULT_THRESHOLD if threshold is None else threshold)
-        if not 0 < profile_quantile < 1:
-            raise ValueError(f"profile_quantile must be in (0, 1), got {profile_quantile!r}")
-        self.profile_quantile = float(profile_quantile)
+        self.profile_quantile = decision.check_fraction(profile_quantile)
         self.ambiguity_margin = decision.check_margin(ambiguity_margin)
         self.choose_head = choose_head
         self.rule = scoring.make_rule(rule, self.bundle, whiten)

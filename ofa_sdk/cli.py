@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .backends import backend_names
-from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN
+from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN, check_fraction, check_margin
 from .images import AUTO, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
 from .scoring import RULES
 
@@ -63,22 +63,14 @@ def _at_least_1(v: str, flag: str, alternative: str = "") -> int:
     return k
 
 
-def _quantile(v: str) -> float:
-    try:
-        q = float(v)
-    except ValueError:
-        q = float("nan")
-    if not 0 < q < 1:
-        raise argparse.ArgumentTypeError(f"--profile-quantile takes a share in (0, 1), got {v!r}")
-    return q
-
-
-def _margin(v: str) -> float:
-    from .decision import check_margin
-    try:
-        return check_margin(v)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _checked(check, *args):
+    """An argparse type from a decision.check_* function: its ValueError as a usage error."""
+    def parse(v: str):
+        try:
+            return check(v, *args)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
 
 
 def _crops(v: str):
@@ -119,10 +111,10 @@ def _common(p: argparse.ArgumentParser):
                         "pair needs no calibration)")
     p.add_argument("--whiten", default=None, choices=["gallery"],
                    help="gaussian rule: whiten by the enrolled profiles' pooled covariance")
-    p.add_argument("--profile-quantile", type=_quantile, default=DEFAULT_FRACTION, metavar="Q",
+    p.add_argument("--profile-quantile", type=_checked(check_fraction, "--profile-quantile"), default=DEFAULT_FRACTION, metavar="Q",
                    help="the share of a generator's own images its profile threshold refuses "
                         "(default %(default)s)")
-    p.add_argument("--ambiguity-margin", type=_margin, default=DEFAULT_MARGIN, metavar="M",
+    p.add_argument("--ambiguity-margin", type=_checked(check_margin), default=DEFAULT_MARGIN, metavar="M",
                    help="attribute/scan: unknown when a second accepting profile finds the image "
                         "within M as typical as the chosen one (default %(default)s: never; "
                         "larger: fewer wrong labels and fewer labels on never-enrolled "

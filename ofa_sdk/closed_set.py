@@ -90,18 +90,24 @@ class HeadChooser:
         return HeadChooser(self.name, self.head, tuple(self.columns[i] for i in idx))
 
 
+def load_head(gallery, name: str, model_ids):
+    """(head, classes) of the head ``name`` stored in ``gallery`` for one of ``model_ids``;
+    the last class is the rejection class."""
+    h = gallery.get_head(name, model_ids)
+    return head_from_bytes(h["weights"], h["dim"], len(h["classes"]), h["hidden"]), h["classes"]
+
+
 def load_chooser(gallery, name: str, model_ids, profiles: Sequence[str]) -> HeadChooser:
     """The head ``name`` stored in ``gallery`` as a chooser among ``profiles``; every profile
     must be one of its known classes."""
     from .gallery import GalleryError
-    h = gallery.get_head(name, model_ids)
-    known = h["classes"][:-1]
+    head, classes = load_head(gallery, name, model_ids)
+    known = classes[:-1]
     missing = [n for n in profiles if n not in known]
     if missing:
         raise GalleryError(f"closed-set head {name!r} was fit without profile(s) "
                            f"{', '.join(map(repr, missing[:3]))}; fit it again with every "
                            f"profile enrolled ('ofa-sdk fit-closed-set')")
-    head = head_from_bytes(h["weights"], h["dim"], len(h["classes"]), h["hidden"])
     return HeadChooser(name, head, tuple(known.index(n) for n in profiles))
 
 
@@ -180,8 +186,7 @@ def open_set(att, images, name: str = "default",
     """Closed/open-set attribution with the head ``name``: per image the predicted known
     profile, the max known-class probability, and a label that is None (unknown) when the
     rejection class wins or the probability is below ``threshold``."""
-    h = att.gallery.get_head(name, att.bundle.ids)
-    head, classes = head_from_bytes(h["weights"], h["dim"], len(h["classes"]), h["hidden"]), h["classes"]
+    head, classes = load_head(att.gallery, name, att.bundle.ids)
     known = classes[:-1]
     out = []
     for e in att.embed_stream(imio.iter_items(images)):

@@ -49,6 +49,17 @@ def parse_threshold(t) -> Threshold:
     return t if t == "profile" else float(t)
 
 
+def check_fraction(q, name: str = "profile_quantile") -> float:
+    """A share of a generator's own images a profile threshold refuses: a number in (0, 1)."""
+    try:
+        v = float(q)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not 0 < v < 1:
+        raise ValueError(f"{name} must be in (0, 1), got {q!r}")
+    return v
+
+
 def check_margin(m) -> float:
     """An ambiguity margin is a typicality difference in [0, 1] (0: never ambiguous; 1: any
     second accepting profile makes an image ``unknown``)."""

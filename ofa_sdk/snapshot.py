@@ -274,8 +274,7 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     elif whiten is not None:
         raise ValueError("make_snapshot: whiten= names how a rule is made; pass it with a rule "
                          "name, not with a rule object")
-    if not 0 < quantile < 1:
-        raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+    quantile = decision.check_fraction(quantile, "quantile")
     margin = decision.check_margin(margin)
     thr = decision.parse_threshold(decision.DEFAULT_THRESHOLD if threshold is None else threshold)
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
