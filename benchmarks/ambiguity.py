@@ -4,9 +4,13 @@ second accepting profile finds the image within m as typical as the chosen one,
 (``profile_quantile``). benchmarks/own_rejection.py's open set (every class but 2 enrolled, 3
 folds, the SDK's thresholds through the gallery's tail, the SDK's decision), 4- and 1-crop
 queries; per setting: right / wrong / unknown among enrolled classes' images, never-enrolled
-labelled (%). (f = 0.05, m = 0) is the default; m = 1 refuses every image two profiles accept.
+labelled (%). (f = 0.05, m = 0.005) is the default (decision.DEFAULT_MARGIN: a tie), m = 0 the
+decision before it; m = 1 refuses every image two profiles accept. ``--margins``: the default f
+with these margins only.
 
     OFA_BENCH_CACHE=benchmarks/data/cache-v2 python benchmarks/ambiguity.py --sets wild13 dev-sim
+    OFA_BENCH_CACHE=benchmarks/data/cache-v2 python benchmarks/ambiguity.py --sets wild13 dev-sim \
+        --sizes 10 20 100 --margins 0 0.003 0.005 0.0075 0.01 0.02 0.05
 """
 import argparse
 from dataclasses import replace
@@ -25,21 +29,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", nargs="+", default=["wild13", "dev-sim"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[20, 100])
+    ap.add_argument("--margins", nargs="+", type=float, default=None)
     a = ap.parse_args()
+    settings = SETTINGS if a.margins is None else [(decision.DEFAULT_FRACTION, m) for m in a.margins]
     rule = scoring.GaussianRule(GAUSS_DECISION)
-    print("| set | JPEG | support | query crops | " + " | ".join(f"f = {f:g}, m = {m:g}" for f, m in SETTINGS) + " |")
-    print("|---|---|---|---|" + "---|" * len(SETTINGS))
+    print("| set | JPEG | support | query crops | " + " | ".join(f"f = {f:g}, m = {m:g}" for f, m in settings) + " |")
+    print("|---|---|---|---|" + "---|" * len(settings))
     for s in a.sets:
         for q in (0, 90):
             c4, c1 = load(s, q, 4), load(s, q, 1)
             names = sorted(c4)
             for n in a.sizes:
-                tally = {k: np.zeros((len(SETTINGS), 5)) for k in (4, 1)}
+                tally = {k: np.zeros((len(settings), 5)) for k in (4, 1)}
                 for held, known, orders, state, own in open_folds(rule, c4, c1, n, 2, 3):
                     tails = scoring.Tails.pooled(own)
                     base = {fr: bench_snapshot(known, rule, state, own, fr, tails)
-                            for fr in sorted({fr for fr, _ in SETTINGS})}
-                    snaps = [replace(base[fr], margin=m) for fr, m in SETTINGS]
+                            for fr in sorted({fr for fr, _ in settings})}
+                    snaps = [replace(base[fr], margin=m) for fr, m in settings]
                     for k, cache in ((4, c4), (1, c1)):
                         for c in names:
                             qs = [cache[c][i] for i in orders[c][n:n + QUERIES]]

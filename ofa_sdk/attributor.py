@@ -76,9 +76,10 @@ class Attributor:
     ``threshold``: "profile" (default) or a number; ``profile_quantile``: the share of a
     generator's own images a profile threshold rejects; ``ambiguity_margin``: ``attribute``
     and ``scan`` answer ``unknown`` when a second accepting profile finds the image within this
-    much as typical as the chosen one (:func:`ofa_sdk.decision.rival`; 0, the default, never:
-    a larger margin gives fewer wrong labels and fewer labels on never-enrolled generators for
-    fewer right ones, benchmarks/RESULTS.md 10.6); ``choose_head``: the name of a closed-set
+    much as typical as the chosen one (:func:`ofa_sdk.decision.rival`; None, the default:
+    :data:`ofa_sdk.decision.DEFAULT_MARGIN`, a tie, with per-profile thresholds and no head, 0
+    otherwise; 0: never; a larger margin gives fewer wrong labels and fewer labels on
+    never-enrolled generators for fewer right ones, benchmarks/RESULTS.md 10.6-10.7); ``choose_head``: the name of a closed-set
     head (:func:`ofa_sdk.closed_set.fit_closed_set`) that chooses among the profiles whose
     thresholds an image meets, instead of the typicality (which images get a label is
     unchanged; benchmarks/RESULTS.md 3.1). ``batch_size``: crops per engine call;
@@ -93,7 +94,7 @@ class Attributor:
                  small: str = "reject", threshold: Union[float, str, None] = None,
                  workers: int = 2, rule: Optional[str] = None,
                  profile_quantile: float = decision.DEFAULT_FRACTION,
-                 ambiguity_margin: float = decision.DEFAULT_MARGIN,
+                 ambiguity_margin: Optional[float] = None,
                  choose_head: Optional[str] = None,
                  max_pixels: int = imio.MAX_PIXELS, provenance: bool = True,
                  max_bytes: int = imio.MAX_BYTES,
@@ -111,7 +112,8 @@ class Attributor:
         self.threshold = decision.parse_threshold(
             decision.DEFAULT_THRESHOLD if threshold is None else threshold)
         self.profile_quantile = decision.check_fraction(profile_quantile)
-        self.ambiguity_margin = decision.check_margin(ambiguity_margin)
+        self.ambiguity_margin = None if ambiguity_margin is None else \
+            decision.check_margin(ambiguity_margin)      # None: decision.margin_for's default
         self.choose_head = choose_head
         self.rule = scoring.make_rule(rule, self.bundle, whiten)
         self.strict = strict
@@ -158,7 +160,7 @@ class Attributor:
                 "backend": self.backend, "backend_note": self.backend_note,
                 "rule": self.rule.name, "threshold": self.threshold,
                 "profile_quantile": self.profile_quantile,
-                "ambiguity_margin": self.ambiguity_margin, "choose_head": self.choose_head,
+                "ambiguity_margin": self.margin(), "choose_head": self.choose_head,
                 "crops": self.crops,
                 "small": self.small,
                 "gallery": str(self.gallery.path) if self.gallery.path else "memory",
@@ -294,7 +296,13 @@ class Attributor:
         return make_snapshot(self.bundle, self.gallery, self.rule,
                              self.threshold if threshold is None else threshold, profiles,
                              self.profile_quantile, cache=self._snapshots,
-                             margin=self.ambiguity_margin, chooser=head)
+                             margin=self.margin(threshold), chooser=head)
+
+    def margin(self, threshold: Union[float, str, None] = None) -> float:
+        """The ambiguity margin ``attribute`` and ``scan`` use with ``threshold`` (default:
+        ``self.threshold``): :func:`ofa_sdk.decision.margin_for`."""
+        thr = self.threshold if threshold is None else decision.parse_threshold(threshold)
+        return decision.margin_for(self.ambiguity_margin, thr, self.choose_head)
 
     # -- scores ------------------------------------------------------------------------------------
     def scores(self, images, profiles: Optional[Sequence[str]] = None,
@@ -391,7 +399,7 @@ class Attributor:
         from .scan_output import describe_run
         return describe_run(self.model_id, self.rule, self.threshold if threshold is None else
                             decision.parse_threshold(threshold), self.profile_quantile,
-                            self.crops, self.gallery, profiles, self.ambiguity_margin,
+                            self.crops, self.gallery, profiles, self.margin(threshold),
                             self.choose_head)
 
     def _scan(self, sources, threshold, progress: bool, skip: set, profiles,

@@ -114,11 +114,12 @@ def _common(p: argparse.ArgumentParser):
     p.add_argument("--profile-quantile", type=_checked(check_fraction, "--profile-quantile"), default=DEFAULT_FRACTION, metavar="Q",
                    help="the share of a generator's own images its profile threshold refuses "
                         "(default %(default)s)")
-    p.add_argument("--ambiguity-margin", type=_checked(check_margin), default=DEFAULT_MARGIN, metavar="M",
+    p.add_argument("--ambiguity-margin", type=_checked(check_margin), default=None, metavar="M",
                    help="attribute/scan: unknown when a second accepting profile finds the image "
-                        "within M as typical as the chosen one (default %(default)s: never; "
-                        "larger: fewer wrong labels and fewer labels on never-enrolled "
-                        "generators, fewer right ones)")
+                        f"within M as typical as the chosen one (default {DEFAULT_MARGIN}, a tie, "
+                        "with per-profile thresholds and no head, else 0; 0: never; larger: "
+                        "fewer wrong labels and fewer labels on never-enrolled generators, "
+                        "fewer right ones)")
     p.add_argument("--choose-head", default=None, metavar="NAME",
                    help="attribute/scan: among the profiles whose thresholds an image meets, the "
                         "closed-set head NAME (fit-closed-set) chooses, not the typicality")

@@ -59,7 +59,7 @@ import numpy as np
 
 from . import images as imio
 # RESULT_FIELDS: the single-process scan's columns
-from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN, RESULT_FIELDS
+from .decision import DEFAULT_FRACTION, RESULT_FIELDS
 
 FORMATS = ("parquet", "jsonl")
 STAGING = "_incomplete"          # Ray's readers skip names starting with "_"
@@ -408,7 +408,7 @@ def scan_dataset(sources, output: str, *, model=None, gallery=None,
                  rule: Optional[str] = None, whiten: Optional[str] = None,
                  max_bytes: int = imio.MAX_BYTES, engine_options: Optional[Dict] = None,
                  allow_mismatch: bool = False, profile_quantile: float = DEFAULT_FRACTION,
-                 ambiguity_margin: float = DEFAULT_MARGIN,
+                 ambiguity_margin: Optional[float] = None,
                  choose_head: Optional[str] = None) -> Dict[str, Any]:
     """Attribute every image of ``sources`` on a Ray cluster; write one row per input into the
     folder ``output`` (Parquet or JSONL part files); skip sources already written there.

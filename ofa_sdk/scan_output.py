@@ -78,7 +78,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set
 
-from .decision import DEFAULT_MARGIN, JSON_FIELDS, RESULT_FIELDS
+from .decision import JSON_FIELDS, RESULT_FIELDS
 
 SCAN_FIELDS = list(RESULT_FIELDS)
 FLOAT_FIELDS = ("score", "threshold", "typicality")   # numbers; the other columns are text
@@ -377,7 +377,7 @@ def run_file(output) -> Path:
 RUN_KEYS = ("model_id", "rule", "whiten", "threshold", "profile_quantile", "ambiguity_margin",
             "choose_head", "gallery_digest")
 # what a record written before a key existed meant by its absence
-RUN_DEFAULTS = {"ambiguity_margin": DEFAULT_MARGIN, "choose_head": None}
+RUN_DEFAULTS = {"ambiguity_margin": 0.0, "choose_head": None}
 
 
 class ScanMismatch(ValueError):
@@ -386,7 +386,7 @@ class ScanMismatch(ValueError):
 
 
 def describe_run(model_id: str, rule, threshold, quantile: float, crops, gallery,
-                 profiles: Optional[Sequence[str]] = None, margin: float = DEFAULT_MARGIN,
+                 profiles: Optional[Sequence[str]] = None, margin: float = 0.0,
                  choose_head: Optional[str] = None) -> Dict:
     """What a scan's verdicts depend on (recorded beside its output, :func:`run_record`): model
     id, rule, threshold policy, ambiguity margin, the head that chooses among profiles, crops

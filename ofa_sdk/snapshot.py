@@ -37,7 +37,8 @@ class GallerySnapshot:
     policy: Union[float, str] = decision.DEFAULT_THRESHOLD   # "profile" or one number
     fraction: float = decision.DEFAULT_FRACTION
     tails: Optional[Tails] = None   # the gallery's tail shape (all its profiles, not only these)
-    margin: float = decision.DEFAULT_MARGIN   # ambiguity margin of the decision (decision.rival)
+    margin: float = 0.0   # ambiguity margin of the decision (decision.rival; make_snapshot's default
+                          # is decision.margin_for's)
     chooser: Any = None   # closed_set.HeadChooser: a head chooses among accepting profiles
     _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
 
@@ -253,7 +254,7 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
                   profiles: Optional[Sequence[str]] = None,
                   quantile: float = decision.DEFAULT_FRACTION, *, whiten: Optional[str] = None,
                   cache: Optional[SnapshotCache] = None,
-                  margin: float = decision.DEFAULT_MARGIN,
+                  margin: Optional[float] = None,
                   chooser: Optional[str] = None) -> GallerySnapshot:
     """A :class:`GallerySnapshot` of ``gallery``'s profiles ``profiles`` (default: all, in
     ``gallery.names()`` order) for the model ``bundle`` (a loaded
@@ -264,7 +265,8 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
     :func:`ofa_sdk.scoring.make_rule`); ``threshold``: "profile" (the default) or a number;
     ``quantile``: the share of a generator's own images its profile threshold rejects;
     ``cache``: a :class:`SnapshotCache` kept between calls; ``margin``: the decision's
-    ambiguity margin (:func:`ofa_sdk.decision.rival`); ``chooser``: the name of a closed-set
+    ambiguity margin (:func:`ofa_sdk.decision.rival`; None: :func:`ofa_sdk.decision.margin_for`'s
+    default for the threshold policy and chooser); ``chooser``: the name of a closed-set
     head stored in the gallery that chooses among accepting profiles
     (:func:`ofa_sdk.closed_set.load_chooser`). Profiles enrolled with another
     model raise :class:`~ofa_sdk.gallery.ModelMismatch` naming them."""
@@ -275,8 +277,8 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         raise ValueError("make_snapshot: whiten= names how a rule is made; pass it with a rule "
                          "name, not with a rule object")
     quantile = decision.check_fraction(quantile, "quantile")
-    margin = decision.check_margin(margin)
     thr = decision.parse_threshold(decision.DEFAULT_THRESHOLD if threshold is None else threshold)
+    margin = decision.margin_for(margin, thr, chooser)
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
     cache = SnapshotCache() if cache is None else cache
     # one read transaction of every profile: a concurrent enroll or remove is seen wholly or

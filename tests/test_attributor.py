@@ -8,6 +8,7 @@ from conftest import make_images
 from ofa_sdk import Attributor
 from ofa_sdk.attributor import InputError
 from ofa_sdk.backends import EngineUnavailable
+from ofa_sdk.decision import DEFAULT_MARGIN
 from ofa_sdk.gallery import Gallery, GalleryError, ModelMismatch, ProfileNotFound
 
 
@@ -307,6 +308,11 @@ def test_a_head_chooses_among_accepting_profiles_and_the_open_set_stays_the_prof
     strict = Attributor(model=tiny_model, gallery=str(db), crops=1, threshold=1.01, choose_head="default")
     assert all(r.label == "unknown" for r in strict.attribute(queries))
     assert chosen.info()["choose_head"] == "default"
+    # the head chooses, so no typicality tie is called (decision.margin_for)
+    assert chosen.info()["ambiguity_margin"] == chosen.snapshot().margin == 0.0
+    plain = Attributor(model=tiny_model, gallery=str(db), crops=1)     # per-profile thresholds
+    assert plain.info()["ambiguity_margin"] == plain.snapshot().margin == DEFAULT_MARGIN
+    assert plain.margin(0.5) == plain.snapshot(threshold=0.5).margin == 0.0   # chosen by score
     att.enroll("gen-c", make_images(tmp_path / "c", 4, 35, kind="noise"))  # not in the head
     with pytest.raises(GalleryError, match="gen-c"):
         chosen.attribute(queries[:1])

@@ -90,3 +90,18 @@ def test_a_margin_outside_0_1_is_refused(bad):
     from ofa_sdk.decision import check_margin
     with pytest.raises(ValueError, match="ambiguity margin"):
         check_margin(bad)
+
+
+def test_the_default_margin_is_a_tie_in_typicality_and_only_where_typicality_chooses():
+    from ofa_sdk.decision import DEFAULT_MARGIN, margin_for
+    assert margin_for(None) == DEFAULT_MARGIN > 0                 # per-profile thresholds
+    assert margin_for(None, 0.5) == 0.0                           # one threshold: by score
+    assert margin_for(None, "profile", "default") == 0.0          # a head chooses
+    assert margin_for(0, "profile") == 0.0 and margin_for(0.2, 0.5) == 0.2   # given: kept
+    with pytest.raises(ValueError, match="ambiguity margin"):
+        margin_for(2.0)
+    row = _row(0.2, 0.5)            # at the centre of both: about equally typical
+    t = [OWN[i].typicality(RULE.from_prob(row[i])) for i in (0, 1)]
+    assert abs(t[0] - t[1]) < DEFAULT_MARGIN
+    assert decide("x", row, NAMES, None, snapshot=_ambiguous(margin_for(None))).profile is None
+    assert decide("x", row, NAMES, None, snapshot=_ambiguous(0.0)).label in NAMES

@@ -87,11 +87,12 @@ def test_retry_errors_rescans_the_files_of_error_rows(setup, fmt):
 
 
 def test_another_ambiguity_margin_is_refused_and_an_older_record_means_none(setup):
+    from ofa_sdk.decision import DEFAULT_MARGIN
     att, tmp = setup
     out = tmp / "out.jsonl"
     att.scan(tmp / "data" / "incoming", output=out, progress=False)
     run = json.loads(run_file(out).read_text())["runs"][0]
-    assert run["ambiguity_margin"] == 0.0 and run["choose_head"] is None
+    assert run["ambiguity_margin"] == DEFAULT_MARGIN > 0 and run["choose_head"] is None
     wary = Attributor(model=att.bundle, gallery=att.gallery, crops=1, backend="torch",
                       ambiguity_margin=0.2)
     make_images(tmp / "data" / "incoming", 6, 1)
@@ -100,4 +101,8 @@ def test_another_ambiguity_margin_is_refused_and_an_older_record_means_none(setu
     rec = json.loads(run_file(out).read_text())    # a record from before the margin existed
     del rec["runs"][0]["ambiguity_margin"]
     run_file(out).write_text(json.dumps(rec))
-    assert att.scan(tmp / "data" / "incoming", output=out, progress=False).written == 1
+    with pytest.raises(ScanMismatch, match="ambiguity_margin 0.0 there"):   # no margin then
+        att.scan(tmp / "data" / "incoming", output=out, progress=False)
+    none = Attributor(model=att.bundle, gallery=att.gallery, crops=1, backend="torch",
+                      ambiguity_margin=0)
+    assert none.scan(tmp / "data" / "incoming", output=out, progress=False).written == 1
