@@ -79,10 +79,11 @@ class Attributor:
     much as typical as the chosen one (:func:`ofa_sdk.decision.rival`; None, the default:
     :data:`ofa_sdk.decision.DEFAULT_MARGIN`, a tie, with per-profile thresholds and no head, 0
     otherwise; 0: never; a larger margin gives fewer wrong labels and fewer labels on
-    never-enrolled generators for fewer right ones, benchmarks/RESULTS.md 10.6-10.7); ``choose_head``: the name of a closed-set
-    head (:func:`ofa_sdk.closed_set.fit_closed_set`) that chooses among the profiles whose
-    thresholds an image meets, instead of the typicality (which images get a label is
-    unchanged; benchmarks/RESULTS.md 3.1). ``batch_size``: crops per engine call;
+    never-enrolled generators for fewer right ones, benchmarks/RESULTS.md 10.6-10.7);
+    ``choose_head``: the name of a closed-set head (:func:`ofa_sdk.closed_set.fit_closed_set`)
+    that chooses among the profiles whose thresholds an image meets, instead of the
+    typicality (which images get a label is unchanged; benchmarks/RESULTS.md 3.1).
+    ``batch_size``: crops per engine call;
     ``workers``: decoding threads; ``engine_options``: per engine, constructor keywords.
     ``verbose``: progress bars (on stderr) for scans and enrollment; off by default in the
     library, on in the CLI.
