@@ -1,0 +1,50 @@
+"""Quality-matched support (issue 31, JPEG targets): how much of what JPEG costs comes from the
+mismatch between a support set as generated and queries re-encoded by a platform. From the
+embedding caches of ``rules.py embed`` (every image at each JPEG quality, 4 crops): the mean
+1-vs-1 AUC (paper protocol) and top-1 identification with every class enrolled, for every pair
+of support quality and query quality (0: as generated), the default Gaussian rule, 20 and 100
+support images. A matched pair needs the support re-encoded at the query's quality, which a
+JPEG query's quantisation tables name; the SDK does not do this today (measured, not built).
+
+    python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 75 --crops 4
+    python benchmarks/jpeg_matched.py --out benchmarks/results/jpeg_matched.json
+"""
+import argparse
+import json
+from pathlib import Path
+
+from rules import Cached, auc_runs, cache_path, rule_objects
+
+RULE = "gaussian-lw"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", nargs="+", default=["wild13", "related"])
+    ap.add_argument("--jpeg", nargs="+", type=int, default=[0, 90, 75])
+    ap.add_argument("--support", nargs="+", type=int, default=[20, 100])
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    rule = {RULE: rule_objects()[RULE]}
+    rep = {}
+    print("| set | support images | support quality | " + " | ".join(
+        f"queries q{q or ' as generated'}" for q in a.jpeg) + " |")
+    print("|---|---|---|" + "---|" * len(a.jpeg))
+    for s in a.sets:
+        caches = {q: Cached(cache_path(s, q, 4)) for q in a.jpeg}
+        for n in a.support:
+            for sq in a.jpeg:
+                cells = []
+                for qq in a.jpeg:
+                    r = auc_runs(caches[sq], [n], rule, queries=caches[qq])[n]["mean_1v1"]
+                    rep[f"{s}/n{n}/s{sq}/q{qq}"] = {"mean_1v1": r[RULE], "top1": r[RULE + ":top1"]}
+                    cells.append(f"{r[RULE]:.3f} ({100 * r[RULE + ':top1']:.1f})")
+                print(f"| {s} | {n} | {'q%d' % sq if sq else 'as generated'} | " + " | ".join(cells) + " |",
+                      flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(rep, indent=1))
+
+
+if __name__ == "__main__":
+    main()
