@@ -4,16 +4,22 @@ embedding caches of ``rules.py embed`` (every image at each JPEG quality, 4 crop
 1-vs-1 AUC (paper protocol) and top-1 identification with every class enrolled, for every pair
 of support quality and query quality (0: as generated), the default Gaussian rule, 20 and 100
 support images. A matched pair needs the support re-encoded at the query's quality, which a
-JPEG query's quantisation tables name; the SDK does not do this today (measured, not built).
+JPEG query's quantisation tables name: ``Attributor.enroll(jpeg_quality=Q)`` builds such a
+support for one quality; choosing among several per query is not built.
+``--open``: the labels instead, by the SDK's decision at its defaults (``rules.open_set``: 2
+classes never enrolled per fold, 3 folds, 100 support images, the tie margin), re-encoded
+queries against the support as generated and against the support at their quality.
 
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 75 --crops 4
     python benchmarks/jpeg_matched.py --out benchmarks/results/jpeg_matched.json
+    python benchmarks/jpeg_matched.py --open --out benchmarks/results/jpeg_matched_open.json
 """
 import argparse
 import json
 from pathlib import Path
 
-from rules import Cached, auc_runs, cache_path, rule_objects
+from ofa_sdk import decision
+from rules import Cached, auc_runs, cache_path, open_set, rule_objects
 
 RULE = "gaussian-lw"
 
@@ -23,8 +29,11 @@ def main(argv=None):
     ap.add_argument("--sets", nargs="+", default=["wild13", "related"])
     ap.add_argument("--jpeg", nargs="+", type=int, default=[0, 90, 75])
     ap.add_argument("--support", nargs="+", type=int, default=[20, 100])
+    ap.add_argument("--open", action="store_true", help="labels by the SDK's decision instead")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    if a.open:
+        return labels(a)
     rule = {RULE: rule_objects()[RULE]}
     rep = {}
     print("| set | support images | support quality | " + " | ".join(
@@ -41,6 +50,30 @@ def main(argv=None):
                     cells.append(f"{r[RULE]:.3f} ({100 * r[RULE + ':top1']:.1f})")
                 print(f"| {s} | {n} | {'q%d' % sq if sq else 'as generated'} | " + " | ".join(cells) + " |",
                       flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(rep, indent=1))
+
+
+def labels(a):
+    """Right / wrong / unknown among enrolled classes' images, never-enrolled images labelled
+    (%), for each re-encoded query quality against the support as generated and at that
+    quality."""
+    rule = rule_objects()[RULE]
+    tag = f"f{decision.DEFAULT_FRACTION}_m{decision.DEFAULT_MARGIN}"
+    rep = {}
+    print("| set | queries | support as generated | support at the queries' quality |\n|---|---|---|---|")
+    for s in a.sets:
+        caches = {q: Cached(cache_path(s, q, 4)) for q in a.jpeg}
+        for qq in [q for q in a.jpeg if q]:
+            cells = []
+            for sq in (0, qq):
+                r = open_set(caches[sq], rule, 100, 2, 3, fractions=(decision.DEFAULT_FRACTION,),
+                             margins=(decision.DEFAULT_MARGIN,), queries=caches[qq])[tag]
+                rep[f"{s}/s{sq}/q{qq}"] = r
+                cells.append(" / ".join(f"{100 * r[k]:.1f}" for k in ("right", "wrong", "unknown",
+                                                                       "unknown_labelled")))
+            print(f"| {s} | q{qq} | " + " | ".join(cells) + " |", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(rep, indent=1))

@@ -233,7 +233,7 @@ def _labels(snap, queries, S) -> np.ndarray:
 
 
 def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 0.2, 0.3),
-             seed=0, held_out=None, margins=()):
+             seed=0, held_out=None, margins=(), queries: Cached = None):
     """Right / wrong / unknown for known classes' queries, and the share of held-out classes'
     queries given a label, by the SDK's decision (``decision.decide`` on a snapshot of the
     enrolled profiles: per-profile thresholds from ``scoring.held_out_stats`` at the queries'
@@ -244,7 +244,8 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
     profile's threshold at the default fraction. ``held_out``: the held-out classes of each
     fold, given (e.g. one family at a time) instead of ``unknown`` random ones in each of
     ``folds``. ``margins``: also the default fraction with each ambiguity margin
-    (``decision.rival``), under ``f<fraction>_m<margin>``."""
+    (``decision.rival``), under ``f<fraction>_m<margin>``. ``queries``: the queries from
+    another cache of the same images (e.g. re-encoded), the support from ``data``."""
     from dataclasses import replace
     rule = _decision_scale(rule)
     names = data.names
@@ -259,11 +260,12 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
         own = tuple(decision.own_scores(rule, s, k, state=state) for s, k in sup)
         tails = scoring.Tails.pooled(own)      # the gallery's tail, as a snapshot pools it
         kq, ko = [], []
+        qd = data if queries is None else queries
         for p, c in enumerate(known):
-            q = data.query(c)
+            q = qd.query(c)
             kq += q
             ko += [p] * len(q)
-        uq = [x for c in sorted(held) for x in data.query(c)]
+        uq = [x for c in sorted(held) for x in qd.query(c)]
         ko = np.array(ko)
         Sk, Su = rule.scores(state, kq), rule.scores(state, uq)
         row = {}

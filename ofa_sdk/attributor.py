@@ -56,6 +56,17 @@ def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
     return meta
 
 
+def _same_quality(old: Profile, quality: Optional[int]) -> None:
+    """An add keeps a profile's support of one kind: re-encoded at its JPEG quality, or not."""
+    was = old.metadata.get("jpeg_quality")
+    if was != quality:
+        def say(q):
+            return "as given (no jpeg_quality)" if q is None else f"re-encoded at JPEG quality {q}"
+        raise GalleryError(f"profile {old.name!r} holds images {say(was)}; these would be "
+                           f"{say(quality)}: add them with jpeg_quality={was!r}, or enroll "
+                           f"them as another profile")
+
+
 class Attributor:
     """Fingerprint, enroll, score, attribute and scan images with one model and one gallery.
 
@@ -202,7 +213,8 @@ class Attributor:
 
     # -- gallery ---------------------------------------------------------------------------------
     def enroll(self, name: str, images, *, overwrite: bool = False, add: bool = False,
-               metadata: Optional[Dict] = None, min_images: int = 1) -> Profile:
+               metadata: Optional[Dict] = None, min_images: int = 1,
+               jpeg_quality: Optional[int] = None) -> Profile:
         """Make a generator profile from a support set and store it. Unusable support images are
         skipped and counted in the profile's metadata; fewer than ``min_images`` usable ones
         raise :class:`InputError`. ``add=True`` adds the images to an existing profile's
@@ -210,16 +222,23 @@ class Attributor:
         mean, covariance and threshold follow); the merge reads and writes the profile in one
         transaction (:meth:`~ofa_sdk.gallery.Gallery.update`), so concurrent adds all land and
         an add never brings back a profile removed while it embedded. ``metadata`` (yours) is
-        kept under ``profile.metadata["user"]``, apart from the SDK's own fields."""
-        return self._enroll(name, images, overwrite, add, metadata, {}, min_images)
+        kept under ``profile.metadata["user"]``, apart from the SDK's own fields.
+
+        ``jpeg_quality``: each support image is re-encoded at this JPEG quality before it is
+        embedded, for queries that a platform delivers re-encoded at about that quality: a
+        support as generated holds them to thresholds fitted on images they no longer resemble
+        and refuses most of them (benchmarks/RESULTS.md 11.9). Recorded in the profile's
+        metadata; an ``add`` must use the profile's."""
+        return self._enroll(name, images, overwrite, add, metadata, {}, min_images, jpeg_quality)
 
     def _enroll(self, name: str, images, overwrite: bool, add: bool, user: Optional[Dict],
-                internal: Dict, min_images: int) -> Profile:
+                internal: Dict, min_images: int, jpeg_quality: Optional[int] = None) -> Profile:
         if overwrite and add:
             raise ValueError("enroll: overwrite=True replaces a profile, add=True extends it; pass one")
+        quality = None if jpeg_quality is None else imio.check_quality(jpeg_quality)
         existed = add and name in self.gallery
-        if existed:
-            self._profile(name)                 # another model's profile: refused before embedding
+        if existed:                             # another model's profile, or another quality:
+            _same_quality(self._profile(name), quality)    # refused before embedding
         if not (overwrite or add) and name in self.gallery:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it "
                                f"or add=True to add these images to it")
@@ -228,8 +247,8 @@ class Attributor:
         # each image's centre crop is embedded too (one more crop per image), so the 1-crop
         # level of the profile's own scores is held out where a 1-crop query looks
         embedded = embed_stream(self._engine, imio.iter_items(images),
-                                dataclasses.replace(self.policy, centre=True), self.batch_size,
-                                self.workers, spectra=True)
+                                dataclasses.replace(self.policy, centre=True, jpeg_quality=quality),
+                                self.batch_size, self.workers, spectra=True)
         stream = tqdm(embedded, desc=f"enroll {name}", unit="img", disable=not self.verbose,
                       dynamic_ncols=True, mininterval=1.0)
         for i, e in enumerate(stream):
@@ -249,7 +268,8 @@ class Attributor:
         meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
                 "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
                 "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
-                "enrolled_at": time.time(), **internal, USER: dict(user or {})}
+                "jpeg_quality": quality, "enrolled_at": time.time(), **internal,
+                USER: dict(user or {})}
         spectrum = np.mean(specs, axis=0).astype(np.float32)
         head = self.bundle.pair_head()
         part = head.support_part(support)
@@ -264,6 +284,7 @@ class Attributor:
                                centre)
             if old.model_id not in self.bundle.ids:
                 self._profile(name)                       # raises ModelMismatch
+            _same_quality(old, quality)
             m = _added(old, meta, spectrum)
             # a profile enrolled before centre crops were stored has none for its old images:
             # the merged profile then has none either (its 1-crop level uses grid crops)

@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add", action="store_true",
                    help="add the images to an existing profile (its support grows)")
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
+    p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
+                   help="re-encode each image at JPEG quality Q before embedding: for queries a "
+                        "platform delivers re-encoded at about Q")
     _common(p)
     p = sub.add_parser("verify", help="score images against one enrolled generator")
     p.add_argument("sources", nargs="+")
@@ -290,7 +293,7 @@ def cmd_enroll(a, att) -> int:
     if not paths:
         print(f"error: no images found in {' '.join(a.sources)}", file=sys.stderr)
         return 2
-    prof = att.enroll(a.name, paths, overwrite=a.overwrite, add=a.add)
+    prof = att.enroll(a.name, paths, overwrite=a.overwrite, add=a.add, jpeg_quality=a.jpeg_quality)
     return _enrolled(a, att, prof)
 
 

@@ -183,8 +183,8 @@ def decide(source: str, row: np.ndarray, names, thresholds, note: str = "",
         other = rival(row, accepted, best, typ, snapshot, crops, typ_of)
         if other is not None:
             label = None
-            note = "; ".join(x for x in (note, f"ambiguous: {names[best]} (typicality {typ:.2f}) "
-                                               f"or {names[other[0]]} ({other[1]:.2f})") if x)
+            note = "; ".join(x for x in (note, f"ambiguous: {names[best]} (typicality {typ:.3f}) "
+                                               f"or {names[other[0]]} ({other[1]:.3f})") if x)
     return Attribution(source, label, score,
                        {n: float(v) for n, v in zip(names, row)}, None, note, thr, provenance or {},
                        typ)

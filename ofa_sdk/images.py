@@ -306,11 +306,14 @@ def make_crops(a: np.ndarray, crop: int, crops=1) -> np.ndarray:
 
 def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
             max_pixels: int = MAX_PIXELS, provenance: bool = False,
-            max_bytes: int = MAX_BYTES, centre: bool = False) -> Union[Prepared, ImageError]:
+            max_bytes: int = MAX_BYTES, centre: bool = False,
+            jpeg_quality: Optional[int] = None) -> Union[Prepared, ImageError]:
     """Decode + crop one input; never raises for a bad input (returns an ImageError). With
     ``provenance``, encoded inputs also get their declared origin read from the same bytes.
     With ``centre`` (enrollment), the centre crop is added after the policy's crops when they
-    do not consist of it alone (:attr:`Prepared.centre`)."""
+    do not consist of it alone (:attr:`Prepared.centre`). ``jpeg_quality``: a JPEG quality the
+    decoded image is round-tripped through before cropping (a support enrolled as a platform
+    delivers the queries, :meth:`ofa_sdk.Attributor.enroll`)."""
     src = describe(item)
     try:
         d = decode(item, max_pixels, max_bytes)
@@ -336,6 +339,8 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
             notes.append(f"upscaled from {w}x{h}")
         else:
             raise ValueError(f"small must be one of {SMALL_POLICIES}, got {small!r}")
+    if jpeg_quality is not None:
+        a = jpeg(a, jpeg_quality)
     prov = None
     if provenance and d.data is not None:
         from .provenance import read_provenance
@@ -348,8 +353,16 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
     return Prepared(src, cs, "; ".join(notes), prov, where)
 
 
+def check_quality(q) -> int:
+    """A JPEG quality: an integer in [1, 100]."""
+    if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 1 <= q <= 100:
+        raise ValueError(f"a JPEG quality must be an integer in [1, 100], got {q!r}")
+    return int(q)
+
+
 def jpeg(a: np.ndarray, quality: int) -> np.ndarray:
-    """Round-trip an HxWx3 uint8 array through JPEG at ``quality`` (robustness tests)."""
+    """Round-trip an HxWx3 uint8 array through JPEG at ``quality`` (4:2:0, PIL's default, as
+    platforms re-encode)."""
     import io
     from PIL import Image
     buf = io.BytesIO()

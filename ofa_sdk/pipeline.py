@@ -73,6 +73,7 @@ class InputPolicy:
     provenance: bool = True
     max_bytes: int = imio.MAX_BYTES
     centre: bool = False    # also embed the centre crop (enrollment: Profile.centre)
+    jpeg_quality: Optional[int] = None   # re-encode before cropping (enrollment)
 
     def __post_init__(self):
         if self.small not in imio.SMALL_POLICIES:
@@ -83,10 +84,12 @@ class InputPolicy:
             raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels!r}")
         if not isinstance(self.max_bytes, int) or self.max_bytes < 1:
             raise ValueError(f"max_bytes must be an int >= 1, got {self.max_bytes!r}")
+        if self.jpeg_quality is not None:
+            imio.check_quality(self.jpeg_quality)
 
     def __call__(self, item: Any) -> Union[imio.Prepared, imio.ImageError]:
         return imio.prepare(item, self.crop, self.crops, self.small, self.max_pixels,
-                            self.provenance, self.max_bytes, self.centre)
+                            self.provenance, self.max_bytes, self.centre, self.jpeg_quality)
 
 
 def _decode_worker(tasks: "queue.SimpleQueue", policy: InputPolicy) -> None:

@@ -317,3 +317,24 @@ def test_a_head_chooses_among_accepting_profiles_and_the_open_set_stays_the_prof
     with pytest.raises(GalleryError, match="gen-c"):
         chosen.attribute(queries[:1])
     assert np.isfinite(chosen.verify(queries[:1], "gen-c")).all()           # scores need no head
+
+
+def test_enroll_can_reencode_the_support_as_a_platform_delivers_queries(tiny_model, tmp_path):
+    from ofa_sdk.images import jpeg, to_rgb
+    att = Attributor(model=tiny_model, crops=1)
+    imgs = make_images(tmp_path / "a", 4, 40)
+    prof = att.enroll("q90", imgs, jpeg_quality=90)
+    ref = att.enroll("pre", [jpeg(to_rgb(p), 90) for p in imgs])      # re-encoded beforehand
+    np.testing.assert_allclose(prof.support, ref.support, atol=1e-6)
+    plain = att.enroll("plain", imgs)
+    assert np.abs(plain.support - prof.support).max() > 1e-3
+    assert prof.metadata["jpeg_quality"] == 90 and plain.metadata["jpeg_quality"] is None
+    with pytest.raises(GalleryError, match="re-encoded at JPEG quality 90"):
+        att.enroll("q90", imgs[:1], add=True)           # images as given into a re-encoded profile
+    with pytest.raises(GalleryError, match="as given"):
+        att.enroll("plain", imgs[:1], add=True, jpeg_quality=75)
+    att.enroll("q90", imgs[:1], add=True, jpeg_quality=90)
+    assert len(att.gallery.get("q90").support) == len(prof.support) + 1
+    for bad in (0, 101, 9.5, "90", True):
+        with pytest.raises(ValueError, match="JPEG quality"):
+            att.enroll("bad", imgs, jpeg_quality=bad)

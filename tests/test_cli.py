@@ -140,3 +140,16 @@ def test_cli_enroll_add_and_whiten(tiny_model, folders, tmp_path):
                           gallery=g, model=model, expect=1).stdout)
     assert {r["label"] for r in rows} <= {"gen-a", "gen-b", "unknown", "error"}
     run("info", "--rule", "pair", "--whiten", "gallery", gallery=g, model=model, expect=2)
+
+
+def test_cli_enroll_reencodes_at_a_jpeg_quality(tiny_model, folders):
+    tmp, _ = folders
+    g = tmp / "gallery.db"
+    run("enroll", "gen-a", str(tmp / "gen_a"), "--jpeg-quality", "90", gallery=g, model=tiny_model)
+    from ofa_sdk.gallery import Gallery
+    assert Gallery(g).get("gen-a").metadata["jpeg_quality"] == 90
+    err = run("enroll", "gen-a", str(tmp / "gen_a"), "--add", gallery=g, model=tiny_model, expect=2).stderr
+    assert "jpeg_quality=90" in err
+    err = run("enroll", "gen-b", str(tmp / "gen_b"), "--jpeg-quality", "0", gallery=g, model=tiny_model,
+              expect=2).stderr
+    assert "JPEG quality" in err
