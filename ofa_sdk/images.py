@@ -361,8 +361,8 @@ def check_quality(q) -> int:
 
 
 def jpeg(a: np.ndarray, quality: int) -> np.ndarray:
-    """Round-trip an HxWx3 uint8 array through JPEG at ``quality`` (4:2:0, PIL's default, as
-    platforms re-encode)."""
+    """Round-trip an HxWx3 uint8 array through JPEG at ``quality`` with PIL's default settings
+    (robustness tests; a support enrolled re-encoded, :func:`prepare`)."""
     import io
     from PIL import Image
     buf = io.BytesIO()
