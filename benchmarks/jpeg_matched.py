@@ -9,10 +9,15 @@ support for one quality; choosing among several per query is not built.
 ``--open``: the labels instead, by the SDK's decision at its defaults (``rules.open_set``: 2
 classes never enrolled per fold, 3 folds, 100 support images, the tie margin), re-encoded
 queries against the support as generated and against the support at their quality.
+``--rescale F``: the same for queries resized by F (bicubic, as generated otherwise): the mean
+1-vs-1 AUC, top-1 and labels against the support as generated and resized alike
+(``Attributor.enroll(rescale=F)``).
 
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 75 --crops 4
     python benchmarks/jpeg_matched.py --out benchmarks/results/jpeg_matched.json
     python benchmarks/jpeg_matched.py --open --out benchmarks/results/jpeg_matched_open.json
+    python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 --crops 4 --rescale 0.75
+    python benchmarks/jpeg_matched.py --rescale 0.75 --out benchmarks/results/rescale_matched.json
 """
 import argparse
 import json
@@ -30,8 +35,11 @@ def main(argv=None):
     ap.add_argument("--jpeg", nargs="+", type=int, default=[0, 90, 75])
     ap.add_argument("--support", nargs="+", type=int, default=[20, 100])
     ap.add_argument("--open", action="store_true", help="labels by the SDK's decision instead")
+    ap.add_argument("--rescale", type=float, default=None, help="resized queries instead")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    if a.rescale is not None:
+        return rescaled(a)
     if a.open:
         return labels(a)
     rule = {RULE: rule_objects()[RULE]}
@@ -55,12 +63,39 @@ def main(argv=None):
         Path(a.out).write_text(json.dumps(rep, indent=1))
 
 
+LABELS = ("right", "wrong", "unknown", "unknown_labelled")
+
+
+def _labels(support: Cached, queries: Cached) -> dict:
+    """open_set at the SDK's defaults: 2 classes never enrolled per fold, 3 folds, 100 images."""
+    tag = f"f{decision.DEFAULT_FRACTION}_m{decision.DEFAULT_MARGIN}"
+    return open_set(support, rule_objects()[RULE], 100, 2, 3, fractions=(decision.DEFAULT_FRACTION,),
+                    margins=(decision.DEFAULT_MARGIN,), queries=queries)[tag]
+
+
+def rescaled(a):
+    """Queries resized by ``a.rescale`` against the support as generated and resized alike:
+    mean 1-vs-1 AUC (top-1 %) and right / wrong / unknown / never-enrolled labelled (%)."""
+    rep = {}
+    print("| set | support | mean 1-vs-1 AUC (top-1 %) | right / wrong / unknown / never-enrolled labelled |"
+          "\n|---|---|---|---|")
+    for s in a.sets:
+        generated, resized = Cached(cache_path(s, 0, 4)), Cached(cache_path(s, 0, 4, a.rescale))
+        for how, sup in (("as generated", generated), (f"resized {a.rescale:g}", resized)):
+            r = auc_runs(sup, [100], {RULE: rule_objects()[RULE]}, queries=resized)[100]["mean_1v1"]
+            o = _labels(sup, resized)
+            rep[f"{s}/{how}"] = {"mean_1v1": r[RULE], "top1": r[RULE + ":top1"], **o}
+            print(f"| {s} | {how} | {r[RULE]:.3f} ({100 * r[RULE + ':top1']:.1f}) | "
+                  + " / ".join(f"{100 * o[k]:.1f}" for k in LABELS) + " |", flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(rep, indent=1))
+
+
 def labels(a):
     """Right / wrong / unknown among enrolled classes' images, never-enrolled images labelled
     (%), for each re-encoded query quality against the support as generated and at that
     quality."""
-    rule = rule_objects()[RULE]
-    tag = f"f{decision.DEFAULT_FRACTION}_m{decision.DEFAULT_MARGIN}"
     rep = {}
     print("| set | queries | support as generated | support at the queries' quality |\n|---|---|---|---|")
     for s in a.sets:
@@ -68,11 +103,8 @@ def labels(a):
         for qq in [q for q in a.jpeg if q]:
             cells = []
             for sq in (0, qq):
-                r = open_set(caches[sq], rule, 100, 2, 3, fractions=(decision.DEFAULT_FRACTION,),
-                             margins=(decision.DEFAULT_MARGIN,), queries=caches[qq])[tag]
-                rep[f"{s}/s{sq}/q{qq}"] = r
-                cells.append(" / ".join(f"{100 * r[k]:.1f}" for k in ("right", "wrong", "unknown",
-                                                                       "unknown_labelled")))
+                r = rep[f"{s}/s{sq}/q{qq}"] = _labels(caches[sq], caches[qq])
+                cells.append(" / ".join(f"{100 * r[k]:.1f}" for k in LABELS))
             print(f"| {s} | q{qq} | " + " | ".join(cells) + " |", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

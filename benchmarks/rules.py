@@ -56,14 +56,8 @@ def rescaled(files, factor: float):
     re-encodes; 1.0: the files themselves."""
     if factor == 1.0:
         return files
-    from PIL import Image
-    from ofa_sdk.images import to_rgb
-    out = []
-    for f in files:
-        a = to_rgb(f)
-        size = (round(a.shape[1] * factor), round(a.shape[0] * factor))
-        out.append(np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC)))
-    return out
+    from ofa_sdk.images import resize, to_rgb
+    return [resize(to_rgb(f), factor) for f in files]
 
 
 def embed(sets, jpegs, crops_list, model=None, rescales=(1.0,)):

@@ -56,15 +56,19 @@ def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
     return meta
 
 
-def _same_quality(old: Profile, quality: Optional[int]) -> None:
-    """An add keeps a profile's support of one kind: re-encoded at its JPEG quality, or not."""
-    was = old.metadata.get("jpeg_quality")
-    if was != quality:
-        def say(q):
-            return "as given (no jpeg_quality)" if q is None else f"re-encoded at JPEG quality {q}"
+DELIVERY = ("rescale", "jpeg_quality")     # enroll's transforms, in the order applied
+
+
+def _same_delivery(old: Profile, new: Dict) -> None:
+    """An add keeps a profile's support of one kind: resized and re-encoded as its first
+    enrollment was, or as given."""
+    was = {k: old.metadata.get(k) for k in DELIVERY}
+    if was != new:
+        def say(d):
+            return ", ".join(f"{k}={v!r}" for k, v in d.items() if v is not None) or "as given"
         raise GalleryError(f"profile {old.name!r} holds images {say(was)}; these would be "
-                           f"{say(quality)}: add them with jpeg_quality={was!r}, or enroll "
-                           f"them as another profile")
+                           f"{say(new)}: add them with {say(was)}, or enroll them as another "
+                           f"profile")
 
 
 class Attributor:
@@ -214,7 +218,7 @@ class Attributor:
     # -- gallery ---------------------------------------------------------------------------------
     def enroll(self, name: str, images, *, overwrite: bool = False, add: bool = False,
                metadata: Optional[Dict] = None, min_images: int = 1,
-               jpeg_quality: Optional[int] = None) -> Profile:
+               jpeg_quality: Optional[int] = None, rescale: Optional[float] = None) -> Profile:
         """Make a generator profile from a support set and store it. Unusable support images are
         skipped and counted in the profile's metadata; fewer than ``min_images`` usable ones
         raise :class:`InputError`. ``add=True`` adds the images to an existing profile's
@@ -224,21 +228,27 @@ class Attributor:
         an add never brings back a profile removed while it embedded. ``metadata`` (yours) is
         kept under ``profile.metadata["user"]``, apart from the SDK's own fields.
 
-        ``jpeg_quality``: each support image is re-encoded at this JPEG quality before it is
-        embedded, for queries that a platform delivers re-encoded at about that quality: a
-        support as generated holds them to thresholds fitted on images they no longer resemble
-        and refuses most of them (benchmarks/RESULTS.md 11.9). Recorded in the profile's
-        metadata; an ``add`` must use the profile's."""
-        return self._enroll(name, images, overwrite, add, metadata, {}, min_images, jpeg_quality)
+        ``rescale``, ``jpeg_quality``: each support image is resized by this factor (bicubic)
+        and re-encoded at this JPEG quality before it is embedded, for queries that a platform
+        delivers resized and re-encoded about so: a support as generated holds them to
+        thresholds fitted on images they no longer resemble and refuses most of them
+        (benchmarks/RESULTS.md 11.9). Recorded in the profile's metadata; an ``add`` must use
+        the profile's."""
+        return self._enroll(name, images, overwrite, add, metadata, {}, min_images,
+                            {"rescale": rescale, "jpeg_quality": jpeg_quality})
 
     def _enroll(self, name: str, images, overwrite: bool, add: bool, user: Optional[Dict],
-                internal: Dict, min_images: int, jpeg_quality: Optional[int] = None) -> Profile:
+                internal: Dict, min_images: int, delivery: Optional[Dict] = None) -> Profile:
         if overwrite and add:
             raise ValueError("enroll: overwrite=True replaces a profile, add=True extends it; pass one")
-        quality = None if jpeg_quality is None else imio.check_quality(jpeg_quality)
+        delivery = dict(delivery or {})
+        delivery = {"rescale": None if delivery.get("rescale") is None else
+                    imio.check_rescale(delivery["rescale"]),
+                    "jpeg_quality": None if delivery.get("jpeg_quality") is None else
+                    imio.check_quality(delivery["jpeg_quality"])}
         existed = add and name in self.gallery
-        if existed:                             # another model's profile, or another quality:
-            _same_quality(self._profile(name), quality)    # refused before embedding
+        if existed:                             # another model's profile, or another delivery:
+            _same_delivery(self._profile(name), delivery)     # refused before embedding
         if not (overwrite or add) and name in self.gallery:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it "
                                f"or add=True to add these images to it")
@@ -247,7 +257,7 @@ class Attributor:
         # each image's centre crop is embedded too (one more crop per image), so the 1-crop
         # level of the profile's own scores is held out where a 1-crop query looks
         embedded = embed_stream(self._engine, imio.iter_items(images),
-                                dataclasses.replace(self.policy, centre=True, jpeg_quality=quality),
+                                dataclasses.replace(self.policy, centre=True, **delivery),
                                 self.batch_size, self.workers, spectra=True)
         stream = tqdm(embedded, desc=f"enroll {name}", unit="img", disable=not self.verbose,
                       dynamic_ncols=True, mininterval=1.0)
@@ -268,8 +278,7 @@ class Attributor:
         meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
                 "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
                 "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
-                "jpeg_quality": quality, "enrolled_at": time.time(), **internal,
-                USER: dict(user or {})}
+                **delivery, "enrolled_at": time.time(), **internal, USER: dict(user or {})}
         spectrum = np.mean(specs, axis=0).astype(np.float32)
         head = self.bundle.pair_head()
         part = head.support_part(support)
@@ -284,7 +293,7 @@ class Attributor:
                                centre)
             if old.model_id not in self.bundle.ids:
                 self._profile(name)                       # raises ModelMismatch
-            _same_quality(old, quality)
+            _same_delivery(old, delivery)
             m = _added(old, meta, spectrum)
             # a profile enrolled before centre crops were stored has none for its old images:
             # the merged profile then has none either (its 1-crop level uses grid crops)

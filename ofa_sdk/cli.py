@@ -139,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add", action="store_true",
                    help="add the images to an existing profile (its support grows)")
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
+    p.add_argument("--rescale", type=float, default=None, metavar="F",
+                   help="resize each image by F (bicubic) before embedding: for queries a "
+                        "platform delivers resized about so")
     p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
-                   help="re-encode each image at JPEG quality Q before embedding: for queries a "
-                        "platform delivers re-encoded at about Q")
+                   help="re-encode each image (after --rescale) at JPEG quality Q before "
+                        "embedding: for queries a platform delivers re-encoded at about Q")
     _common(p)
     p = sub.add_parser("verify", help="score images against one enrolled generator")
     p.add_argument("sources", nargs="+")
@@ -293,7 +296,8 @@ def cmd_enroll(a, att) -> int:
     if not paths:
         print(f"error: no images found in {' '.join(a.sources)}", file=sys.stderr)
         return 2
-    prof = att.enroll(a.name, paths, overwrite=a.overwrite, add=a.add, jpeg_quality=a.jpeg_quality)
+    prof = att.enroll(a.name, paths, overwrite=a.overwrite, add=a.add, jpeg_quality=a.jpeg_quality,
+                      rescale=a.rescale)
     return _enrolled(a, att, prof)
 
 

@@ -307,13 +307,15 @@ def make_crops(a: np.ndarray, crop: int, crops=1) -> np.ndarray:
 def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
             max_pixels: int = MAX_PIXELS, provenance: bool = False,
             max_bytes: int = MAX_BYTES, centre: bool = False,
-            jpeg_quality: Optional[int] = None) -> Union[Prepared, ImageError]:
+            jpeg_quality: Optional[int] = None,
+            rescale: Optional[float] = None) -> Union[Prepared, ImageError]:
     """Decode + crop one input; never raises for a bad input (returns an ImageError). With
     ``provenance``, encoded inputs also get their declared origin read from the same bytes.
     With ``centre`` (enrollment), the centre crop is added after the policy's crops when they
-    do not consist of it alone (:attr:`Prepared.centre`). ``jpeg_quality``: a JPEG quality the
-    decoded image is round-tripped through before cropping (a support enrolled as a platform
-    delivers the queries, :meth:`ofa_sdk.Attributor.enroll`)."""
+    do not consist of it alone (:attr:`Prepared.centre`). ``rescale``, then ``jpeg_quality``: a
+    factor the decoded image is resized by (bicubic) and a JPEG quality it is round-tripped
+    through before cropping, in the order a platform applies them (a support enrolled as a
+    platform delivers the queries, :meth:`ofa_sdk.Attributor.enroll`)."""
     src = describe(item)
     try:
         d = decode(item, max_pixels, max_bytes)
@@ -321,6 +323,8 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
         reason = str(e) or type(e).__name__
         return ImageError(src, f"unreadable: {reason}")
     a, notes = d.rgb, [d.note] if d.note else []
+    if rescale is not None:
+        a = resize(a, rescale)
     h, w = a.shape[:2]
     if h < crop or w < crop:
         if small == "reject":
@@ -351,6 +355,26 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
         if where:
             cs = np.concatenate([cs, make_crops(a, crop, 1)])
     return Prepared(src, cs, "; ".join(notes), prov, where)
+
+
+def check_rescale(f) -> float:
+    """A resize factor: a number in (0, 4]."""
+    try:
+        v = float(f) if not isinstance(f, (bool, str)) else float("nan")
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not 0 < v <= 4:
+        raise ValueError(f"a rescale factor must be a number in (0, 4], got {f!r}")
+    return v
+
+
+def resize(a: np.ndarray, factor: float) -> np.ndarray:
+    """An HxWx3 uint8 array resized by ``factor`` (bicubic, each side rounded, at least 1 px),
+    as a platform resizes before it re-encodes."""
+    from PIL import Image
+    h, w = a.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC))
 
 
 def check_quality(q) -> int:

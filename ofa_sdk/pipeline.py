@@ -74,6 +74,7 @@ class InputPolicy:
     max_bytes: int = imio.MAX_BYTES
     centre: bool = False    # also embed the centre crop (enrollment: Profile.centre)
     jpeg_quality: Optional[int] = None   # re-encode before cropping (enrollment)
+    rescale: Optional[float] = None      # resize before re-encoding and cropping (enrollment)
 
     def __post_init__(self):
         if self.small not in imio.SMALL_POLICIES:
@@ -86,10 +87,13 @@ class InputPolicy:
             raise ValueError(f"max_bytes must be an int >= 1, got {self.max_bytes!r}")
         if self.jpeg_quality is not None:
             imio.check_quality(self.jpeg_quality)
+        if self.rescale is not None:
+            imio.check_rescale(self.rescale)
 
     def __call__(self, item: Any) -> Union[imio.Prepared, imio.ImageError]:
         return imio.prepare(item, self.crop, self.crops, self.small, self.max_pixels,
-                            self.provenance, self.max_bytes, self.centre, self.jpeg_quality)
+                            self.provenance, self.max_bytes, self.centre, self.jpeg_quality,
+                            self.rescale)
 
 
 def _decode_worker(tasks: "queue.SimpleQueue", policy: InputPolicy) -> None:

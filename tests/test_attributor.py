@@ -319,22 +319,33 @@ def test_a_head_chooses_among_accepting_profiles_and_the_open_set_stays_the_prof
     assert np.isfinite(chosen.verify(queries[:1], "gen-c")).all()           # scores need no head
 
 
-def test_enroll_can_reencode_the_support_as_a_platform_delivers_queries(tiny_model, tmp_path):
-    from ofa_sdk.images import jpeg, to_rgb
+def test_enroll_can_resize_and_reencode_the_support_as_a_platform_delivers_queries(tiny_model, tmp_path):
+    from ofa_sdk.images import jpeg, resize, to_rgb
     att = Attributor(model=tiny_model, crops=1)
-    imgs = make_images(tmp_path / "a", 4, 40)
+    imgs = make_images(tmp_path / "a", 4, 40, size=64)
     prof = att.enroll("q90", imgs, jpeg_quality=90)
     ref = att.enroll("pre", [jpeg(to_rgb(p), 90) for p in imgs])      # re-encoded beforehand
     np.testing.assert_allclose(prof.support, ref.support, atol=1e-6)
+    both = att.enroll("r75q90", imgs, rescale=0.75, jpeg_quality=90)  # resized, then re-encoded
+    ref = att.enroll("pre2", [jpeg(resize(to_rgb(p), 0.75), 90) for p in imgs])
+    np.testing.assert_allclose(both.support, ref.support, atol=1e-6)
     plain = att.enroll("plain", imgs)
     assert np.abs(plain.support - prof.support).max() > 1e-3
-    assert prof.metadata["jpeg_quality"] == 90 and plain.metadata["jpeg_quality"] is None
-    with pytest.raises(GalleryError, match="re-encoded at JPEG quality 90"):
+    assert np.abs(both.support - prof.support).max() > 1e-3
+    assert (prof.metadata["jpeg_quality"], prof.metadata["rescale"]) == (90, None)
+    assert (both.metadata["jpeg_quality"], both.metadata["rescale"]) == (90, 0.75)
+    assert plain.metadata["jpeg_quality"] is None and plain.metadata["rescale"] is None
+    with pytest.raises(GalleryError, match="holds images jpeg_quality=90; these would be as given"):
         att.enroll("q90", imgs[:1], add=True)           # images as given into a re-encoded profile
-    with pytest.raises(GalleryError, match="as given"):
+    with pytest.raises(GalleryError, match="holds images as given"):
         att.enroll("plain", imgs[:1], add=True, jpeg_quality=75)
+    with pytest.raises(GalleryError, match="rescale=0.75"):
+        att.enroll("r75q90", imgs[:1], add=True, jpeg_quality=90)
     att.enroll("q90", imgs[:1], add=True, jpeg_quality=90)
     assert len(att.gallery.get("q90").support) == len(prof.support) + 1
     for bad in (0, 101, 9.5, "90", True):
         with pytest.raises(ValueError, match="JPEG quality"):
             att.enroll("bad", imgs, jpeg_quality=bad)
+    for bad in (0, -1, 5, "0.5", float("nan")):
+        with pytest.raises(ValueError, match="rescale factor"):
+            att.enroll("bad", imgs, rescale=bad)
