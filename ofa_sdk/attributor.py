@@ -241,11 +241,9 @@ class Attributor:
                 internal: Dict, min_images: int, delivery: Optional[Dict] = None) -> Profile:
         if overwrite and add:
             raise ValueError("enroll: overwrite=True replaces a profile, add=True extends it; pass one")
-        delivery = dict(delivery or {})
-        delivery = {"rescale": None if delivery.get("rescale") is None else
-                    imio.check_rescale(delivery["rescale"]),
-                    "jpeg_quality": None if delivery.get("jpeg_quality") is None else
-                    imio.check_quality(delivery["jpeg_quality"])}
+        given = delivery or {}
+        checks = {"rescale": imio.check_rescale, "jpeg_quality": imio.check_quality}
+        delivery = {k: None if given.get(k) is None else checks[k](given[k]) for k in DELIVERY}
         existed = add and name in self.gallery
         if existed:                             # another model's profile, or another delivery:
             _same_delivery(self._profile(name), delivery)     # refused before embedding
