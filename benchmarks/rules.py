@@ -212,7 +212,9 @@ def _decision_scale(rule):
 
 def bench_snapshot(known, rule, state, own, fraction=decision.DEFAULT_FRACTION, tails=None):
     """A snapshot of the enrolled classes ``known`` as the SDK makes one (per-profile
-    thresholds refusing ``fraction``, read through ``tails``), without a gallery."""
+    thresholds refusing ``fraction``, read through ``tails``), without a gallery and without
+    an ambiguity margin (the decision before the SDK's default tie margin; a caller sets one
+    with ``dataclasses.replace(snap, margin=m)``)."""
     from ofa_sdk.snapshot import GallerySnapshot
     return GallerySnapshot("bench", tuple(known), rule, state,
                            tuple(decision.threshold_of(rule, o, fraction, None, tails) for o in own),

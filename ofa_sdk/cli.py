@@ -111,7 +111,8 @@ def _common(p: argparse.ArgumentParser):
                         "pair needs no calibration)")
     p.add_argument("--whiten", default=None, choices=["gallery"],
                    help="gaussian rule: whiten by the enrolled profiles' pooled covariance")
-    p.add_argument("--profile-quantile", type=_checked(check_fraction, "--profile-quantile"), default=DEFAULT_FRACTION, metavar="Q",
+    p.add_argument("--profile-quantile", type=_checked(check_fraction, "--profile-quantile"),
+                   default=DEFAULT_FRACTION, metavar="Q",
                    help="the share of a generator's own images its profile threshold refuses "
                         "(default %(default)s)")
     p.add_argument("--ambiguity-margin", type=_checked(check_margin), default=None, metavar="M",
@@ -249,7 +250,8 @@ def _attributor(a):
                       batch_size=a.batch_size, crops=a.crops, small=a.small, rule=a.rule,
                       engine_options=options, max_bytes=a.max_bytes, whiten=a.whiten,
                       profile_quantile=a.profile_quantile, ambiguity_margin=a.ambiguity_margin,
-                      choose_head=a.choose_head, verbose=not getattr(a, "no_progress", False) and a.cmd != "serve")
+                      choose_head=a.choose_head,
+                      verbose=not getattr(a, "no_progress", False) and a.cmd != "serve")
 
 
 def _fmt(v) -> str:

@@ -328,7 +328,8 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
     h, w = a.shape[:2]
     if h < crop or w < crop:
         if small == "reject":
-            return ImageError(src, f"image is {w}x{h}, smaller than the model's {crop}x{crop} "
+            was = "" if rescale is None else f" after rescale {rescale:g}"
+            return ImageError(src, f"image is {w}x{h}{was}, smaller than the model's {crop}x{crop} "
                                    f"crop (policy small='reject'; use 'pad' or 'upscale')")
         if small == "pad":    # reflect; a 1-pixel side can only repeat its edge
             mode = "reflect" if min(h, w) > 1 else "edge"
