@@ -12,18 +12,29 @@ queries against the support as generated and against the support at their qualit
 ``--rescale F``: the same for queries resized by F (bicubic, as generated otherwise): the mean
 1-vs-1 AUC, top-1 and labels against the support as generated and resized alike
 (``Attributor.enroll(rescale=F)``).
+``--variants Q...``: JPEG variants as the SDK routes them (``Attributor.enroll(jpeg_variants=...)``,
+``snapshot.nearest_variant``): queries of each delivery (``--deliveries``: a quality, or
+``AtoB`` for a copy encoded at A and then at B, whose tables name B only) against the support
+as generated and against the variant the SDK picks for the quality they name; AUC, top-1 and
+labels for both.
 
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 75 --crops 4
     python benchmarks/jpeg_matched.py --out benchmarks/results/jpeg_matched.json
     python benchmarks/jpeg_matched.py --open --out benchmarks/results/jpeg_matched_open.json
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 --crops 4 --rescale 0.75
     python benchmarks/jpeg_matched.py --rescale 0.75 --out benchmarks/results/rescale_matched.json
+    python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 95 85 80 60 --crops 4
+    python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --first-jpeg 90 --jpeg 75 --crops 4
+    python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --first-jpeg 75 --jpeg 90 --crops 4
+    python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --first-jpeg 95 --jpeg 90 --crops 4
+    python benchmarks/jpeg_matched.py --variants 95 90 75 --out benchmarks/results/jpeg_variants.json
 """
 import argparse
 import json
 from pathlib import Path
 
 from ofa_sdk import decision
+from ofa_sdk.snapshot import nearest_variant
 from rules import Cached, auc_runs, cache_path, open_set, rule_objects
 
 RULE = "gaussian-lw"
@@ -36,8 +47,14 @@ def main(argv=None):
     ap.add_argument("--support", nargs="+", type=int, default=[20, 100])
     ap.add_argument("--open", action="store_true", help="labels by the SDK's decision instead")
     ap.add_argument("--rescale", type=float, default=None, help="resized queries instead")
+    ap.add_argument("--variants", nargs="+", type=int, default=None,
+                    help="JPEG variants as the SDK routes them instead")
+    ap.add_argument("--deliveries", nargs="+",
+                    default=["0", "95", "90", "85", "80", "75", "60", "90to75", "75to90", "95to90"])
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    if a.variants is not None:
+        return variants(a)
     if a.rescale is not None:
         return rescaled(a)
     if a.open:
@@ -87,6 +104,35 @@ def rescaled(a):
             rep[f"{s}/{how}"] = {"mean_1v1": r[RULE], "top1": r[RULE + ":top1"], **o}
             print(f"| {s} | {how} | {r[RULE]:.3f} ({100 * r[RULE + ':top1']:.1f}) | "
                   + " / ".join(f"{100 * o[k]:.1f}" for k in LABELS) + " |", flush=True)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(rep, indent=1))
+
+
+def variants(a):
+    """Per delivery: the variant the SDK routes it to, and AUC (top-1 %) and right / wrong /
+    unknown / never-enrolled labelled (%) against the support as generated and that variant."""
+    rep = {}
+    print("| set | queries | variant | AUC (top-1 %): as generated | variant | labels: as generated "
+          "| variant |\n|---|---|---|---|---|---|---|")
+    rule = {RULE: rule_objects()[RULE]}
+    for s in a.sets:
+        generated = Cached(cache_path(s, 0, 4))
+        for d in a.deliveries:
+            first, _, last = d.rpartition("to")
+            queries = Cached(cache_path(s, int(last), 4, first=int(first or 0)))
+            v = nearest_variant(int(last) or None, a.variants)
+            routed = Cached(cache_path(s, v, 4)) if v else generated
+            cells = {}
+            for how, sup in (("generated", generated), ("variant", routed)):
+                r = auc_runs(sup, [100], rule, queries=queries)[100]["mean_1v1"]
+                cells[how] = {"mean_1v1": r[RULE], "top1": r[RULE + ":top1"],
+                              **_labels(sup, queries)}
+            rep[f"{s}/{d}"] = {"variant": v, **cells}
+            auc = [f"{c['mean_1v1']:.3f} ({100 * c['top1']:.1f})" for c in cells.values()]
+            lab = [" / ".join(f"{100 * c[k]:.1f}" for k in LABELS) for c in cells.values()]
+            print(f"| {s} | {'as generated' if d == '0' else 'q' + d.replace('to', ' then q')} | "
+                  f"{'q%d' % v if v else 'none'} | " + " | ".join(auc + lab) + " |", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(rep, indent=1))

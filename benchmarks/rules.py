@@ -46,9 +46,11 @@ from ofa_sdk.evaluation.metrics import oscr, roc_auc
 
 
 # -- embedding cache ---------------------------------------------------------------------------
-def cache_path(name: str, jpeg: int, crops: int, rescale: float = 1.0) -> Path:
+def cache_path(name: str, jpeg: int, crops: int, rescale: float = 1.0, first: int = 0) -> Path:
+    """``first``: a JPEG quality each image was encoded at before ``jpeg`` (0: none)."""
     tag = "" if rescale == 1.0 else f"_r{round(100 * rescale)}"
-    return CACHE / f"{name}_q{jpeg}_c{crops}{tag}.npz"
+    q = f"{first}to{jpeg}" if first else f"{jpeg}"
+    return CACHE / f"{name}_q{q}_c{crops}{tag}.npz"
 
 
 def rescaled(files, factor: float):
@@ -60,9 +62,11 @@ def rescaled(files, factor: float):
     return [resize(to_rgb(f), factor) for f in files]
 
 
-def embed(sets, jpegs, crops_list, model=None, rescales=(1.0,)):
+def embed(sets, jpegs, crops_list, model=None, rescales=(1.0,), first=0):
     """Cache every image's crop fingerprints per (set, JPEG quality, crops, rescale factor); a
-    rescaled copy is resized first, then re-encoded (``rescaled``)."""
+    rescaled copy is resized first, then re-encoded (``rescaled``); ``first``: each image
+    encoded at this JPEG quality before that (a copy re-encoded twice)."""
+    from ofa_sdk.images import jpeg, to_rgb
     from eval_wild import load_classes
     from ofa_sdk import Attributor
     from ofa_sdk.evaluation.runner import embed_items
@@ -71,13 +75,16 @@ def embed(sets, jpegs, crops_list, model=None, rescales=(1.0,)):
         for s in sets:
             classes = load_classes(Path(s))
             for q, r in ((q, r) for q in jpegs for r in rescales):
-                out = cache_path(Path(s).name, q, crops, r)
+                out = cache_path(Path(s).name, q, crops, r, first)
                 if out.exists():
                     continue
                 t0 = time.time()
                 z, counts, cls, idx = [], [], [], []
                 for c, files in classes.items():
-                    e = embed_items(att, rescaled(files, r), q or None, with_spectra=False)
+                    items = rescaled(files, r)
+                    if first:
+                        items = [jpeg(to_rgb(x), first) for x in items]
+                    e = embed_items(att, items, q or None, with_spectra=False)
                     if e.skipped:
                         raise SystemExit(f"{s}/{c}: unusable images {e.skipped[:3]}")
                     z += e.z
@@ -375,6 +382,8 @@ def main(argv=None):
     e.add_argument("--model", default=None)
     e.add_argument("--rescale", type=float, nargs="+", default=[1.0],
                    help="resize factors (bicubic, before any JPEG); 1.0: as generated")
+    e.add_argument("--first-jpeg", type=int, default=0,
+                   help="a JPEG quality each image is encoded at before --jpeg (0: none)")
     c = sub.add_parser("compare")
     c.add_argument("--sets", nargs="+", default=["dev-sim", "wild13"])
     c.add_argument("--jpeg", type=int, nargs="+", default=[0, 90, 75])
@@ -398,7 +407,7 @@ def main(argv=None):
     elif a.cmd == "embed":
         import torch
         torch.set_num_threads(2)
-        embed(a.set, a.jpeg, a.crops, a.model, a.rescale)
+        embed(a.set, a.jpeg, a.crops, a.model, a.rescale, a.first_jpeg)
     else:
         a.unknown = {"dev-sim": 3, "wild13": 4, "related": 4}
         compare(a)

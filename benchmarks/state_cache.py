@@ -1,7 +1,7 @@
 """Start-up cost of a snapshot of a large gallery, with and without the per-profile state the
 gallery stores (issue 32): what a CLI call pays before its first image.
 
-    python benchmarks/state_cache.py --profiles 1000 --images 20 [--cli]
+    python benchmarks/state_cache.py --profiles 1000 --images 20 [--cli] [--variants 95 90 75]
 
 A synthetic gallery of ``--profiles`` profiles (``--images`` images of 4 crops each, d = 128
 unit fingerprints around a random direction per profile) under the shipped model's id, in a
@@ -12,6 +12,11 @@ them (what every call paid before they were stored), the next ones read them bac
 ``--cli``: then the whole command a user runs, ``ofa-sdk attribute`` of one image, as a new
 process against that gallery and against an empty one (interpreter, imports, model and engine
 load included): what the gallery adds to a CLI call, and what the call costs in all.
+
+``--variants Q...``: each profile also holds JPEG variants of these qualities (as
+``Attributor.enroll`` makes by default; here the support's fingerprints perturbed a little).
+A snapshot prepares them when a query first needs one: timed apart (all of them), and with
+``--cli`` a JPEG query is timed beside the PNG one.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ def main():
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cli", action="store_true", help="also time ofa-sdk attribute processes")
+    ap.add_argument("--variants", type=int, nargs="+", default=[], help="JPEG variants per profile")
     a = ap.parse_args()
     bundle = load_default_model()
     rng = np.random.default_rng(0)
@@ -45,37 +51,55 @@ def main():
         for i in range(a.profiles):
             mu = scoring.unit(rng.normal(size=128))
             z = scoring.unit(mu + 0.2 * rng.normal(size=(4 * a.images, 128))).astype(np.float32)
-            g.put(Profile(f"p{i:05d}", bundle.model_id, z, np.zeros((len(z), 1), np.float32),
-                          {"crop_counts": [4] * a.images}))
+            meta = {"crop_counts": [4] * a.images}
+            variants = {q: Profile(f"p{i:05d}", bundle.model_id,
+                                   scoring.unit(z + 0.05 * rng.normal(size=z.shape)).astype(np.float32),
+                                   np.zeros((len(z), 1), np.float32), meta, variant=q)
+                        for q in a.variants}
+            g.put(Profile(f"p{i:05d}", bundle.model_id, z, np.zeros((len(z), 1), np.float32), meta,
+                          variants=variants))
         g.close()
-        times = []
+        times, vtimes = [], []
         for _ in range(a.runs):
             t = time.perf_counter()
             snap = make_snapshot(bundle, Gallery(path), cache=SnapshotCache())
             times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for q in snap.levels:
+                snap.variant(q)
+            vtimes.append(time.perf_counter() - t)
         print(f"rule {snap.rule.name}, {a.profiles} profiles of {a.images} images: first "
               f"snapshot (computes and stores) {times[0]:.2f} s; later ones (read back) "
               f"{min(times[1:]):.2f} s, {times[0] / min(times[1:]):.0f}x faster")
+        if a.variants:
+            print(f"its JPEG variants {a.variants}, all of them: first {vtimes[0]:.2f} s, later "
+                  f"{min(vtimes[1:]):.2f} s")
         if a.cli:
-            cli_times(Path(tmp), path, a.runs)
+            cli_times(Path(tmp), path, a.runs, bool(a.variants))
 
 
-def cli_times(tmp: Path, gallery: Path, runs: int) -> None:
+def cli_times(tmp: Path, gallery: Path, runs: int, jpeg: bool = False) -> None:
     """Best of ``runs`` wall times of ``ofa-sdk attribute IMAGE`` with ``gallery`` and with an
-    empty gallery, alternated so that both see the same machine load."""
+    empty gallery, alternated so that both see the same machine load; ``jpeg``: a JPEG query
+    (q90) too."""
     from PIL import Image
-    img = tmp / "q.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), np.uint8)).save(img)
-    best = {"empty": [], "gallery": []}
+    pixels = Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), np.uint8))
+    pixels.save(tmp / "q.png")
+    pixels.save(tmp / "q.jpg", quality=90)
+    cases = [("empty", tmp / "empty.db", "q.png"), ("gallery", gallery, "q.png")]
+    if jpeg:
+        cases.append(("gallery, JPEG query", gallery, "q.jpg"))
+    best = {k: [] for k, _, _ in cases}
     for _ in range(runs):
-        for key, g in (("empty", tmp / "empty.db"), ("gallery", gallery)):
+        for key, g, img in cases:
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "ofa_sdk.cli", "attribute", str(img), "--json",
-                            "--gallery", str(g)], check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "ofa_sdk.cli", "attribute", str(tmp / img),
+                            "--json", "--gallery", str(g)], check=True, capture_output=True)
             best[key].append(time.perf_counter() - t)
-    e, g = min(best["empty"]), min(best["gallery"])
-    print(f"ofa-sdk attribute of one image, best of {runs}: empty gallery {e:.2f} s, this gallery "
-          f"{g:.2f} s (+{g - e:.2f} s, {g / e:.2f}x)")
+    e = min(best["empty"])
+    print(f"ofa-sdk attribute of one image, best of {runs}: empty gallery {e:.2f} s, " + ", ".join(
+        f"{k} {min(v):.2f} s (+{min(v) - e:.2f} s, {min(v) / e:.2f}x)"
+        for k, v in best.items() if k != "empty"))
 
 
 if __name__ == "__main__":

@@ -56,19 +56,46 @@ def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
     return meta
 
 
-DELIVERY = ("rescale", "jpeg_quality")     # enroll's transforms, in the order applied
+DELIVERY = ("rescale", "jpeg_quality", "jpeg_variants")   # enroll's transforms, in the order applied
+
+# The JPEG variants a profile is enrolled with by default: its support re-encoded at each of
+# these qualities, so that a query that arrives re-encoded is scored against the variant of
+# the nearest quality (snapshot.nearest_variant) instead of a support it no longer resembles
+# (benchmarks/RESULTS.md 11.10: the choice of qualities and what they recover)
+JPEG_VARIANTS = (95, 90, 75)
+
+
+def _delivery_of(meta: Dict) -> Dict:
+    """A profile's delivery (:data:`DELIVERY`) from its metadata; no variants before they were
+    recorded."""
+    out = {k: meta.get(k) for k in DELIVERY}
+    return {**out, "jpeg_variants": tuple(out["jpeg_variants"] or ())}
 
 
 def _same_delivery(old: Profile, new: Dict) -> None:
     """An add keeps a profile's support of one kind: resized and re-encoded as its first
-    enrollment was, or as given."""
-    was = {k: old.metadata.get(k) for k in DELIVERY}
+    enrollment was, with the same variants, or as given."""
+    was = _delivery_of(old.metadata)
     if was != new:
         def say(d):
-            return ", ".join(f"{k}={v!r}" for k, v in d.items() if v is not None) or "as given"
+            return ", ".join(f"{k}={v!r}" for k, v in d.items() if v not in (None, ())) \
+                or "as given"
         raise GalleryError(f"profile {old.name!r} holds images {say(was)}; these would be "
                            f"{say(new)}: add them with {say(was)}, or enroll them as another "
                            f"profile")
+
+
+def _merged(old: Optional[Profile], new: Profile, meta: Dict, spectrum) -> Profile:
+    """``new`` (a profile or a variant) added to ``old`` (None: ``new`` as it is)."""
+    if old is None:
+        return new
+    # a profile enrolled before centre crops were stored has none for its old images: the
+    # merged profile then has none either (its 1-crop level uses grid crops)
+    both = None if old.centre is None or new.centre is None else \
+        np.concatenate([old.centre, new.centre])
+    return Profile(new.name, new.model_id, np.concatenate([old.support, new.support]),
+                   np.concatenate([old.support_part, new.support_part]), meta, new.created,
+                   spectrum, both, variant=new.variant)
 
 
 class Attributor:
@@ -218,7 +245,8 @@ class Attributor:
     # -- gallery ---------------------------------------------------------------------------------
     def enroll(self, name: str, images, *, overwrite: bool = False, add: bool = False,
                metadata: Optional[Dict] = None, min_images: int = 1,
-               jpeg_quality: Optional[int] = None, rescale: Optional[float] = None) -> Profile:
+               jpeg_quality: Optional[int] = None, rescale: Optional[float] = None,
+               jpeg_variants: Optional[Sequence[int]] = None) -> Profile:
         """Make a generator profile from a support set and store it. Unusable support images are
         skipped and counted in the profile's metadata; fewer than ``min_images`` usable ones
         raise :class:`InputError`. ``add=True`` adds the images to an existing profile's
@@ -233,29 +261,103 @@ class Attributor:
         delivers resized and re-encoded about so: a support as generated holds them to
         thresholds fitted on images they no longer resemble and refuses most of them
         (benchmarks/RESULTS.md 11.9). Recorded in the profile's metadata; an ``add`` must use
-        the profile's."""
+        the profile's.
+
+        ``jpeg_variants``: JPEG qualities at which the support is also re-encoded and embedded
+        (None: :data:`JPEG_VARIANTS` for a new profile, the profile's own for an ``add``; ``()``:
+        none). A query that arrives as a JPEG is scored against the variant of the nearest
+        quality (its quality read from its quantisation tables), any other query against the
+        support itself, so a profile enrolled as generated keeps its promise on re-encoded
+        queries too (benchmarks/RESULTS.md 11.10). Each variant costs one more embedding pass
+        over the support; not with ``jpeg_quality``, which fixes the support's one delivery."""
         return self._enroll(name, images, overwrite, add, metadata, {}, min_images,
-                            {"rescale": rescale, "jpeg_quality": jpeg_quality})
+                            {"rescale": rescale, "jpeg_quality": jpeg_quality,
+                             "jpeg_variants": jpeg_variants})
 
     def _enroll(self, name: str, images, overwrite: bool, add: bool, user: Optional[Dict],
                 internal: Dict, min_images: int, delivery: Optional[Dict] = None) -> Profile:
         if overwrite and add:
             raise ValueError("enroll: overwrite=True replaces a profile, add=True extends it; pass one")
-        given = delivery or {}
-        checks = {"rescale": imio.check_rescale, "jpeg_quality": imio.check_quality}
-        delivery = {k: None if given.get(k) is None else checks[k](given[k]) for k in DELIVERY}
+        delivery = self._delivery(name, add, delivery or {})
         existed = add and name in self.gallery
         if existed:                             # another model's profile, or another delivery:
             _same_delivery(self._profile(name), delivery)     # refused before embedding
         if not (overwrite or add) and name in self.gallery:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it "
                                f"or add=True to add these images to it")
-        zs, specs, centres, skipped, sources = [], [], [], [], 0
+        variants = delivery["jpeg_variants"]
+        items = imio.iter_items(images)
+        if variants:                            # one pass over the items per variant
+            items = list(items)
+        transform = {k: delivery[k] for k in ("rescale", "jpeg_quality")}
+        zs, specs, centres, skipped, sources = self._embed_support(name, items, transform)
+        if len(zs) < max(1, min_images):
+            if skipped:
+                raise InputError(skipped)
+            raise ValueError(f"enroll {name!r}: no images given")
+        now = time.time()
+        meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
+                "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
+                "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
+                **{**delivery, "jpeg_variants": list(variants)}, "enrolled_at": now,
+                **internal, USER: dict(user or {})}
+        spectrum = np.mean(specs, axis=0).astype(np.float32)
+        prof = self._profile_of(name, zs, centres, meta, spectrum, now)
+        for q in variants:
+            vz, _, vc, _, _ = self._embed_support(f"{name} q{q}", items,
+                                                  {**transform, "jpeg_quality": q})
+            if vz:
+                vmeta = {"crop_counts": [len(z) for z in vz], "jpeg_quality": q}
+                prof.variants[q] = self._profile_of(name, vz, vc, vmeta, None, now, q)
+        if not add:
+            self.gallery.put(prof, overwrite=overwrite)
+            return prof
+
+        def merge(old: Optional[Profile]) -> Profile:      # inside the write transaction
+            if old is None:
+                return prof
+            if old.model_id not in self.bundle.ids:
+                self._profile(name)                       # raises ModelMismatch
+            _same_delivery(old, delivery)
+            m = _added(old, meta, spectrum)
+            out = _merged(old, prof, m, m.pop("_spectrum"))
+            for q, v in prof.variants.items():
+                was = old.variants.get(q)
+                vm = {**v.metadata, "crop_counts": list(crop_counts(was)) + v.metadata[
+                    "crop_counts"]} if was is not None else v.metadata
+                out.variants[q] = _merged(was, v, vm, None)
+            return out
+        return self.gallery.update(name, merge, must_exist=existed)
+
+    def _delivery(self, name: str, add: bool, given: Dict) -> Dict:
+        """enroll's delivery (:data:`DELIVERY`), checked; variants by default as
+        :meth:`enroll` says."""
+        checks = {"rescale": imio.check_rescale, "jpeg_quality": imio.check_quality}
+        out = {k: None if given.get(k) is None else checks[k](given[k]) for k in checks}
+        v = given.get("jpeg_variants")
+        if isinstance(v, (int, str)):
+            raise ValueError(f"jpeg_variants must be a sequence of JPEG qualities, got {v!r}")
+        if v is not None:
+            v = tuple(sorted({imio.check_quality(q) for q in v}, reverse=True))
+        if v and out["jpeg_quality"] is not None:
+            raise ValueError(f"enroll: jpeg_quality={out['jpeg_quality']} fixes the support's one "
+                             f"delivery; jpeg_variants={v} adds others: pass one")
+        if v is None:       # an add keeps the profile's (checked against the rest after)
+            v = _delivery_of(self._profile(name).metadata)["jpeg_variants"] \
+                if add and name in self.gallery else \
+                () if out["jpeg_quality"] is not None else JPEG_VARIANTS
+        return {**out, "jpeg_variants": v}
+
+    def _embed_support(self, name: str, items, transform: Dict):
+        """A support set's fingerprints through the input policy with ``transform`` (rescale,
+        jpeg_quality): per usable image its crops' fingerprints, spectrum and centre crop's
+        fingerprint; the unusable ones (index, source, reason); how many items there were."""
         from tqdm import tqdm
+        zs, specs, centres, skipped, sources = [], [], [], [], 0
         # each image's centre crop is embedded too (one more crop per image), so the 1-crop
         # level of the profile's own scores is held out where a 1-crop query looks
-        embedded = embed_stream(self._engine, imio.iter_items(images),
-                                dataclasses.replace(self.policy, centre=True, **delivery),
+        embedded = embed_stream(self._engine, items,
+                                dataclasses.replace(self.policy, centre=True, **transform),
                                 self.batch_size, self.workers, spectra=True)
         stream = tqdm(embedded, desc=f"enroll {name}", unit="img", disable=not self.verbose,
                       dynamic_ncols=True, mininterval=1.0)
@@ -267,39 +369,16 @@ class Attributor:
                 centres.append(e.centre)
             else:
                 skipped.append((i, e.source, e.error))
-        if len(zs) < max(1, min_images):
-            if skipped:
-                raise InputError(skipped)
-            raise ValueError(f"enroll {name!r}: no images given")
-        support = np.concatenate(zs).astype(np.float32)
-        centre = np.stack(centres).astype(np.float32)
-        meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
-                "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
-                "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
-                **delivery, "enrolled_at": time.time(), **internal, USER: dict(user or {})}
-        spectrum = np.mean(specs, axis=0).astype(np.float32)
-        head = self.bundle.pair_head()
-        part = head.support_part(support)
-        if not add:
-            prof = Profile(name, self.model_id, support, part, meta, time.time(), spectrum, centre)
-            self.gallery.put(prof, overwrite=overwrite)
-            return prof
+        return zs, specs, centres, skipped, sources
 
-        def merge(old: Optional[Profile]) -> Profile:      # inside the write transaction
-            if old is None:
-                return Profile(name, self.model_id, support, part, meta, time.time(), spectrum,
-                               centre)
-            if old.model_id not in self.bundle.ids:
-                self._profile(name)                       # raises ModelMismatch
-            _same_delivery(old, delivery)
-            m = _added(old, meta, spectrum)
-            # a profile enrolled before centre crops were stored has none for its old images:
-            # the merged profile then has none either (its 1-crop level uses grid crops)
-            both = None if old.centre is None else np.concatenate([old.centre, centre])
-            return Profile(name, self.model_id, np.concatenate([old.support, support]),
-                           np.concatenate([old.support_part, part]), m, time.time(),
-                           m.pop("_spectrum"), both)
-        return self.gallery.update(name, merge, must_exist=existed)
+    def _profile_of(self, name: str, zs, centres, meta: Dict, spectrum, created: float,
+                    variant: Optional[int] = None) -> Profile:
+        support = np.concatenate(zs).astype(np.float32) if zs else \
+            np.zeros((0, self.dim), np.float32)
+        centre = np.stack(centres).astype(np.float32) if centres else None
+        part = self.bundle.pair_head().support_part(support)
+        return Profile(name, self.model_id, support, part, meta, created, spectrum, centre,
+                       variant=variant)
 
     def profiles(self) -> List[Dict]:
         return self.gallery.info()
@@ -341,20 +420,12 @@ class Attributor:
         Unusable inputs: :class:`InputError` (``errors='raise'``) or NaN rows (``'nan'``).
         ``names=True``: (scores, the profile names of its columns), read in one snapshot."""
         snap = self.snapshot(profiles, chooser=False)
-        rows: List[Optional[int]] = []
-        good, errs = [], []
-        for i, e in enumerate(self._embedded(images)):
-            if e.ok:
-                rows.append(len(good))
-                good.append(e.z)
-            else:
-                rows.append(None)
-                errs.append((i, e.source, e.error))
-        s = snap.scores(good) if good else np.zeros((0, len(snap)))
-        out = np.full((len(rows), len(snap)), np.nan, np.float32)
-        for i, r in enumerate(rows):
-            if r is not None:
-                out[i] = s[r]
+        items = list(self._embedded(images))
+        errs = [(i, e.source, e.error) for i, e in enumerate(items) if not e.ok]
+        out = np.full((len(items), len(snap)), np.nan, np.float32)
+        for i, (_, row) in enumerate(decision.scored(snap, items)):   # each by its route
+            if row is not None:
+                out[i] = row
         out = finish(out, errs, errors)
         return (out, snap.names) if names else out
 

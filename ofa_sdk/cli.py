@@ -27,10 +27,11 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .attributor import JPEG_VARIANTS
 from .backends import backend_names
 from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN, check_fraction, check_margin
 from .images import AUTO, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
@@ -146,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
                    help="re-encode each image (after --rescale) at JPEG quality Q before "
                         "embedding: for queries a platform delivers re-encoded at about Q")
+    p.add_argument("--jpeg-variants", nargs="+", default=None, metavar="Q",
+                   help="also embed the images re-encoded at each JPEG quality Q, against which "
+                        "JPEG queries of about that quality are scored ('none': no variants; "
+                        "default: " + " ".join(map(str, JPEG_VARIANTS)) + " for a new profile, "
+                        "the profile's own with --add)")
     _common(p)
     p = sub.add_parser("verify", help="score images against one enrolled generator")
     p.add_argument("sources", nargs="+")
@@ -299,8 +305,21 @@ def cmd_enroll(a, att) -> int:
         print(f"error: no images found in {' '.join(a.sources)}", file=sys.stderr)
         return 2
     prof = att.enroll(a.name, paths, overwrite=a.overwrite, add=a.add, jpeg_quality=a.jpeg_quality,
-                      rescale=a.rescale)
+                      rescale=a.rescale, jpeg_variants=_variants(a.jpeg_variants))
     return _enrolled(a, att, prof)
+
+
+def _variants(given: Optional[List[str]]) -> Optional[Tuple[int, ...]]:
+    """--jpeg-variants: None (the default), () for 'none', else the qualities."""
+    if given is None:
+        return None
+    if [g.lower() for g in given] == ["none"]:
+        return ()
+    try:
+        return tuple(int(g) for g in given)
+    except ValueError:
+        raise ValueError(f"--jpeg-variants takes JPEG qualities or 'none', got "
+                         f"{' '.join(given)}") from None
 
 
 def _enrolled(a, att, prof) -> int:

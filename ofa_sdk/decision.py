@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -249,18 +249,21 @@ def rival(row: np.ndarray, accepted: np.ndarray, best: int, typ: float, snapshot
 
 def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[Attribution]:
     """Attributions for a stream of :class:`~ofa_sdk.pipeline.EmbeddedItem`, scored ``chunk``
-    items at a time against every profile of ``snapshot`` in one call."""
+    items at a time: the items of one route (:meth:`~ofa_sdk.snapshot.GallerySnapshot.route`,
+    by the JPEG quality each arrived at) against every profile of it in one call."""
     buf: List = []
 
     def flush():
-        good = [e for e in buf if e.ok]
-        rows = iter(snapshot.scores([e.z for e in good]) if good else [])
-        for e in buf:
+        rows = scored(snapshot, buf)
+        for e, (snap, row) in zip(buf, rows):
             if not e.ok:
                 yield Attribution(e.source, None, float("nan"), {}, e.error, e.note)
             else:
-                yield decide(e.source, next(rows), snapshot.names, None, e.note,
-                             e.provenance, snapshot, len(e.z), e.z)
+                note = e.note if snap is snapshot else \
+                    "; ".join(x for x in (e.note, f"JPEG q{e.quality}: scored against the "
+                                                  f"q{snap.quality} variants") if x)
+                yield decide(e.source, row, snap.names, None, note, e.provenance, snap,
+                             len(e.z), e.z)
 
     for e in embedded:
         buf.append(e)
@@ -269,3 +272,22 @@ def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[
             buf = []
     if buf:
         yield from flush()
+
+
+def scored(snapshot, items: Sequence) -> List[Tuple[Any, Optional[np.ndarray]]]:
+    """Per item (:class:`~ofa_sdk.pipeline.EmbeddedItem`): the snapshot it is routed to by the
+    JPEG quality it arrived at, and its row of scores there (None for an unusable item); one
+    scoring call per route."""
+    out: List[Tuple[Any, Optional[np.ndarray]]] = [(snapshot, None)] * len(items)
+    groups: Dict[int, List[int]] = {}
+    snaps: Dict[int, Any] = {}
+    for i, e in enumerate(items):
+        if e.ok:
+            s = snapshot.route(getattr(e, "quality", None))
+            snaps[id(s)] = s
+            groups.setdefault(id(s), []).append(i)
+    for key, idx in groups.items():
+        s = snaps[key]
+        for i, row in zip(idx, s.scores([items[i].z for i in idx])):
+            out[i] = (s, row)
+    return out

@@ -2,7 +2,9 @@
 
 A profile holds the support fingerprints z_s (S x d, float32), their precomputed pair-head
 support part W_s z_s + b (S x h, float32; see ``PairHead.support_part``), metadata, and the id
-of the model that made them. A profile made with another model is refused with a clear error:
+of the model that made them. It may hold JPEG variants too: the same support images
+re-encoded at a quality each (``Profile.variants``), against which queries of about that
+quality are scored (:meth:`ofa_sdk.snapshot.GallerySnapshot.route`). A profile made with another model is refused with a clear error:
 fingerprints of different model versions live in different spaces.
 
 Several threads and several processes may use one gallery file at once: WAL journal, a busy
@@ -86,6 +88,15 @@ _CENTRE_TABLE = ("CREATE TABLE IF NOT EXISTS profile_centre (name TEXT PRIMARY K
                  "created REAL NOT NULL, centre BLOB NOT NULL)")
 
 
+# A profile's JPEG variants (``Profile.variants``): per quality, the support re-encoded at it,
+# under the profile's enrollment time. Additive like profile_centre: older SDKs ignore the
+# table and score every query against the profile itself.
+_VARIANT_TABLE = ("CREATE TABLE IF NOT EXISTS profile_variants (name TEXT NOT NULL, "
+                  "quality INTEGER NOT NULL, created REAL NOT NULL, support BLOB NOT NULL, "
+                  "support_part BLOB NOT NULL, centre BLOB, metadata TEXT NOT NULL, "
+                  "PRIMARY KEY (name, quality))")
+
+
 def _has_table(db: sqlite3.Connection, table: str) -> bool:
     return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
                       (table,)).fetchone() is not None
@@ -106,6 +117,40 @@ def _write_centre(db: sqlite3.Connection, name: str, created: float,
         return
     db.execute(_CENTRE_TABLE)
     db.execute("INSERT OR REPLACE INTO profile_centre VALUES (?,?,?)", (name, created, _blob(centre)))
+
+
+def _write_variants(db: sqlite3.Connection, name: str, created: float,
+                    variants: Dict[int, "Profile"]) -> None:
+    """Replace profile ``name``'s variants by ``variants`` (inside a write transaction)."""
+    if _has_table(db, "profile_variants"):
+        db.execute("DELETE FROM profile_variants WHERE name=?", (name,))
+    if not variants:
+        return
+    db.execute(_VARIANT_TABLE)
+    db.executemany("INSERT INTO profile_variants VALUES (?,?,?,?,?,?,?)", [
+        (name, int(q), created, _blob(v.support), _blob(v.support_part),
+         None if v.centre is None else _blob(v.centre), json.dumps(v.metadata, default=str))
+        for q, v in variants.items()])
+
+
+def _read_variants(db: sqlite3.Connection, base: "Profile", dim: int, hidden: int
+                   ) -> Dict[int, "Profile"]:
+    """Profile ``base``'s variants as written with it (its enrollment time)."""
+    if not _has_table(db, "profile_variants"):
+        return {}
+    out = {}
+    for q, created, sup, part, centre, meta in db.execute(
+            "SELECT quality, created, support, support_part, centre, metadata FROM "
+            "profile_variants WHERE name=? ORDER BY quality", (base.name,)):
+        if created != base.created:
+            continue                # written by an older enrollment of the name
+        support, meta = _unblob(sup, dim), json.loads(meta)
+        c = None if centre is None else _unblob(centre, dim)
+        if c is not None and len(c) != _images_of(meta, len(support)):
+            c = None
+        out[int(q)] = Profile(base.name, base.model_id, support, _unblob(part, hidden), meta,
+                              base.created, None, c, variant=int(q))
+    return out
 
 
 def _images_of(metadata: Dict, n_support: int) -> int:
@@ -203,6 +248,15 @@ class Profile:
     # query takes (its own-score level, scoring.held_out_stats); None for profiles enrolled
     # before it was stored
     centre: Optional[np.ndarray] = None
+    # JPEG variants: quality -> the support images re-encoded at it, embedded as the profile's
+    # (a Profile with ``variant`` set and no variants of its own); {} when none were made
+    variants: Dict[int, "Profile"] = field(default_factory=dict)
+    variant: Optional[int] = None     # the quality of a variant; None for the profile itself
+
+    def at(self, quality: Optional[int]) -> "Profile":
+        """The variant of JPEG ``quality`` (None: the profile itself); the profile itself when
+        it has no such variant."""
+        return self.variants.get(quality, self) if quality is not None else self
 
     @functools.cached_property
     def prototype(self) -> np.ndarray:
@@ -474,6 +528,7 @@ class Gallery:
             row = self._row(new)
             self._db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
             _write_centre(self._db, name, row[2], new.centre)
+            _write_variants(self._db, name, row[2], new.variants)
             _drop_state(self._db, name)
             self._cache.pop(name, None)
         return new
@@ -488,6 +543,7 @@ class Gallery:
                 raise GalleryError(f"profile {profile.name!r} exists; pass overwrite=True to replace it")
             db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
             _write_centre(db, profile.name, row[2], profile.centre)
+            _write_variants(db, profile.name, row[2], profile.variants)
             _drop_state(db, profile.name)
             self._cache.pop(profile.name, None)
 
@@ -524,6 +580,7 @@ class Gallery:
                         centre = None      # not this profile's images: held out on grid crops
             cached = Profile(row[0], row[1], support, _unblob(row[6], row[4]), meta, row[2], spec,
                              centre)
+            cached.variants = _read_variants(self._db, cached, row[3], row[4])
             self._cache[name] = cached
         return cached
 
@@ -550,6 +607,7 @@ class Gallery:
             if db.execute("DELETE FROM profiles WHERE name=?", (name,)).rowcount == 0:
                 raise ProfileNotFound(f"no profile named {name!r} in {self!r}")
             _write_centre(db, name, 0.0, None)
+            _write_variants(db, name, 0.0, {})
             _drop_state(db, name)
             self._cache.pop(name, None)
 

@@ -37,6 +37,7 @@ naming the input and the reason.
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import stat
@@ -71,6 +72,9 @@ class Prepared:
     # query takes (0 for a one-crop image; otherwise the last row, appended after the policy's
     # crops, which are then ``crops[:-1]``); None when not asked for
     centre: Optional[int] = None
+    # the JPEG quality the input arrived at (jpeg_quality_of: read from its quantisation
+    # tables; the quality it was re-encoded at by prepare(jpeg_quality=...)); None: not a JPEG
+    quality: Optional[int] = None
 
     @property
     def own_crops(self) -> np.ndarray:
@@ -85,6 +89,7 @@ class Decoded:
     rgb: np.ndarray
     note: str = ""
     data: Optional[bytes] = None
+    quality: Optional[int] = None     # a JPEG's quality (jpeg_quality_of), else None
 
 
 def describe(item: Any) -> str:
@@ -239,7 +244,7 @@ def _decode_bytes(data: bytes, max_pixels: int) -> Decoded:
             note = f"animated ({frames} frames): first frame used" if frames > 1 else ""
             im.seek(0)
             im.load()
-            return Decoded(_pil_to_rgb(im, owned=True), note, bytes(data))
+            return Decoded(_pil_to_rgb(im, owned=True), note, bytes(data), jpeg_quality_of(im))
 
 
 def decode(item: Any, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Decoded:
@@ -251,7 +256,7 @@ def decode(item: Any, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) 
     if isinstance(item, Image.Image):
         if item.width * item.height > max_pixels:
             raise ValueError(f"{item.width}x{item.height} exceeds the {max_pixels} pixel limit")
-        return Decoded(_pil_to_rgb(item))
+        return Decoded(_pil_to_rgb(item), quality=jpeg_quality_of(item))
     if isinstance(item, ENCODED):
         if not len(item):
             raise ValueError("empty bytes")
@@ -344,8 +349,11 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
             notes.append(f"upscaled from {w}x{h}")
         else:
             raise ValueError(f"small must be one of {SMALL_POLICIES}, got {small!r}")
+    quality = d.quality
+    if rescale is not None:
+        quality = None              # resampled: no longer the decoded JPEG's blocks
     if jpeg_quality is not None:
-        a = jpeg(a, jpeg_quality)
+        a, quality = jpeg(a, jpeg_quality), jpeg_quality
     prov = None
     if provenance and d.data is not None:
         from .provenance import read_provenance
@@ -355,7 +363,7 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
         where = 0 if len(cs) == 1 else len(cs)
         if where:
             cs = np.concatenate([cs, make_crops(a, crop, 1)])
-    return Prepared(src, cs, "; ".join(notes), prov, where)
+    return Prepared(src, cs, "; ".join(notes), prov, where, quality)
 
 
 def check_rescale(f) -> float:
@@ -393,6 +401,40 @@ def jpeg(a: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="JPEG", quality=int(quality))
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+@functools.lru_cache(maxsize=1)
+def _ijg_tables() -> np.ndarray:
+    """(100, 2, 64) log quantisation tables (luminance, chrominance) of qualities 1..100 as the
+    IJG encoder (libjpeg, PIL's) scales them, read back through PIL in the order it reports a
+    file's tables."""
+    import io
+    from PIL import Image
+    out = []
+    for q in range(1, 101):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, format="JPEG", quality=q)
+        t = Image.open(buf).quantization
+        out.append([t[0], t[1]])
+    return np.log(np.asarray(out, np.float64))
+
+
+def jpeg_quality_of(im) -> Optional[int]:
+    """The quality of a JPEG (a PIL image as opened): the IJG quality whose quantisation tables
+    are nearest its own (mean absolute difference of log step sizes over the luminance table,
+    and the chrominance table when present). Encoders with tables of their own get the IJG
+    quality of about the same coarseness. A JPEG encoded twice names the last quality only.
+    None for anything that is not a JPEG with readable tables."""
+    tables = getattr(im, "quantization", None) if getattr(im, "format", None) == "JPEG" else None
+    try:
+        mine = [np.asarray(tables[k], np.float64) for k in sorted(tables)[:2]]
+        if not mine or any(t.shape != (64,) or (t <= 0).any() for t in mine):
+            return None
+    except (TypeError, KeyError, ValueError):
+        return None
+    ref = _ijg_tables()[:, :len(mine)]
+    dist = np.abs(ref - np.log(np.stack(mine))[None]).mean(axis=(1, 2))
+    return int(np.argmin(dist)) + 1
 
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})

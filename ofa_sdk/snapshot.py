@@ -11,8 +11,10 @@ through (:class:`~ofa_sdk.scoring.Tails`), and the model id it was made with.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
@@ -24,6 +26,7 @@ from .gallery import GalleryError
 from .scoring import OwnByCrops, Tails
 
 _MISSING = object()     # no stored state under a key (unlike a stored None)
+_PREPARING = threading.RLock()   # one thread prepares a snapshot's variant at a time
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,15 @@ class GallerySnapshot:
     margin: float = 0.0   # ambiguity margin of the decision (decision.rival; make_snapshot's default
                           # is decision.margin_for's)
     chooser: Any = None   # closed_set.HeadChooser: a head chooses among accepting profiles
+    # the JPEG qualities of the profiles' variants, highest first; route() picks the one a query
+    # is scored against
+    levels: Tuple[int, ...] = ()
+    quality: Optional[int] = None   # a variant's JPEG quality; None for the profiles themselves
     _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
+    # quality -> the snapshot of every profile's variant at it, prepared when a query first needs
+    # it (_pending: quality -> how to prepare it; every one is prepared before pickling)
+    _variants: Dict = field(default_factory=dict, compare=False, repr=False)
+    _pending: Dict = field(default_factory=dict, compare=False, repr=False)
 
     def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
         """The share of profile i's own images of ``crops`` crops (None: whole support images)
@@ -61,6 +72,37 @@ class GallerySnapshot:
     def __len__(self) -> int:
         return len(self.names)
 
+    def route(self, quality: Optional[int]) -> "GallerySnapshot":
+        """The snapshot a query that arrived as a JPEG of ``quality`` (None: not a JPEG) is
+        scored and decided against: the variant of the nearest quality
+        (:func:`nearest_variant`), or this one. A profile enrolled as generated holds re-encoded
+        queries to thresholds fitted on images they no longer resemble and refuses most of
+        them; its variant at their quality does not (benchmarks/RESULTS.md 11.9-11.10)."""
+        q = nearest_variant(quality, self.levels)
+        return self if q is None else self.variant(q)
+
+    def variant(self, quality: int) -> "GallerySnapshot":
+        """The snapshot of every profile's variant of JPEG ``quality`` (one of :attr:`levels`;
+        a profile without it stands for itself), prepared on first use."""
+        if quality not in self._variants:
+            with _PREPARING:
+                if quality not in self._variants:
+                    if quality not in self._pending:
+                        raise KeyError(f"no JPEG variant of quality {quality} in this snapshot "
+                                       f"(variants: {list(self.levels)})")
+                    self._variants[quality] = self._pending.pop(quality)()
+        return self._variants[quality]
+
+    def __getstate__(self) -> Dict:
+        """Every variant prepared, so that a worker process or Ray actor that unpickles the
+        snapshot needs no gallery."""
+        for q in self.levels:
+            self.variant(q)
+        return {k: v for k, v in self.__dict__.items() if k != "_pending"}
+
+    def __setstate__(self, state: Dict) -> None:
+        self.__dict__.update(state, _pending={})
+
     def scores(self, queries: Sequence[np.ndarray]) -> np.ndarray:
         """(B, P) scores of B images (each (k, d) crop fingerprints) against every profile."""
         if not len(self.names):
@@ -74,7 +116,26 @@ class GallerySnapshot:
                                self.rule.select(self.state, idx), tuple(self.thresholds[i] for i in idx),
                                tuple(self.own[i] for i in idx) if self.own else (),
                                self.policy, self.fraction, self.tails, self.margin,
-                               None if self.chooser is None else self.chooser.select(idx))
+                               None if self.chooser is None else self.chooser.select(idx),
+                               self.levels, self.quality, _pending={
+                                   q: functools.partial(lambda q: self.variant(q).select(names), q)
+                                   for q in self.levels})
+
+
+# The quality a profile's own support counts as when a JPEG query is routed (as generated:
+# lossless, or near it)
+LOSSLESS = 100
+
+
+def nearest_variant(quality: Optional[int], levels: Sequence[int]) -> Optional[int]:
+    """Which of the variant qualities ``levels`` a query that arrived as a JPEG of ``quality``
+    is scored against: the nearest, the profiles themselves counting as :data:`LOSSLESS`,
+    ties to the higher quality; None (the profiles themselves) for a query that is not a JPEG
+    or nearest the profiles."""
+    if quality is None or not len(levels):
+        return None
+    best = min([LOSSLESS, *levels], key=lambda v: (abs(v - quality), -v))
+    return None if best == LOSSLESS else int(best)
 
 
 def crop_counts(prof) -> Union[int, Sequence[int]]:
@@ -84,7 +145,8 @@ def crop_counts(prof) -> Union[int, Sequence[int]]:
 
 
 STATE_VERSION = 3   # bump when what is persisted, or how it is computed, changes
-MAX_SETS = 4        # prepared profile sets kept in memory (attribute's, verify's, ...)
+MAX_SETS = 16       # prepared profile sets kept in memory (attribute's, verify's, ...; a set per JPEG
+                    # variant as well)
 _NOT_SETTINGS = ("calibration", "head", "name", "chunk", "prefilter")   # not in the state key
 
 
@@ -136,7 +198,7 @@ class SnapshotCache:
         self._digests: Dict[Tuple, str] = {}
 
     def _store_key(self, what: str, rule, prof, model_id: str) -> str:
-        dkey = (prof.name, prof.created, prof.n_support)
+        dkey = (prof.name, prof.created, prof.variant, prof.n_support)
         if dkey not in self._digests:
             h = hashlib.sha256(np.ascontiguousarray(prof.support, np.float32).tobytes())
             h.update(json.dumps(crop_counts(prof)).encode())
@@ -175,7 +237,7 @@ class SnapshotCache:
         w = getattr(state, "whitener", None)
         wkey = None if w is None else hashlib.sha256(w.tobytes()).hexdigest()
         rkey = json.dumps(_rule_key(rule), default=str)
-        keys = [(p.name, p.created, rkey, wkey) for p in profs]
+        keys = [(p.name, p.created, p.variant, rkey, wkey) for p in profs]
         todo = [p for k, p in zip(keys, profs) if k not in self.own]
         if todo and gallery is not None and w is None:
             vals = self._stored("own", rule, todo, gallery, model_id,
@@ -186,14 +248,14 @@ class SnapshotCache:
             vals = [decision.own_scores(rule, p.support, crop_counts(p), p.support_part, state,
                                         p.centre) for p in todo]
         for p, v in zip(todo, vals):
-            self.own[(p.name, p.created, rkey, wkey)] = v
+            self.own[(p.name, p.created, p.variant, rkey, wkey)] = v
         return [self.own[k] for k in keys]
 
     def prepared(self, rule, profs, gallery=None, model_id=None) -> Any:
         """``rule.prepare`` of the profiles ``profs``, made once per rule and set of profiles
         (the last :data:`MAX_SETS` sets kept); a Gaussian rule that does not whiten reuses each
         profile's fit, from memory or ``gallery``."""
-        key = (id(rule), tuple((p.name, p.created) for p in profs))
+        key = (id(rule), tuple((p.name, p.created, p.variant) for p in profs))
         hit = self.sets.get(key)
         if hit is not None and hit[0] is rule:
             self.sets.move_to_end(key)
@@ -212,7 +274,7 @@ class SnapshotCache:
 
     def _fits(self, rule, profs, gallery, model_id) -> list:
         rkey = json.dumps(_rule_key(rule), default=str)
-        keys = [(p.name, p.created, rkey) for p in profs]
+        keys = [(p.name, p.created, p.variant, rkey) for p in profs]
         todo = [p for k, p in zip(keys, profs) if k not in self.fits]
         if todo and gallery is not None:
             vals = self._stored("fit", rule, todo, gallery, model_id,
@@ -221,7 +283,7 @@ class SnapshotCache:
         else:
             vals = [rule.fit_one(p.support, crop_counts(p)) for p in todo]
         for p, v in zip(todo, vals):
-            self.fits[(p.name, p.created, rkey)] = v
+            self.fits[(p.name, p.created, p.variant, rkey)] = v
         return [self.fits[k] for k in keys]
 
 
@@ -294,22 +356,34 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         raise ProfileNotFound(f"no profile named {missing[0]!r} in {gallery!r}")
     profs = [check_model(by_name[n], bundle.ids) for n in names]
     mine = every if whiten else [p for p in every if p.model_id in bundle.ids]
-    if whiten:
-        full = cache.prepared(rule, mine, gallery, bundle.model_id)
-        state = rule.select(full, [list(by_name).index(n) for n in names])
-    else:
-        state = full = cache.prepared(rule, profs, gallery, bundle.model_id)
-    # every profile's own scores: the tail pools them, whatever the threshold policy, so a
-    # profile's typicality is one number under a fixed threshold and a per-profile one
-    own_all = dict(zip((p.name for p in mine), cache.own_many(rule, mine, full if whiten else None,
-                                                              gallery, bundle.model_id)))
-    own = tuple(own_all[n] for n in names)
-    tails = scoring.Tails.pooled(list(own_all.values()))
-    thresholds = tuple(decision.threshold_of(rule, o, quantile, None, tails) if thr == "profile"
-                       else float(thr) for o in own)
     head = None
     if chooser is not None and len(names) > 1:     # one profile: nothing to choose among
         from .closed_set import load_chooser
         head = load_chooser(gallery, chooser, bundle.ids, names)
-    return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
-                           quantile, tails, margin, head)
+
+    def assemble(quality: Optional[int], levels=(), pending=None) -> GallerySnapshot:
+        """The snapshot of each profile's variant of JPEG ``quality`` (None: the profiles
+        themselves; a profile without that variant stands for itself)."""
+        at = [p.at(quality) for p in profs]
+        pool = [p.at(quality) for p in mine]
+        if whiten:
+            full = cache.prepared(rule, pool, gallery, bundle.model_id)
+            state = rule.select(full, [list(by_name).index(n) for n in names])
+        else:
+            state = full = cache.prepared(rule, at, gallery, bundle.model_id)
+        # every profile's own scores: the tail pools them, whatever the threshold policy, so a
+        # profile's typicality is one number under a fixed threshold and a per-profile one
+        own_all = dict(zip((p.name for p in pool),
+                           cache.own_many(rule, pool, full if whiten else None, gallery,
+                                          bundle.model_id)))
+        own = tuple(own_all[n] for n in names)
+        tails = scoring.Tails.pooled(list(own_all.values()))
+        thresholds = tuple(decision.threshold_of(rule, o, quantile, None, tails)
+                           if thr == "profile" else float(thr) for o in own)
+        return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
+                               quantile, tails, margin, head, tuple(levels), quality,
+                               _pending=pending or {})
+
+    # the variants are prepared when a query first needs one: a scan of PNGs never does
+    levels = sorted({q for p in profs for q in p.variants}, reverse=True)
+    return assemble(None, levels, {q: functools.partial(assemble, q) for q in levels})

@@ -337,7 +337,8 @@ def test_enroll_can_resize_and_reencode_the_support_as_a_platform_delivers_queri
     assert plain.metadata["jpeg_quality"] is None and plain.metadata["rescale"] is None
     with pytest.raises(GalleryError, match="holds images jpeg_quality=90; these would be as given"):
         att.enroll("q90", imgs[:1], add=True)           # images as given into a re-encoded profile
-    with pytest.raises(GalleryError, match="holds images as given"):
+    with pytest.raises(GalleryError, match=r"holds images jpeg_variants=\(95, 90, 75\); these "
+                                            r"would be jpeg_quality=75, jpeg_variants"):
         att.enroll("plain", imgs[:1], add=True, jpeg_quality=75)
     with pytest.raises(GalleryError, match="rescale=0.75"):
         att.enroll("r75q90", imgs[:1], add=True, jpeg_quality=90)
@@ -349,3 +350,63 @@ def test_enroll_can_resize_and_reencode_the_support_as_a_platform_delivers_queri
     for bad in (0, -1, 5, "0.5", float("nan")):
         with pytest.raises(ValueError, match="rescale factor"):
             att.enroll("bad", imgs, rescale=bad)
+
+
+def test_jpeg_variants_score_a_reencoded_query_as_a_support_reencoded_alike(tiny_model, tmp_path):
+    """By default a profile also holds its support re-encoded at each of JPEG_VARIANTS: the
+    fingerprints of images re-encoded beforehand. A query that arrives as a JPEG scores as it
+    would against a profile enrolled at the nearest variant's quality; a PNG as against the
+    support as generated. The variants persist, grow with an add, and must match on an add."""
+    import io
+    from PIL import Image
+    from ofa_sdk.attributor import JPEG_VARIANTS
+    from ofa_sdk.images import jpeg, to_rgb
+    g = tmp_path / "g.db"
+    att = Attributor(model=tiny_model, crops=1, gallery=g)
+    imgs = make_images(tmp_path / "a", 5, 41, size=64)
+    prof = att.enroll("gen", imgs)
+    assert sorted(prof.variants) == sorted(JPEG_VARIANTS)
+    assert prof.metadata["jpeg_variants"] == sorted(JPEG_VARIANTS, reverse=True)
+    alike = Attributor(model=tiny_model, crops=1)
+    ref = alike.enroll("gen", [jpeg(to_rgb(p), 90) for p in imgs], jpeg_variants=())
+    np.testing.assert_allclose(prof.variants[90].support, ref.support, atol=1e-6)
+    plain = Attributor(model=tiny_model, crops=1)
+    plain.enroll("gen", imgs, jpeg_variants=())
+    assert plain.gallery.get("gen").variants == {}
+
+    def encoded(p, **kw):
+        buf = io.BytesIO()
+        Image.open(p).convert("RGB").save(buf, **kw)
+        return buf.getvalue()
+    queries = make_images(tmp_path / "q", 2, 42, size=64)
+    q88 = [encoded(p, format="JPEG", quality=88) for p in queries]      # nearest variant: 90
+    png = [encoded(p, format="PNG") for p in queries]
+    reopened = Attributor(model=tiny_model, crops=1, gallery=g)         # read back from the file
+    np.testing.assert_allclose(reopened.scores(q88), alike.scores(q88), rtol=1e-5)
+    np.testing.assert_allclose(reopened.scores(png), plain.scores(png), rtol=1e-5)
+    assert np.abs(reopened.scores(q88) - plain.scores(q88)).max() > 1e-4
+    notes = [r.note for r in reopened.attribute(q88 + png)]
+    assert notes == ["JPEG q88: scored against the q90 variants"] * 2 + ["", ""]
+    # prepared on first use, and every one before pickling (a worker needs no gallery)
+    import pickle
+    snap = reopened.snapshot()
+    assert snap.levels == (95, 90, 75) and snap._variants == {}
+    z = [e.z for e in reopened.embed_stream(q88)]
+    assert all(e.quality == 88 for e in reopened.embed_stream(q88))
+    moved = pickle.loads(pickle.dumps(snap))
+    assert sorted(moved._variants) == [75, 90, 95] and moved._pending == {}
+    np.testing.assert_allclose(moved.route(88).scores(z), snap.route(88).scores(z), rtol=1e-9)
+    np.testing.assert_allclose(snap.select(["gen"]).route(88).scores(z),
+                               alike.snapshot().scores(z), rtol=1e-5)
+    reopened.enroll("gen", imgs[:2], add=True)
+    grown = Attributor(model=tiny_model, crops=1, gallery=g).gallery.get("gen")
+    assert {q: len(v.support) for q, v in grown.variants.items()} == {q: 7 for q in JPEG_VARIANTS}
+    assert grown.variants[75].metadata["crop_counts"] == [1] * 7
+    with pytest.raises(GalleryError, match=r"holds images jpeg_variants=\(95, 90, 75\); these "
+                                            r"would be jpeg_variants=\(80,\)"):
+        att.enroll("gen", imgs[:1], add=True, jpeg_variants=[80])
+    with pytest.raises(ValueError, match="jpeg_quality=90 fixes the support's one delivery"):
+        att.enroll("other", imgs, jpeg_quality=90, jpeg_variants=[75])
+    for bad in (90, "90", [0], [90.5]):
+        with pytest.raises(ValueError, match="jpeg_variants must be|JPEG quality"):
+            att.enroll("other", imgs, jpeg_variants=bad)

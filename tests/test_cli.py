@@ -153,3 +153,19 @@ def test_cli_enroll_reencodes_at_a_jpeg_quality(tiny_model, folders):
     err = run("enroll", "gen-b", str(tmp / "gen_b"), "--jpeg-quality", "0", gallery=g, model=tiny_model,
               expect=2).stderr
     assert "JPEG quality" in err
+
+
+def test_cli_enroll_sets_the_jpeg_variants(tiny_model, folders):
+    tmp, _ = folders
+    g = tmp / "gallery.db"
+    run("enroll", "gen-a", str(tmp / "gen_a"), "--jpeg-variants", "none", gallery=g, model=tiny_model)
+    run("enroll", "gen-b", str(tmp / "gen_b"), "--jpeg-variants", "80", "60", gallery=g,
+        model=tiny_model)
+    run("enroll", "gen-c", str(tmp / "gen_b"), gallery=g, model=tiny_model)
+    from ofa_sdk.attributor import JPEG_VARIANTS
+    from ofa_sdk.gallery import Gallery
+    got = {n: sorted(Gallery(g).get(n).variants) for n in ("gen-a", "gen-b", "gen-c")}
+    assert got == {"gen-a": [], "gen-b": [60, 80], "gen-c": sorted(JPEG_VARIANTS)}
+    err = run("enroll", "gen-d", str(tmp / "gen_b"), "--jpeg-variants", "high", gallery=g,
+              model=tiny_model, expect=2).stderr
+    assert "--jpeg-variants takes JPEG qualities or 'none'" in err

@@ -28,8 +28,10 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model):
-    """~20 queries of two kinds (crop size 32), a corrupt file and a too-small image; two
-    profiles enrolled in a gallery file; the single-process scan as the reference."""
+    """~20 queries of two kinds (crop size 32), two of them JPEGs (scored against the profiles'
+    JPEG variants), a corrupt file and a too-small image; two profiles enrolled in a gallery
+    file; the single-process scan as the reference."""
+    from PIL import Image
     from ofa_sdk import Attributor
     root = tmp_path_factory.mktemp("dist")
     q = root / "queries"
@@ -37,12 +39,16 @@ def setup(tmp_path_factory, tiny_model):
     make_images(q, 10, 2, size=32, kind="blocky")
     (q / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     make_images(root / "small", 1, 3, size=16)[0].rename(q / "small.png")
+    for f, quality in zip(make_images(root / "jpeg", 2, 6, size=32, kind="blocky"), (85, 70)):
+        Image.open(f).convert("RGB").save(q / f"q{quality}.jpg", quality=quality)
     gallery = root / "gallery.db"
     att = Attributor(model=tiny_model, backend="torch", gallery=str(gallery), workers=1)
     att.enroll("noise", make_images(root / "sup-noise", 4, 4, size=32, kind="noise"))
     att.enroll("blocky", make_images(root / "sup-blocky", 4, 5, size=32, kind="blocky"))
     ref = {r.source: r.to_dict() for r in att.scan(str(q), progress=False)}
-    assert len(ref) == 22
+    assert len(ref) == 24
+    assert sorted(r["note"] for r in ref.values() if r["note"].startswith("JPEG")) == [
+        "JPEG q70: scored against the q75 variants", "JPEG q85: scored against the q90 variants"]
     return {"root": root, "queries": q, "gallery": str(gallery), "model": str(tiny_model),
             "ref": ref}
 
@@ -73,6 +79,7 @@ def _check_equal(rows, ref):
         scores = json.loads(r["scores"]) if isinstance(r["scores"], str) else r["scores"]
         assert r["label"] == want["label"], r["source"]
         assert r["profile"] == want["profile"]
+        assert r["note"] == want["note"]
         assert bool(r["error"]) == bool(want["error"]), (r["source"], r["error"])
         if want["error"]:
             assert r["score"] is None and scores == {}
@@ -88,7 +95,7 @@ def _check_equal(rows, ref):
 def test_scan_matches_single_process_and_resumes(cluster, setup, tmp_path):
     out = tmp_path / "results.parquet"
     s = _scan(setup, out)
-    assert (s["written"], s["errors"], s["skipped_already_done"]) == (22, 2, 0)
+    assert (s["written"], s["errors"], s["skipped_already_done"]) == (24, 2, 0)
     rows = _rows(out)
     _check_equal(rows, setup["ref"])
     errs = {Path(r["source"]).name: r["error"] for r in rows if r["error"]}
@@ -99,11 +106,11 @@ def test_scan_matches_single_process_and_resumes(cluster, setup, tmp_path):
     # a rerun over the same output writes nothing new
     files = sorted(os.listdir(out))
     s = _scan(setup, out)
-    assert (s["written"], s["skipped_already_done"], s["files"]) == (0, 22, 0)
+    assert (s["written"], s["skipped_already_done"], s["files"]) == (0, 24, 0)
     assert sorted(os.listdir(out)) == files
 
     # partial output: 7 rows in a finished part file, 5 more in a whole file and a torn one
-    # left by an interrupted run; the resume keeps those 12 and scans the other 10
+    # left by an interrupted run; the resume keeps those 12 and scans the other 12
     full = pq.read_table(str(out))
     part = tmp_path / "partial.parquet"
     crashed = part / "_incomplete" / "crashed"
@@ -115,7 +122,7 @@ def test_scan_matches_single_process_and_resumes(cluster, setup, tmp_path):
     (crashed / "part-crashed-000001.parquet").write_bytes(raw[: len(raw) // 2])   # torn
     s = _scan(setup, part)
     assert (s["salvaged_files"], s["torn_files_dropped"]) == (1, 1)
-    assert (s["skipped_already_done"], s["written"]) == (12, 10)
+    assert (s["skipped_already_done"], s["written"]) == (12, 12)
     _check_equal(_rows(part), setup["ref"])
     assert not (part / "_incomplete").exists()
 
@@ -123,7 +130,7 @@ def test_scan_matches_single_process_and_resumes(cluster, setup, tmp_path):
 def test_jsonl_output_matches_cli_lines(cluster, setup, tmp_path):
     out = tmp_path / "results.jsonl"
     s = _scan(setup, out)
-    assert (s["format"], s["written"], s["errors"]) == ("jsonl", 22, 2)
+    assert (s["format"], s["written"], s["errors"]) == ("jsonl", 24, 2)
     rows = _rows(out)
     assert all(isinstance(r["scores"], dict) for r in rows)     # an object, as the CLI writes
     _check_equal(rows, setup["ref"])
@@ -175,10 +182,10 @@ def test_run_record_refuses_another_run_and_limits_apply(cluster, setup, tmp_pat
     with pytest.raises(ScanMismatch, match="threshold"):
         _scan(setup, out, threshold=0.7)
     s = _scan(setup, out, threshold=0.7, allow_mismatch=True)
-    assert s["skipped_already_done"] == 22 and json.loads(run_file(out).read_text())["mixed"]
+    assert s["skipped_already_done"] == 24 and json.loads(run_file(out).read_text())["mixed"]
     small = tmp_path / "small.jsonl"
     s = _scan(setup, small, max_bytes=200)
     rows = _rows(small)
-    assert s["errors"] == len(rows) == 22 and all("byte limit" in r["error"] for r in rows
+    assert s["errors"] == len(rows) == 24 and all("byte limit" in r["error"] for r in rows
                                                   if "corrupt" not in r["source"]
                                                   and "small.png" not in r["source"])

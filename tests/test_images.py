@@ -71,3 +71,31 @@ def test_expand_paths(tmp_path):
     assert got == ["a.jpg", "b.png", "d.png"]
     assert [p.name for p in imio.expand_paths(str(tmp_path / "*.png"))] == ["b.png"]
     assert [p.name for p in imio.expand_paths([tmp_path / "nope.png"])] == ["nope.png"]
+
+
+def test_a_jpegs_quality_is_read_from_its_quantisation_tables():
+    """Every IJG quality is read back exactly (colour and grayscale, 4:4:4 too); anything that
+    is not a JPEG has none; prepare reports the quality the input arrived at, none once
+    resized, and the one it re-encodes at."""
+    import io
+    from PIL import Image
+    from ofa_sdk import images as imio
+    a = (np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)
+
+    def encoded(img, fmt="JPEG", **kw):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+    for q in range(1, 101):
+        assert imio.decode(encoded(Image.fromarray(a), quality=q)).quality == q
+    assert imio.decode(encoded(Image.fromarray(a[..., 0]), quality=77)).quality == 77
+    assert imio.decode(encoded(Image.fromarray(a), quality=85, subsampling=0)).quality == 85
+    assert imio.decode(encoded(Image.fromarray(a), "PNG")).quality is None
+    assert imio.decode(a).quality is None
+    opened = Image.open(io.BytesIO(encoded(Image.fromarray(a), quality=60)))
+    assert imio.decode(opened).quality == 60                  # a PIL image as opened
+    data = encoded(Image.fromarray(a), quality=70)
+    assert imio.prepare(data, 32).quality == 70
+    assert imio.prepare(data, 32, rescale=0.9).quality is None
+    assert imio.prepare(data, 32, jpeg_quality=90).quality == 90
+    assert imio.prepare(a, 32).quality is None

@@ -118,6 +118,23 @@ def test_attribute_and_verify_give_the_librarys_results(srv, env):
     status, _, body = post_images(srv.url, "/v1/verify?profile=nobody", files[:1])
     assert status == 404 and "nobody" in body["error"]
 
+    # a JPEG upload is scored against the profiles' JPEG variants, as the library does
+    import io
+    from PIL import Image
+    jpgs = []
+    for i, q in enumerate((85, 70)):
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(imgs[i])).save(buf, format="JPEG", quality=q)
+        jpgs.append((f"j{i}.jpg", buf.getvalue()))
+    want = lib.attribute([b for _, b in jpgs])
+    assert [w.note for w in want] == ["JPEG q85: scored against the q90 variants",
+                                      "JPEG q70: scored against the q75 variants"]
+    status, _, body = post_images(srv.url, "/v1/attribute", jpgs)
+    assert status == 200
+    for got, w in zip(body["results"], want):
+        _same(got, w)
+        assert got["note"] == w.note
+
 
 def test_hostile_uploads_get_a_clear_4xx_and_the_server_stays_up(srv):
     url, img = srv.url, png(1)

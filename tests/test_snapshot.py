@@ -8,6 +8,7 @@ import pytest
 
 from conftest import make_images
 from ofa_sdk import Attributor
+from ofa_sdk.attributor import JPEG_VARIANTS
 
 
 def test_snapshot_pickles_and_scores_like_the_facade(tiny_model, tmp_path):
@@ -81,24 +82,31 @@ def test_profile_state_persists_in_the_gallery_and_only_changed_profiles_refit(
     att = Attributor(model=gauss_model, gallery=g, crops=1, backend="torch")
     for i, kind in enumerate(("noise", "blocky", "noise")):
         att.enroll(f"gen-{i}", make_images(tmp_path / f"s{i}", 5, i, kind=kind))
-    first = att.snapshot()
+
+    def every_variant(snap):       # the JPEG variants are prepared when first needed
+        for q in snap.levels:
+            snap.variant(q)
+        return snap
+    first = every_variant(att.snapshot())
     calls = {"own": [], "fit": []}
     real_own, real_fit = decision.own_scores, scoring.GaussianRule.fit_one
     monkeypatch.setattr(decision, "own_scores", lambda *a, **k: calls["own"].append(1) or real_own(*a, **k))
     monkeypatch.setattr(scoring.GaussianRule, "fit_one",
                         lambda self, *a: calls["fit"].append(1) or real_fit(self, *a))
     fresh = Attributor(model=gauss_model, gallery=g, crops=1, backend="torch")
-    again = fresh.snapshot()
+    again = every_variant(fresh.snapshot())
     assert calls == {"own": [], "fit": []}                 # everything read back, nothing refit
     assert again.thresholds == first.thresholds and again.thresholds_at(1) == first.thresholds_at(1)
     q = [e.z for e in fresh.embed_stream(make_images(tmp_path / "q", 3, 9))]
     np.testing.assert_allclose(again.scores(q), first.scores(q), rtol=1e-6)
     fresh.enroll("gen-1", make_images(tmp_path / "more", 2, 5), add=True)
-    Attributor(model=gauss_model, gallery=g, crops=1, backend="torch").snapshot()
-    assert len(calls["own"]) == 1 and len(calls["fit"]) == 1     # only gen-1
+    every_variant(Attributor(model=gauss_model, gallery=g, crops=1, backend="torch").snapshot())
+    n = 1 + len(JPEG_VARIANTS)          # only gen-1: the profile and each of its variants
+    assert len(calls["own"]) == n and len(calls["fit"]) == n
     # another rule setting is another key: computed, not confused with the stored state
-    Attributor(model=gauss_model, gallery=g, crops=1, backend="torch", rule="prototype").snapshot()
-    assert len(calls["own"]) == 4
+    every_variant(Attributor(model=gauss_model, gallery=g, crops=1, backend="torch",
+                             rule="prototype").snapshot())
+    assert len(calls["own"]) == n + 3 * n       # each of the 3 profiles and its variants
 
 
 def test_a_profile_too_small_for_a_threshold_is_stored_once(gauss_model, tmp_path, monkeypatch):
@@ -131,7 +139,7 @@ def test_verify_does_not_evict_what_attribute_prepared(tiny_model, tmp_path, mon
     att.verify(a[3:], "gen-b")
     att.attribute(a[3:])
     att.verify(a[3:], "gen-b")
-    assert len(prepared) == 2                              # one set each, both kept
+    assert len(prepared) == 2                # one set each (PNG queries: no variant), both kept
 
 
 def test_the_gallerys_tail_is_pooled_over_every_profile_and_read_back(gauss_model, tmp_path,
@@ -169,3 +177,13 @@ def test_the_gallerys_tail_is_pooled_over_every_profile_and_read_back(gauss_mode
     monkeypatch.setattr(decision, "own_scores", lambda *a, **k: pytest.fail("refit") or real(*a, **k))
     again = Attributor(model=gauss_model, gallery=tmp_path / "g.db", crops=1, backend="torch").snapshot()
     assert again.thresholds == snap.thresholds
+
+
+def test_a_jpeg_query_is_routed_to_the_variant_of_the_nearest_quality():
+    from ofa_sdk.snapshot import LOSSLESS, nearest_variant
+    levels = (95, 90, 75)
+    want = {None: None, 100: None, 98: None, 97: 95, 95: 95, 93: 95, 92: 90, 85: 90, 83: 90,
+            82: 75, 80: 75, 60: 75, 1: 75}
+    assert {q: nearest_variant(q, levels) for q in want} == want
+    assert nearest_variant(90, ()) is None                   # no variants: the profiles
+    assert nearest_variant(LOSSLESS - 5, (90,)) is None      # a tie: the higher quality
