@@ -5,16 +5,22 @@ written to disk as JPEG files at each ``--jpeg`` quality (and as PNG: as generat
 quality is read from the files' quantisation tables as in production. Right / wrong /
 ``unknown`` (%) among the classes' images, at the SDK's defaults (4 crops, per-profile
 thresholds, the tie margin); every class enrolled (the never-enrolled side is
-``jpeg_matched.py --variants``).
+``jpeg_matched.py --variants``). The same JPEG queries decoded before they reach the SDK (numpy
+arrays: their quality read from the pixels) are a row of their own.
+
+``--cost``: also the price of reading the quality from the pixels, ``Attributor.attribute``
+end to end on the PNG queries with ``InputPolicy.pixel_quality`` on and off, alternated, best
+of 3 (a ratio within one run).
 
     python benchmarks/variants_e2e.py --set benchmarks/data/wild13 --jpeg 90 85 --out benchmarks/results/variants_e2e.json
 """
 from __future__ import annotations
 
 import argparse
-import io
+import dataclasses
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,7 @@ def main(argv=None):
     ap.add_argument("--support", type=int, default=100)
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--jpeg", type=int, nargs="+", default=[90, 85])
+    ap.add_argument("--cost", action="store_true", help="time the pixel reading of the quality")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     classes = load_classes(Path(a.set))
@@ -50,24 +57,47 @@ def main(argv=None):
                     im = Image.open(f).convert("RGB")
                     im.save(p, **({"format": "JPEG", "quality": q} if q else {"format": "PNG"}))
                     files[q].append((c, p))
+        arrays = {f"q{q} arrays": [(c, np.asarray(Image.open(p).convert("RGB"))) for c, p in files[q]]
+                  for q in a.jpeg[:1]}
         print("| variants | queries | right / wrong / unknown (%) |\n|---|---|---|")
         for how, variants in (("none", ()), (" ".join(map(str, JPEG_VARIANTS)), None)):
             att = Attributor(crops=4)
             for c, fs in support.items():
                 att.enroll(c, fs, jpeg_variants=variants)
-            for q, items in files.items():
+            for q, items in [*files.items(), *arrays.items()]:
                 res = att.attribute([p for _, p in items])
                 truth = [c for c, _ in items]
                 right = np.mean([r.profile == t for r, t in zip(res, truth)])
                 unknown = np.mean([r.profile is None for r in res])
                 cell = {"right": float(right), "wrong": float(1 - right - unknown),
                         "unknown": float(unknown)}
-                rep[f"{how}/q{q}"] = cell
-                print(f"| {how} | {'q%d' % q if q else 'as generated (PNG)'} | "
+                name = q if isinstance(q, str) else f"q{q}" if q else "as generated (PNG)"
+                rep[f"{how}/{name}"] = cell
+                print(f"| {how} | {name} | "
                       + " / ".join(f"{100 * v:.1f}" for v in cell.values()) + " |", flush=True)
+        if a.cost:
+            rep["cost"] = cost(att, [p for _, p in files[0]])
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(rep, indent=1))
+
+
+def cost(att, paths) -> dict:
+    """Images per second of ``att.attribute(paths)`` with the pixel reading of the quality on
+    and off, alternated, best of 3."""
+    on, off = att.policy, dataclasses.replace(att.policy, pixel_quality=False)
+    best = {"on": 0.0, "off": 0.0}
+    att.attribute(paths[:32])                                      # warm-up
+    for _ in range(3):
+        for key, policy in (("on", on), ("off", off)):
+            att.policy = policy
+            t = time.perf_counter()
+            att.attribute(paths)
+            best[key] = max(best[key], len(paths) / (time.perf_counter() - t))
+    att.policy = on
+    print(f"attribute, {len(paths)} PNG images, backend {att.backend}: pixel quality on "
+          f"{best['on']:.1f} img/s, off {best['off']:.1f} img/s ({best['on'] / best['off']:.2f}x)")
+    return best
 
 
 if __name__ == "__main__":

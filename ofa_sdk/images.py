@@ -72,8 +72,9 @@ class Prepared:
     # query takes (0 for a one-crop image; otherwise the last row, appended after the policy's
     # crops, which are then ``crops[:-1]``); None when not asked for
     centre: Optional[int] = None
-    # the JPEG quality the input arrived at (jpeg_quality_of: read from its quantisation
-    # tables; the quality it was re-encoded at by prepare(jpeg_quality=...)); None: not a JPEG
+    # the JPEG quality the input arrived at: read from its quantisation tables
+    # (jpeg_quality_of), else from its pixels (jpeg_quality_of_pixels), or the quality
+    # prepare(jpeg_quality=...) re-encoded it at; None: not a JPEG, as far as can be told
     quality: Optional[int] = None
 
     @property
@@ -313,14 +314,17 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
             max_pixels: int = MAX_PIXELS, provenance: bool = False,
             max_bytes: int = MAX_BYTES, centre: bool = False,
             jpeg_quality: Optional[int] = None,
-            rescale: Optional[float] = None) -> Union[Prepared, ImageError]:
+            rescale: Optional[float] = None,
+            pixel_quality: bool = True) -> Union[Prepared, ImageError]:
     """Decode + crop one input; never raises for a bad input (returns an ImageError). With
     ``provenance``, encoded inputs also get their declared origin read from the same bytes.
     With ``centre`` (enrollment), the centre crop is added after the policy's crops when they
     do not consist of it alone (:attr:`Prepared.centre`). ``rescale``, then ``jpeg_quality``: a
     factor the decoded image is resized by (bicubic) and a JPEG quality it is round-tripped
     through before cropping, in the order a platform applies them (a support enrolled as a
-    platform delivers the queries, :meth:`ofa_sdk.Attributor.enroll`)."""
+    platform delivers the queries, :meth:`ofa_sdk.Attributor.enroll`). The result's quality is
+    the JPEG quality the input arrived at (:attr:`Prepared.quality`); with ``pixel_quality``,
+    an input without quantisation tables has it read from its crops' pixels."""
     src = describe(item)
     try:
         d = decode(item, max_pixels, max_bytes)
@@ -328,6 +332,7 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
         reason = str(e) or type(e).__name__
         return ImageError(src, f"unreadable: {reason}")
     a, notes = d.rgb, [d.note] if d.note else []
+    resampled = rescale is not None     # then no longer the decoded JPEG's blocks
     if rescale is not None:
         a = resize(a, rescale)
     h, w = a.shape[:2]
@@ -345,13 +350,11 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
             s = crop / min(h, w)
             im = Image.fromarray(a).resize((max(crop, round(w * s)), max(crop, round(h * s))),
                                            Image.BICUBIC)
-            a = np.asarray(im)
+            a, resampled = np.asarray(im), True
             notes.append(f"upscaled from {w}x{h}")
         else:
             raise ValueError(f"small must be one of {SMALL_POLICIES}, got {small!r}")
-    quality = d.quality
-    if rescale is not None:
-        quality = None              # resampled: no longer the decoded JPEG's blocks
+    quality = None if resampled else d.quality
     if jpeg_quality is not None:
         a, quality = jpeg(a, jpeg_quality), jpeg_quality
     prov = None
@@ -359,6 +362,8 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
         from .provenance import read_provenance
         prov = read_provenance(d.data, src).to_dict()
     cs, where = make_crops(a, crop, crops), None
+    if quality is None and pixel_quality and not resampled:
+        quality = jpeg_quality_of_pixels(cs)     # a JPEG decoded before it reached us
     if centre:
         where = 0 if len(cs) == 1 else len(cs)
         if where:
@@ -435,6 +440,81 @@ def jpeg_quality_of(im) -> Optional[int]:
     ref = _ijg_tables()[:, :len(mine)]
     dist = np.abs(ref - np.log(np.stack(mine))[None]).mean(axis=(1, 2))
     return int(np.argmin(dist)) + 1
+
+
+# Reading a JPEG's quality from its pixels (a JPEG decoded before it reached the SDK: an array,
+# a PNG made from it). The 8x8 block DCT of a decoded JPEG's luminance sits near multiples of
+# its quantisation steps; PIXEL_COEFFICIENTS lowest-frequency AC coefficients are tested against
+# every IJG table, and a table is evidence only when its coefficients cluster at least
+# PIXEL_QUALITY_GATE of the way from chance to all (lossless images: about 0).
+PIXEL_COEFFICIENTS = 20
+PIXEL_QUALITY_GATE = 0.5
+PIXEL_TOLERANCE = 0.6   # how far from a multiple of its step a coefficient may lie (rounding)
+PIXEL_MIN_COEFFICIENTS = 200   # nonzero coefficients below which nothing is concluded
+MAX_PIXEL_BLOCKS = 1024        # blocks read (evenly spaced) of a larger input
+
+
+@functools.lru_cache(maxsize=1)
+def _pixel_model():
+    """The orthonormal 8-point DCT matrix, the natural-order index of the zigzag's first
+    PIXEL_COEFFICIENTS AC coefficients, each IJG quality's (1..99) luminance step there, and
+    per coefficient its distinct steps of 2 or more with each quality's index among them (-1:
+    a step of 1, which says nothing)."""
+    k = np.arange(8)
+    dct = np.sqrt(2 / 8) * np.cos((2 * k[None] + 1) * k[:, None] * np.pi / 16)
+    dct[0] /= np.sqrt(2)
+    zigzag = sorted(((u, v) for u in range(8) for v in range(8)),
+                    key=lambda t: (t[0] + t[1], t[1] if (t[0] + t[1]) % 2 == 0 else t[0]))
+    pos = np.array([u * 8 + v for u, v in zigzag[1:PIXEL_COEFFICIENTS + 1]])
+    steps = np.exp(_ijg_tables()[:99, 0]).round()[:, pos]
+    distinct = []
+    for p in range(len(pos)):
+        s = np.unique(steps[:, p][steps[:, p] >= 2])
+        distinct.append((s, np.where(steps[:, p] >= 2, np.searchsorted(s, steps[:, p]), -1)))
+    return dct, pos, steps, distinct
+
+
+def jpeg_quality_of_pixels(crops: np.ndarray) -> Optional[int]:
+    """The quality a decoded JPEG was last encoded at, read from its pixels: (k, h, w, 3) uint8
+    crops whose offsets are multiples of 8 (:func:`make_crops` keeps JPEG's block grid). The
+    IJG quality whose luminance steps gather the most coefficients at their multiples beyond
+    chance, when they gather at least :data:`PIXEL_QUALITY_GATE` of them; None for a lossless
+    image, one resized or shifted off the block grid, or too flat to tell. Exact on the
+    development sets' images re-encoded at 20-95 (tests/test_images.py checks a range)."""
+    dct, pos, steps, distinct = _pixel_model()
+    a = np.asarray(crops, np.float64)
+    h, w = a.shape[1] // 8 * 8, a.shape[2] // 8 * 8
+    if not h or not w:
+        return None
+    y = (a[:, :h, :w] @ np.array([0.299, 0.587, 0.114])) - 128.0
+    blocks = y.reshape(-1, h // 8, 8, w // 8, 8).transpose(0, 1, 3, 2, 4).reshape(-1, 8, 8)
+    if len(blocks) > MAX_PIXEL_BLOCKS:
+        blocks = blocks[np.linspace(0, len(blocks) - 1, MAX_PIXEL_BLOCKS).astype(int)]
+    x = np.sort(np.abs((dct @ blocks @ dct.T).reshape(len(blocks), 64)[:, pos]), axis=0)
+    tol = PIXEL_TOLERANCE
+    nz, hit = np.zeros(steps.shape), np.zeros(steps.shape)
+    for p, (s, idx) in enumerate(distinct):
+        v = x[:, p]
+        # per distinct step: coefficients not quantised to zero, and those within tol of a
+        # multiple of it (every multiple up to the largest coefficient, from the sorted values)
+        n = len(v) - np.searchsorted(v, s / 2, "right")
+        reps = np.floor((v[-1] + tol) / s).astype(int)
+        if reps.sum():
+            first = np.cumsum(reps) - reps
+            centres = np.repeat(s, reps) * (np.arange(reps.sum()) - np.repeat(first, reps) + 1)
+            inside = np.searchsorted(v, centres + tol, "right") - np.searchsorted(v, centres - tol)
+            near = np.add.reduceat(inside, np.minimum(first, len(inside) - 1)) * (reps > 0)
+        else:
+            near = np.zeros(len(s))
+        ok = idx >= 0
+        nz[ok, p], hit[ok, p] = n[idx[ok]], near[idx[ok]]
+    total = nz.sum(1)
+    chance = (nz * np.minimum(1.0, 2 * tol / steps)).sum(1)
+    excess = np.where(total >= PIXEL_MIN_COEFFICIENTS, hit.sum(1) - chance, -1.0)
+    best = len(excess) - 1 - int(np.argmax(excess[::-1]))     # ties: the higher quality
+    if excess[best] <= 0 or excess[best] < PIXEL_QUALITY_GATE * (total[best] - chance[best]):
+        return None
+    return best + 1
 
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})

@@ -76,6 +76,11 @@ class InputPolicy:
     centre: bool = False    # also embed the centre crop (enrollment: Profile.centre)
     jpeg_quality: Optional[int] = None   # re-encode before cropping (enrollment)
     rescale: Optional[float] = None      # resize before re-encoding and cropping (enrollment)
+    # read the JPEG quality of an input without quantisation tables (an array, a PNG made from a
+    # JPEG) from its crops' pixels (images.jpeg_quality_of_pixels, about 1.5 ms at 4 crops):
+    # such a query then meets the profiles' JPEG variants too; off, it meets the support as
+    # generated
+    pixel_quality: bool = True
 
     def __post_init__(self):
         if self.small not in imio.SMALL_POLICIES:
@@ -94,7 +99,7 @@ class InputPolicy:
     def __call__(self, item: Any) -> Union[imio.Prepared, imio.ImageError]:
         return imio.prepare(item, self.crop, self.crops, self.small, self.max_pixels,
                             self.provenance, self.max_bytes, self.centre, self.jpeg_quality,
-                            self.rescale)
+                            self.rescale, self.pixel_quality)
 
 
 def _decode_worker(tasks: "queue.SimpleQueue", policy: InputPolicy) -> None:

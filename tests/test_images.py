@@ -99,3 +99,27 @@ def test_a_jpegs_quality_is_read_from_its_quantisation_tables():
     assert imio.prepare(data, 32, rescale=0.9).quality is None
     assert imio.prepare(data, 32, jpeg_quality=90).quality == 90
     assert imio.prepare(a, 32).quality is None
+
+
+def test_a_decoded_jpegs_quality_is_read_from_its_pixels():
+    """An input without quantisation tables (an array, a PNG made from a JPEG) has the quality
+    it was last encoded at read from its crops' pixels; a lossless image, or one resized since,
+    has none; the policy can turn the reading off."""
+    import io
+    from PIL import Image
+    from ofa_sdk import images as imio
+    rng = np.random.default_rng(3)
+    smooth = np.cumsum(np.cumsum(rng.normal(size=(200, 200, 3)), 0), 1)     # image-like content
+    a = ((smooth - smooth.min()) / np.ptp(smooth) * 200 + rng.normal(0, 6, smooth.shape))
+    a = a.clip(0, 255).astype(np.uint8)
+    assert imio.prepare(a, 96, 4).quality is None                          # lossless
+    for q in (95, 90, 85, 75, 60, 40):
+        assert imio.prepare(imio.jpeg(a, q), 96, 4).quality == q, q         # a decoded JPEG
+    buf = io.BytesIO()
+    Image.fromarray(imio.jpeg(a, 80)).save(buf, format="PNG")
+    assert imio.prepare(buf.getvalue(), 96, 1).quality == 80                # a PNG made from it
+    assert imio.prepare(imio.jpeg(a, 80), 96, 4, rescale=0.9).quality is None
+    assert imio.prepare(imio.jpeg(a, 80)[3:, 5:], 96, 4).quality is None    # off the block grid
+    assert imio.prepare(imio.jpeg(a, 80), 96, 4, pixel_quality=False).quality is None
+    assert imio.prepare(imio.jpeg(a[:60, :60], 80), 96, 1, small="upscale").quality is None
+    assert imio.jpeg_quality_of_pixels(np.zeros((1, 4, 4, 3), np.uint8)) is None
