@@ -65,8 +65,8 @@ def main():
             snap = make_snapshot(bundle, Gallery(path), cache=SnapshotCache())
             times.append(time.perf_counter() - t)
             t = time.perf_counter()
-            for q in snap.levels:
-                snap.variant(q)
+            for q in a.variants:                # each variant's route: a JPEG of its quality
+                snap.route(q)
             vtimes.append(time.perf_counter() - t)
         print(f"rule {snap.rule.name}, {a.profiles} profiles of {a.images} images: first "
               f"snapshot (computes and stores) {times[0]:.2f} s; later ones (read back) "

@@ -42,7 +42,9 @@ def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
     user metadata updated, the mean spectrum weighted by images (returned under ``_spectrum``)."""
     counts = crop_counts(old)
     counts = list(counts) if not isinstance(counts, int) else [counts] * (len(old.support) // counts)
-    meta = {**old.metadata, **{k: v for k, v in new.items() if k not in ("images", "used", "skipped")}}
+    # the support's JPEG quality stays the first enrollment's, like its delivery
+    meta = {**old.metadata, **{k: v for k, v in new.items()
+                               if k not in ("images", "used", "skipped", "support_jpeg_quality")}}
     meta[USER] = {**old.metadata.get(USER, {}), **new.get(USER, {})}
     for k in ("images", "used", "skipped"):
         meta[k] = int(old.metadata.get(k, 0)) + int(new[k])
@@ -290,7 +292,8 @@ class Attributor:
         if variants:                            # one pass over the items per variant
             items = list(items)
         transform = {k: delivery[k] for k in ("rescale", "jpeg_quality")}
-        zs, specs, centres, skipped, sources = self._embed_support(name, items, transform)
+        zs, specs, centres, skipped, sources, quality = self._embed_support(name, items,
+                                                                            transform)
         if len(zs) < max(1, min_images):
             if skipped:
                 raise InputError(skipped)
@@ -299,13 +302,14 @@ class Attributor:
         meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
                 "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
                 "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
-                **{**delivery, "jpeg_variants": list(variants)}, "enrolled_at": now,
+                **{**delivery, "jpeg_variants": list(variants)}, "support_jpeg_quality": quality,
+                "enrolled_at": now,
                 **internal, USER: dict(user or {})}
         spectrum = np.mean(specs, axis=0).astype(np.float32)
         prof = self._profile_of(name, zs, centres, meta, spectrum, now)
         for q in variants:
-            vz, _, vc, _, _ = self._embed_support(f"{name} q{q}", items,
-                                                  {**transform, "jpeg_quality": q})
+            vz, _, vc, _, _, _ = self._embed_support(f"{name} q{q}", items,
+                                                     {**transform, "jpeg_quality": q})
             if vz:
                 vmeta = {"crop_counts": [len(z) for z in vz], "jpeg_quality": q}
                 prof.variants[q] = self._profile_of(name, vz, vc, vmeta, None, now, q)
@@ -351,9 +355,12 @@ class Attributor:
     def _embed_support(self, name: str, items, transform: Dict):
         """A support set's fingerprints through the input policy with ``transform`` (rescale,
         jpeg_quality): per usable image its crops' fingerprints, spectrum and centre crop's
-        fingerprint; the unusable ones (index, source, reason); how many items there were."""
+        fingerprint; the unusable ones (index, source, reason); how many items there were; and
+        the JPEG quality the support arrived at (the median of those read, when at least half
+        the usable images have one; else None: lossless), which its profile counts as when a
+        JPEG query is routed (:func:`ofa_sdk.snapshot.nearest_variant`)."""
         from tqdm import tqdm
-        zs, specs, centres, skipped, sources = [], [], [], [], 0
+        zs, specs, centres, skipped, sources, read = [], [], [], [], 0, []
         # each image's centre crop is embedded too (one more crop per image), so the 1-crop
         # level of the profile's own scores is held out where a 1-crop query looks
         embedded = embed_stream(self._engine, items,
@@ -367,9 +374,12 @@ class Attributor:
                 zs.append(e.z)
                 specs.append(e.spectrum)
                 centres.append(e.centre)
+                if e.quality is not None:
+                    read.append(e.quality)
             else:
                 skipped.append((i, e.source, e.error))
-        return zs, specs, centres, skipped, sources
+        quality = int(np.median(read)) if read and 2 * len(read) >= len(zs) else None
+        return zs, specs, centres, skipped, sources, quality
 
     def _profile_of(self, name: str, zs, centres, meta: Dict, spectrum, created: float,
                     variant: Optional[int] = None) -> Profile:

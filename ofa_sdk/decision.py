@@ -260,8 +260,7 @@ def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[
                 yield Attribution(e.source, None, float("nan"), {}, e.error, e.note)
             else:
                 note = e.note if snap is snapshot else \
-                    "; ".join(x for x in (e.note, f"JPEG q{e.quality}: scored against the "
-                                                  f"q{snap.quality} variants") if x)
+                    "; ".join(x for x in (e.note, _routed(e.quality, snap.variant_of)) if x)
                 yield decide(e.source, row, snap.names, None, note, e.provenance, snap,
                              len(e.z), e.z)
 
@@ -272,6 +271,12 @@ def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[
             buf = []
     if buf:
         yield from flush()
+
+
+def _routed(quality: int, variant_of: Sequence[Optional[int]]) -> str:
+    """The note of a query scored against JPEG variants."""
+    used = sorted({v for v in variant_of if v is not None}, reverse=True)
+    return f"JPEG q{quality}: scored against the " + "/".join(f"q{v}" for v in used) + " variants"
 
 
 def scored(snapshot, items: Sequence) -> List[Tuple[Any, Optional[np.ndarray]]]:

@@ -479,8 +479,8 @@ def jpeg_quality_of_pixels(crops: np.ndarray) -> Optional[int]:
     crops whose offsets are multiples of 8 (:func:`make_crops` keeps JPEG's block grid). The
     IJG quality whose luminance steps gather the most coefficients at their multiples beyond
     chance, when they gather at least :data:`PIXEL_QUALITY_GATE` of them; None for a lossless
-    image, one resized or shifted off the block grid, or too flat to tell. Exact on the
-    development sets' images re-encoded at 20-95 (tests/test_images.py checks a range)."""
+    image, one resized or shifted off the block grid, or too flat to tell (how often it reads
+    the right quality: benchmarks/RESULTS.md 11.10)."""
     dct, pos, steps, distinct = _pixel_model()
     a = np.asarray(crops, np.float64)
     h, w = a.shape[1] // 8 * 8, a.shape[2] // 8 * 8

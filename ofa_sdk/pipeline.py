@@ -77,7 +77,7 @@ class InputPolicy:
     jpeg_quality: Optional[int] = None   # re-encode before cropping (enrollment)
     rescale: Optional[float] = None      # resize before re-encoding and cropping (enrollment)
     # read the JPEG quality of an input without quantisation tables (an array, a PNG made from a
-    # JPEG) from its crops' pixels (images.jpeg_quality_of_pixels, about 1.5 ms at 4 crops):
+    # JPEG) from its crops' pixels (images.jpeg_quality_of_pixels; its cost: RESULTS.md 11.10):
     # such a query then meets the profiles' JPEG variants too; off, it meets the support as
     # generated
     pixel_quality: bool = True

@@ -11,7 +11,6 @@ through (:class:`~ofa_sdk.scoring.Tails`), and the model id it was made with.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import threading
@@ -43,15 +42,16 @@ class GallerySnapshot:
     margin: float = 0.0   # ambiguity margin of the decision (decision.rival; make_snapshot's default
                           # is decision.margin_for's)
     chooser: Any = None   # closed_set.HeadChooser: a head chooses among accepting profiles
-    # the JPEG qualities of the profiles' variants, highest first; route() picks the one a query
-    # is scored against
-    levels: Tuple[int, ...] = ()
-    quality: Optional[int] = None   # a variant's JPEG quality; None for the profiles themselves
+    # per profile: the JPEG quality its support arrived at (None: lossless) and its JPEG
+    # variants' qualities; route() picks, per profile, the one nearest a query's quality
+    jpeg: Tuple[Tuple[Optional[int], Tuple[int, ...]], ...] = ()
+    # a routed snapshot: per profile, the variant standing for it (None: the profile itself)
+    variant_of: Tuple[Optional[int], ...] = ()
     _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
-    # quality -> the snapshot of every profile's variant at it, prepared when a query first needs
-    # it (_pending: quality -> how to prepare it; every one is prepared before pickling)
-    _variants: Dict = field(default_factory=dict, compare=False, repr=False)
-    _pending: Dict = field(default_factory=dict, compare=False, repr=False)
+    # routed snapshots by their variant_of, prepared when a query first needs one (_prepare:
+    # (quality, variant_of) -> the snapshot; every route is prepared before pickling)
+    _routes: Dict = field(default_factory=dict, compare=False, repr=False)
+    _prepare: Any = field(default=None, compare=False, repr=False)
 
     def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
         """The share of profile i's own images of ``crops`` crops (None: whole support images)
@@ -74,34 +74,34 @@ class GallerySnapshot:
 
     def route(self, quality: Optional[int]) -> "GallerySnapshot":
         """The snapshot a query that arrived as a JPEG of ``quality`` (None: not a JPEG) is
-        scored and decided against: the variant of the nearest quality
-        (:func:`nearest_variant`), or this one. A profile enrolled as generated holds re-encoded
-        queries to thresholds fitted on images they no longer resemble and refuses most of
-        them; its variant at their quality does not (benchmarks/RESULTS.md 11.9-11.10)."""
-        q = nearest_variant(quality, self.levels)
-        return self if q is None else self.variant(q)
-
-    def variant(self, quality: int) -> "GallerySnapshot":
-        """The snapshot of every profile's variant of JPEG ``quality`` (one of :attr:`levels`;
-        a profile without it stands for itself), prepared on first use."""
-        if quality not in self._variants:
+        scored and decided against: each profile stands for itself or its variant of the
+        nearest quality (:func:`nearest_variant`, the profile's support counting as the
+        quality it arrived at). A profile enrolled as generated holds re-encoded queries to
+        thresholds fitted on images they no longer resemble and refuses most of them; its
+        variant at their quality does not (benchmarks/RESULTS.md 11.9-11.10)."""
+        if quality is None or not self.jpeg:
+            return self
+        choice = tuple(nearest_variant(quality, v, base) for base, v in self.jpeg)
+        if all(c is None for c in choice):
+            return self
+        if choice not in self._routes:
             with _PREPARING:
-                if quality not in self._variants:
-                    if quality not in self._pending:
-                        raise KeyError(f"no JPEG variant of quality {quality} in this snapshot "
-                                       f"(variants: {list(self.levels)})")
-                    self._variants[quality] = self._pending.pop(quality)()
-        return self._variants[quality]
+                if choice not in self._routes:
+                    if self._prepare is None:
+                        raise RuntimeError(f"this snapshot cannot prepare the JPEG variants "
+                                           f"{choice} (made without a gallery)")
+                    self._routes[choice] = self._prepare(quality, choice)
+        return self._routes[choice]
 
     def __getstate__(self) -> Dict:
-        """Every variant prepared, so that a worker process or Ray actor that unpickles the
+        """Every route prepared, so that a worker process or Ray actor that unpickles the
         snapshot needs no gallery."""
-        for q in self.levels:
-            self.variant(q)
-        return {k: v for k, v in self.__dict__.items() if k != "_pending"}
+        for q in range(1, 101):
+            self.route(q)
+        return {k: v for k, v in self.__dict__.items() if k != "_prepare"}
 
     def __setstate__(self, state: Dict) -> None:
-        self.__dict__.update(state, _pending={})
+        self.__dict__.update(state, _prepare=None)
 
     def scores(self, queries: Sequence[np.ndarray]) -> np.ndarray:
         """(B, P) scores of B images (each (k, d) crop fingerprints) against every profile."""
@@ -117,9 +117,9 @@ class GallerySnapshot:
                                tuple(self.own[i] for i in idx) if self.own else (),
                                self.policy, self.fraction, self.tails, self.margin,
                                None if self.chooser is None else self.chooser.select(idx),
-                               self.levels, self.quality, _pending={
-                                   q: functools.partial(lambda q: self.variant(q).select(names), q)
-                                   for q in self.levels})
+                               tuple(self.jpeg[i] for i in idx) if self.jpeg else (),
+                               tuple(self.variant_of[i] for i in idx) if self.variant_of else (),
+                               _prepare=lambda q, _: self.route(q).select(names))
 
 
 # The quality a profile's own support counts as when a JPEG query is routed (as generated:
@@ -127,15 +127,26 @@ class GallerySnapshot:
 LOSSLESS = 100
 
 
-def nearest_variant(quality: Optional[int], levels: Sequence[int]) -> Optional[int]:
-    """Which of the variant qualities ``levels`` a query that arrived as a JPEG of ``quality``
-    is scored against: the nearest, the profiles themselves counting as :data:`LOSSLESS`,
-    ties to the higher quality; None (the profiles themselves) for a query that is not a JPEG
-    or nearest the profiles."""
+def nearest_variant(quality: Optional[int], levels: Sequence[int],
+                    base: Optional[int] = None) -> Optional[int]:
+    """Which of a profile's variant qualities ``levels`` a query that arrived as a JPEG of
+    ``quality`` is scored against: the nearest, the profile itself counting as ``base`` (the
+    JPEG quality its support arrived at; None: :data:`LOSSLESS`), ties to the higher quality;
+    None (the profile itself) for a query that is not a JPEG or nearest the profile."""
     if quality is None or not len(levels):
         return None
-    best = min([LOSSLESS, *levels], key=lambda v: (abs(v - quality), -v))
-    return None if best == LOSSLESS else int(best)
+    own = LOSSLESS if base is None else base
+    best = min([own, *levels], key=lambda v: (abs(v - quality), -v, v != own))
+    return None if best == own else int(best)
+
+
+def jpeg_of(prof) -> Tuple[Optional[int], Tuple[int, ...]]:
+    """A profile's JPEG routing keys: the quality its support arrived at (the metadata's
+    ``support_jpeg_quality``; for profiles from before it was recorded, the quality enroll
+    re-encoded it at, if any) and its variants' qualities, highest first."""
+    meta = prof.metadata
+    base = meta.get("support_jpeg_quality", meta.get("jpeg_quality"))
+    return (None if base is None else int(base), tuple(sorted(prof.variants, reverse=True)))
 
 
 def crop_counts(prof) -> Union[int, Sequence[int]]:
@@ -361,11 +372,15 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         from .closed_set import load_chooser
         head = load_chooser(gallery, chooser, bundle.ids, names)
 
-    def assemble(quality: Optional[int], levels=(), pending=None) -> GallerySnapshot:
-        """The snapshot of each profile's variant of JPEG ``quality`` (None: the profiles
-        themselves; a profile without that variant stands for itself)."""
-        at = [p.at(quality) for p in profs]
-        pool = [p.at(quality) for p in mine]
+    def assemble(quality: Optional[int] = None, choice: Optional[Tuple] = None
+                 ) -> GallerySnapshot:
+        """The snapshot of the profiles, each standing for itself or (``choice``, routed for a
+        JPEG query of ``quality``) its chosen variant; the gallery's other profiles, which the
+        tail and a whitener pool, stand for their own nearest variant."""
+        chosen = dict(zip(names, choice or (None,) * len(names)))
+        at = [p.at(chosen[p.name]) for p in profs]
+        pool = [p.at(chosen[p.name]) if p.name in chosen else own_route(p, quality)
+                for p in mine]
         if whiten:
             full = cache.prepared(rule, pool, gallery, bundle.model_id)
             state = rule.select(full, [list(by_name).index(n) for n in names])
@@ -380,10 +395,16 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         tails = scoring.Tails.pooled(list(own_all.values()))
         thresholds = tuple(decision.threshold_of(rule, o, quantile, None, tails)
                            if thr == "profile" else float(thr) for o in own)
+        # a routed snapshot routes no further (its jpeg is empty)
         return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
-                               quantile, tails, margin, head, tuple(levels), quality,
-                               _pending=pending or {})
+                               quantile, tails, margin, head, () if choice else keys,
+                               tuple(choice or ()), _prepare=None if choice else assemble)
 
-    # the variants are prepared when a query first needs one: a scan of PNGs never does
-    levels = sorted({q for p in profs for q in p.variants}, reverse=True)
-    return assemble(None, levels, {q: functools.partial(assemble, q) for q in levels})
+    def own_route(p, quality):
+        base, variants = jpeg_of(p)
+        return p.at(nearest_variant(quality, variants, base))
+
+    # each route (a JPEG query's quality -> per profile a variant) is prepared when a query
+    # first needs it: a scan of PNGs never does
+    keys = tuple(jpeg_of(p) for p in profs) if any(p.variants for p in profs) else ()
+    return assemble()

@@ -390,11 +390,12 @@ def test_jpeg_variants_score_a_reencoded_query_as_a_support_reencoded_alike(tiny
     # prepared on first use, and every one before pickling (a worker needs no gallery)
     import pickle
     snap = reopened.snapshot()
-    assert snap.levels == (95, 90, 75) and snap._variants == {}
+    assert snap.jpeg == ((None, (95, 90, 75)),) and snap._routes == {}
     z = [e.z for e in reopened.embed_stream(q88)]
     assert all(e.quality == 88 for e in reopened.embed_stream(q88))
+    assert snap.route(88).variant_of == (90,) and snap.route(None) is snap
     moved = pickle.loads(pickle.dumps(snap))
-    assert sorted(moved._variants) == [75, 90, 95] and moved._pending == {}
+    assert sorted(moved._routes) == [(75,), (90,), (95,)] and moved._prepare is None
     np.testing.assert_allclose(moved.route(88).scores(z), snap.route(88).scores(z), rtol=1e-9)
     np.testing.assert_allclose(snap.select(["gen"]).route(88).scores(z),
                                alike.snapshot().scores(z), rtol=1e-5)
@@ -410,3 +411,33 @@ def test_jpeg_variants_score_a_reencoded_query_as_a_support_reencoded_alike(tiny
     for bad in (90, "90", [0], [90.5]):
         with pytest.raises(ValueError, match="jpeg_variants must be|JPEG quality"):
             att.enroll("other", imgs, jpeg_variants=bad)
+
+
+def test_a_jpeg_support_counts_as_the_quality_it_arrived_at(tiny_model, tmp_path):
+    """A generator whose images are JPEGs: its profile records the quality its support arrived
+    at, and a query of that quality meets the support itself, not a variant re-encoded twice;
+    in a gallery with a lossless profile too, each profile routes by its own."""
+    import io
+    from PIL import Image
+    def as_jpeg(paths, q):
+        out = []
+        for p in paths:
+            buf = io.BytesIO()
+            Image.open(p).convert("RGB").save(buf, format="JPEG", quality=q)
+            out.append(buf.getvalue())
+        return out
+    att = Attributor(model=tiny_model, crops=1)
+    jpg = att.enroll("jpg", as_jpeg(make_images(tmp_path / "a", 5, 43, size=64), 85))
+    png = att.enroll("png", make_images(tmp_path / "b", 5, 44, size=64, kind="blocky"))
+    assert jpg.metadata["support_jpeg_quality"] == 85 and png.metadata["support_jpeg_quality"] is None
+    att.enroll("jpg", as_jpeg(make_images(tmp_path / "c", 2, 45, size=64), 60), add=True)
+    assert att.gallery.get("jpg").metadata["support_jpeg_quality"] == 85      # the first's
+    snap = att.snapshot()
+    assert snap.jpeg == ((85, (95, 90, 75)), (None, (95, 90, 75)))
+    assert snap.route(85).variant_of == (None, 90)      # jpg: itself; png: its q90 variant
+    assert snap.route(88).variant_of == (90, 90)
+    assert snap.route(80).variant_of == (None, 75)
+    q = as_jpeg(make_images(tmp_path / "q", 1, 46, size=64), 85)
+    assert att.attribute(q)[0].note == "JPEG q85: scored against the q90 variants"
+    alone = att.snapshot(["jpg"])
+    assert alone.route(85) is alone and alone.route(75).variant_of == (75,)

@@ -84,8 +84,8 @@ def test_profile_state_persists_in_the_gallery_and_only_changed_profiles_refit(
         att.enroll(f"gen-{i}", make_images(tmp_path / f"s{i}", 5, i, kind=kind))
 
     def every_variant(snap):       # the JPEG variants are prepared when first needed
-        for q in snap.levels:
-            snap.variant(q)
+        for q in JPEG_VARIANTS:
+            snap.route(q)
         return snap
     first = every_variant(att.snapshot())
     calls = {"own": [], "fit": []}
@@ -185,5 +185,9 @@ def test_a_jpeg_query_is_routed_to_the_variant_of_the_nearest_quality():
     want = {None: None, 100: None, 98: None, 97: 95, 95: 95, 93: 95, 92: 90, 85: 90, 83: 90,
             82: 75, 80: 75, 60: 75, 1: 75}
     assert {q: nearest_variant(q, levels) for q in want} == want
-    assert nearest_variant(90, ()) is None                   # no variants: the profiles
+    assert nearest_variant(90, ()) is None                   # no variants: the profile
     assert nearest_variant(LOSSLESS - 5, (90,)) is None      # a tie: the higher quality
+    # a support that arrived as JPEG q85 counts as 85
+    want = {85: None, 87: None, 88: 90, 83: None, 80: None, 79: 75, 95: 95, None: None}
+    assert {q: nearest_variant(q, levels, 85) for q in want} == want
+    assert nearest_variant(90, (95, 90, 75), 90) is None     # a tie with itself: itself
