@@ -12,11 +12,12 @@ queries against the support as generated and against the support at their qualit
 ``--rescale F``: the same for queries resized by F (bicubic, as generated otherwise): the mean
 1-vs-1 AUC, top-1 and labels against the support as generated and resized alike
 (``Attributor.enroll(rescale=F)``).
-``--variants Q...``: JPEG variants as the SDK routes them (``Attributor.enroll(jpeg_variants=...)``,
-``snapshot.nearest_variant``): queries of each delivery (``--deliveries``: a quality, or
-``AtoB`` for a copy encoded at A and then at B, whose tables name B only) against the support
-as generated and against the variant the SDK picks for the quality they name; AUC, top-1 and
-labels for both.
+``--variants Q...``: variants as the SDK routes them (``Attributor.enroll(jpeg_variants=...,
+rescale_variants=...)``, ``snapshot.nearest_variant``; ``--rescale-variants F...``, default
+none): queries of each delivery (``--deliveries``: a quality; ``AtoB`` for a copy encoded at A
+and then at B, whose tables name B only; ``rNN`` or ``rNNqQ`` for a copy resized by NN/100,
+then re-encoded at Q) against the support as generated and against the variant the SDK picks
+for the quality they name and the factor their size gives; AUC, top-1 and labels for both.
 
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 75 --crops 4
     python benchmarks/jpeg_matched.py --out benchmarks/results/jpeg_matched.json
@@ -28,9 +29,13 @@ labels for both.
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --first-jpeg 75 --jpeg 90 --crops 4
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --first-jpeg 95 --jpeg 90 --crops 4
     python benchmarks/jpeg_matched.py --variants 95 90 75 --out benchmarks/results/jpeg_variants.json
+    python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 95 90 75 --crops 4 --rescale 0.75 0.6 0.5
+    python benchmarks/jpeg_matched.py --variants 95 90 75 --rescale-variants 0.75 0.5 \
+        --deliveries 0 90 r75 r75q90 r75q75 r60 r60q90 r50 r50q90 --out benchmarks/results/rescale_variants.json
 """
 import argparse
 import json
+import re
 from pathlib import Path
 
 from ofa_sdk import decision
@@ -49,6 +54,7 @@ def main(argv=None):
     ap.add_argument("--rescale", type=float, default=None, help="resized queries instead")
     ap.add_argument("--variants", nargs="+", type=int, default=None,
                     help="JPEG variants as the SDK routes them instead")
+    ap.add_argument("--rescale-variants", nargs="+", type=float, default=[])
     ap.add_argument("--deliveries", nargs="+",
                     default=["0", "95", "90", "85", "80", "75", "60", "90to75", "75to90", "95to90"])
     ap.add_argument("--out", default=None)
@@ -116,13 +122,15 @@ def variants(a):
     print("| set | queries | variant | AUC (top-1 %): as generated | variant | labels: as generated "
           "| variant |\n|---|---|---|---|---|---|---|")
     rule = {RULE: rule_objects()[RULE]}
+    keys = [(sc, q) for sc in (1.0, *a.rescale_variants) for q in (None, *a.variants)
+            if (sc, q) != (1.0, None)]
     for s in a.sets:
         generated = Cached(cache_path(s, 0, 4))
         for d in a.deliveries:
-            first, _, last = d.rpartition("to")
-            queries = Cached(cache_path(s, int(last), 4, first=int(first or 0)))
-            v = nearest_variant(int(last) or None, a.variants)
-            routed = Cached(cache_path(s, v, 4)) if v else generated
+            scale, first, last = _delivery(d)
+            queries = Cached(cache_path(s, last, 4, scale, first))
+            v = nearest_variant(last or None, keys, None, scale)
+            routed = Cached(cache_path(s, v[1] or 0, 4, v[0])) if v else generated
             cells = {}
             for how, sup in (("generated", generated), ("variant", routed)):
                 r = auc_runs(sup, [100], rule, queries=queries)[100]["mean_1v1"]
@@ -131,11 +139,29 @@ def variants(a):
             rep[f"{s}/{d}"] = {"variant": v, **cells}
             auc = [f"{c['mean_1v1']:.3f} ({100 * c['top1']:.1f})" for c in cells.values()]
             lab = [" / ".join(f"{100 * c[k]:.1f}" for k in LABELS) for c in cells.values()]
-            print(f"| {s} | {'as generated' if d == '0' else 'q' + d.replace('to', ' then q')} | "
-                  f"{'q%d' % v if v else 'none'} | " + " | ".join(auc + lab) + " |", flush=True)
+            said = " ".join(x for x in (f"{v[0]:g}x" if v[0] != 1.0 else "",
+                                        f"q{v[1]}" if v[1] else "") if x) if v else "none"
+            print(f"| {s} | {_said(scale, first, last)} | {said} | " + " | ".join(auc + lab)
+                  + " |", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(rep, indent=1))
+
+
+def _delivery(d: str):
+    """``--deliveries`` token -> (scale, first JPEG quality or 0, last JPEG quality or 0)."""
+    m = re.fullmatch(r"r(\d+)(?:q(\d+))?|(?:(\d+)to)?(\d+)", d)
+    if m is None:
+        raise SystemExit(f"--deliveries: {d!r} is not Q, AtoB, rNN or rNNqQ")
+    if m.group(1):
+        return int(m.group(1)) / 100, 0, int(m.group(2) or 0)
+    return 1.0, int(m.group(3) or 0), int(m.group(4))
+
+
+def _said(scale: float, first: int, last: int) -> str:
+    parts = ([f"resized {scale:g}x"] if scale != 1.0 else []) + \
+        ([f"q{first} then q{last}"] if first else [f"q{last}"] if last else [])
+    return ", ".join(parts) or "as generated"
 
 
 def labels(a):

@@ -1,7 +1,7 @@
 """Start-up cost of a snapshot of a large gallery, with and without the per-profile state the
 gallery stores (issue 32): what a CLI call pays before its first image.
 
-    python benchmarks/state_cache.py --profiles 1000 --images 20 [--cli] [--variants 95 90 75]
+    python benchmarks/state_cache.py --profiles 1000 --images 20 [--cli] [--variants 95 90 75 [--rescale-variants 0.75 0.5]]
 
 A synthetic gallery of ``--profiles`` profiles (``--images`` images of 4 crops each, d = 128
 unit fingerprints around a random direction per profile) under the shipped model's id, in a
@@ -13,7 +13,8 @@ them (what every call paid before they were stored), the next ones read them bac
 process against that gallery and against an empty one (interpreter, imports, model and engine
 load included): what the gallery adds to a CLI call, and what the call costs in all.
 
-``--variants Q...``: each profile also holds JPEG variants of these qualities (as
+``--variants Q...``: each profile also holds JPEG variants of these qualities, and with
+``--rescale-variants F...`` resized ones too, lossless and at each quality (as
 ``Attributor.enroll`` makes by default; here the support's fingerprints perturbed a little).
 A snapshot prepares them when a query first needs one: timed apart (all of them), and with
 ``--cli`` a JPEG query is timed beside the PNG one.
@@ -42,6 +43,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cli", action="store_true", help="also time ofa-sdk attribute processes")
     ap.add_argument("--variants", type=int, nargs="+", default=[], help="JPEG variants per profile")
+    ap.add_argument("--rescale-variants", type=float, nargs="+", default=[])
     a = ap.parse_args()
     bundle = load_default_model()
     rng = np.random.default_rng(0)
@@ -52,10 +54,12 @@ def main():
             mu = scoring.unit(rng.normal(size=128))
             z = scoring.unit(mu + 0.2 * rng.normal(size=(4 * a.images, 128))).astype(np.float32)
             meta = {"crop_counts": [4] * a.images}
-            variants = {q: Profile(f"p{i:05d}", bundle.model_id,
+            keys = [(sc, q) for sc in (1.0, *a.rescale_variants) for q in (None, *a.variants)
+                    if (sc, q) != (1.0, None)]
+            variants = {k: Profile(f"p{i:05d}", bundle.model_id,
                                    scoring.unit(z + 0.05 * rng.normal(size=z.shape)).astype(np.float32),
-                                   np.zeros((len(z), 1), np.float32), meta, variant=q)
-                        for q in a.variants}
+                                   np.zeros((len(z), 1), np.float32), meta, variant=k)
+                        for k in keys}
             g.put(Profile(f"p{i:05d}", bundle.model_id, z, np.zeros((len(z), 1), np.float32), meta,
                           variants=variants))
         g.close()
@@ -65,12 +69,13 @@ def main():
             snap = make_snapshot(bundle, Gallery(path), cache=SnapshotCache())
             times.append(time.perf_counter() - t)
             t = time.perf_counter()
-            for q in a.variants:                # each variant's route: a JPEG of its quality
-                snap.route(q)
+            for q in a.variants:                # each JPEG variant's route (no sizes here,
+                snap.route(q)                   # so the resized ones are not routed to)
             vtimes.append(time.perf_counter() - t)
         print(f"rule {snap.rule.name}, {a.profiles} profiles of {a.images} images: first "
               f"snapshot (computes and stores) {times[0]:.2f} s; later ones (read back) "
               f"{min(times[1:]):.2f} s, {times[0] / min(times[1:]):.0f}x faster")
+        print(f"gallery file {path.stat().st_size / 2 ** 20:.0f} MiB")
         if a.variants:
             print(f"its JPEG variants {a.variants}, all of them: first {vtimes[0]:.2f} s, later "
                   f"{min(vtimes[1:]):.2f} s")

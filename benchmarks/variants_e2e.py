@@ -1,8 +1,10 @@
-"""JPEG variants end to end (issue 31): every class of a development set enrolled through
-``Attributor.enroll`` from its files as generated, once with the default JPEG variants and once
-without (``jpeg_variants=()``), then ``Attributor.attribute`` on new images of each class
-written to disk as JPEG files at each ``--jpeg`` quality (and as PNG: as generated), so the
-quality is read from the files' quantisation tables as in production. Right / wrong /
+"""Variants end to end (issue 31): every class of a development set enrolled through
+``Attributor.enroll`` from its files as generated, once with the default variants and once
+without (``jpeg_variants=(), rescale_variants=()``), then ``Attributor.attribute`` on new
+images of each class written to disk as JPEG files at each ``--jpeg`` quality (and as PNG: as
+generated), so the quality is read from the files' quantisation tables as in production, and
+resized by each ``--rescale`` factor (bicubic) as PNG and then as JPEG at the first quality
+(the factor read from their size against the support's). Right / wrong /
 ``unknown`` (%) among the classes' images, at the SDK's defaults (4 crops, per-profile
 thresholds, the tie margin); every class enrolled (the never-enrolled side is
 ``jpeg_matched.py --variants``). The same JPEG queries decoded before they reach the SDK (numpy
@@ -12,7 +14,7 @@ arrays: their quality read from the pixels) are a row of their own.
 end to end on the PNG queries with ``InputPolicy.pixel_quality`` on and off, alternated, best
 of 3 (a ratio within one run).
 
-    python benchmarks/variants_e2e.py --set benchmarks/data/wild13 --jpeg 90 85 --out benchmarks/results/variants_e2e.json
+    python benchmarks/variants_e2e.py --set benchmarks/data/wild13 --jpeg 90 85 --rescale 0.75 --out benchmarks/results/variants_e2e.json
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from PIL import Image
 
 from eval_wild import load_classes
 from ofa_sdk import Attributor
-from ofa_sdk.attributor import JPEG_VARIANTS
+from ofa_sdk.attributor import JPEG_VARIANTS, RESCALE_VARIANTS
+from ofa_sdk.images import resize
 
 
 def main(argv=None):
@@ -37,6 +40,7 @@ def main(argv=None):
     ap.add_argument("--support", type=int, default=100)
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--jpeg", type=int, nargs="+", default=[90, 85])
+    ap.add_argument("--rescale", type=float, nargs="+", default=[0.75])
     ap.add_argument("--cost", action="store_true", help="time the pixel reading of the quality")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -48,22 +52,35 @@ def main(argv=None):
     rep = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {}          # delivery -> [(class, path)]
-        for q in [0] + a.jpeg:
-            files[q] = []
+        deliveries = [(1.0, q) for q in [0] + a.jpeg] + \
+            [(f, q) for f in a.rescale for q in (0, a.jpeg[0])]
+        for f_, q in deliveries:
+            key = q if f_ == 1.0 else f"resized {f_:g}x" + (f", q{q}" if q else " (PNG)")
+            files[key] = []
             for c, fs in held.items():
                 for i, f in enumerate(fs):
-                    p = Path(tmp) / f"q{q}" / c / (f"{i}.jpg" if q else f"{i}.png")
+                    p = Path(tmp) / f"r{f_:g}q{q}" / c / (f"{i}.jpg" if q else f"{i}.png")
                     p.parent.mkdir(parents=True, exist_ok=True)
                     im = Image.open(f).convert("RGB")
+                    if f_ != 1.0:
+                        im = Image.fromarray(resize(np.asarray(im), f_))
                     im.save(p, **({"format": "JPEG", "quality": q} if q else {"format": "PNG"}))
-                    files[q].append((c, p))
+                    files[key].append((c, p))
         arrays = {f"q{q} arrays": [(c, np.asarray(Image.open(p).convert("RGB"))) for c, p in files[q]]
                   for q in a.jpeg[:1]}
         print("| variants | queries | right / wrong / unknown (%) |\n|---|---|---|")
-        for how, variants in (("none", ()), (" ".join(map(str, JPEG_VARIANTS)), None)):
-            att = Attributor(crops=4)
+        default = f"JPEG {' '.join(map(str, JPEG_VARIANTS))}, resized {' '.join(map(str, RESCALE_VARIANTS))}"
+        for how, variants in (("none", ()), (default, None)):
+            g = Path(tmp) / f"gallery-{len(rep)}.db"
+            att = Attributor(crops=4, gallery=g)
+            t = time.perf_counter()
             for c, fs in support.items():
-                att.enroll(c, fs, jpeg_variants=variants)
+                att.enroll(c, fs, jpeg_variants=variants, rescale_variants=variants)
+            size = sum(f.stat().st_size for f in g.parent.glob(g.name + "*"))   # with its WAL
+            rep[f"{how}/enroll"] = {"seconds": time.perf_counter() - t, "gallery_bytes": size}
+            print(f"| {how} | enrollment: {len(support)} profiles of {a.support} images in "
+                  f"{rep[f'{how}/enroll']['seconds']:.0f} s, gallery file "
+                  f"{size / 2 ** 20:.1f} MiB | |", flush=True)
             for q, items in [*files.items(), *arrays.items()]:
                 res = att.attribute([p for _, p in items])
                 truth = [c for c, _ in items]

@@ -18,11 +18,12 @@ profiles) and caches per-profile thresholds. It does little else.
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,9 +43,10 @@ def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
     user metadata updated, the mean spectrum weighted by images (returned under ``_spectrum``)."""
     counts = crop_counts(old)
     counts = list(counts) if not isinstance(counts, int) else [counts] * (len(old.support) // counts)
-    # the support's JPEG quality stays the first enrollment's, like its delivery
+    # the support's JPEG quality and size stay the first enrollment's, like its delivery
     meta = {**old.metadata, **{k: v for k, v in new.items()
-                               if k not in ("images", "used", "skipped", "support_jpeg_quality")}}
+                               if k not in ("images", "used", "skipped", "support_jpeg_quality",
+                                            "support_size")}}
     meta[USER] = {**old.metadata.get(USER, {}), **new.get(USER, {})}
     for k in ("images", "used", "skipped"):
         meta[k] = int(old.metadata.get(k, 0)) + int(new[k])
@@ -58,20 +60,33 @@ def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
     return meta
 
 
-DELIVERY = ("rescale", "jpeg_quality", "jpeg_variants")   # enroll's transforms, in the order applied
+# enroll's transforms, in the order applied, and the variants it adds
+DELIVERY = ("rescale", "jpeg_quality", "jpeg_variants", "rescale_variants")
 
-# The JPEG variants a profile is enrolled with by default: its support re-encoded at each of
-# these qualities, so that a query that arrives re-encoded is scored against the variant of
-# the nearest quality (snapshot.nearest_variant) instead of a support it no longer resembles
-# (benchmarks/RESULTS.md 11.10: the choice of qualities and what they recover)
+# The variants a profile is enrolled with by default: its support also re-encoded at each of
+# JPEG_VARIANTS, and resized by each of RESCALE_VARIANTS (bicubic) and then stored lossless and
+# re-encoded at each of JPEG_VARIANTS, so that a query that arrives resized or re-encoded is
+# scored against the variant delivered nearest it (snapshot.nearest_variant) instead of a
+# support it no longer resembles (benchmarks/RESULTS.md 11.10-11.11: the choice and what they
+# recover)
 JPEG_VARIANTS = (95, 90, 75)
+RESCALE_VARIANTS = (0.75, 0.5)
 
 
 def _delivery_of(meta: Dict) -> Dict:
     """A profile's delivery (:data:`DELIVERY`) from its metadata; no variants before they were
     recorded."""
     out = {k: meta.get(k) for k in DELIVERY}
-    return {**out, "jpeg_variants": tuple(out["jpeg_variants"] or ())}
+    return {**out, "jpeg_variants": tuple(out["jpeg_variants"] or ()),
+            "rescale_variants": tuple(out["rescale_variants"] or ())}
+
+
+def _variant_keys(delivery: Dict) -> List[Tuple[float, Optional[int]]]:
+    """The (scale, JPEG quality; None: lossless) of each variant a delivery asks for: every
+    scale (1 and the rescale variants) with every quality (lossless and the JPEG variants),
+    but the profile itself (1, lossless)."""
+    return [(sc, q) for sc in (1.0, *delivery["rescale_variants"])
+            for q in (None, *delivery["jpeg_variants"]) if (sc, q) != (1.0, None)]
 
 
 def _same_delivery(old: Profile, new: Dict) -> None:
@@ -98,6 +113,27 @@ def _merged(old: Optional[Profile], new: Profile, meta: Dict, spectrum) -> Profi
     return Profile(new.name, new.model_id, np.concatenate([old.support, new.support]),
                    np.concatenate([old.support_part, new.support_part]), meta, new.created,
                    spectrum, both, variant=new.variant)
+
+
+# The share of support images that must have one size for it to be the profile's (a resized
+# query's factor is read against it; generators emit fixed sizes, photos do not)
+SHARED_SIZE = 0.8
+
+
+@dataclass
+class _Support:
+    """A support set as embedded: per usable image its crops' fingerprints, spectrum and centre
+    crop's fingerprint; the unusable ones (index, source, reason); how many items there were;
+    the JPEG quality it arrived at (the median of those read when at least half the usable
+    images have one; else None: lossless) and the (h, w) at least :data:`SHARED_SIZE` of them
+    share (else None), which routing reads (:func:`ofa_sdk.snapshot.nearest_variant`)."""
+    zs: List[np.ndarray]
+    specs: List[np.ndarray]
+    centres: List[np.ndarray]
+    skipped: List[Tuple[int, str, str]]
+    sources: int
+    quality: Optional[int]
+    size: Optional[Tuple[int, int]]
 
 
 class Attributor:
@@ -248,7 +284,8 @@ class Attributor:
     def enroll(self, name: str, images, *, overwrite: bool = False, add: bool = False,
                metadata: Optional[Dict] = None, min_images: int = 1,
                jpeg_quality: Optional[int] = None, rescale: Optional[float] = None,
-               jpeg_variants: Optional[Sequence[int]] = None) -> Profile:
+               jpeg_variants: Optional[Sequence[int]] = None,
+               rescale_variants: Optional[Sequence[float]] = None) -> Profile:
         """Make a generator profile from a support set and store it. Unusable support images are
         skipped and counted in the profile's metadata; fewer than ``min_images`` usable ones
         raise :class:`InputError`. ``add=True`` adds the images to an existing profile's
@@ -265,16 +302,21 @@ class Attributor:
         (benchmarks/RESULTS.md 11.9). Recorded in the profile's metadata; an ``add`` must use
         the profile's.
 
-        ``jpeg_variants``: JPEG qualities at which the support is also re-encoded and embedded
-        (None: :data:`JPEG_VARIANTS` for a new profile, the profile's own for an ``add``; ``()``:
-        none). A query that arrives as a JPEG is scored against the variant of the nearest
-        quality (its quality read from its quantisation tables), any other query against the
-        support itself, so a profile enrolled as generated keeps its promise on re-encoded
-        queries too (benchmarks/RESULTS.md 11.10). Each variant costs one more embedding pass
-        over the support; not with ``jpeg_quality``, which fixes the support's one delivery."""
+        ``jpeg_variants``, ``rescale_variants``: JPEG qualities and resize factors at which
+        the support is also delivered and embedded: every factor (and 1) with every quality
+        (and lossless), but the support itself (None: :data:`JPEG_VARIANTS` and
+        :data:`RESCALE_VARIANTS` for a new profile, the profile's own for an ``add``; ``()``:
+        none). A query is scored against the variant delivered nearest it (its JPEG quality
+        read from its quantisation tables or pixels, its resize factor from its size against
+        the support's, :meth:`~ofa_sdk.snapshot.GallerySnapshot.route`), a query as generated
+        against the support itself, so a profile enrolled as generated keeps its promise on
+        resized and re-encoded queries too (benchmarks/RESULTS.md 11.10-11.11). Each variant
+        costs one more embedding pass over the support; ``jpeg_quality`` and ``rescale`` fix
+        the support's one delivery and make none."""
         return self._enroll(name, images, overwrite, add, metadata, {}, min_images,
                             {"rescale": rescale, "jpeg_quality": jpeg_quality,
-                             "jpeg_variants": jpeg_variants})
+                             "jpeg_variants": jpeg_variants,
+                             "rescale_variants": rescale_variants})
 
     def _enroll(self, name: str, images, overwrite: bool, add: bool, user: Optional[Dict],
                 internal: Dict, min_images: int, delivery: Optional[Dict] = None) -> Profile:
@@ -287,32 +329,39 @@ class Attributor:
         if not (overwrite or add) and name in self.gallery:
             raise GalleryError(f"profile {name!r} exists; pass overwrite=True to replace it "
                                f"or add=True to add these images to it")
-        variants = delivery["jpeg_variants"]
+        keys = _variant_keys(delivery)
         items = imio.iter_items(images)
-        if variants:                            # one pass over the items per variant
+        if keys:                                # one pass over the items per variant
             items = list(items)
         transform = {k: delivery[k] for k in ("rescale", "jpeg_quality")}
-        zs, specs, centres, skipped, sources, quality = self._embed_support(name, items,
-                                                                            transform)
+        base = self._embed_support(name, items, transform)
+        zs, skipped = base.zs, base.skipped
         if len(zs) < max(1, min_images):
             if skipped:
                 raise InputError(skipped)
             raise ValueError(f"enroll {name!r}: no images given")
         now = time.time()
-        meta = {"images": sources, "used": len(zs), "skipped": len(skipped),
+        meta = {"images": base.sources, "used": len(zs), "skipped": len(skipped),
                 "skipped_examples": [f"{s}: {r}" for _, s, r in skipped[:10]],
                 "crops": self.crops, "crop_counts": [len(z) for z in zs], "crop": self.crop,
-                **{**delivery, "jpeg_variants": list(variants)}, "support_jpeg_quality": quality,
-                "enrolled_at": now,
-                **internal, USER: dict(user or {})}
-        spectrum = np.mean(specs, axis=0).astype(np.float32)
-        prof = self._profile_of(name, zs, centres, meta, spectrum, now)
-        for q in variants:
-            vz, _, vc, _, _, _ = self._embed_support(f"{name} q{q}", items,
-                                                     {**transform, "jpeg_quality": q})
-            if vz:
-                vmeta = {"crop_counts": [len(z) for z in vz], "jpeg_quality": q}
-                prof.variants[q] = self._profile_of(name, vz, vc, vmeta, None, now, q)
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in delivery.items()},
+                "support_jpeg_quality": base.quality,
+                "support_size": None if base.size is None else
+                [round(x * (transform["rescale"] or 1.0)) for x in base.size],
+                "enrolled_at": now, **internal, USER: dict(user or {})}
+        spectrum = np.mean(base.specs, axis=0).astype(np.float32)
+        prof = self._profile_of(name, zs, base.centres, meta, spectrum, now)
+        # a resized query is told by its size against the support's: without one shared size,
+        # no resized variant could be chosen, so none is made
+        for sc, q in [k for k in keys if k[0] == 1.0 or base.size is not None]:
+            label = " ".join(x for x in (f"{sc:g}x" if sc != 1.0 else "", f"q{q}" if q else "") if x)
+            v = self._embed_support(f"{name} {label}", items,
+                                    {"rescale": transform["rescale"] if sc == 1.0 else sc,
+                                     "jpeg_quality": q})
+            if v.zs:
+                vmeta = {"crop_counts": [len(z) for z in v.zs], "jpeg_quality": q, "rescale": sc}
+                prof.variants[(sc, q)] = self._profile_of(name, v.zs, v.centres, vmeta, None, now,
+                                                          (sc, q))
         if not add:
             self.gallery.put(prof, overwrite=overwrite)
             return prof
@@ -325,11 +374,11 @@ class Attributor:
             _same_delivery(old, delivery)
             m = _added(old, meta, spectrum)
             out = _merged(old, prof, m, m.pop("_spectrum"))
-            for q, v in prof.variants.items():
-                was = old.variants.get(q)
+            for key, v in prof.variants.items():
+                was = old.variants.get(key)
                 vm = {**v.metadata, "crop_counts": list(crop_counts(was)) + v.metadata[
                     "crop_counts"]} if was is not None else v.metadata
-                out.variants[q] = _merged(was, v, vm, None)
+                out.variants[key] = _merged(was, v, vm, None)
             return out
         return self.gallery.update(name, merge, must_exist=existed)
 
@@ -338,29 +387,37 @@ class Attributor:
         :meth:`enroll` says."""
         checks = {"rescale": imio.check_rescale, "jpeg_quality": imio.check_quality}
         out = {k: None if given.get(k) is None else checks[k](given[k]) for k in checks}
-        v = given.get("jpeg_variants")
-        if isinstance(v, (int, str)):
-            raise ValueError(f"jpeg_variants must be a sequence of JPEG qualities, got {v!r}")
-        if v is not None:
-            v = tuple(sorted({imio.check_quality(q) for q in v}, reverse=True))
-        if v and out["jpeg_quality"] is not None:
-            raise ValueError(f"enroll: jpeg_quality={out['jpeg_quality']} fixes the support's one "
-                             f"delivery; jpeg_variants={v} adds others: pass one")
-        if v is None:       # an add keeps the profile's (checked against the rest after)
-            v = _delivery_of(self._profile(name).metadata)["jpeg_variants"] \
-                if add and name in self.gallery else \
-                () if out["jpeg_quality"] is not None else JPEG_VARIANTS
-        return {**out, "jpeg_variants": v}
+        if isinstance(given.get("rescale_variants"), (int, float, str)):
+            raise ValueError(f"rescale_variants must be a sequence of resize factors, got "
+                             f"{given['rescale_variants']!r}")
+        if isinstance(given.get("jpeg_variants"), (int, str)):
+            raise ValueError(f"jpeg_variants must be a sequence of JPEG qualities, got "
+                             f"{given['jpeg_variants']!r}")
+        kinds = {"jpeg_variants": (imio.check_quality, JPEG_VARIANTS),
+                 "rescale_variants": (imio.check_rescale, RESCALE_VARIANTS)}
+        had = _delivery_of(self._profile(name).metadata) if add and name in self.gallery else None
+        fixed = {k: v for k, v in out.items() if v is not None}     # one delivery, no variants
+        for k, (check, default) in kinds.items():
+            v = given.get(k)
+            if v is not None:
+                v = tuple(sorted({check(x) for x in v}, reverse=True))
+                if 1.0 in v and k == "rescale_variants":
+                    raise ValueError("rescale_variants: a factor of 1 is the support itself")
+                if v and fixed:
+                    what = ", ".join(f"{f}={x}" for f, x in fixed.items())
+                    raise ValueError(f"enroll: {what} fixes the support's one delivery; "
+                                     f"{k}={v} adds others: pass one")
+            else:       # an add keeps the profile's (checked against the rest after)
+                v = had[k] if had is not None else () if fixed else default
+            out[k] = v
+        return out
 
-    def _embed_support(self, name: str, items, transform: Dict):
-        """A support set's fingerprints through the input policy with ``transform`` (rescale,
-        jpeg_quality): per usable image its crops' fingerprints, spectrum and centre crop's
-        fingerprint; the unusable ones (index, source, reason); how many items there were; and
-        the JPEG quality the support arrived at (the median of those read, when at least half
-        the usable images have one; else None: lossless), which its profile counts as when a
-        JPEG query is routed (:func:`ofa_sdk.snapshot.nearest_variant`)."""
+    def _embed_support(self, name: str, items, transform: Dict) -> "_Support":
+        """A support set through the input policy with ``transform`` (rescale, jpeg_quality):
+        :class:`_Support`."""
         from tqdm import tqdm
-        zs, specs, centres, skipped, sources, read = [], [], [], [], 0, []
+        out = _Support([], [], [], [], 0, None, None)
+        read, sizes = [], []
         # each image's centre crop is embedded too (one more crop per image), so the 1-crop
         # level of the profile's own scores is held out where a 1-crop query looks
         embedded = embed_stream(self._engine, items,
@@ -369,20 +426,25 @@ class Attributor:
         stream = tqdm(embedded, desc=f"enroll {name}", unit="img", disable=not self.verbose,
                       dynamic_ncols=True, mininterval=1.0)
         for i, e in enumerate(stream):
-            sources += 1
+            out.sources += 1
             if e.ok:
-                zs.append(e.z)
-                specs.append(e.spectrum)
-                centres.append(e.centre)
-                if e.quality is not None:
-                    read.append(e.quality)
+                out.zs.append(e.z)
+                out.specs.append(e.spectrum)
+                out.centres.append(e.centre)
+                read += [e.quality] if e.quality is not None else []
+                sizes.append(e.size)
             else:
-                skipped.append((i, e.source, e.error))
-        quality = int(np.median(read)) if read and 2 * len(read) >= len(zs) else None
-        return zs, specs, centres, skipped, sources, quality
+                out.skipped.append((i, e.source, e.error))
+        n = len(out.zs)
+        if read and 2 * len(read) >= n:
+            out.quality = int(np.median(read))
+        if sizes:
+            size, k = Counter(sizes).most_common(1)[0]
+            out.size = size if k >= SHARED_SIZE * n else None
+        return out
 
     def _profile_of(self, name: str, zs, centres, meta: Dict, spectrum, created: float,
-                    variant: Optional[int] = None) -> Profile:
+                    variant: Optional[Tuple[float, Optional[int]]] = None) -> Profile:
         support = np.concatenate(zs).astype(np.float32) if zs else \
             np.zeros((0, self.dim), np.float32)
         centre = np.stack(centres).astype(np.float32) if centres else None

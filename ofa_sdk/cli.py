@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .attributor import JPEG_VARIANTS
+from .attributor import JPEG_VARIANTS, RESCALE_VARIANTS
 from .backends import backend_names
 from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN, check_fraction, check_margin
 from .images import AUTO, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "JPEG queries of about that quality are scored ('none': no variants; "
                         "default: " + " ".join(map(str, JPEG_VARIANTS)) + " for a new profile, "
                         "the profile's own with --add)")
+    p.add_argument("--rescale-variants", nargs="+", default=None, metavar="F",
+                   help="also embed the images resized by each factor F (lossless and at each "
+                        "JPEG variant), against which queries resized about so are scored "
+                        "('none': no variants; default: " + " ".join(map(str, RESCALE_VARIANTS))
+                        + " for a new profile, the profile's own with --add)")
     _common(p)
     p = sub.add_parser("verify", help="score images against one enrolled generator")
     p.add_argument("sources", nargs="+")
@@ -305,21 +310,24 @@ def cmd_enroll(a, att) -> int:
         print(f"error: no images found in {' '.join(a.sources)}", file=sys.stderr)
         return 2
     prof = att.enroll(a.name, paths, overwrite=a.overwrite, add=a.add, jpeg_quality=a.jpeg_quality,
-                      rescale=a.rescale, jpeg_variants=_variants(a.jpeg_variants))
+                      rescale=a.rescale, jpeg_variants=_variants(a.jpeg_variants, int),
+                      rescale_variants=_variants(a.rescale_variants, float, "--rescale-variants"))
     return _enrolled(a, att, prof)
 
 
-def _variants(given: Optional[List[str]]) -> Optional[Tuple[int, ...]]:
-    """--jpeg-variants: None (the default), () for 'none', else the qualities."""
+def _variants(given: Optional[List[str]], kind=int, flag: str = "--jpeg-variants"
+              ) -> Optional[Tuple]:
+    """--jpeg-variants / --rescale-variants: None (the default), () for 'none', else the
+    values."""
     if given is None:
         return None
     if [g.lower() for g in given] == ["none"]:
         return ()
     try:
-        return tuple(int(g) for g in given)
+        return tuple(kind(g) for g in given)
     except ValueError:
-        raise ValueError(f"--jpeg-variants takes JPEG qualities or 'none', got "
-                         f"{' '.join(given)}") from None
+        what = "JPEG qualities" if kind is int else "resize factors"
+        raise ValueError(f"{flag} takes {what} or 'none', got {' '.join(given)}") from None
 
 
 def _enrolled(a, att, prof) -> int:

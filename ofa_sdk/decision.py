@@ -250,7 +250,7 @@ def rival(row: np.ndarray, accepted: np.ndarray, best: int, typ: float, snapshot
 def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[Attribution]:
     """Attributions for a stream of :class:`~ofa_sdk.pipeline.EmbeddedItem`, scored ``chunk``
     items at a time: the items of one route (:meth:`~ofa_sdk.snapshot.GallerySnapshot.route`,
-    by the JPEG quality each arrived at) against every profile of it in one call."""
+    by the JPEG quality and size each arrived at) against every profile of it in one call."""
     buf: List = []
 
     def flush():
@@ -273,22 +273,24 @@ def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[
         yield from flush()
 
 
-def _routed(quality: int, variant_of: Sequence[Optional[int]]) -> str:
-    """The note of a query scored against JPEG variants."""
-    used = sorted({v for v in variant_of if v is not None}, reverse=True)
-    return f"JPEG q{quality}: scored against the " + "/".join(f"q{v}" for v in used) + " variants"
+def _routed(quality: Optional[int], variant_of: Sequence) -> str:
+    """The note of a query scored against variants (scale, JPEG quality) of the profiles."""
+    used = sorted({v for v in variant_of if v is not None}, key=lambda k: (-k[0], -(k[1] or 101)))
+    names = "/".join(" ".join(x for x in (f"{sc:g}x" if sc != 1.0 else "",
+                                          f"q{q}" if q else "") if x) for sc, q in used)
+    return (f"JPEG q{quality}: " if quality else "") + f"scored against the {names} variants"
 
 
 def scored(snapshot, items: Sequence) -> List[Tuple[Any, Optional[np.ndarray]]]:
-    """Per item (:class:`~ofa_sdk.pipeline.EmbeddedItem`): the snapshot it is routed to by the
-    JPEG quality it arrived at, and its row of scores there (None for an unusable item); one
+    """Per item (:class:`~ofa_sdk.pipeline.EmbeddedItem`): the snapshot it is routed to by how
+    it arrived (JPEG quality, size), and its row of scores there (None for an unusable item); one
     scoring call per route."""
     out: List[Tuple[Any, Optional[np.ndarray]]] = [(snapshot, None)] * len(items)
     groups: Dict[int, List[int]] = {}
     snaps: Dict[int, Any] = {}
     for i, e in enumerate(items):
         if e.ok:
-            s = snapshot.route(getattr(e, "quality", None))
+            s = snapshot.route(getattr(e, "quality", None), getattr(e, "size", None))
             snaps[id(s)] = s
             groups.setdefault(id(s), []).append(i)
     for key, idx in groups.items():

@@ -124,8 +124,8 @@ def _prepare(data: Optional[bytes], source: str, policy):
 def _decode(batch: Dict[str, Any], *, policy, scheme: str = "", missing: bool = False,
             done_ref=None) -> Dict[str, np.ndarray]:
     """{path, bytes} -> {source, crops (B, kmax, c, c, 3) uint8, k (crops used per item), error,
-    note, provenance (JSON), quality (the JPEG quality it arrived at, 0: not a JPEG)}, sources
-    already written (``done_ref``) left out."""
+    note, provenance (JSON), quality (the JPEG quality it arrived at, 0: not a JPEG), size
+    ((h, w) as it arrived)}, sources already written (``done_ref``) left out."""
     paths = [str(p) for p in batch["path"]]
     if scheme:
         paths = [p if "://" in p else f"{scheme}://{p}" for p in paths]
@@ -139,6 +139,7 @@ def _decode(batch: Dict[str, Any], *, policy, scheme: str = "", missing: bool = 
     out = np.zeros((len(paths), kmax, policy.crop, policy.crop, 3), np.uint8)
     ks = np.zeros(len(paths), np.int64)
     quality = np.zeros(len(paths), np.int64)
+    size = np.zeros((len(paths), 2), np.int64)
     errors, notes, provs = [], [], []
     for i, (p, d) in enumerate(zip(paths, datas)):
         r = _prepare(d, p, policy)
@@ -150,12 +151,13 @@ def _decode(batch: Dict[str, Any], *, policy, scheme: str = "", missing: bool = 
             ks[i] = len(r.crops)
             out[i, :ks[i]] = r.crops
             quality[i] = r.quality or 0
+            size[i] = r.size
             errors.append("")
             notes.append(r.note)
             provs.append(json.dumps(r.provenance or {}))
     return {"source": np.array(paths, dtype=object), "crops": out, "k": ks,
             "error": np.array(errors, dtype=object), "note": np.array(notes, dtype=object),
-            "provenance": np.array(provs, dtype=object), "quality": quality}
+            "provenance": np.array(provs, dtype=object), "quality": quality, "size": size}
 
 
 # The decode tasks' resources. ``max_calls=0`` (no limit) is Ray's default for tasks; stating
@@ -207,9 +209,11 @@ class _ScoreActor:
             bounds = np.cumsum([0] + [int(ks[i]) for i in good])
             zs = {i: z[a:b] for i, a, b in zip(good, bounds[:-1], bounds[1:])}
         items = [EmbeddedItem(str(src), zs.get(i), errors[i], str(note), None,
-                              json.loads(str(prov)), None, int(q) or None)
-                 for i, (src, note, prov, q) in enumerate(zip(
-                     batch["source"], batch["note"], batch["provenance"], batch["quality"]))]
+                              json.loads(str(prov)), None, int(q) or None,
+                              (int(hw[0]), int(hw[1])) if hw[0] else None)
+                 for i, (src, note, prov, q, hw) in enumerate(zip(
+                     batch["source"], batch["note"], batch["provenance"], batch["quality"],
+                     batch["size"]))]
         rows = attribute_stream(self.snapshot, items, chunk=max(1, len(items)))
         return _rows_to_table([r.to_dict() for r in rows])
 

@@ -2,9 +2,9 @@
 
 A profile holds the support fingerprints z_s (S x d, float32), their precomputed pair-head
 support part W_s z_s + b (S x h, float32; see ``PairHead.support_part``), metadata, and the id
-of the model that made them. It may hold JPEG variants too: the same support images
-re-encoded at a quality each (``Profile.variants``), against which queries of about that
-quality are scored (:meth:`ofa_sdk.snapshot.GallerySnapshot.route`). A profile made with another model is refused with a clear error:
+of the model that made them. It may hold variants too: the same support images resized
+by a factor and/or re-encoded at a JPEG quality (``Profile.variants``), against which queries
+delivered about so are scored (:meth:`ofa_sdk.snapshot.GallerySnapshot.route`). A profile made with another model is refused with a clear error:
 fingerprints of different model versions live in different spaces.
 
 Several threads and several processes may use one gallery file at once: WAL journal, a busy
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from contextlib import contextmanager
 from urllib.parse import quote
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -88,13 +88,13 @@ _CENTRE_TABLE = ("CREATE TABLE IF NOT EXISTS profile_centre (name TEXT PRIMARY K
                  "created REAL NOT NULL, centre BLOB NOT NULL)")
 
 
-# A profile's JPEG variants (``Profile.variants``): per quality, the support re-encoded at it,
-# under the profile's enrollment time. Additive like profile_centre: older SDKs ignore the
-# table and score every query against the profile itself.
+# A profile's variants (``Profile.variants``): per delivery (scale, JPEG quality; 0: lossless),
+# the support resized and re-encoded so, under the profile's enrollment time. Additive like
+# profile_centre: older SDKs ignore the table and score every query against the profile itself.
 _VARIANT_TABLE = ("CREATE TABLE IF NOT EXISTS profile_variants (name TEXT NOT NULL, "
-                  "quality INTEGER NOT NULL, created REAL NOT NULL, support BLOB NOT NULL, "
-                  "support_part BLOB NOT NULL, centre BLOB, metadata TEXT NOT NULL, "
-                  "PRIMARY KEY (name, quality))")
+                  "scale REAL NOT NULL, quality INTEGER NOT NULL, created REAL NOT NULL, "
+                  "support BLOB NOT NULL, support_part BLOB NOT NULL, centre BLOB, "
+                  "metadata TEXT NOT NULL, PRIMARY KEY (name, scale, quality))")
 
 
 def _has_table(db: sqlite3.Connection, table: str) -> bool:
@@ -119,37 +119,41 @@ def _write_centre(db: sqlite3.Connection, name: str, created: float,
     db.execute("INSERT OR REPLACE INTO profile_centre VALUES (?,?,?)", (name, created, _blob(centre)))
 
 
+Delivery = Tuple[float, Optional[int]]   # a variant's (scale, JPEG quality; None: lossless)
+
+
 def _write_variants(db: sqlite3.Connection, name: str, created: float,
-                    variants: Dict[int, "Profile"]) -> None:
+                    variants: Dict[Delivery, "Profile"]) -> None:
     """Replace profile ``name``'s variants by ``variants`` (inside a write transaction)."""
     if _has_table(db, "profile_variants"):
         db.execute("DELETE FROM profile_variants WHERE name=?", (name,))
     if not variants:
         return
     db.execute(_VARIANT_TABLE)
-    db.executemany("INSERT INTO profile_variants VALUES (?,?,?,?,?,?,?)", [
-        (name, int(q), created, _blob(v.support), _blob(v.support_part),
+    db.executemany("INSERT INTO profile_variants VALUES (?,?,?,?,?,?,?,?)", [
+        (name, float(sc), int(q or 0), created, _blob(v.support), _blob(v.support_part),
          None if v.centre is None else _blob(v.centre), json.dumps(v.metadata, default=str))
-        for q, v in variants.items()])
+        for (sc, q), v in variants.items()])
 
 
 def _read_variants(db: sqlite3.Connection, base: "Profile", dim: int, hidden: int
-                   ) -> Dict[int, "Profile"]:
+                   ) -> Dict[Delivery, "Profile"]:
     """Profile ``base``'s variants as written with it (its enrollment time)."""
     if not _has_table(db, "profile_variants"):
         return {}
     out = {}
-    for q, created, sup, part, centre, meta in db.execute(
-            "SELECT quality, created, support, support_part, centre, metadata FROM "
-            "profile_variants WHERE name=? ORDER BY quality", (base.name,)):
+    for sc, q, created, sup, part, centre, meta in db.execute(
+            "SELECT scale, quality, created, support, support_part, centre, metadata FROM "
+            "profile_variants WHERE name=? ORDER BY scale DESC, quality DESC", (base.name,)):
         if created != base.created:
             continue                # written by an older enrollment of the name
         support, meta = _unblob(sup, dim), json.loads(meta)
         c = None if centre is None else _unblob(centre, dim)
         if c is not None and len(c) != _images_of(meta, len(support)):
             c = None
-        out[int(q)] = Profile(base.name, base.model_id, support, _unblob(part, hidden), meta,
-                              base.created, None, c, variant=int(q))
+        key = (float(sc), int(q) or None)
+        out[key] = Profile(base.name, base.model_id, support, _unblob(part, hidden), meta,
+                           base.created, None, c, variant=key)
     return out
 
 
@@ -248,15 +252,16 @@ class Profile:
     # query takes (its own-score level, scoring.held_out_stats); None for profiles enrolled
     # before it was stored
     centre: Optional[np.ndarray] = None
-    # JPEG variants: quality -> the support images re-encoded at it, embedded as the profile's
-    # (a Profile with ``variant`` set and no variants of its own); {} when none were made
-    variants: Dict[int, "Profile"] = field(default_factory=dict)
-    variant: Optional[int] = None     # the quality of a variant; None for the profile itself
+    # variants: (scale, JPEG quality; None: lossless) -> the support images resized by the
+    # scale and re-encoded at the quality, embedded as the profile's (a Profile with ``variant``
+    # set and no variants of its own); {} when none were made
+    variants: Dict[Delivery, "Profile"] = field(default_factory=dict)
+    variant: Optional[Delivery] = None     # a variant's delivery; None for the profile itself
 
-    def at(self, quality: Optional[int]) -> "Profile":
-        """The variant of JPEG ``quality`` (None: the profile itself); the profile itself when
-        it has no such variant."""
-        return self.variants.get(quality, self) if quality is not None else self
+    def at(self, delivery: Optional[Delivery]) -> "Profile":
+        """The variant of ``delivery`` (None: the profile itself); the profile itself when it
+        has no such variant."""
+        return self.variants.get(delivery, self) if delivery is not None else self
 
     @functools.cached_property
     def prototype(self) -> np.ndarray:

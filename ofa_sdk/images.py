@@ -76,6 +76,7 @@ class Prepared:
     # (jpeg_quality_of), else from its pixels (jpeg_quality_of_pixels), or the quality
     # prepare(jpeg_quality=...) re-encoded it at; None: not a JPEG, as far as can be told
     quality: Optional[int] = None
+    size: Optional[tuple] = None   # (h, w) of the input as decoded, before any policy change
 
     @property
     def own_crops(self) -> np.ndarray:
@@ -368,7 +369,7 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
         where = 0 if len(cs) == 1 else len(cs)
         if where:
             cs = np.concatenate([cs, make_crops(a, crop, 1)])
-    return Prepared(src, cs, "; ".join(notes), prov, where, quality)
+    return Prepared(src, cs, "; ".join(notes), prov, where, quality, tuple(d.rgb.shape[:2]))
 
 
 def check_rescale(f) -> float:

@@ -32,6 +32,7 @@ class EmbeddedItem(NamedTuple):
     provenance: Optional[dict] = None  # what the file declares about its origin (ofa_sdk.provenance)
     centre: Optional[np.ndarray] = None  # (d,) the centre crop's fingerprint (InputPolicy.centre)
     quality: Optional[int] = None    # the JPEG quality it arrived at (images.Prepared.quality)
+    size: Optional[tuple] = None     # (h, w) as it arrived (images.Prepared.size)
 
     @property
     def ok(self) -> bool:
@@ -184,7 +185,8 @@ def embed_prepared(engine, prepared: Iterable[Union[imio.Prepared, imio.ImageErr
                 n, own = len(p.crops), len(p.own_crops)
                 yield EmbeddedItem(p.source, z[k:k + own], "", p.note,
                                    spec[k:k + own].mean(0) if spectra else None, p.provenance,
-                                   None if p.centre is None else z[k + p.centre], p.quality)
+                                   None if p.centre is None else z[k + p.centre], p.quality,
+                                   p.size)
                 k += n
 
     for p in prepared:

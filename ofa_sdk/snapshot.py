@@ -16,7 +16,7 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,15 +42,16 @@ class GallerySnapshot:
     margin: float = 0.0   # ambiguity margin of the decision (decision.rival; make_snapshot's default
                           # is decision.margin_for's)
     chooser: Any = None   # closed_set.HeadChooser: a head chooses among accepting profiles
-    # per profile: the JPEG quality its support arrived at (None: lossless) and its JPEG
-    # variants' qualities; route() picks, per profile, the one nearest a query's quality
-    jpeg: Tuple[Tuple[Optional[int], Tuple[int, ...]], ...] = ()
+    # per profile, what routing reads (Delivered: the JPEG quality and size its support arrived
+    # at, its variants' deliveries); route() picks, per profile, the one nearest a query's
+    deliveries: Tuple["Delivered", ...] = ()
     # a routed snapshot: per profile, the variant standing for it (None: the profile itself)
     variant_of: Tuple[Optional[int], ...] = ()
     _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
     # routed snapshots by their variant_of, prepared when a query first needs one (_prepare:
     # (quality, variant_of) -> the snapshot; every route is prepared before pickling)
     _routes: Dict = field(default_factory=dict, compare=False, repr=False)
+    _choices: Dict = field(default_factory=dict, compare=False, repr=False)  # (quality, size) -> choice
     _prepare: Any = field(default=None, compare=False, repr=False)
 
     def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
@@ -72,32 +73,42 @@ class GallerySnapshot:
     def __len__(self) -> int:
         return len(self.names)
 
-    def route(self, quality: Optional[int]) -> "GallerySnapshot":
-        """The snapshot a query that arrived as a JPEG of ``quality`` (None: not a JPEG) is
-        scored and decided against: each profile stands for itself or its variant of the
-        nearest quality (:func:`nearest_variant`, the profile's support counting as the
-        quality it arrived at). A profile enrolled as generated holds re-encoded queries to
-        thresholds fitted on images they no longer resemble and refuses most of them; its
-        variant at their quality does not (benchmarks/RESULTS.md 11.9-11.10)."""
-        if quality is None or not self.jpeg:
+    def route(self, quality: Optional[int], size: Optional[Tuple[int, int]] = None
+              ) -> "GallerySnapshot":
+        """The snapshot a query is scored and decided against, by how it arrived: ``quality``,
+        the JPEG quality it was last encoded at (None: not a JPEG), and ``size``, its (h, w)
+        (None: unknown). Each profile stands for itself or its variant of the nearest delivery
+        (:func:`nearest_variant`). A profile enrolled as generated holds resized or re-encoded
+        queries to thresholds fitted on images they no longer resemble and refuses most of
+        them; its variant delivered alike does not (benchmarks/RESULTS.md 11.9-11.10)."""
+        if not self.deliveries or (quality is None and size is None):
             return self
-        choice = tuple(nearest_variant(quality, v, base) for base, v in self.jpeg)
+        choice = self._choices.get((quality, size))
+        if choice is None:      # memoised: a scan meets few deliveries many times
+            choice = self._choices[(quality, size)] = tuple(
+                nearest_variant(quality, d.variants, d.quality, scale_of(size, d.size))
+                for d in self.deliveries)
         if all(c is None for c in choice):
             return self
         if choice not in self._routes:
             with _PREPARING:
                 if choice not in self._routes:
                     if self._prepare is None:
-                        raise RuntimeError(f"this snapshot cannot prepare the JPEG variants "
+                        raise RuntimeError(f"this snapshot cannot prepare the variants "
                                            f"{choice} (made without a gallery)")
-                    self._routes[choice] = self._prepare(quality, choice)
+                    self._routes[choice] = self._prepare(quality, size, choice)
         return self._routes[choice]
 
     def __getstate__(self) -> Dict:
         """Every route prepared, so that a worker process or Ray actor that unpickles the
-        snapshot needs no gallery."""
-        for q in range(1, 101):
-            self.route(q)
+        snapshot needs no gallery: each JPEG quality and lossless, at each profile's support
+        size times each scale of its variants."""
+        sizes = {None} | {(round(d.size[0] * sc), round(d.size[1] * sc))
+                          for d in self.deliveries if d.size is not None
+                          for sc in {1.0} | {v[0] for v in d.variants}}
+        for size in sizes:
+            for q in [None, *range(1, 101)]:
+                self.route(q, size)
         return {k: v for k, v in self.__dict__.items() if k != "_prepare"}
 
     def __setstate__(self, state: Dict) -> None:
@@ -117,36 +128,69 @@ class GallerySnapshot:
                                tuple(self.own[i] for i in idx) if self.own else (),
                                self.policy, self.fraction, self.tails, self.margin,
                                None if self.chooser is None else self.chooser.select(idx),
-                               tuple(self.jpeg[i] for i in idx) if self.jpeg else (),
+                               tuple(self.deliveries[i] for i in idx) if self.deliveries else (),
                                tuple(self.variant_of[i] for i in idx) if self.variant_of else (),
-                               _prepare=lambda q, _: self.route(q).select(names))
+                               _prepare=lambda q, size, _: self.route(q, size).select(names))
 
 
-# The quality a profile's own support counts as when a JPEG query is routed (as generated:
-# lossless, or near it)
+# The quality a profile's own support counts as when a query is routed when it arrived lossless
 LOSSLESS = 100
+# Two sides' resize factors agreeing this closely (relative) say a query was resized as a whole
+# (not cropped); the factor is then their geometric mean
+SCALE_AGREEMENT = 0.03
 
 
-def nearest_variant(quality: Optional[int], levels: Sequence[int],
-                    base: Optional[int] = None) -> Optional[int]:
-    """Which of a profile's variant qualities ``levels`` a query that arrived as a JPEG of
-    ``quality`` is scored against: the nearest, the profile itself counting as ``base`` (the
-    JPEG quality its support arrived at; None: :data:`LOSSLESS`), ties to the higher quality;
-    None (the profile itself) for a query that is not a JPEG or nearest the profile."""
-    if quality is None or not len(levels):
-        return None
-    own = LOSSLESS if base is None else base
-    best = min([own, *levels], key=lambda v: (abs(v - quality), -v, v != own))
-    return None if best == own else int(best)
+class Delivered(NamedTuple):
+    """What routing reads of a profile: the JPEG quality its support arrived at (None: lossless),
+    the (h, w) its support images share (None: sizes vary), its variants' deliveries."""
+    quality: Optional[int]
+    size: Optional[Tuple[int, int]]
+    variants: Tuple[Tuple[float, Optional[int]], ...]
 
 
-def jpeg_of(prof) -> Tuple[Optional[int], Tuple[int, ...]]:
-    """A profile's JPEG routing keys: the quality its support arrived at (the metadata's
-    ``support_jpeg_quality``; for profiles from before it was recorded, the quality enroll
-    re-encoded it at, if any) and its variants' qualities, highest first."""
+def delivered(prof) -> Delivered:
+    """A profile's :class:`Delivered`, from its metadata (``support_jpeg_quality``, or for
+    profiles from before it was recorded the quality enroll re-encoded the support at;
+    ``support_size``) and its variants, largest scale and highest quality first."""
     meta = prof.metadata
     base = meta.get("support_jpeg_quality", meta.get("jpeg_quality"))
-    return (None if base is None else int(base), tuple(sorted(prof.variants, reverse=True)))
+    size = meta.get("support_size")
+    return Delivered(None if base is None else int(base),
+                     None if not size else (int(size[0]), int(size[1])),
+                     tuple(sorted(prof.variants, key=lambda k: (-k[0], -(k[1] or LOSSLESS)))))
+
+
+def scale_of(size: Optional[Tuple[int, int]], support: Optional[Tuple[int, int]]) -> float:
+    """The factor a query of ``size`` (h, w) was resized by from a support of images of size
+    ``support``: the geometric mean of the two sides' ratios when they agree within
+    :data:`SCALE_AGREEMENT`; else (a crop, another aspect, either size unknown) 1.0."""
+    if size is None or support is None:
+        return 1.0
+    fh, fw = size[0] / support[0], size[1] / support[1]
+    return float(np.sqrt(fh * fw)) if abs(fh / fw - 1) <= SCALE_AGREEMENT else 1.0
+
+
+def nearest_variant(quality: Optional[int], variants: Sequence[Tuple[float, Optional[int]]],
+                    base: Optional[int] = None, scale: float = 1.0
+                    ) -> Optional[Tuple[float, Optional[int]]]:
+    """Which of a profile's ``variants`` (scale, JPEG quality; None: lossless) a query that
+    arrived as a JPEG of ``quality`` (None: not a JPEG), resized by ``scale``, is scored
+    against; None: the profile itself. First the scale nearest ``scale`` (by ratio; 1.0: the
+    profile and its unscaled variants; ties to the larger), then among the deliveries at that
+    scale the quality nearest the query's, a lossless one counting as :data:`LOSSLESS` and the
+    profile itself as ``base``, the quality its support arrived at (ties to the higher quality,
+    then to the profile itself). A query that is not a JPEG and not resized meets the profile."""
+    scales = {1.0} | {sc for sc, _ in variants}
+    sc = min(scales, key=lambda v: (abs(np.log(v / scale)), -v))
+    if quality is None and sc == 1.0:
+        return None
+    own = [(None, LOSSLESS if base is None else base)] if sc == 1.0 else []
+    cands = own + [((s, q), LOSSLESS if q is None else q) for s, q in variants if s == sc]
+    if not cands:
+        return None
+    want = LOSSLESS if quality is None else quality
+    key, _ = min(cands, key=lambda c: (abs(c[1] - want), -c[1], c[0] is not None))
+    return key
 
 
 def crop_counts(prof) -> Union[int, Sequence[int]]:
@@ -372,14 +416,14 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         from .closed_set import load_chooser
         head = load_chooser(gallery, chooser, bundle.ids, names)
 
-    def assemble(quality: Optional[int] = None, choice: Optional[Tuple] = None
-                 ) -> GallerySnapshot:
+    def assemble(quality: Optional[int] = None, size: Optional[Tuple[int, int]] = None,
+                 choice: Optional[Tuple] = None) -> GallerySnapshot:
         """The snapshot of the profiles, each standing for itself or (``choice``, routed for a
-        JPEG query of ``quality``) its chosen variant; the gallery's other profiles, which the
+        query that arrived so) its chosen variant; the gallery's other profiles, which the
         tail and a whitener pool, stand for their own nearest variant."""
         chosen = dict(zip(names, choice or (None,) * len(names)))
         at = [p.at(chosen[p.name]) for p in profs]
-        pool = [p.at(chosen[p.name]) if p.name in chosen else own_route(p, quality)
+        pool = [p.at(chosen[p.name]) if p.name in chosen else own_route(p, quality, size)
                 for p in mine]
         if whiten:
             full = cache.prepared(rule, pool, gallery, bundle.model_id)
@@ -395,16 +439,16 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         tails = scoring.Tails.pooled(list(own_all.values()))
         thresholds = tuple(decision.threshold_of(rule, o, quantile, None, tails)
                            if thr == "profile" else float(thr) for o in own)
-        # a routed snapshot routes no further (its jpeg is empty)
+        # a routed snapshot routes no further (no deliveries)
         return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
                                quantile, tails, margin, head, () if choice else keys,
                                tuple(choice or ()), _prepare=None if choice else assemble)
 
-    def own_route(p, quality):
-        base, variants = jpeg_of(p)
-        return p.at(nearest_variant(quality, variants, base))
+    def own_route(p, quality, size):
+        d = delivered(p)
+        return p.at(nearest_variant(quality, d.variants, d.quality, scale_of(size, d.size)))
 
-    # each route (a JPEG query's quality -> per profile a variant) is prepared when a query
-    # first needs it: a scan of PNGs never does
-    keys = tuple(jpeg_of(p) for p in profs) if any(p.variants for p in profs) else ()
+    # each route (how a query arrived -> per profile a variant) is prepared when a query first
+    # needs it: a scan of PNGs as generated never does
+    keys = tuple(delivered(p) for p in profs) if any(p.variants for p in profs) else ()
     return assemble()

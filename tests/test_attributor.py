@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -6,7 +7,7 @@ import pytest
 
 from conftest import make_images
 from ofa_sdk import Attributor
-from ofa_sdk.attributor import InputError
+from ofa_sdk.attributor import RESCALE_VARIANTS, InputError
 from ofa_sdk.backends import EngineUnavailable
 from ofa_sdk.decision import DEFAULT_MARGIN
 from ofa_sdk.gallery import Gallery, GalleryError, ModelMismatch, ProfileNotFound
@@ -337,8 +338,9 @@ def test_enroll_can_resize_and_reencode_the_support_as_a_platform_delivers_queri
     assert plain.metadata["jpeg_quality"] is None and plain.metadata["rescale"] is None
     with pytest.raises(GalleryError, match="holds images jpeg_quality=90; these would be as given"):
         att.enroll("q90", imgs[:1], add=True)           # images as given into a re-encoded profile
-    with pytest.raises(GalleryError, match=r"holds images jpeg_variants=\(95, 90, 75\); these "
-                                            r"would be jpeg_quality=75, jpeg_variants"):
+    held = r"holds images jpeg_variants=\(95, 90, 75\), " + \
+        re.escape(f"rescale_variants={RESCALE_VARIANTS!r}; these would be ")
+    with pytest.raises(GalleryError, match=held + r"jpeg_quality=75, jpeg_variants"):
         att.enroll("plain", imgs[:1], add=True, jpeg_quality=75)
     with pytest.raises(GalleryError, match="rescale=0.75"):
         att.enroll("r75q90", imgs[:1], add=True, jpeg_quality=90)
@@ -359,19 +361,21 @@ def test_jpeg_variants_score_a_reencoded_query_as_a_support_reencoded_alike(tiny
     support as generated. The variants persist, grow with an add, and must match on an add."""
     import io
     from PIL import Image
-    from ofa_sdk.attributor import JPEG_VARIANTS
+    from ofa_sdk.attributor import JPEG_VARIANTS, RESCALE_VARIANTS
     from ofa_sdk.images import jpeg, to_rgb
     g = tmp_path / "g.db"
     att = Attributor(model=tiny_model, crops=1, gallery=g)
     imgs = make_images(tmp_path / "a", 5, 41, size=64)
     prof = att.enroll("gen", imgs)
-    assert sorted(prof.variants) == sorted(JPEG_VARIANTS)
+    keys = {(sc, q) for sc in (1.0, *RESCALE_VARIANTS) for q in (None, *JPEG_VARIANTS)} - {(1.0, None)}
+    assert set(prof.variants) == keys
     assert prof.metadata["jpeg_variants"] == sorted(JPEG_VARIANTS, reverse=True)
+    assert prof.metadata["support_size"] == [64, 64]
     alike = Attributor(model=tiny_model, crops=1)
     ref = alike.enroll("gen", [jpeg(to_rgb(p), 90) for p in imgs], jpeg_variants=())
-    np.testing.assert_allclose(prof.variants[90].support, ref.support, atol=1e-6)
+    np.testing.assert_allclose(prof.variants[(1.0, 90)].support, ref.support, atol=1e-6)
     plain = Attributor(model=tiny_model, crops=1)
-    plain.enroll("gen", imgs, jpeg_variants=())
+    plain.enroll("gen", imgs, jpeg_variants=(), rescale_variants=())
     assert plain.gallery.get("gen").variants == {}
 
     def encoded(p, **kw):
@@ -390,21 +394,23 @@ def test_jpeg_variants_score_a_reencoded_query_as_a_support_reencoded_alike(tiny
     # prepared on first use, and every one before pickling (a worker needs no gallery)
     import pickle
     snap = reopened.snapshot()
-    assert snap.jpeg == ((None, (95, 90, 75)),) and snap._routes == {}
+    assert snap.deliveries[0][:2] == (None, (64, 64)) and set(snap.deliveries[0].variants) == keys
+    assert snap._routes == {}
     z = [e.z for e in reopened.embed_stream(q88)]
     assert all(e.quality == 88 for e in reopened.embed_stream(q88))
-    assert snap.route(88).variant_of == (90,) and snap.route(None) is snap
+    assert snap.route(88).variant_of == ((1.0, 90),) and snap.route(None) is snap
     moved = pickle.loads(pickle.dumps(snap))
-    assert sorted(moved._routes) == [(75,), (90,), (95,)] and moved._prepare is None
+    assert {c for (c,) in moved._routes} == keys and moved._prepare is None
     np.testing.assert_allclose(moved.route(88).scores(z), snap.route(88).scores(z), rtol=1e-9)
     np.testing.assert_allclose(snap.select(["gen"]).route(88).scores(z),
                                alike.snapshot().scores(z), rtol=1e-5)
     reopened.enroll("gen", imgs[:2], add=True)
     grown = Attributor(model=tiny_model, crops=1, gallery=g).gallery.get("gen")
-    assert {q: len(v.support) for q, v in grown.variants.items()} == {q: 7 for q in JPEG_VARIANTS}
-    assert grown.variants[75].metadata["crop_counts"] == [1] * 7
-    with pytest.raises(GalleryError, match=r"holds images jpeg_variants=\(95, 90, 75\); these "
-                                            r"would be jpeg_variants=\(80,\)"):
+    assert {k: len(v.support) for k, v in grown.variants.items()} == {k: 7 for k in keys}
+    assert grown.variants[(1.0, 75)].metadata["crop_counts"] == [1] * 7
+    held = r"holds images jpeg_variants=\(95, 90, 75\), " + \
+        re.escape(f"rescale_variants={RESCALE_VARIANTS!r}; these would be ")
+    with pytest.raises(GalleryError, match=held + r"jpeg_variants=\(80,\)"):
         att.enroll("gen", imgs[:1], add=True, jpeg_variants=[80])
     with pytest.raises(ValueError, match="jpeg_quality=90 fixes the support's one delivery"):
         att.enroll("other", imgs, jpeg_quality=90, jpeg_variants=[75])
@@ -433,11 +439,51 @@ def test_a_jpeg_support_counts_as_the_quality_it_arrived_at(tiny_model, tmp_path
     att.enroll("jpg", as_jpeg(make_images(tmp_path / "c", 2, 45, size=64), 60), add=True)
     assert att.gallery.get("jpg").metadata["support_jpeg_quality"] == 85      # the first's
     snap = att.snapshot()
-    assert snap.jpeg == ((85, (95, 90, 75)), (None, (95, 90, 75)))
-    assert snap.route(85).variant_of == (None, 90)      # jpg: itself; png: its q90 variant
-    assert snap.route(88).variant_of == (90, 90)
-    assert snap.route(80).variant_of == (None, 75)
+    assert [d.quality for d in snap.deliveries] == [85, None]
+    assert snap.route(85).variant_of == (None, (1.0, 90))   # jpg: itself; png: its q90 variant
+    assert snap.route(88).variant_of == ((1.0, 90), (1.0, 90))
+    assert snap.route(80).variant_of == (None, (1.0, 75))
     q = as_jpeg(make_images(tmp_path / "q", 1, 46, size=64), 85)
     assert att.attribute(q)[0].note == "JPEG q85: scored against the q90 variants"
     alone = att.snapshot(["jpg"])
-    assert alone.route(85) is alone and alone.route(75).variant_of == (75,)
+    assert alone.route(85) is alone and alone.route(75).variant_of == ((1.0, 75),)
+
+
+def test_rescale_variants_score_a_resized_query_as_a_support_resized_alike(tiny_model, tmp_path):
+    """A query whose size is the support's times a factor (both sides alike) is scored against
+    the variant resized by the nearest factor, and at its JPEG quality when it is a JPEG: as
+    against a profile enrolled resized (and re-encoded) alike. A query of another aspect (a
+    crop) or of the support's size meets the unscaled profile."""
+    import io
+    from PIL import Image
+    from ofa_sdk.images import resize, to_rgb
+    att = Attributor(model=tiny_model, crops=1)
+    imgs = make_images(tmp_path / "a", 5, 47, size=64)
+    prof = att.enroll("gen", imgs)
+    assert prof.metadata["support_size"] == [64, 64]
+    small = Attributor(model=tiny_model, crops=1)
+    small.enroll("gen", imgs, rescale=0.75)
+    assert small.gallery.get("gen").metadata["support_size"] == [48, 48]
+    q = [to_rgb(p) for p in make_images(tmp_path / "q", 2, 48, size=64)]
+    resized = [resize(a, 0.75) for a in q]                              # 48 x 48
+    np.testing.assert_allclose(att.scores(resized), small.scores(resized), rtol=1e-5)
+    assert att.attribute(resized)[0].note == "scored against the 0.75x variants"
+    both = Attributor(model=tiny_model, crops=1)
+    both.enroll("gen", imgs, rescale=0.75, jpeg_quality=90)
+    buf = io.BytesIO()
+    Image.fromarray(resized[0]).save(buf, format="JPEG", quality=90)
+    np.testing.assert_allclose(att.scores(buf.getvalue()), both.scores(buf.getvalue()), rtol=1e-5)
+    assert att.attribute(buf.getvalue())[0].note == "JPEG q90: scored against the 0.75x q90 variants"
+    snap = att.snapshot()
+    assert snap.route(None, (64, 64)) is snap                       # as generated
+    assert snap.route(None, (48, 64)) is snap                       # another aspect: a crop
+    assert snap.route(None, (50, 50)).variant_of == ((0.75, None),)
+    assert snap.route(None, (40, 40)).variant_of == ((0.75, None),)     # 0.625: nearest 0.75
+    mixed = make_images(tmp_path / "m1", 3, 49, size=64) + make_images(tmp_path / "m2", 3, 50, size=80)
+    varied = att.enroll("varied", mixed)          # no shared size: no resized variant to choose
+    assert varied.metadata["support_size"] is None
+    assert {sc for sc, _ in varied.variants} == {1.0}
+    with pytest.raises(ValueError, match="a factor of 1 is the support itself"):
+        att.enroll("x", imgs, rescale_variants=[1.0])
+    with pytest.raises(ValueError, match="rescale=0.75 fixes the support's one delivery"):
+        att.enroll("x", imgs, rescale=0.75, rescale_variants=[0.5])

@@ -155,17 +155,26 @@ def test_cli_enroll_reencodes_at_a_jpeg_quality(tiny_model, folders):
     assert "JPEG quality" in err
 
 
-def test_cli_enroll_sets_the_jpeg_variants(tiny_model, folders):
+def test_cli_enroll_sets_the_variants(tiny_model, folders):
     tmp, _ = folders
     g = tmp / "gallery.db"
-    run("enroll", "gen-a", str(tmp / "gen_a"), "--jpeg-variants", "none", gallery=g, model=tiny_model)
-    run("enroll", "gen-b", str(tmp / "gen_b"), "--jpeg-variants", "80", "60", gallery=g,
-        model=tiny_model)
+    run("enroll", "gen-a", str(tmp / "gen_a"), "--jpeg-variants", "none", "--rescale-variants",
+        "none", gallery=g, model=tiny_model)
+    run("enroll", "gen-b", str(tmp / "gen_b"), "--jpeg-variants", "80", "--rescale-variants", "0.5",
+        gallery=g, model=tiny_model)
     run("enroll", "gen-c", str(tmp / "gen_b"), gallery=g, model=tiny_model)
-    from ofa_sdk.attributor import JPEG_VARIANTS
+    from ofa_sdk.attributor import JPEG_VARIANTS, RESCALE_VARIANTS
     from ofa_sdk.gallery import Gallery
-    got = {n: sorted(Gallery(g).get(n).variants) for n in ("gen-a", "gen-b", "gen-c")}
-    assert got == {"gen-a": [], "gen-b": [60, 80], "gen-c": sorted(JPEG_VARIANTS)}
+    meta = {n: Gallery(g).get(n).metadata for n in ("gen-a", "gen-b", "gen-c")}
+    asked = {n: (m["jpeg_variants"], m["rescale_variants"]) for n, m in meta.items()}
+    assert asked == {"gen-a": ([], []), "gen-b": ([80], [0.5]),
+                     "gen-c": (list(JPEG_VARIANTS), list(RESCALE_VARIANTS))}
+    # made: the resized ones of these 40 px images would fall below the crop
+    assert set(Gallery(g).get("gen-b").variants) == {(1.0, 80)}
+    assert Gallery(g).get("gen-a").variants == {}
     err = run("enroll", "gen-d", str(tmp / "gen_b"), "--jpeg-variants", "high", gallery=g,
               model=tiny_model, expect=2).stderr
     assert "--jpeg-variants takes JPEG qualities or 'none'" in err
+    err = run("enroll", "gen-d", str(tmp / "gen_b"), "--rescale-variants", "big", gallery=g,
+              model=tiny_model, expect=2).stderr
+    assert "--rescale-variants takes resize factors or 'none'" in err

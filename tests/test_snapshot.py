@@ -83,9 +83,10 @@ def test_profile_state_persists_in_the_gallery_and_only_changed_profiles_refit(
     for i, kind in enumerate(("noise", "blocky", "noise")):
         att.enroll(f"gen-{i}", make_images(tmp_path / f"s{i}", 5, i, kind=kind))
 
-    def every_variant(snap):       # the JPEG variants are prepared when first needed
-        for q in JPEG_VARIANTS:
-            snap.route(q)
+    def every_variant(snap):       # the variants are prepared when first needed
+        for d in snap.deliveries:
+            for sc, q in d.variants:
+                snap.route(q, (round(d.size[0] * sc), round(d.size[1] * sc)))
         return snap
     first = every_variant(att.snapshot())
     calls = {"own": [], "fit": []}
@@ -101,7 +102,10 @@ def test_profile_state_persists_in_the_gallery_and_only_changed_profiles_refit(
     np.testing.assert_allclose(again.scores(q), first.scores(q), rtol=1e-6)
     fresh.enroll("gen-1", make_images(tmp_path / "more", 2, 5), add=True)
     every_variant(Attributor(model=gauss_model, gallery=g, crops=1, backend="torch").snapshot())
-    n = 1 + len(JPEG_VARIANTS)          # only gen-1: the profile and each of its variants
+    # only gen-1: the profile and each of its variants (its JPEG ones: resized, its 40 px
+    # images would fall below the crop)
+    n = 1 + len(JPEG_VARIANTS)
+    assert len(fresh.gallery.get("gen-1").variants) == len(JPEG_VARIANTS)
     assert len(calls["own"]) == n and len(calls["fit"]) == n
     # another rule setting is another key: computed, not confused with the stored state
     every_variant(Attributor(model=gauss_model, gallery=g, crops=1, backend="torch",
@@ -179,15 +183,26 @@ def test_the_gallerys_tail_is_pooled_over_every_profile_and_read_back(gauss_mode
     assert again.thresholds == snap.thresholds
 
 
-def test_a_jpeg_query_is_routed_to_the_variant_of_the_nearest_quality():
-    from ofa_sdk.snapshot import LOSSLESS, nearest_variant
-    levels = (95, 90, 75)
+def test_a_query_is_routed_to_the_variant_delivered_nearest_it():
+    from ofa_sdk.snapshot import LOSSLESS, nearest_variant, scale_of
+    jpegs = [(1.0, q) for q in (95, 90, 75)]
     want = {None: None, 100: None, 98: None, 97: 95, 95: 95, 93: 95, 92: 90, 85: 90, 83: 90,
             82: 75, 80: 75, 60: 75, 1: 75}
-    assert {q: nearest_variant(q, levels) for q in want} == want
+    got = {q: nearest_variant(q, jpegs) for q in want}
+    assert got == {q: None if v is None else (1.0, v) for q, v in want.items()}
     assert nearest_variant(90, ()) is None                   # no variants: the profile
-    assert nearest_variant(LOSSLESS - 5, (90,)) is None      # a tie: the higher quality
+    assert nearest_variant(LOSSLESS - 5, [(1.0, 90)]) is None     # a tie: the higher quality
     # a support that arrived as JPEG q85 counts as 85
     want = {85: None, 87: None, 88: 90, 83: None, 80: None, 79: 75, 95: 95, None: None}
-    assert {q: nearest_variant(q, levels, 85) for q in want} == want
-    assert nearest_variant(90, (95, 90, 75), 90) is None     # a tie with itself: itself
+    got = {q: nearest_variant(q, jpegs, 85) for q in want}
+    assert got == {q: None if v is None else (1.0, v) for q, v in want.items()}
+    assert nearest_variant(90, jpegs, 90) is None            # a tie with itself: itself
+    # the scale first, then the quality among the deliveries at it
+    both = jpegs + [(0.75, q) for q in (None, 95, 90, 75)]
+    assert nearest_variant(None, both, None, 0.75) == (0.75, None)
+    assert nearest_variant(88, both, None, 0.74) == (0.75, 90)
+    assert nearest_variant(88, both, None, 0.9) == (1.0, 90)      # nearer 1 than 0.75
+    assert nearest_variant(None, both, None, 1.3) is None
+    assert nearest_variant(None, jpegs, None, 0.5) is None        # no scaled variant
+    assert scale_of((48, 48), (64, 64)) == 0.75 and scale_of((48, 64), (64, 64)) == 1.0
+    assert scale_of(None, (64, 64)) == 1.0 and scale_of((48, 48), None) == 1.0
