@@ -30,6 +30,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from contextlib import contextmanager
@@ -125,6 +126,7 @@ Delivery = Tuple[float, Optional[int]]   # a variant's (scale, JPEG quality; Non
 def _write_variants(db: sqlite3.Connection, name: str, created: float,
                     variants: Dict[Delivery, "Profile"]) -> None:
     """Replace profile ``name``'s variants by ``variants`` (inside a write transaction)."""
+    variants = dict(variants)       # a stored profile's are read before its rows go
     if _has_table(db, "profile_variants"):
         db.execute("DELETE FROM profile_variants WHERE name=?", (name,))
     if not variants:
@@ -136,25 +138,62 @@ def _write_variants(db: sqlite3.Connection, name: str, created: float,
         for (sc, q), v in variants.items()])
 
 
-def _read_variants(db: sqlite3.Connection, base: "Profile", dim: int, hidden: int
-                   ) -> Dict[Delivery, "Profile"]:
-    """Profile ``base``'s variants as written with it (its enrollment time)."""
+class _StoredVariants(Mapping):
+    """A stored profile's variants: their deliveries read with the profile, each one's
+    fingerprints when first looked up (``load(delivery)``), so that reading a gallery, and a
+    scan that never meets a variant, never reads one. Pickles as the plain dict it loads."""
+
+    def __init__(self, keys: Sequence[Delivery], load: Callable[[Delivery], "Profile"]):
+        self._keys, self._load, self._got = tuple(keys), load, {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, key: Delivery) -> "Profile":
+        if key not in self._keys:
+            raise KeyError(key)
+        if key not in self._got:
+            with self._lock:
+                if key not in self._got:
+                    self._got[key] = self._load(key)    # KeyError: enrolled again since
+        return self._got[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
+    def __reduce__(self):
+        return dict, (dict(self.items()),)
+
+
+def _variant_keys(db: sqlite3.Connection, name: str, created: float) -> List[Delivery]:
+    """Profile ``name``'s variants' deliveries as written with it (its enrollment time)."""
     if not _has_table(db, "profile_variants"):
-        return {}
-    out = {}
-    for sc, q, created, sup, part, centre, meta in db.execute(
-            "SELECT scale, quality, created, support, support_part, centre, metadata FROM "
-            "profile_variants WHERE name=? ORDER BY scale DESC, quality DESC", (base.name,)):
-        if created != base.created:
-            continue                # written by an older enrollment of the name
-        support, meta = _unblob(sup, dim), json.loads(meta)
-        c = None if centre is None else _unblob(centre, dim)
-        if c is not None and len(c) != _images_of(meta, len(support)):
-            c = None
-        key = (float(sc), int(q) or None)
-        out[key] = Profile(base.name, base.model_id, support, _unblob(part, hidden), meta,
-                           base.created, None, c, variant=key)
-    return out
+        return []
+    return [(float(sc), int(q) or None) for sc, q in db.execute(
+        "SELECT scale, quality FROM profile_variants WHERE name=? AND created=? "
+        "ORDER BY scale DESC, quality DESC", (name, created))]
+
+
+def _read_variant(db: sqlite3.Connection, base: "Profile", dim: int, hidden: int,
+                  key: Delivery) -> "Profile":
+    """Profile ``base``'s variant ``key`` as written with it (its enrollment time); KeyError
+    when there is none (the name was enrolled again since)."""
+    row = db.execute("SELECT support, support_part, centre, metadata FROM profile_variants "
+                     "WHERE name=? AND created=? AND scale=? AND quality=?",
+                     (base.name, base.created, float(key[0]), int(key[1] or 0))).fetchone() \
+        if _has_table(db, "profile_variants") else None
+    if row is None:
+        raise KeyError(key)
+    support, meta = _unblob(row[0], dim), json.loads(row[3])
+    c = None if row[2] is None else _unblob(row[2], dim)
+    if c is not None and len(c) != _images_of(meta, len(support)):
+        c = None
+    return Profile(base.name, base.model_id, support, _unblob(row[1], hidden), meta,
+                   base.created, None, c, variant=key)
 
 
 def _images_of(metadata: Dict, n_support: int) -> int:
@@ -585,9 +624,18 @@ class Gallery:
                         centre = None      # not this profile's images: held out on grid crops
             cached = Profile(row[0], row[1], support, _unblob(row[6], row[4]), meta, row[2], spec,
                              centre)
-            cached.variants = _read_variants(self._db, cached, row[3], row[4])
+            keys = _variant_keys(self._db, name, row[2])
+            if keys:
+                cached.variants = _StoredVariants(keys, functools.partial(
+                    self._variant_of, cached, row[3], row[4]))
             self._cache[name] = cached
         return cached
+
+    def _variant_of(self, base: Profile, dim: int, hidden: int, key: Delivery) -> Profile:
+        """Profile ``base``'s variant ``key``, read when first looked up (KeyError when the
+        profile was enrolled again since: it then stands for itself)."""
+        with self._reading() as db:
+            return _read_variant(db, base, dim, hidden, key)
 
     def read(self, names: Optional[Sequence[str]] = None,
              model_id: Union[str, Sequence[str], None] = None) -> List[Profile]:

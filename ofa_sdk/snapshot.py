@@ -25,7 +25,9 @@ from .gallery import GalleryError
 from .scoring import OwnByCrops, Tails
 
 _MISSING = object()     # no stored state under a key (unlike a stored None)
-_PREPARING = threading.RLock()   # one thread prepares a snapshot's variant at a time
+_PREPARING = threading.RLock()   # one thread prepares a snapshot's route at a time
+MAX_CHOICES = 4096   # (quality, size) routing choices a snapshot remembers (a scan of photos
+                     # meets many sizes)
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,9 @@ class GallerySnapshot:
     # per profile, what routing reads (Delivered: the JPEG quality and size its support arrived
     # at, its variants' deliveries); route() picks, per profile, the one nearest a query's
     deliveries: Tuple["Delivered", ...] = ()
-    # a routed snapshot: per profile, the variant standing for it (None: the profile itself)
-    variant_of: Tuple[Optional[int], ...] = ()
+    # a routed snapshot: per profile, the delivery (scale, JPEG quality) of the variant standing
+    # for it (None: the profile itself)
+    variant_of: Tuple[Optional[Tuple[float, Optional[int]]], ...] = ()
     _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
     # routed snapshots by their variant_of, prepared when a query first needs one (_prepare:
     # (quality, variant_of) -> the snapshot; every route is prepared before pickling)
@@ -85,6 +88,8 @@ class GallerySnapshot:
             return self
         choice = self._choices.get((quality, size))
         if choice is None:      # memoised: a scan meets few deliveries many times
+            if len(self._choices) >= MAX_CHOICES:
+                self._choices.clear()
             choice = self._choices[(quality, size)] = tuple(
                 nearest_variant(quality, d.variants, d.quality, scale_of(size, d.size))
                 for d in self.deliveries)
@@ -200,8 +205,8 @@ def crop_counts(prof) -> Union[int, Sequence[int]]:
 
 
 STATE_VERSION = 3   # bump when what is persisted, or how it is computed, changes
-MAX_SETS = 16       # prepared profile sets kept in memory (attribute's, verify's, ...; a set per JPEG
-                    # variant as well)
+MAX_SETS = 16       # prepared profile sets kept in memory (attribute's, verify's, ...; a set per
+                    # route to the variants as well)
 _NOT_SETTINGS = ("calibration", "head", "name", "chunk", "prefilter")   # not in the state key
 
 
