@@ -30,7 +30,7 @@ import numpy as np
 from . import decision, scoring
 from . import images as imio
 from .decision import Attribution  # noqa: F401  (public)
-from .gallery import Gallery, GalleryError, Profile
+from .gallery import Delivery, Gallery, GalleryError, Profile
 from .pipeline import (EmbeddedItem, InputError, InputPolicy, embed_prepared,  # noqa: F401
                        embed_stream, finish)
 from .snapshot import GallerySnapshot, SnapshotCache, crop_counts, make_snapshot  # noqa: F401
@@ -81,7 +81,7 @@ def _delivery_of(meta: Dict) -> Dict:
             "rescale_variants": tuple(out["rescale_variants"] or ())}
 
 
-def _variant_keys(delivery: Dict) -> List[Tuple[float, Optional[int]]]:
+def _variant_keys(delivery: Dict) -> List[Delivery]:
     """The (scale, JPEG quality; None: lossless) of each variant a delivery asks for: every
     scale (1 and the rescale variants) with every quality (lossless and the JPEG variants),
     but the profile itself (1, lossless)."""
@@ -355,9 +355,9 @@ class Attributor:
         # no resized variant could be chosen, so none is made
         for sc, q in [k for k in keys if k[0] == 1.0 or base.size is not None]:
             label = " ".join(x for x in (f"{sc:g}x" if sc != 1.0 else "", f"q{q}" if q else "") if x)
+            # (variants only with no fixed delivery: the support itself is as given)
             v = self._embed_support(f"{name} {label}", items,
-                                    {"rescale": transform["rescale"] if sc == 1.0 else sc,
-                                     "jpeg_quality": q})
+                                    {"rescale": None if sc == 1.0 else sc, "jpeg_quality": q})
             if v.zs:
                 vmeta = {"crop_counts": [len(z) for z in v.zs], "jpeg_quality": q, "rescale": sc}
                 prof.variants[(sc, q)] = self._profile_of(name, v.zs, v.centres, vmeta, None, now,
@@ -444,10 +444,9 @@ class Attributor:
         return out
 
     def _profile_of(self, name: str, zs, centres, meta: Dict, spectrum, created: float,
-                    variant: Optional[Tuple[float, Optional[int]]] = None) -> Profile:
-        support = np.concatenate(zs).astype(np.float32) if zs else \
-            np.zeros((0, self.dim), np.float32)
-        centre = np.stack(centres).astype(np.float32) if centres else None
+                    variant: Optional[Delivery] = None) -> Profile:
+        support = np.concatenate(zs).astype(np.float32)
+        centre = np.stack(centres).astype(np.float32)
         part = self.bundle.pair_head().support_part(support)
         return Profile(name, self.model_id, support, part, meta, created, spectrum, centre,
                        variant=variant)

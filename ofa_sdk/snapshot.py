@@ -21,7 +21,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import decision, scoring
-from .gallery import GalleryError
+from .gallery import Delivery, GalleryError
 from .scoring import OwnByCrops, Tails
 
 _MISSING = object()     # no stored state under a key (unlike a stored None)
@@ -49,7 +49,7 @@ class GallerySnapshot:
     deliveries: Tuple["Delivered", ...] = ()
     # a routed snapshot: per profile, the delivery (scale, JPEG quality) of the variant standing
     # for it (None: the profile itself)
-    variant_of: Tuple[Optional[Tuple[float, Optional[int]]], ...] = ()
+    variant_of: Tuple[Optional[Delivery], ...] = ()
     _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
     # routed snapshots by their variant_of, prepared when a query first needs one (_prepare:
     # (quality, variant_of) -> the snapshot; every route is prepared before pickling)
@@ -83,7 +83,7 @@ class GallerySnapshot:
         (None: unknown). Each profile stands for itself or its variant of the nearest delivery
         (:func:`nearest_variant`). A profile enrolled as generated holds resized or re-encoded
         queries to thresholds fitted on images they no longer resemble and refuses most of
-        them; its variant delivered alike does not (benchmarks/RESULTS.md 11.9-11.10)."""
+        them; its variant delivered alike does not (benchmarks/RESULTS.md 11.9-11.11)."""
         if not self.deliveries or (quality is None and size is None):
             return self
         choice = self._choices.get((quality, size))
@@ -91,8 +91,7 @@ class GallerySnapshot:
             if len(self._choices) >= MAX_CHOICES:
                 self._choices.clear()
             choice = self._choices[(quality, size)] = tuple(
-                nearest_variant(quality, d.variants, d.quality, scale_of(size, d.size))
-                for d in self.deliveries)
+                d.choose(quality, size) for d in self.deliveries)
         if all(c is None for c in choice):
             return self
         if choice not in self._routes:
@@ -150,7 +149,13 @@ class Delivered(NamedTuple):
     the (h, w) its support images share (None: sizes vary), its variants' deliveries."""
     quality: Optional[int]
     size: Optional[Tuple[int, int]]
-    variants: Tuple[Tuple[float, Optional[int]], ...]
+    variants: Tuple[Delivery, ...]
+
+    def choose(self, quality: Optional[int], size: Optional[Tuple[int, int]]
+               ) -> Optional[Delivery]:
+        """The variant a query that arrived as a JPEG of ``quality`` (None: not a JPEG) and of
+        ``size`` meets (:func:`nearest_variant`); None: the profile itself."""
+        return nearest_variant(quality, self.variants, self.quality, scale_of(size, self.size))
 
 
 def delivered(prof) -> Delivered:
@@ -175,9 +180,8 @@ def scale_of(size: Optional[Tuple[int, int]], support: Optional[Tuple[int, int]]
     return float(np.sqrt(fh * fw)) if abs(fh / fw - 1) <= SCALE_AGREEMENT else 1.0
 
 
-def nearest_variant(quality: Optional[int], variants: Sequence[Tuple[float, Optional[int]]],
-                    base: Optional[int] = None, scale: float = 1.0
-                    ) -> Optional[Tuple[float, Optional[int]]]:
+def nearest_variant(quality: Optional[int], variants: Sequence[Delivery],
+                    base: Optional[int] = None, scale: float = 1.0) -> Optional[Delivery]:
     """Which of a profile's ``variants`` (scale, JPEG quality; None: lossless) a query that
     arrived as a JPEG of ``quality`` (None: not a JPEG), resized by ``scale``, is scored
     against; None: the profile itself. First the scale nearest ``scale`` (by ratio; 1.0: the
@@ -428,8 +432,8 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         tail and a whitener pool, stand for their own nearest variant."""
         chosen = dict(zip(names, choice or (None,) * len(names)))
         at = [p.at(chosen[p.name]) for p in profs]
-        pool = [p.at(chosen[p.name]) if p.name in chosen else own_route(p, quality, size)
-                for p in mine]
+        pool = [p.at(chosen[p.name] if p.name in chosen else
+                     delivered(p).choose(quality, size)) for p in mine]
         if whiten:
             full = cache.prepared(rule, pool, gallery, bundle.model_id)
             state = rule.select(full, [list(by_name).index(n) for n in names])
@@ -448,10 +452,6 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
                                quantile, tails, margin, head, () if choice else keys,
                                tuple(choice or ()), _prepare=None if choice else assemble)
-
-    def own_route(p, quality, size):
-        d = delivered(p)
-        return p.at(nearest_variant(quality, d.variants, d.quality, scale_of(size, d.size)))
 
     # each route (how a query arrived -> per profile a variant) is prepared when a query first
     # needs it: a scan of PNGs as generated never does
