@@ -19,8 +19,9 @@ model's factor) back to 256 px; ``real`` is the content itself. Families are spl
 rule, the other side's query images against its own; both directions averaged), the supervised
 linear probe (5-fold logistic regression on standardised dimensions, every image) on the same
 fingerprints and on two fixed features (the log-magnitude spectrum of the 256 px image's
-Laplacian residual pooled to 64x64, and its crop-averaged Welch version), and the ratio of
-within-generator spread to between-generator distance per representation (``--groups wild13``:
+Laplacian residual pooled to 64x64, and its crop-averaged Welch version), the ratio of
+within-generator spread to between-generator distance per representation, and the share of that
+spread the two sides' images of the same content have in common (``--groups wild13``:
 the same on benchmarks/wild.py's seed pairs and real-vs-GAN pairs). ``open`` reports labels with
 everything enrolled and never-enrolled acceptance, leaving out one family at a time. ``levers``
 measures what the shipped model gives without training: more crops per image, and queries
@@ -216,6 +217,17 @@ def spread_ratio(xa: np.ndarray, xb: np.ndarray) -> float:
     return float(within / np.linalg.norm(ma - mb))
 
 
+def shared_spread(xa: np.ndarray, xb: np.ndarray) -> float:
+    """The share of two generators' own spread that their images of the same content have in
+    common: 1 - E|a_i - b_i|^2 / (E|a_i|^2 + E|b_i|^2), with a_i, b_i content i's deviations
+    from each class mean (rows aligned by content index). 0: the content moves the two
+    generators' images independently; 1: it moves both alike, so the spread a profile sees is
+    content both relatives share, which no threshold fitted on one side can discount."""
+    n = min(len(xa), len(xb))
+    da, db = xa[:n] - xa[:n].mean(0), xb[:n] - xb[:n].mean(0)
+    return float(1 - ((da - db) ** 2).sum(1).mean() / ((da ** 2).sum(1).mean() + (db ** 2).sum(1).mean()))
+
+
 def both_ways(pairs: dict, pair: str) -> float:
     a, b = pair.split("|")
     return float((pairs[f"{a}|{b}"] + pairs[f"{b}|{a}"]) / 2)
@@ -246,6 +258,7 @@ def pairs(a):
                 for r, v in reps.items():
                     rows[p][f"probe {r}"] = probe_auc(v[x], v[y])
                     rows[p][f"spread {r}"] = spread_ratio(v[x], v[y])
+                    rows[p][f"shared {r}"] = shared_spread(v[x], v[y])
                 print(group, p, "  ".join(f"{k} {v:.3f}" for k, v in rows[p].items() if k != "kind"), flush=True)
         report["pairs"][group] = rows
         keys = [k for k in next(iter(rows.values())) if k != "kind"]

@@ -28,6 +28,17 @@ def test_spread_ratio_is_within_over_between():
     assert related.spread_ratio(a, b) == pytest.approx(0.25)
 
 
+def test_shared_spread_is_what_content_moves_alike():
+    rng = np.random.default_rng(2)
+    content = rng.normal(size=(400, 16))
+    a, b = content + 5.0, content.copy()                    # one content effect, means apart
+    assert related.shared_spread(a, b) == pytest.approx(1.0)
+    c, d = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+    assert abs(related.shared_spread(c, d)) < 0.1           # independent spreads: nothing shared
+    e, f = content + rng.normal(size=(400, 16)), content + rng.normal(size=(400, 16))
+    assert related.shared_spread(e, f) == pytest.approx(0.5, abs=0.05)   # half of each spread
+
+
 def test_fixed_features_see_a_periodic_trace():
     """A period-4 pattern (a transposed-convolution trace) added to smooth content shows at
     its frequency in both spectra, more clearly in the crop-averaged (Welch) one."""
