@@ -3,7 +3,6 @@ import without Triton; the kernels need it), the matmul precisions, the device g
 launch, and small helpers."""
 from __future__ import annotations
 
-import contextlib
 
 try:  # the references below import without Triton; the kernels need it
     import triton
@@ -39,9 +38,6 @@ def _need_triton():
 def on_device(t):
     """The context every kernel launch runs in: Triton launches on the *current* CUDA device,
     so a tensor on ``cuda:1`` is launched with device 1 current (nothing to do on the CPU, where
-    only the interpreter runs)."""
-    dev = t.device
-    if dev.type != "cuda":
-        return contextlib.nullcontext()
-    import torch
-    return torch.cuda.device(dev)
+    only the interpreter runs): the engines' :func:`ofa_sdk.backends.torch.device_guard`."""
+    from ofa_sdk.backends.torch import device_guard     # lazily: the backend imports the kernels
+    return device_guard(t.device)
