@@ -121,6 +121,12 @@ def _write_centre(db: sqlite3.Connection, name: str, created: float,
 
 
 Delivery = Tuple[float, Optional[int]]   # a variant's (scale, JPEG quality; None: lossless)
+LOSSLESS = 100     # the quality a lossless delivery counts as when routing compares qualities
+
+
+def delivery_order(key: Delivery) -> Tuple[float, int]:
+    """Sort key of variants: the largest scale first, then the highest quality, lossless first."""
+    return (-key[0], -(LOSSLESS + 1 if key[1] is None else key[1]))
 
 
 def _write_variants(db: sqlite3.Connection, name: str, created: float,

@@ -21,7 +21,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import decision, scoring
-from .gallery import Delivery, GalleryError
+from .gallery import LOSSLESS, Delivery, GalleryError, delivery_order
 from .scoring import OwnByCrops, Tails
 
 _MISSING = object()     # no stored state under a key (unlike a stored None)
@@ -137,8 +137,6 @@ class GallerySnapshot:
                                _prepare=lambda q, size, _: self.route(q, size).select(names))
 
 
-# The quality a profile's own support counts as when a query is routed when it arrived lossless
-LOSSLESS = 100
 # Two sides' resize factors agreeing this closely (relative) say a query was resized as a whole
 # (not cropped); the factor is then their geometric mean
 SCALE_AGREEMENT = 0.03
@@ -167,7 +165,7 @@ def delivered(prof) -> Delivered:
     size = meta.get("support_size")
     return Delivered(None if base is None else int(base),
                      None if not size else (int(size[0]), int(size[1])),
-                     tuple(sorted(prof.variants, key=lambda k: (-k[0], -(k[1] or LOSSLESS)))))
+                     tuple(sorted(prof.variants, key=delivery_order)))
 
 
 def scale_of(size: Optional[Tuple[int, int]], support: Optional[Tuple[int, int]]) -> float:
