@@ -25,7 +25,8 @@ spread the two sides' images of the same content have in common (``--groups wild
 the same on benchmarks/wild.py's seed pairs and real-vs-GAN pairs). ``open`` reports labels with
 everything enrolled and never-enrolled acceptance, leaving out one family at a time. ``levers``
 measures what the shipped model gives without training: more crops per image, and queries
-rescaled (and re-encoded) against a support as generated.
+rescaled (and re-encoded) against a support as generated. ``bank`` writes training data, not a
+development set: one split's upscalers on *training* photo content, for ``stage2.bank``.
 Figures: benchmarks/RESULTS.md section 11.
 
     python benchmarks/related.py build --photos ../shared/data/real-photos
@@ -137,6 +138,27 @@ def build(a):
         "images_per_class": len(content), "size": SIZE, "families": FAMILIES,
         "content": "held-out photos (benchmarks/wild.py content_crops), bicubic-downscaled by "
                    "each model's factor and upscaled back"}, indent=1))
+
+
+def generator_bank(a):
+    """Training data, not a development set: the ``--families`` split's upscalers applied to
+    *training* photo content (``--size`` px crops), for ``stage2.bank`` (real generators in
+    the loop). Every model sees the same content, so a step can draw same-content negatives."""
+    from ofa_sdk.training.common import PhotoSet
+    from wild import content_crops
+    content = list(content_crops(PhotoSet(a.photos, split="train"), a.size, 2))[: a.limit]
+    names = [m for fam in FAMILIES[a.families].values() for m in fam]
+    images, label, index = [], [], []
+    for k, name in enumerate(names):
+        t0 = time.time()
+        run = upscaler(name)
+        images += [run(c) for c in content]
+        label += [k] * len(content)
+        index += list(range(len(content)))
+        print(f"  {name}: {len(content)} images, {time.time() - t0:.0f}s", flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(a.out, images=np.stack(images), label=np.array(label), content=np.array(index),
+             names=np.array(names))
 
 
 # -- diagnostics on cached fingerprints and fixed features ------------------------------------------
@@ -376,6 +398,12 @@ def main(argv=None):
     b.add_argument("--out", default=str(ROOT / "benchmarks" / "data" / "related"))
     b.add_argument("--limit", type=int, default=None, help="at most N content crops")
     b.add_argument("--only", nargs="+", choices=["real"] + list(MODELS), help="build these classes only")
+    g = sub.add_parser("bank", help="training images of one split's upscalers (stage2.bank)")
+    g.add_argument("--photos", required=True)
+    g.add_argument("--families", default="choose", choices=list(FAMILIES))
+    g.add_argument("--size", type=int, default=128)
+    g.add_argument("--limit", type=int, default=300)
+    g.add_argument("--out", default=str(ROOT / "benchmarks" / "data" / "bank-choose.npz"))
     q = sub.add_parser("pairs")
     q.add_argument("--groups", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     q.add_argument("--crops", type=int, default=4)
@@ -399,6 +427,8 @@ def main(argv=None):
         torch.set_num_threads(1)
     if a.cmd == "build":
         build(a)
+    elif a.cmd == "bank":
+        generator_bank(a)
     elif a.cmd == "pairs":
         pairs(a)
     elif a.cmd == "table":

@@ -272,3 +272,32 @@ def test_init_on_a_command_that_does_not_train_stage_2_is_an_error(photos, tmp_p
         train_main(["stage1", "--init", "shipped"] + _args(photos, tmp_path / "run", 2))
     assert "--init" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_batches_with_real_generators_in_the_loop(photos, tmp_path):
+    """stage2.bank: the drawn generators are classes of their own below REAL_LABEL, half of
+    each class's images the same content at the same crop position across the drawn ones."""
+    from ofa_sdk.models import FingerprintSimulator
+    from ofa_sdk.training.stage2_extractor import REAL_LABEL, make_batch, GeneratorBank
+    rng = np.random.default_rng(0)
+    content = rng.integers(0, 255, (5, 48, 48, 3), dtype=np.uint8)
+    images = np.concatenate([(content // 3 + 60 * k).astype(np.uint8) for k in range(3)])   # no clipping
+    path = tmp_path / "bank.npz"
+    np.savez(path, images=images, label=np.repeat(np.arange(3), 5), content=np.tile(np.arange(5), 3))
+    with pytest.warns(UserWarning):
+        data = common.PhotoSet(photos, split="all")
+    on = compact().replace(**TINY, **{"stage2.n": 2, "stage2.m": 2, "stage2.crop": 32, "stage2.bank": str(path),
+                                      "stage2.bank_classes": 2, "stage2.jpeg_class_p": 0.0, "stage2.jpeg_p": 0.0})
+    sim = FingerprintSimulator(on.simulator).eval()
+    bank = GeneratorBank(str(path))
+    x, y, _ = make_batch(sim, data, on, torch.Generator().manual_seed(0), bank)
+    assert x.shape == (2 * 2 * 2 + 2 + 2 * 4, 3, 32, 32)
+    gy = y[y < REAL_LABEL]
+    assert len(gy) == 8 and len(set(gy.tolist())) == 2 and (y == REAL_LABEL).sum() == 2
+    first, second = x[-8:-4] * 255, x[-4:] * 255
+    ka, kb = -2 - gy[0].item(), -2 - gy[-1].item()            # the two generators drawn
+    # the shared half: one content at one position, so the images differ by 60 (kb - ka) exactly
+    shared = second[:2] - first[:2]
+    assert torch.allclose(shared, torch.full_like(shared, 60.0 * (kb - ka)), atol=1e-3)
+    other = second[2:] - first[2:]
+    assert not torch.allclose(other, torch.full_like(other, 60.0 * (kb - ka)), atol=1e-3)

@@ -92,7 +92,42 @@ def _centre(x: torch.Tensor, side: int) -> torch.Tensor:
     return x[..., o:o + side, o:o + side]
 
 
-def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator):
+class GeneratorBank:
+    """Pretrained generators' images of training-photo content (``stage2.bank``): each draw
+    takes ``k`` generators as classes of their own, labelled below REAL_LABEL; n images of
+    content shared by the k at one crop position, n of other content, each at its own."""
+
+    def __init__(self, path: str):
+        f = np.load(path)
+        self.images, self.label, self.content = f["images"], f["label"], f["content"]
+        self.gens = np.unique(self.label)
+        self.index = {(int(l), int(c)): i for i, (l, c) in enumerate(zip(self.label, self.content))}
+        self.shared = sorted(set.intersection(*[set(self.content[self.label == l].tolist()) for l in self.gens]))
+
+    def _crop(self, i: int, top: int, left: int, crop: int) -> torch.Tensor:
+        return to_tensor(np.ascontiguousarray(self.images[i, top:top + crop, left:left + crop])[None])[0]
+
+    def draw(self, n: int, k: int, crop: int, g: torch.Generator):
+        side = self.images.shape[1]
+
+        def rint(hi):
+            return int(torch.randint(hi, (1,), generator=g))
+        gens = [int(self.gens[j]) for j in torch.randperm(len(self.gens), generator=g)[:k]]
+        shared = [self.shared[rint(len(self.shared))] for _ in range(n)]
+        pos = [(rint(side - crop + 1), rint(side - crop + 1)) for _ in range(n)]
+        xs, ys = [], []
+        for gen in gens:
+            own = np.flatnonzero(self.label == gen)
+            rows = [self._crop(self.index[(gen, c)], t, l, crop) for c, (t, l) in zip(shared, pos)]
+            rows += [self._crop(int(own[rint(len(own))]), rint(side - crop + 1), rint(side - crop + 1), crop)
+                     for _ in range(n)]
+            xs.append(torch.stack(rows))
+            ys.append(torch.full((2 * n,), REAL_LABEL - 1 - gen, dtype=torch.long))
+        return xs, ys
+
+
+def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator,
+               bank: "GeneratorBank | None" = None):
     """Images (B,3,c,c) in [0,1] on the CPU, labels (B,) and the architecture ids drawn, for one
     step. The simulator runs in float32 on its own device (reconstructions carry the
     fingerprints: no reduced precision there), resampling and JPEG on the CPU."""
@@ -126,6 +161,10 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
         real = _resample(real, plan, sc.crop, sc.resample_share, g)
     xs.append(_jpeg_class(real, g, sc.jpeg_class_p, sc.jpeg_q))
     ys.append(torch.full((sc.n,), REAL_LABEL, dtype=torch.long))
+    if bank is not None:                              # real generators, classes of their own
+        bx, by = bank.draw(sc.n, sc.bank_classes, sc.crop, g)
+        xs.extend(_jpeg_class(x, g, sc.jpeg_class_p, sc.jpeg_q) for x in bx)
+        ys.extend(by)
     x = _jpeg(torch.cat(xs), g, sc.jpeg_p, sc.jpeg_q)
     return x, torch.cat(ys), [a.id for a in archs]
 
@@ -151,6 +190,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     model.denoiser.eval()
     model.to(dev)
     sim.to(dev)
+    generators = GeneratorBank(sc.bank) if sc.bank else None
     bank = MemoryBank(cfg.loss.bank_size, cfg.extractor.dim).to(dev)
     params = list(model.extractor.parameters()) + list(model.pair_head.parameters()) + \
         list(model.real_head.parameters())
@@ -171,7 +211,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     # TF32 is off for the whole run (the flags are process-wide: the loader's simulator and the
     # spectra alike, as inference computes them); the extractor runs under bf16 autocast
     with exact_fp32(dev, allow_tf32=False), Prefetcher(
-            lambda gs: make_batch(sim, data, cfg, gs), seed, "stage2", start, sc.steps, dev) as loader:
+            lambda gs: make_batch(sim, data, cfg, gs, generators), seed, "stage2", start, sc.steps, dev) as loader:
         for step, (x, y, arch_ids) in loader:
             with torch.no_grad():
                 spec = model.spectrum(x)    # float32, TF32 off (above): as inference computes it
