@@ -25,8 +25,8 @@ spread the two sides' images of the same content have in common (``--groups wild
 the same on benchmarks/wild.py's seed pairs and real-vs-GAN pairs). ``open`` reports labels with
 everything enrolled and never-enrolled acceptance, leaving out one family at a time. ``levers``
 measures what the shipped model gives without training: more crops per image, and queries
-rescaled (and re-encoded) against a support as generated. ``bank`` writes training data, not a
-development set: one split's upscalers on *training* photo content, for ``stage2.bank``.
+rescaled (and re-encoded) against a support as generated. ``pretrained`` writes training data, not a
+development set: one split's upscalers on *training* photo content, for ``stage2.pretrained``.
 Figures: benchmarks/RESULTS.md section 11.
 
     python benchmarks/related.py build --photos ../shared/data/real-photos
@@ -140,9 +140,9 @@ def build(a):
                    "each model's factor and upscaled back"}, indent=1))
 
 
-def generator_bank(a):
+def pretrained_set(a):
     """Training data, not a development set: the ``--families`` split's upscalers applied to
-    *training* photo content (``--size`` px crops), for ``stage2.bank`` (real generators in
+    *training* photo content (``--size`` px crops), for ``stage2.pretrained`` (real generators in
     the loop). Every model sees the same content, so a step can draw same-content negatives."""
     from ofa_sdk.training.common import PhotoSet
     from wild import content_crops
@@ -398,12 +398,12 @@ def main(argv=None):
     b.add_argument("--out", default=str(ROOT / "benchmarks" / "data" / "related"))
     b.add_argument("--limit", type=int, default=None, help="at most N content crops")
     b.add_argument("--only", nargs="+", choices=["real"] + list(MODELS), help="build these classes only")
-    g = sub.add_parser("bank", help="training images of one split's upscalers (stage2.bank)")
+    g = sub.add_parser("pretrained", help="training images of one split's upscalers (stage2.pretrained)")
     g.add_argument("--photos", required=True)
     g.add_argument("--families", default="choose", choices=list(FAMILIES))
     g.add_argument("--size", type=int, default=128)
     g.add_argument("--limit", type=int, default=300)
-    g.add_argument("--out", default=str(ROOT / "benchmarks" / "data" / "bank-choose.npz"))
+    g.add_argument("--out", default=str(ROOT / "benchmarks" / "data" / "pretrained-choose.npz"))
     q = sub.add_parser("pairs")
     q.add_argument("--groups", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     q.add_argument("--crops", type=int, default=4)
@@ -427,8 +427,8 @@ def main(argv=None):
         torch.set_num_threads(1)
     if a.cmd == "build":
         build(a)
-    elif a.cmd == "bank":
-        generator_bank(a)
+    elif a.cmd == "pretrained":
+        pretrained_set(a)
     elif a.cmd == "pairs":
         pairs(a)
     elif a.cmd == "table":

@@ -145,12 +145,12 @@ class Stage2Config:
     resample_f: Tuple[float, float] = (0.5, 1.0)
     resample_share: float = 0.5
     # Real generators in the loop: an .npz of pretrained generators' images of training-photo
-    # content (benchmarks/related.py bank: ``images`` (N,S,S,3) uint8, ``label``, ``content``);
-    # each step draws bank_classes of its generators as classes of their own, half of each
+    # content (benchmarks/related.py pretrained: ``images`` (N,S,S,3) uint8, ``label``, ``content``);
+    # each step draws pretrained_classes of its generators as classes of their own, half of each
     # class's images of content shared by the drawn generators (same-content negatives, as the
     # single set), half of other content. Empty: none.
-    bank: str = ""
-    bank_classes: int = 2
+    pretrained: str = ""
+    pretrained_classes: int = 2
 
 
 @dataclass(frozen=True)

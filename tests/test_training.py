@@ -275,22 +275,22 @@ def test_init_on_a_command_that_does_not_train_stage_2_is_an_error(photos, tmp_p
 
 
 def test_batches_with_real_generators_in_the_loop(photos, tmp_path):
-    """stage2.bank: the drawn generators are classes of their own below REAL_LABEL, half of
+    """stage2.pretrained: the drawn generators are classes of their own below REAL_LABEL, half of
     each class's images the same content at the same crop position across the drawn ones."""
     from ofa_sdk.models import FingerprintSimulator
-    from ofa_sdk.training.stage2_extractor import REAL_LABEL, make_batch, GeneratorBank
+    from ofa_sdk.training.stage2_extractor import REAL_LABEL, make_batch, PretrainedGenerators
     rng = np.random.default_rng(0)
     content = rng.integers(0, 255, (5, 48, 48, 3), dtype=np.uint8)
     images = np.concatenate([(content // 3 + 60 * k).astype(np.uint8) for k in range(3)])   # no clipping
-    path = tmp_path / "bank.npz"
+    path = tmp_path / "pretrained.npz"
     np.savez(path, images=images, label=np.repeat(np.arange(3), 5), content=np.tile(np.arange(5), 3))
     with pytest.warns(UserWarning):
         data = common.PhotoSet(photos, split="all")
-    on = compact().replace(**TINY, **{"stage2.n": 2, "stage2.m": 2, "stage2.crop": 32, "stage2.bank": str(path),
-                                      "stage2.bank_classes": 2, "stage2.jpeg_class_p": 0.0, "stage2.jpeg_p": 0.0})
+    on = compact().replace(**TINY, **{"stage2.n": 2, "stage2.m": 2, "stage2.crop": 32, "stage2.pretrained": str(path),
+                                      "stage2.pretrained_classes": 2, "stage2.jpeg_class_p": 0.0, "stage2.jpeg_p": 0.0})
     sim = FingerprintSimulator(on.simulator).eval()
-    bank = GeneratorBank(str(path))
-    x, y, _ = make_batch(sim, data, on, torch.Generator().manual_seed(0), bank)
+    pretrained = PretrainedGenerators(str(path), 2, 32)
+    x, y, _ = make_batch(sim, data, on, torch.Generator().manual_seed(0), pretrained)
     assert x.shape == (2 * 2 * 2 + 2 + 2 * 4, 3, 32, 32)
     gy = y[y < REAL_LABEL]
     assert len(gy) == 8 and len(set(gy.tolist())) == 2 and (y == REAL_LABEL).sum() == 2
@@ -301,3 +301,17 @@ def test_batches_with_real_generators_in_the_loop(photos, tmp_path):
     assert torch.allclose(shared, torch.full_like(shared, 60.0 * (kb - ka)), atol=1e-3)
     other = second[2:] - first[2:]
     assert not torch.allclose(other, torch.full_like(other, 60.0 * (kb - ka)), atol=1e-3)
+
+
+def test_pretrained_generators_refuse_a_bad_file(tmp_path):
+    from ofa_sdk.training.stage2_extractor import PretrainedGenerators
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((2, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="bad.npz.*images, label and content"):
+        PretrainedGenerators(str(bad), 2, 8)
+    small = tmp_path / "small.npz"
+    np.savez(small, images=np.zeros((2, 16, 16, 3), np.uint8), label=np.array([0, 1]), content=np.array([0, 0]))
+    with pytest.raises(ValueError, match="crop 32"):
+        PretrainedGenerators(str(small), 2, 32)
+    with pytest.raises(ValueError, match="pretrained_classes = 3"):
+        PretrainedGenerators(str(small), 3, 8)

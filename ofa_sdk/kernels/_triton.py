@@ -3,7 +3,6 @@ import without Triton; the kernels need it), the matmul precisions, the device g
 launch, and small helpers."""
 from __future__ import annotations
 
-
 try:  # the references below import without Triton; the kernels need it
     import triton
     import triton.language as tl

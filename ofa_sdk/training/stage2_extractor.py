@@ -8,6 +8,8 @@ Each step (Fig. 3):
 The m draws are shared by both halves, so each architecture class has 2n images of mixed content
 and every single-set image has m-1 same-content negatives: the extractor is pushed to ignore
 content. Reconstructions are rounded to 8 bit, as real generators' outputs are saved.
+``stage2.pretrained`` adds pretrained generators' images of training-photo content as classes of
+their own (PretrainedGenerators; not in any shipped model).
 Loss: L = w_scl SupCon(+bank) + w_att pair BCE + w_cls real/reconstructed BCE (Eq. 8).
 """
 from __future__ import annotations
@@ -92,17 +94,27 @@ def _centre(x: torch.Tensor, side: int) -> torch.Tensor:
     return x[..., o:o + side, o:o + side]
 
 
-class GeneratorBank:
-    """Pretrained generators' images of training-photo content (``stage2.bank``): each draw
+class PretrainedGenerators:
+    """Pretrained generators' images of training-photo content (``stage2.pretrained``): each draw
     takes ``k`` generators as classes of their own, labelled below REAL_LABEL; n images of
     content shared by the k at one crop position, n of other content, each at its own."""
 
-    def __init__(self, path: str):
-        f = np.load(path)
-        self.images, self.label, self.content = f["images"], f["label"], f["content"]
+    def __init__(self, path: str, classes: int, crop: int):
+        try:
+            with np.load(path) as f:
+                self.images, self.label, self.content = f["images"], f["label"], f["content"]
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"stage2.pretrained {path}: not an .npz of images, label and content ({e})") from None
+        if self.images.ndim != 4 or self.images.dtype != np.uint8 or min(self.images.shape[1:3]) < crop:
+            raise ValueError(f"stage2.pretrained {path}: images must be (N,S,S,3) uint8 with S >= the "
+                             f"crop {crop}, got {self.images.shape} {self.images.dtype}")
         self.gens = np.unique(self.label)
         self.index = {(int(l), int(c)): i for i, (l, c) in enumerate(zip(self.label, self.content))}
         self.shared = sorted(set.intersection(*[set(self.content[self.label == l].tolist()) for l in self.gens]))
+        if not 1 <= classes <= len(self.gens) or not self.shared:
+            raise ValueError(f"stage2.pretrained {path}: {len(self.gens)} generators, {len(self.shared)} contents "
+                             f"all of them rendered; stage2.pretrained_classes = {classes} needs 1 to "
+                             f"{len(self.gens)} and at least one shared content")
 
     def _crop(self, i: int, top: int, left: int, crop: int) -> torch.Tensor:
         return to_tensor(np.ascontiguousarray(self.images[i, top:top + crop, left:left + crop])[None])[0]
@@ -127,7 +139,7 @@ class GeneratorBank:
 
 
 def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: torch.Generator,
-               bank: "GeneratorBank | None" = None):
+               pretrained: "PretrainedGenerators | None" = None):
     """Images (B,3,c,c) in [0,1] on the CPU, labels (B,) and the architecture ids drawn, for one
     step. The simulator runs in float32 on its own device (reconstructions carry the
     fingerprints: no reduced precision there), resampling and JPEG on the CPU."""
@@ -161,8 +173,8 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
         real = _resample(real, plan, sc.crop, sc.resample_share, g)
     xs.append(_jpeg_class(real, g, sc.jpeg_class_p, sc.jpeg_q))
     ys.append(torch.full((sc.n,), REAL_LABEL, dtype=torch.long))
-    if bank is not None:                              # real generators, classes of their own
-        bx, by = bank.draw(sc.n, sc.bank_classes, sc.crop, g)
+    if pretrained is not None:                        # real generators, classes of their own
+        bx, by = pretrained.draw(sc.n, sc.pretrained_classes, sc.crop, g)
         xs.extend(_jpeg_class(x, g, sc.jpeg_class_p, sc.jpeg_q) for x in bx)
         ys.extend(by)
     x = _jpeg(torch.cat(xs), g, sc.jpeg_p, sc.jpeg_q)
@@ -190,7 +202,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
     model.denoiser.eval()
     model.to(dev)
     sim.to(dev)
-    generators = GeneratorBank(sc.bank) if sc.bank else None
+    generators = PretrainedGenerators(sc.pretrained, sc.pretrained_classes, sc.crop) if sc.pretrained else None
     bank = MemoryBank(cfg.loss.bank_size, cfg.extractor.dim).to(dev)
     params = list(model.extractor.parameters()) + list(model.pair_head.parameters()) + \
         list(model.real_head.parameters())
