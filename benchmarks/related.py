@@ -366,10 +366,18 @@ def levers(a):
     Mean 1-vs-1 AUC of the whole set and the one-class AUC of its related pairs."""
     from rules import Cached, cache_path, mean_1v1
     rep = {}
+    keep = None if not a.split else {"real"} | {m for fam in FAMILIES[a.split].values() for m in fam}
+
+    def only(c):            # --split: the related set's classes of one split and real photos
+        if keep is not None and name == "related":
+            c.classes = {k: v for k, v in c.classes.items() if k in keep}
+            c.names = sorted(c.classes)
+        return c
     print("| set | variant (queries) | support | mean 1-vs-1 AUC | related pairs, one-class |\n|---|---|---|---|---|")
     for name in a.sets:
         plist = [p for g, v in PAIRS.items() if (g == "wild13") == (name == "wild13") for ps in v.values() for p in ps]
-        base = Cached(cache_path(name, 0, 4))
+        base = only(Cached(cache_path(name, 0, 4)))
+        plist = [p for p in plist if set(p.split("|")) <= set(base.names)]
         variants = {f"{c} crops": (0, c, 1.0) for c in a.crops}
         variants.update({" + ".join([f"rescaled {r}"] * (r != 1) + [f"JPEG q{q}"] * (q > 0)) or "as generated":
                          (q, 4, r) for q in a.jpeg for r in a.rescale})
@@ -378,7 +386,7 @@ def levers(a):
             if not path.exists():
                 print(f"| {name} | {label} | missing {path.name} | | |")
                 continue
-            other = Cached(path)
+            other = only(Cached(path))
             supports = {"same crops": other} if label.endswith("crops") else {
                 "as generated, 4 crops": base}
             for how, sup in supports.items():
@@ -420,6 +428,8 @@ def main(argv=None):
     v.add_argument("--crops", type=int, nargs="+", default=[4, 9, 16])
     v.add_argument("--rescale", type=float, nargs="+", default=[1.0, 0.75, 0.5])
     v.add_argument("--jpeg", type=int, nargs="+", default=[0, 90])
+    v.add_argument("--split", choices=list(FAMILIES), default=None,
+                   help="the related set's classes of this split and real photos only")
     v.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_levers.json"))
     a = ap.parse_args(argv)
     if a.cmd in ("pairs", "levers"):

@@ -30,7 +30,7 @@ import numpy as np
 from . import decision, scoring
 from . import images as imio
 from .decision import Attribution  # noqa: F401  (public)
-from .gallery import Delivery, Gallery, GalleryError, Profile
+from .gallery import Delivery, Gallery, GalleryError, Profile, delivery_label
 from .pipeline import (EmbeddedItem, InputError, InputPolicy, embed_prepared,  # noqa: F401
                        embed_stream, finish)
 from .snapshot import GallerySnapshot, SnapshotCache, crop_counts, make_snapshot  # noqa: F401
@@ -354,9 +354,8 @@ class Attributor:
         # a resized query is told by its size against the support's: without one shared size,
         # no resized variant could be chosen, so none is made
         for sc, q in [k for k in keys if k[0] == 1.0 or base.size is not None]:
-            label = " ".join(x for x in (f"{sc:g}x" if sc != 1.0 else "", f"q{q}" if q else "") if x)
             # (variants only with no fixed delivery: the support itself is as given)
-            v = self._embed_support(f"{name} {label}", items,
+            v = self._embed_support(f"{name} {delivery_label((sc, q))}", items,
                                     {"rescale": None if sc == 1.0 else sc, "jpeg_quality": q})
             if v.zs:
                 vmeta = {"crop_counts": [len(z) for z in v.zs], "jpeg_quality": q, "rescale": sc}

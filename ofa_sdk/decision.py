@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from . import scoring
-from .gallery import delivery_order
+from .gallery import delivery_label, delivery_order
 
 DEFAULT_THRESHOLD = "profile"   # per-profile thresholds
 FALLBACK_THRESHOLD = 0.5        # for profiles with fewer than MIN_PROFILE_IMAGES support images
@@ -277,8 +277,7 @@ def attribute_stream(snapshot, embedded: Iterable, chunk: int = 64) -> Iterator[
 def _routed(quality: Optional[int], variant_of: Sequence) -> str:
     """The note of a query scored against variants (scale, JPEG quality) of the profiles."""
     used = sorted({v for v in variant_of if v is not None}, key=delivery_order)
-    names = "/".join(" ".join(x for x in (f"{sc:g}x" if sc != 1.0 else "",
-                                          f"q{q}" if q else "") if x) for sc, q in used)
+    names = "/".join(delivery_label(k) for k in used)
     return (f"JPEG q{quality}: " if quality else "") + f"scored against the {names} variants"
 
 

@@ -129,6 +129,12 @@ def delivery_order(key: Delivery) -> Tuple[float, int]:
     return (-key[0], -(LOSSLESS + 1 if key[1] is None else key[1]))
 
 
+def delivery_label(key: Delivery) -> str:
+    """A variant's name as notes and progress bars say it: "0.75x q90", "0.5x", "q95"."""
+    sc, q = key
+    return " ".join(x for x in (f"{sc:g}x" if sc != 1.0 else "", f"q{q}" if q else "") if x)
+
+
 def _write_variants(db: sqlite3.Connection, name: str, created: float,
                     variants: Dict[Delivery, "Profile"]) -> None:
     """Replace profile ``name``'s variants by ``variants`` (inside a write transaction)."""
@@ -175,7 +181,7 @@ class _StoredVariants(Mapping):
         return dict, (dict(self.items()),)
 
 
-def _variant_keys(db: sqlite3.Connection, name: str, created: float) -> List[Delivery]:
+def _stored_deliveries(db: sqlite3.Connection, name: str, created: float) -> List[Delivery]:
     """Profile ``name``'s variants' deliveries as written with it (its enrollment time)."""
     if not _has_table(db, "profile_variants"):
         return []
@@ -630,7 +636,7 @@ class Gallery:
                         centre = None      # not this profile's images: held out on grid crops
             cached = Profile(row[0], row[1], support, _unblob(row[6], row[4]), meta, row[2], spec,
                              centre)
-            keys = _variant_keys(self._db, name, row[2])
+            keys = _stored_deliveries(self._db, name, row[2])
             if keys:
                 cached.variants = _StoredVariants(keys, functools.partial(
                     self._variant_of, cached, row[3], row[4]))

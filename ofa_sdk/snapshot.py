@@ -448,10 +448,10 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
                            if thr == "profile" else float(thr) for o in own)
         # a routed snapshot routes no further (no deliveries)
         return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
-                               quantile, tails, margin, head, () if choice else keys,
+                               quantile, tails, margin, head, () if choice else deliveries,
                                tuple(choice or ()), _prepare=None if choice else assemble)
 
     # each route (how a query arrived -> per profile a variant) is prepared when a query first
     # needs it: a scan of PNGs as generated never does
-    keys = tuple(delivered(p) for p in profs) if any(p.variants for p in profs) else ()
+    deliveries = tuple(delivered(p) for p in profs) if any(p.variants for p in profs) else ()
     return assemble()
