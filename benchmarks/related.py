@@ -23,7 +23,9 @@ Laplacian residual pooled to 64x64, and its crop-averaged Welch version), the ra
 within-generator spread to between-generator distance per representation, and the share of that
 spread the two sides' images of the same content have in common (``--groups wild13``:
 the same on benchmarks/wild.py's seed pairs and real-vs-GAN pairs). ``open`` reports labels with
-everything enrolled and never-enrolled acceptance, leaving out one family at a time. ``levers``
+everything enrolled and never-enrolled acceptance, leaving out one family at a time; ``acceptance``
+splits never-enrolled acceptance by whether the generator's relatives stay enrolled (each class
+held out alone, each family held out whole; ``--set wild13`` by ``WILD13_FAMILIES``). ``levers``
 measures what the shipped model gives without training: more crops per image, and queries
 rescaled (and re-encoded) against a support as generated. ``pretrained`` writes training data, not a
 development set: one split's upscalers on *training* photo content, for ``stage2.pretrained``.
@@ -34,6 +36,7 @@ Figures: benchmarks/RESULTS.md section 11.
     python benchmarks/related.py pairs --out benchmarks/results/related_pairs.json
     python benchmarks/related.py table benchmarks/results/related_pairs.json
     python benchmarks/related.py open --out benchmarks/results/related_open.json
+    python benchmarks/related.py acceptance --set wild13
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 \
         --crops 4 --rescale 1 0.75 0.5            # and: --jpeg 0 --crops 9 16
     python benchmarks/related.py levers --out benchmarks/results/related_levers.json
@@ -86,6 +89,14 @@ FAMILIES = {
                "Real-ESRGAN compact": ["esr-av3-x2", "esr-av3-x4"]},
     "confirm": {"Real-ESRGAN RRDB": ["esrgan-x4plus", "esrgan-x4plus-anime"],
                 "waifu2x": ["w2x-up7-photo-x2", "w2x-up7-photo-n3-x2", "w2x-up7-anime-x2"]},
+}
+# wild13's generators by architecture (benchmarks/wild.py): a never-enrolled member of a family
+# with more than one member has relatives in the gallery unless its whole family is held out
+WILD13_FAMILIES = {
+    "classical upscalers": ["bicubic-x2", "lanczos-x3", "nearest-x2"],
+    "tconv4 autoencoders": ["tconv4-ae-s0", "tconv4-ae-s1", "tconv4-ssim"],
+    "U-Nets": ["unet-tconv", "unet-gan-s0", "unet-gan-s1"],
+    "tconv3-ae": ["tconv3-ae"], "ps4-ae": ["ps4-ae"], "sr-x2": ["sr-x2"], "real": ["real"],
 }
 # related pairs per group: models within a family, sibling families, real photos vs upscalers
 PAIRS = {
@@ -360,6 +371,37 @@ def open_families(a):
     Path(a.out).write_text(json.dumps(rep, indent=1))
 
 
+def acceptance(a):
+    """Never-enrolled acceptance split by whether the generator's relatives stay enrolled: each
+    class held out alone (its family's other members enrolled: "relative enrolled") and each
+    family held out whole ("no relative enrolled"), every other class enrolled; the SDK's
+    decision at its defaults (per-profile thresholds, the default tie margin), queries as
+    generated (re-encoded or resized ones need the SDK's variants: ``jpeg_matched.py``)."""
+    from ofa_sdk import decision
+    from rules import Cached, cache_path, open_set, rule_objects
+    fams = WILD13_FAMILIES if a.set == "wild13" else {
+        f: m for v in FAMILIES.values() for f, m in v.items()} | {"real": ["real"]}
+    rule = rule_objects()[RULE]
+    data = Cached(cache_path(a.set, 0, a.crops))
+    held = {c: ([c], len(m) > 1) for m in fams.values() for c in m}
+    held.update({f: (m, False) for f, m in fams.items() if len(m) > 1})
+    tag = f"f{decision.DEFAULT_FRACTION}_m{decision.DEFAULT_MARGIN}"
+    rows = {}
+    print("| set | never enrolled | relative enrolled | right / wrong / unknown / never-enrolled labelled |"
+          "\n|---|---|---|---|")
+    for name, (h, rel) in held.items():
+        o = open_set(data, rule, min(SUPPORT, len(data.pool)), None, None, held_out=[h],
+                     margins=[decision.DEFAULT_MARGIN])[tag]
+        rows[name] = {"relative enrolled": rel, **o}
+        print(f"| {a.set} | {name} | {'yes' if rel else 'no'} | {100 * o['right']:.1f} / {100 * o['wrong']:.1f} / "
+              f"{100 * o['unknown']:.1f} / {100 * o['unknown_labelled']:.1f} |", flush=True)
+    for rel in (True, False):
+        sel = [v["unknown_labelled"] for v in rows.values() if v["relative enrolled"] == rel]
+        print(f"| {a.set} | **mean of {len(sel)}** | {'yes' if rel else 'no'} | **{100 * np.mean(sel):.1f}** |")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rows, indent=1))
+
+
 def levers(a):
     """No-training levers of the shipped model: more crops per image (mean of their
     fingerprints), and queries rescaled (bicubic) and re-encoded with the support as generated.
@@ -423,6 +465,10 @@ def main(argv=None):
     o.add_argument("--margins", type=float, nargs="+", default=[],
                    help="also these ambiguity margins (Attributor(ambiguity_margin=...))")
     o.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_open.json"))
+    n = sub.add_parser("acceptance", help="never-enrolled acceptance, relatives enrolled or not")
+    n.add_argument("--set", default="wild13", choices=["wild13", "related"])
+    n.add_argument("--crops", type=int, default=4)
+    n.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "acceptance_wild13.json"))
     v = sub.add_parser("levers")
     v.add_argument("--sets", nargs="+", default=["wild13", "related"])
     v.add_argument("--crops", type=int, nargs="+", default=[4, 9, 16])
@@ -432,7 +478,7 @@ def main(argv=None):
                    help="the related set's classes of this split and real photos only")
     v.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_levers.json"))
     a = ap.parse_args(argv)
-    if a.cmd in ("pairs", "levers"):
+    if a.cmd in ("pairs", "levers", "acceptance"):
         import torch
         torch.set_num_threads(1)
     if a.cmd == "build":
@@ -445,6 +491,8 @@ def main(argv=None):
         table(json.loads(Path(a.report).read_text()))
     elif a.cmd == "open":
         open_families(a)
+    elif a.cmd == "acceptance":
+        acceptance(a)
     else:
         levers(a)
 

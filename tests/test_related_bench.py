@@ -91,3 +91,20 @@ def test_never_enrolled_twin_is_labelled_and_a_distant_class_is_not(tmp_path):
     assert twin["f0.05"]["unknown_labelled"] > 0.5
     assert far["f0.05"]["unknown_labelled"] < 0.1
     assert far["f0.05"]["right"] > 0.5
+
+
+def test_acceptance_splits_relatives_enrolled_from_none(tmp_path, monkeypatch):
+    """A member of a two-model family held out alone has its relative enrolled and passes its
+    profile; the same family held out whole has none and is refused, as is a distant single."""
+    import json
+    e = np.eye(16)
+    _cache(tmp_path, {"a": e[0], "a-twin": e[0] + 0.01 * e[1], "b": e[2], "far": e[5]})
+    (tmp_path / "set_q0_c2.npz").rename(tmp_path / "wild13_q0_c4.npz")
+    monkeypatch.setattr(rules, "CACHE", tmp_path)
+    monkeypatch.setattr(related, "WILD13_FAMILIES", {"A": ["a", "a-twin"], "b": ["b"], "far": ["far"]})
+    out = tmp_path / "acc.json"
+    related.main(["acceptance", "--set", "wild13", "--out", str(out)])
+    rows = json.loads(out.read_text())
+    assert rows["a-twin"]["relative enrolled"] and not rows["A"]["relative enrolled"]
+    assert rows["a-twin"]["unknown_labelled"] > 0.5
+    assert rows["A"]["unknown_labelled"] < 0.1 and rows["far"]["unknown_labelled"] < 0.1
