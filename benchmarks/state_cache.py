@@ -18,6 +18,12 @@ load included): what the gallery adds to a CLI call, and what the call costs in 
 ``Attributor.enroll`` makes by default; here the support's fingerprints perturbed a little).
 A snapshot prepares them when a query first needs one: timed apart (all of them), and with
 ``--cli`` a JPEG query is timed beside the PNG one.
+
+``--pickle``: then the snapshot pickled, as ``distributed.scan_dataset`` ships it to Ray
+workers: a pickled snapshot prepares every route a query could need first (each JPEG quality
+and lossless, at each profile's support size times each scale of its variants), so the time and
+the bytes grow with the distinct support sizes of the gallery (``--sizes N``: the profiles'
+images of N sizes, in turn).
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ def main():
     ap.add_argument("--cli", action="store_true", help="also time ofa-sdk attribute processes")
     ap.add_argument("--variants", type=int, nargs="+", default=[], help="JPEG variants per profile")
     ap.add_argument("--rescale-variants", type=float, nargs="+", default=[])
+    ap.add_argument("--sizes", type=int, default=0, help="support images of this many sizes (0: none recorded)")
+    ap.add_argument("--pickle", action="store_true", help="also time pickling the snapshot")
     a = ap.parse_args()
     bundle = load_default_model()
     rng = np.random.default_rng(0)
@@ -54,6 +62,9 @@ def main():
             mu = scoring.unit(rng.normal(size=128))
             z = scoring.unit(mu + 0.2 * rng.normal(size=(4 * a.images, 128))).astype(np.float32)
             meta = {"crop_counts": [4] * a.images}
+            if a.sizes:
+                side = 256 + 64 * (i % a.sizes)
+                meta["support_size"] = [side, side]
             keys = [(sc, q) for sc in (1.0, *a.rescale_variants) for q in (None, *a.variants)
                     if (sc, q) != (1.0, None)]
             variants = {k: Profile(f"p{i:05d}", bundle.model_id,
@@ -79,8 +90,25 @@ def main():
         if a.variants:
             print(f"its JPEG variants {a.variants}, all of them: first {vtimes[0]:.2f} s, later "
                   f"{min(vtimes[1:]):.2f} s")
+        if a.pickle:
+            pickled(bundle, path)
         if a.cli:
             cli_times(Path(tmp), path, a.runs, bool(a.variants))
+
+
+def pickled(bundle, path: Path) -> None:
+    """Time and bytes of pickling a fresh snapshot of the gallery at ``path`` (every route
+    prepared): first, when the variants no query has needed yet are computed and stored, then
+    again from a fresh snapshot, when they are read back."""
+    import pickle
+    for when in ("first", "later"):
+        t = time.perf_counter()
+        snap = make_snapshot(bundle, Gallery(path), cache=SnapshotCache())
+        t0 = time.perf_counter()
+        blob = pickle.dumps(snap)
+        t1 = time.perf_counter()
+        print(f"pickled snapshot, {when}: {len(snap._routes)} routes prepared, {t1 - t0:.2f} s "
+              f"(making the snapshot {t0 - t:.2f} s), {len(blob) / 2 ** 20:.1f} MiB")
 
 
 def cli_times(tmp: Path, gallery: Path, runs: int, jpeg: bool = False) -> None:
