@@ -81,10 +81,6 @@ class LossConfig:
     w_scl: float = 1.0
     w_att: float = 1.0
     w_cls: float = 1.0
-    # weight of the content-share term (losses.content_share_loss): the mean correlation, over
-    # pairs of a step's simulator classes, of their images' deviations from their class means on
-    # the single set's shared content; 0: off
-    w_content: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,10 +144,6 @@ class Stage2Config:
     resample_p: float = 0.0
     resample_f: Tuple[float, float] = (0.5, 1.0)
     resample_share: float = 0.5
-    # Of the m decoder draws, this many are relatives of the draw before them: the same
-    # architecture with one choice changed (an upsampler or one cell), hard negatives in the batch
-    # as related generators (one family, another upsampling path) are in the wild.
-    relatives: int = 0
     # Real generators in the loop: an .npz of pretrained generators' images of training-photo
     # content (benchmarks/related.py pretrained: ``images`` (N,S,S,3) uint8, ``label``, ``content``);
     # each step draws pretrained_classes of its generators as classes of their own, half of each

@@ -103,22 +103,3 @@ def test_pair_mining_is_balanced_and_losses_flow():
     lt.backward()
     assert 0 <= acc <= 1 and torch.isfinite(z.grad).all()
     assert head.first.weight.grad.abs().sum() > 0 and rh.net[0].weight.grad.abs().sum() > 0
-
-
-def test_content_share_is_the_mean_pairwise_correlation_of_deviations():
-    """Against a float64 double loop over ordered class pairs; 1 when the content moves every
-    class alike, about 0 when it moves them independently, a gradient that flows."""
-    from ofa_sdk.training.losses import content_share_loss
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(4, 6, 5, generator=g, dtype=torch.float64)
-    d = x - x.mean(1, keepdim=True)
-    num = sum((d[a] * d[b]).sum() for a in range(4) for b in range(4) if a != b)
-    assert float(content_share_loss(x)) == pytest.approx(float(num / (3 * (d * d).sum())), rel=1e-6)
-    content = torch.randn(1, 50, 8, generator=g)
-    assert float(content_share_loss(content + torch.randn(3, 1, 8, generator=g))) == pytest.approx(1.0)
-    assert abs(float(content_share_loss(torch.randn(3, 4000, 8, generator=g)))) < 0.02
-    y = torch.randn(3, 10, 8, generator=g, requires_grad=True)
-    content_share_loss(y).backward()
-    assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        content_share_loss(torch.randn(1, 4, 8))

@@ -303,30 +303,6 @@ def test_batches_with_real_generators_in_the_loop(photos, tmp_path):
     assert not torch.allclose(other, torch.full_like(other, 60.0 * (kb - ka)), atol=1e-3)
 
 
-def test_content_share_reads_the_shared_halves_of_a_batch():
-    """The term is taken over the rows make_batch gives shared content: the simulator classes'
-    second n and the pretrained generators' first n. Fingerprints that move alike there (and
-    at random elsewhere) give 1; the other halves would give about 0."""
-    from types import SimpleNamespace
-    from ofa_sdk.training.stage2_extractor import content_share
-    g = torch.Generator().manual_seed(0)
-    n, m, k, d = 6, 3, 2, 40
-    content = torch.randn(n, d, generator=g)
-
-    def cls(shared_first):
-        alike = content + torch.randn(1, d, generator=g)
-        other = torch.randn(n, d, generator=g)
-        return [alike, other] if shared_first else [other, alike]
-    rows = [r for _ in range(m) for r in cls(False)] + [torch.randn(n, d, generator=g)] + \
-        [r for _ in range(k) for r in cls(True)]
-    z = torch.cat(rows)
-    sc = SimpleNamespace(n=n, m=m, pretrained_classes=k)
-    assert float(content_share(z, sc, None)) == pytest.approx(1.0)
-    assert float(content_share(z, sc, object())) == pytest.approx(1.0)
-    swapped = torch.cat([r for i in range(m) for r in (rows[2 * i + 1], rows[2 * i])] + rows[2 * m:])
-    assert abs(float(content_share(swapped, sc, None))) < 0.5
-
-
 def test_pretrained_generators_refuse_a_bad_file(tmp_path):
     from ofa_sdk.training.stage2_extractor import PretrainedGenerators
     bad = tmp_path / "bad.npz"

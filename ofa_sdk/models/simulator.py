@@ -195,34 +195,6 @@ def sample_architecture(rng: Union[int, torch.Generator, None] = None,
     return Architecture(s, tuple(levels), v_max)
 
 
-def relative_architecture(arch: Architecture, rng: torch.Generator) -> Architecture:
-    """A relative of ``arch``: the same architecture with one choice changed, either one level's
-    upsampler or one cell's order, activation or normalisation (drawn uniformly among the
-    choices, the new value uniformly among the others). Related generators in the wild differ
-    like this: one family, another upsampling path."""
-    def randint(n: int) -> int:
-        return int(torch.randint(n, (1,), generator=rng))
-
-    def other(n: int, cur: int) -> int:
-        return (cur + 1 + randint(n - 1)) % n
-
-    slots = [(i, None) for i in range(len(arch.levels))] + \
-        [(i, j) for i, lv in enumerate(arch.levels) for j in range(len(lv.cells))]
-    i, j = slots[randint(len(slots))]
-    levels = list(arch.levels)
-    lv = levels[i]
-    if j is None:
-        levels[i] = Level(other(len(UPSAMPLERS), lv.up), lv.cells)
-    else:
-        c = lv.cells[j]
-        field = randint(3)
-        c = Cell(other(len(ORDERS), c.order) if field == 0 else c.order,
-                 other(len(ACTIVATIONS), c.act) if field == 1 else c.act,
-                 other(len(NORMS), c.norm) if field == 2 else c.norm)
-        levels[i] = Level(lv.up, lv.cells[:j] + (c,) + lv.cells[j + 1:])
-    return Architecture(arch.start_scale, tuple(levels), arch.v_max)
-
-
 # ------------------------------------------------------------------------------------------------
 # Networks
 # ------------------------------------------------------------------------------------------------

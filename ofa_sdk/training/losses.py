@@ -10,9 +10,7 @@
 * :class:`MemoryBank` -- ring buffer of detached fingerprints with their labels.
 * :func:`pair_loss` -- BCE of the pair head on pairs mined to balance positives and negatives.
 * :func:`real_loss` -- BCE of the real/reconstructed head.
-* :func:`content_share_loss` -- how alike the same content moves different generators'
-  fingerprints (the single set's shared content): what a one-class profile cannot discount.
-* :func:`total_loss` -- L = w_scl L_scl + w_att L_att + w_cls L_cls (+ w_content L_content).
+* :func:`total_loss` -- L = w_scl L_scl + w_att L_att + w_cls L_cls.
 """
 from __future__ import annotations
 
@@ -130,23 +128,6 @@ def real_loss(real_head: nn.Module, z: torch.Tensor, is_reconstruction: torch.Te
     return F.binary_cross_entropy_with_logits(logits, is_reconstruction.float())
 
 
-def content_share_loss(shared: torch.Tensor) -> torch.Tensor:
-    """(m, n, d) fingerprints of m classes' images of the same n contents (row i of every class:
-    content i) -> the mean correlation, over the m (m - 1) ordered pairs of classes, of the
-    classes' deviations from their own means, content by content: sum_{c != c'} <D_ci, D_c'i>
-    over (m - 1) sum_c |D_ci|^2. 0 when the content moves each class's fingerprint
-    independently, 1 when it moves them all alike (the spread two relatives share, which hides
-    one from the other's profile: benchmarks/RESULTS.md 11.12); at least -1/(m - 1)."""
-    m = shared.shape[0]
-    if m < 2:
-        raise ValueError(f"content_share_loss needs at least 2 classes, got {m}")
-    dev = shared.float() - shared.float().mean(1, keepdim=True)            # (m, n, d)
-    own = (dev * dev).sum()
-    common = dev.sum(0)                                                     # (n, d)
-    return ((common * common).sum() - own) / ((m - 1) * own.clamp_min(1e-12))
-
-
-def total_loss(cfg: LossConfig, l_scl, l_att, l_cls, l_content=None):
-    """Eq. 8, plus ``w_content`` times the content-share term where it is on."""
-    loss = cfg.w_scl * l_scl + cfg.w_att * l_att + cfg.w_cls * l_cls
-    return loss if l_content is None else loss + cfg.w_content * l_content
+def total_loss(cfg: LossConfig, l_scl, l_att, l_cls):
+    """Eq. 8."""
+    return cfg.w_scl * l_scl + cfg.w_att * l_att + cfg.w_cls * l_cls

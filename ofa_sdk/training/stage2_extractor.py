@@ -24,11 +24,10 @@ from ofa_sdk.backends.torch import exact_fp32
 from ofa_sdk.config import OFAConfig
 from ofa_sdk.images import from_tensor, jpeg, quantize, to_tensor
 from ofa_sdk.models import FingerprintSimulator, OFAModel
-from ofa_sdk.models.simulator import relative_architecture
 
 from .common import (PhotoSet, Prefetcher, autocast, git_commit, load_checkpoint, open_run,
                      read_metadata, save_checkpoint, set_lr, train_device)
-from .losses import MemoryBank, content_share_loss, pair_loss, real_loss, supcon_loss, total_loss
+from .losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 
 REAL_LABEL = -1  # architecture ids are >= 0
 
@@ -147,10 +146,7 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
     sc = cfg.stage2
     dev = next(sim.parameters()).device
     multiple = 2 ** len(cfg.simulator.enc_channels)
-    archs = []
-    for k in range(sc.m):
-        relative = k % 2 == 1 and k // 2 < sc.relatives
-        archs.append(relative_architecture(archs[-1], g) if relative else sim.sample(g))
+    archs = [sim.sample(g) for _ in range(sc.m)]
     xs, ys = [], []
     # single set content; with resampling on, drawn at the largest side a class can need and
     # centre-cropped per class, so every class still shares the content
@@ -183,19 +179,6 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
         ys.extend(by)
     x = _jpeg(torch.cat(xs), g, sc.jpeg_p, sc.jpeg_q)
     return x, torch.cat(ys), [a.id for a in archs]
-
-
-def content_share(z: torch.Tensor, sc, pretrained: "PretrainedGenerators | None") -> torch.Tensor:
-    """The content-share term of a step's fingerprints (in make_batch's order): over the
-    simulator's classes, each n images of its own content then n of the single set's shared
-    content, and, where two or more pretrained generators are drawn, over their n images of the
-    content they share (after the real photos' n); the mean of the groups' terms."""
-    groups = [z[:2 * sc.n * sc.m].view(sc.m, 2, sc.n, -1)[:, 1]]
-    if pretrained is not None and sc.pretrained_classes >= 2:
-        at = 2 * sc.n * sc.m + sc.n
-        k = sc.pretrained_classes
-        groups.append(z[at:at + 2 * sc.n * k].view(k, 2, sc.n, -1)[:, 0])
-    return sum(content_share_loss(t) for t in groups) / len(groups)
 
 
 def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool = True,
@@ -251,8 +234,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
             l_scl = supcon_loss(z, y, cfg.loss.tau, bf, bl)
             l_att, acc = pair_loss(model.pair_head, z, y, g)
             l_cls = real_loss(model.real_head, z, y != REAL_LABEL)
-            l_content = content_share(z, sc, generators) if cfg.loss.w_content else None
-            loss = total_loss(cfg.loss, l_scl, l_att, l_cls, l_content)
+            loss = total_loss(cfg.loss, l_scl, l_att, l_cls)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
@@ -261,8 +243,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
             opt.step()
             bank.push(z.detach(), y)
             log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
-                     cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids,
-                     **({"content": l_content.item()} if l_content is not None else {}))
+                     cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
             if step % every == 0 or step == sc.steps or step == stop_at:
                 meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
                         "data": data.describe(), "commit": git_commit(),
