@@ -375,8 +375,9 @@ def acceptance(a):
     """Never-enrolled acceptance split by whether the generator's relatives stay enrolled: each
     class held out alone (its family's other members enrolled: "relative enrolled") and each
     family held out whole ("no relative enrolled"), every other class enrolled; the SDK's
-    decision at its defaults (per-profile thresholds, the default tie margin), queries as
-    generated (re-encoded or resized ones need the SDK's variants: ``jpeg_matched.py``)."""
+    decision (per-profile thresholds; ``--margin``, the ambiguity margin, the SDK's default tie
+    margin unless given), queries as generated (re-encoded or resized ones need the SDK's
+    variants: ``jpeg_matched.py``)."""
     from ofa_sdk import decision
     from rules import Cached, cache_path, open_set, rule_objects
     fams = WILD13_FAMILIES if a.set == "wild13" else {
@@ -385,21 +386,23 @@ def acceptance(a):
     data = Cached(cache_path(a.set, 0, a.crops))
     held = {c: ([c], len(m) > 1) for m in fams.values() for c in m}
     held.update({f: (m, False) for f, m in fams.items() if len(m) > 1})
-    tag = f"f{decision.DEFAULT_FRACTION}_m{decision.DEFAULT_MARGIN}"
+    margin = decision.DEFAULT_MARGIN if a.margin is None else a.margin
+    tag = f"f{decision.DEFAULT_FRACTION}_m{margin}"
     rows = {}
     print("| set | never enrolled | relative enrolled | right / wrong / unknown / never-enrolled labelled |"
           "\n|---|---|---|---|")
     for name, (h, rel) in held.items():
         o = open_set(data, rule, min(SUPPORT, len(data.pool)), None, None, held_out=[h],
-                     margins=[decision.DEFAULT_MARGIN])[tag]
+                     margins=[margin])[tag]
         rows[name] = {"relative enrolled": rel, **o}
         print(f"| {a.set} | {name} | {'yes' if rel else 'no'} | {100 * o['right']:.1f} / {100 * o['wrong']:.1f} / "
               f"{100 * o['unknown']:.1f} / {100 * o['unknown_labelled']:.1f} |", flush=True)
     for rel in (True, False):
         sel = [v["unknown_labelled"] for v in rows.values() if v["relative enrolled"] == rel]
         print(f"| {a.set} | **mean of {len(sel)}** | {'yes' if rel else 'no'} | **{100 * np.mean(sel):.1f}** |")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(rows, indent=1))
+    out = Path(a.out or ROOT / "benchmarks" / "results" / f"acceptance_{a.set}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
 
 
 def levers(a):
@@ -468,7 +471,8 @@ def main(argv=None):
     n = sub.add_parser("acceptance", help="never-enrolled acceptance, relatives enrolled or not")
     n.add_argument("--set", default="wild13", choices=["wild13", "related"])
     n.add_argument("--crops", type=int, default=4)
-    n.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "acceptance_wild13.json"))
+    n.add_argument("--margin", type=float, default=None, help="ambiguity margin (default: the SDK's)")
+    n.add_argument("--out", default=None, help="default: benchmarks/results/acceptance_SET.json")
     v = sub.add_parser("levers")
     v.add_argument("--sets", nargs="+", default=["wild13", "related"])
     v.add_argument("--crops", type=int, nargs="+", default=[4, 9, 16])
