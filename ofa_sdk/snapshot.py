@@ -15,7 +15,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -50,11 +50,12 @@ class GallerySnapshot:
     # a routed snapshot: per profile, the delivery (scale, JPEG quality) of the variant standing
     # for it (None: the profile itself)
     variant_of: Tuple[Optional[Delivery], ...] = ()
-    _at: Dict = field(default_factory=dict, compare=False, repr=False)   # crops -> thresholds
+    # caches, each snapshot's own (not init fields: dataclasses.replace starts them empty)
+    _at: Dict = field(default_factory=dict, init=False, compare=False, repr=False)   # crops -> thresholds
     # routed snapshots by their variant_of, prepared when a query first needs one (_prepare:
-    # (quality, variant_of) -> the snapshot; every route is prepared before pickling)
-    _routes: Dict = field(default_factory=dict, compare=False, repr=False)
-    _choices: Dict = field(default_factory=dict, compare=False, repr=False)  # (quality, size) -> choice
+    # (quality, size, variant_of) -> the snapshot; every route is prepared before pickling)
+    _routes: Dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    _choices: Dict = field(default_factory=dict, init=False, compare=False, repr=False)  # (quality, size) -> choice
     _prepare: Any = field(default=None, compare=False, repr=False)
 
     def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
@@ -100,8 +101,23 @@ class GallerySnapshot:
                     if self._prepare is None:
                         raise RuntimeError(f"this snapshot cannot prepare the variants "
                                            f"{choice} (made without a gallery)")
-                    self._routes[choice] = self._prepare(quality, size, choice)
+                    self._routes[choice] = self._decided_alike(self._prepare(quality, size, choice))
         return self._routes[choice]
+
+    def _decided_alike(self, routed: "GallerySnapshot") -> "GallerySnapshot":
+        """``routed`` deciding as this snapshot does: its threshold policy, fraction, margin and
+        chooser. A route is prepared with the settings the snapshot was made with; one made from
+        it by ``dataclasses.replace`` with others must not decide its routed queries by the old
+        ones."""
+        if ((routed.policy, routed.fraction, routed.margin) == (self.policy, self.fraction, self.margin)
+                and routed.chooser is self.chooser):
+            return routed
+        thresholds = routed.thresholds
+        if (routed.policy, routed.fraction) != (self.policy, self.fraction):
+            thresholds = tuple(decision.threshold_of(routed.rule, o, self.fraction, None, routed.tails)
+                               if self.policy == "profile" else float(self.policy) for o in routed.own)
+        return replace(routed, thresholds=thresholds, policy=self.policy, fraction=self.fraction,
+                       margin=self.margin, chooser=self.chooser)
 
     def __getstate__(self) -> Dict:
         """Every route prepared, so that a worker process or Ray actor that unpickles the

@@ -206,3 +206,31 @@ def test_a_query_is_routed_to_the_variant_delivered_nearest_it():
     assert nearest_variant(None, jpegs, None, 0.5) is None        # no scaled variant
     assert scale_of((48, 48), (64, 64)) == 0.75 and scale_of((48, 64), (64, 64)) == 1.0
     assert scale_of(None, (64, 64)) == 1.0 and scale_of((48, 48), None) == 1.0
+
+
+def test_a_replaced_snapshot_routes_with_its_own_settings(tiny_model, tmp_path):
+    """``dataclasses.replace`` on a snapshot (another margin, fraction or threshold policy) gives
+    one whose routed variants decide as it does, and leaves the original's routes as they were:
+    the caches of thresholds and routes are the snapshot's own, never shared by a copy."""
+    import dataclasses
+    from ofa_sdk import decision
+    att = Attributor(model=tiny_model, crops=1)
+    att.enroll("gen-a", make_images(tmp_path / "a", 6, 2, kind="noise"))
+    att.enroll("gen-b", make_images(tmp_path / "b", 6, 3, kind="blocky"))
+    snap = att.snapshot()
+    before = snap.route(90)
+    assert before is not snap and before.variant_of       # a JPEG query meets the q90 variants
+    thr = snap.thresholds_at(1)
+    strict = dataclasses.replace(snap, margin=0.3, fraction=0.3)
+    routed = strict.route(90)
+    assert (routed.margin, routed.fraction, routed.policy) == (0.3, 0.3, "profile")
+    assert routed.thresholds == tuple(decision.threshold_of(routed.rule, o, 0.3, None, routed.tails)
+                                      for o in routed.own)
+    assert routed.thresholds != before.thresholds
+    assert strict.thresholds_at(1) != thr
+    fixed = dataclasses.replace(snap, policy=0.4).route(90)
+    assert fixed.thresholds == (0.4, 0.4) and fixed.policy == 0.4
+    # the original is untouched
+    assert snap.route(90) is before and before.margin == snap.margin and snap.thresholds_at(1) == thr
+    again = pickle.loads(pickle.dumps(strict)).route(90)
+    assert (again.margin, again.fraction) == (0.3, 0.3) and again.thresholds == routed.thresholds
