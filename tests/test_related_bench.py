@@ -108,3 +108,27 @@ def test_acceptance_splits_relatives_enrolled_from_none(tmp_path, monkeypatch):
     assert rows["a-twin"]["relative enrolled"] and not rows["A"]["relative enrolled"]
     assert rows["a-twin"]["unknown_labelled"] > 0.5
     assert rows["A"]["unknown_labelled"] < 0.1 and rows["far"]["unknown_labelled"] < 0.1
+
+
+def test_a_real_photo_reference_takes_the_real_photos_a_generator_would_get(tmp_path, monkeypatch):
+    """benchmarks/real_reference.py: real photos near a generator's profile get its label; a
+    reference profile of photos like them, enrolled beside it, takes them, and one built
+    without their source group (only photos unlike them) does not."""
+    import json
+    import real_reference
+    e = np.eye(16)
+    _cache(tmp_path, {"a": e[0], "b": e[2], "real": e[0] + 0.01 * e[1]})
+    (tmp_path / "set_q0_c2.npz").rename(tmp_path / "wild13_q0_c4.npz")
+    _cache(tmp_path, {"g1": e[0] + 0.01 * e[1], "g2": e[9]}, seed=1)
+    (tmp_path / "set_q0_c2.npz").rename(tmp_path / "real-train_q0_c4.npz")
+    src = tmp_path / "sources.json"
+    src.write_text(json.dumps(["g1"] * 40))
+    monkeypatch.setattr(rules, "CACHE", tmp_path)
+    out = tmp_path / "ref.json"
+    real_reference.main(["measure", "--set", "wild13", "--sources", str(src), "--out", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    assert runs["no reference"]["real: generator label"] > 0.5
+    assert runs["reference: every group"]["real: generator label"] < runs["no reference"]["real: generator label"] / 2
+    assert runs["reference without g1"]["real: generator label, group left out"] > 0.5
+    assert runs["reference without g2"]["real: generator label"] < 0.2
+    assert runs["no reference"]["refused by reference"] == 0.0
