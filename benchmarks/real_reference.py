@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,23 +69,9 @@ def sources(a):
           + ", ".join(f"{g} {groups.count(g)}" for g in sorted(set(groups))))
 
 
-def labels(names, rule, supports, queries):
-    """The SDK's decision over profiles fitted on ``supports`` ({name: (z, counts)}): a label
-    index per query, -1 where refused (default fraction and margin)."""
-    from ofa_sdk import decision, scoring
-    from rules import _decision_scale, _labels, bench_snapshot
-    rule = _decision_scale(rule)
-    sup = [supports[c] for c in names]
-    state = rule.prepare([s for s, _ in sup], counts=[k for _, k in sup])
-    own = tuple(decision.own_scores(rule, s, k, state=state) for s, k in sup)
-    snap = replace(bench_snapshot(names, rule, state, own, decision.DEFAULT_FRACTION, scoring.Tails.pooled(own)),
-                   margin=decision.DEFAULT_MARGIN)
-    return _labels(snap, queries, rule.scores(state, queries))
-
-
 def measure(a):
     from related import RULE, SUPPORT
-    from rules import Cached, cache_path, rule_objects
+    from rules import Cached, cache_path, decide_labels as labels, rule_objects
     rule = rule_objects()[RULE]
     data = Cached(cache_path(a.set, 0, a.crops))
     ref = Cached(cache_path("real-train", 0, a.crops))

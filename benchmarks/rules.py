@@ -235,6 +235,19 @@ def _labels(snap, queries, S) -> np.ndarray:
     return np.array([-1 if p is None else snap.names.index(p) for p in out], int)
 
 
+def decide_labels(names, rule, supports, queries) -> np.ndarray:
+    """The SDK's decision (default fraction and tie margin) over profiles ``names`` fitted on
+    ``supports`` ({name: (z, counts)}): a label index per query (each (k, d)), -1 where refused."""
+    from dataclasses import replace
+    rule = _decision_scale(rule)
+    sup = [supports[c] for c in names]
+    state = rule.prepare([s for s, _ in sup], counts=[k for _, k in sup])
+    own = tuple(decision.own_scores(rule, s, k, state=state) for s, k in sup)
+    snap = replace(bench_snapshot(names, rule, state, own, decision.DEFAULT_FRACTION,
+                                  scoring.Tails.pooled(own)), margin=decision.DEFAULT_MARGIN)
+    return _labels(snap, queries, rule.scores(state, queries))
+
+
 def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 0.2, 0.3),
              seed=0, held_out=None, margins=(), queries: Cached = None):
     """Right / wrong / unknown for known classes' queries, and the share of held-out classes'
