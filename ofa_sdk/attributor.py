@@ -530,22 +530,6 @@ class Attributor:
         snap = self.snapshot(profiles, threshold)
         return decision.attribute_stream(snap, self.embed_stream(items), chunk=self.batch_size)
 
-    def check_shift(self, images, threshold: Union[float, str, None] = None,
-                    profiles: Optional[Sequence[str]] = None, **options):
-        """A batch's attributions (:meth:`attribute`), then the shift check
-        (:func:`ofa_sdk.shift.review`): per profile, the images it accepted are tested together
-        against its support, and where they differ the ones its support does not account for
-        are refused (unknown, with a note). Image by image, a never-enrolled relative of an
-        enrolled generator passes that profile's threshold; a batch of its images does not
-        pass the check (benchmarks/RESULTS.md 11.18). ``options``: :func:`ofa_sdk.shift.check`'s
-        (``alpha``, ``fraction``, ``permutations``, ``min_accepted``, ``seed``). Returns a
-        :class:`~ofa_sdk.shift.ShiftReport`; the batch is held in memory."""
-        from . import shift
-        snap = self.snapshot(profiles, threshold)
-        embedded = list(self._embedded(images))
-        results = list(decision.attribute_stream(snap, iter(embedded), chunk=self.batch_size))
-        return shift.review(results, embedded, snap, self._profile, **options)
-
     def scan(self, sources, threshold: Union[float, str, None] = None, *,
              progress: Optional[bool] = None,
              skip: Optional[set] = None, profiles: Optional[Sequence[str]] = None,

@@ -165,10 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attribute", help="best enrolled generator per image, or unknown")
     p.add_argument("sources", nargs="+")
     p.add_argument("--threshold", type=_threshold, default=None, help=THRESHOLD_HELP)
-    p.add_argument("--shift", action="store_true",
-                   help="check the batch: per profile, the images it accepted are tested against "
-                        "its support, and those it does not account for (a never-enrolled "
-                        "relative) become unknown (ofa_sdk.shift; the batch is held in memory)")
     _common(p)
     p = sub.add_parser("scan", help="stream attributions to a JSONL, CSV or Parquet file "
                                     "(resumable)")
@@ -386,8 +382,7 @@ def cmd_verify(a, att) -> int:
 
 
 def cmd_attribute(a, att) -> int:
-    rep = att.check_shift(_paths(a.sources), threshold=a.threshold) if a.shift else None
-    res = rep.attributions if rep else att.attribute(_paths(a.sources), threshold=a.threshold)
+    res = att.attribute(_paths(a.sources), threshold=a.threshold)
     rows = [r.to_dict() for r in res]
     if a.json:
         print(json.dumps(rows))
@@ -402,9 +397,6 @@ def cmd_attribute(a, att) -> int:
         else:
             thr = f"{thr:.3f}"
         print(f"threshold {thr}; profiles: {', '.join(att.gallery.names()) or '(none)'}")
-        for key, c in (rep.checks if rep else {}).items():
-            print(f"shift check {key}: {c.accepted} accepted, " + (
-                f"p = {c.p_value:.3g}, {len(c.unlike)} refused" if c.tested else "too few to test"))
     return 1 if any(not r.ok for r in res) else 0
 
 
