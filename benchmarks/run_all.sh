@@ -55,4 +55,11 @@ $PY benchmarks/related.py pairs --groups choose confirm --out $R/related_pairs.j
 $PY benchmarks/related.py pairs --groups wild13 --out $R/related_pairs_wild13.json
 $PY benchmarks/related.py open --out $R/related_open.json
 $PY benchmarks/related.py levers --out $R/related_levers.json
+for S in wild13 related; do           # 11.15 never-enrolled acceptance, 11.17 a real-photo profile
+  $PY benchmarks/related.py acceptance --set $S --out $R/acceptance_${S}_compact-v2.json
+done
+[ -d benchmarks/data/real-train ] || $PY benchmarks/real_reference.py build --photos "$PHOTOS"
+$PY benchmarks/rules.py embed --set benchmarks/data/real-train --jpeg 0 --crops 4
+$PY benchmarks/real_reference.py sources --photos "$PHOTOS"
+for S in wild13 related; do $PY benchmarks/real_reference.py measure --set $S; done
 $PY benchmarks/discover.py quality --sets related --seeds 5 --out $R/discover_quality_related.json   # section 8
