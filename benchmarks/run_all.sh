@@ -62,4 +62,12 @@ done
 $PY benchmarks/rules.py embed --set benchmarks/data/real-train --jpeg 0 --crops 4
 $PY benchmarks/real_reference.py sources --photos "$PHOTOS"
 for S in wild13 related; do $PY benchmarks/real_reference.py measure --set $S; done
+# 11.19 the weight-siblings set
+[ -f benchmarks/data/related-siblings/MANIFEST.json ] || \
+    $PY benchmarks/related.py build --photos "$PHOTOS" --out benchmarks/data/related-siblings
+$PY benchmarks/rules.py embed --set benchmarks/data/related-siblings --jpeg 0 90 --crops 4 --rescale 1 0.75
+$PY benchmarks/related.py levers --sets related-siblings --crops 4 --rescale 1 0.75 --jpeg 0 90 \
+    --out $R/related_levers_siblings_compact-v2.json
+$PY benchmarks/related.py pairs --groups siblings --out $R/related_pairs_siblings_compact-v2.json
+$PY benchmarks/related.py acceptance --set related-siblings --out $R/acceptance_related-siblings_compact-v2.json
 $PY benchmarks/discover.py quality --sets related --seeds 5 --out $R/discover_quality_related.json   # section 8
