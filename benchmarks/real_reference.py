@@ -105,7 +105,8 @@ def measure(a):
         lr = labels(names, rule, s, real_q)
         gen_label = (lr >= 0) & (lr < len(gens))
         r["real: generator label"] = float(gen_label.mean())
-        r["real: generator label by group"] = {g: float(gen_label[qsrc == g].mean()) for g in sorted(set(qsrc))}
+        r["real: generator label by group"] = {g: float(gen_label[qsrc == g].mean())
+                                                for g in sorted(set(qsrc))}
         if groups and len(groups) < len(every):
             left = [g for g in every if g not in groups][0]
             r["real: generator label, group left out"] = r["real: generator label by group"].get(left)
@@ -122,7 +123,8 @@ def measure(a):
         r["never enrolled: refused by reference, mean"] = float(np.mean(nr))
         rep["runs"][run] = r
         print(f"{run}: right {100 * r['right']:.1f} wrong {100 * r['wrong']:.1f} ref-refused "
-              f"{100 * r['refused by reference']:.1f} | real given a generator label {100 * r['real: generator label']:.1f} "
+              f"{100 * r['refused by reference']:.1f} | real given a generator label "
+              f"{100 * r['real: generator label']:.1f} "
               + " ".join(f"{g} {100 * v:.0f}" for g, v in r["real: generator label by group"].items())
               + f" | never-enrolled labelled {100 * r['never enrolled: generator label, mean']:.1f}, "
               f"ref-refused {100 * r['never enrolled: refused by reference, mean']:.1f}", flush=True)

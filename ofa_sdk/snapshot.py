@@ -51,11 +51,12 @@ class GallerySnapshot:
     # for it (None: the profile itself)
     variant_of: Tuple[Optional[Delivery], ...] = ()
     # caches, each snapshot's own (not init fields: dataclasses.replace starts them empty)
-    _at: Dict = field(default_factory=dict, init=False, compare=False, repr=False)   # crops -> thresholds
+    _at: Dict = field(default_factory=dict, init=False, compare=False, repr=False)  # crops -> thresholds
     # routed snapshots by their variant_of, prepared when a query first needs one (_prepare:
     # (quality, size, variant_of) -> the snapshot; every route is prepared before pickling)
     _routes: Dict = field(default_factory=dict, init=False, compare=False, repr=False)
-    _choices: Dict = field(default_factory=dict, init=False, compare=False, repr=False)  # (quality, size) -> choice
+    # (quality, size) -> choice
+    _choices: Dict = field(default_factory=dict, init=False, compare=False, repr=False)
     _prepare: Any = field(default=None, compare=False, repr=False)
 
     def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
