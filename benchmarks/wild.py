@@ -211,18 +211,24 @@ def write_set(gens, content, out: Path, log=print):
 
 def content_crops(photos: PhotoSet, size: int, per_photo: int):
     for a in photos.photos:
-        h, w = a.shape[:2]
-        if min(h, w) < size:
-            continue
-        if per_photo >= 2 and max(h, w) >= 2 * size:
-            if w >= h:
-                offs = [((h - size) // 2, 0), ((h - size) // 2, w - size)]
-            else:
-                offs = [(0, (w - size) // 2), (h - size, (w - size) // 2)]
+        yield from photo_crops(a, size, per_photo)
+
+
+def photo_crops(a: np.ndarray, size: int, per_photo: int):
+    """One photo's ``size`` px content crops: none when it is smaller, two apart (its ends along
+    the long side) when ``per_photo`` >= 2 and it is at least twice as long, else its centre."""
+    h, w = a.shape[:2]
+    if min(h, w) < size:
+        return
+    if per_photo >= 2 and max(h, w) >= 2 * size:
+        if w >= h:
+            offs = [((h - size) // 2, 0), ((h - size) // 2, w - size)]
         else:
-            offs = [((h - size) // 2, (w - size) // 2)]
-        for t, l in offs[:per_photo]:
-            yield np.ascontiguousarray(a[t:t + size, l:l + size])
+            offs = [(0, (w - size) // 2), (h - size, (w - size) // 2)]
+    else:
+        offs = [((h - size) // 2, (w - size) // 2)]
+    for t, l in offs[:per_photo]:
+        yield np.ascontiguousarray(a[t:t + size, l:l + size])
 
 
 def main(argv=None):

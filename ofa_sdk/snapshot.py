@@ -71,8 +71,8 @@ class GallerySnapshot:
         if crops is None or self.policy != "profile" or not self.own:
             return self.thresholds
         if crops not in self._at:
-            self._at[crops] = tuple(decision.threshold_of(self.rule, o, self.fraction, crops,
-                                                          self.tails) for o in self.own)
+            self._at[crops] = _thresholds(self.rule, self.own, "profile", self.fraction,
+                                          self.tails, crops)
         return self._at[crops]
 
     def __len__(self) -> int:
@@ -115,8 +115,7 @@ class GallerySnapshot:
             return routed
         thresholds = routed.thresholds
         if (routed.policy, routed.fraction) != (self.policy, self.fraction):
-            thresholds = tuple(decision.threshold_of(routed.rule, o, self.fraction, None, routed.tails)
-                               if self.policy == "profile" else float(self.policy) for o in routed.own)
+            thresholds = _thresholds(routed.rule, routed.own, self.policy, self.fraction, routed.tails)
         return replace(routed, thresholds=thresholds, policy=self.policy, fraction=self.fraction,
                        margin=self.margin, chooser=self.chooser)
 
@@ -152,6 +151,16 @@ class GallerySnapshot:
                                tuple(self.deliveries[i] for i in idx) if self.deliveries else (),
                                tuple(self.variant_of[i] for i in idx) if self.variant_of else (),
                                _prepare=lambda q, size, _: self.route(q, size).select(names))
+
+
+def _thresholds(rule, own, policy, fraction: float, tails, crops: Optional[int] = None
+                ) -> Tuple[float, ...]:
+    """Per profile (its own scores ``own``), the threshold of ``policy``: "profile", the one
+    refusing ``fraction`` of its own images of ``crops`` crops (None: whole support images), read
+    through ``tails``; else that number for every profile."""
+    if policy != "profile":
+        return tuple(float(policy) for _ in own)
+    return tuple(decision.threshold_of(rule, o, fraction, crops, tails) for o in own)
 
 
 # Two sides' resize factors agreeing this closely (relative) say a query was resized as a whole
@@ -461,8 +470,7 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
                                           bundle.model_id)))
         own = tuple(own_all[n] for n in names)
         tails = scoring.Tails.pooled(list(own_all.values()))
-        thresholds = tuple(decision.threshold_of(rule, o, quantile, None, tails)
-                           if thr == "profile" else float(thr) for o in own)
+        thresholds = _thresholds(rule, own, thr, quantile, tails)
         # a routed snapshot routes no further (no deliveries)
         return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
                                quantile, tails, margin, head, () if choice else deliveries,
