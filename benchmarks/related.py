@@ -405,14 +405,16 @@ def acceptance(a):
     class held out alone (its family's other members enrolled: "relative enrolled") and each
     family held out whole ("no relative enrolled"), every other class enrolled; the SDK's
     decision (per-profile thresholds; ``--margin``, the ambiguity margin, the SDK's default tie
-    margin unless given), queries as generated (re-encoded or resized ones need the SDK's
-    variants: ``jpeg_matched.py``)."""
+    margin unless given). ``--jpeg Q``: queries re-encoded at Q against the support's q-Q
+    variant, as the SDK scores a JPEG query (its nearest JPEG variant: the support re-encoded at
+    that quality, thresholds refitted on it); 0: as generated."""
     from ofa_sdk import decision
     from rules import Cached, cache_path, open_set, rule_objects
     fams = {"wild13": WILD13_FAMILIES, "related-siblings": SIBLING_FAMILIES}.get(a.set) or {
         f: m for v in FAMILIES.values() for f, m in v.items()} | {"real": ["real"]}
     rule = rule_objects()[RULE]
-    data = Cached(cache_path(a.set, 0, a.crops))
+    data = Cached(cache_path(a.set, a.jpeg, a.crops))
+    label = f"{a.set} q{a.jpeg}" if a.jpeg else a.set
     held = {c: ([c], len(m) > 1) for m in fams.values() for c in m}
     held.update({f: (m, False) for f, m in fams.items() if len(m) > 1})
     margin = decision.DEFAULT_MARGIN if a.margin is None else a.margin
@@ -424,11 +426,11 @@ def acceptance(a):
         o = open_set(data, rule, min(SUPPORT, len(data.pool)), None, None, held_out=[h],
                      margins=[margin])[tag]
         rows[name] = {"relative enrolled": rel, **o}
-        print(f"| {a.set} | {name} | {'yes' if rel else 'no'} | {100 * o['right']:.1f} / {100 * o['wrong']:.1f} / "
+        print(f"| {label} | {name} | {'yes' if rel else 'no'} | {100 * o['right']:.1f} / {100 * o['wrong']:.1f} / "
               f"{100 * o['unknown']:.1f} / {100 * o['unknown_labelled']:.1f} |", flush=True)
     for rel in (True, False):
         sel = [v["unknown_labelled"] for v in rows.values() if v["relative enrolled"] == rel]
-        print(f"| {a.set} | **mean of {len(sel)}** | {'yes' if rel else 'no'} | **{100 * np.mean(sel):.1f}** |")
+        print(f"| {label} | **mean of {len(sel)}** | {'yes' if rel else 'no'} | **{100 * np.mean(sel):.1f}** |")
     out = Path(a.out or ROOT / "benchmarks" / "results" / f"acceptance_{a.set}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
@@ -502,6 +504,7 @@ def main(argv=None):
     n.add_argument("--set", default="wild13", choices=["wild13", "related", "related-siblings"])
     n.add_argument("--crops", type=int, default=4)
     n.add_argument("--margin", type=float, default=None, help="ambiguity margin (default: the SDK's)")
+    n.add_argument("--jpeg", type=int, default=0, help="queries and the support's variant at this JPEG quality")
     n.add_argument("--out", default=None, help="default: benchmarks/results/acceptance_SET.json")
     v = sub.add_parser("levers")
     v.add_argument("--sets", nargs="+", default=["wild13", "related"])

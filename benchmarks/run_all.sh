@@ -57,6 +57,7 @@ $PY benchmarks/related.py open --out $R/related_open.json
 $PY benchmarks/related.py levers --out $R/related_levers.json
 for S in wild13 related; do           # 11.15 never-enrolled acceptance, 11.17 a real-photo profile
   $PY benchmarks/related.py acceptance --set $S --out $R/acceptance_${S}_compact-v2.json
+  $PY benchmarks/related.py acceptance --set $S --jpeg 90 --out $R/acceptance_${S}_q90_compact-v2.json
 done
 [ -d benchmarks/data/real-train ] || $PY benchmarks/real_reference.py build --photos "$PHOTOS"
 $PY benchmarks/rules.py embed --set benchmarks/data/real-train --jpeg 0 --crops 4
@@ -70,4 +71,5 @@ $PY benchmarks/related.py levers --sets related-siblings --crops 4 --rescale 1 0
     --out $R/related_levers_siblings_compact-v2.json
 $PY benchmarks/related.py pairs --groups siblings --out $R/related_pairs_siblings_compact-v2.json
 $PY benchmarks/related.py acceptance --set related-siblings --out $R/acceptance_related-siblings_compact-v2.json
+$PY benchmarks/related.py acceptance --set related-siblings --jpeg 90 --out $R/acceptance_related-siblings_q90_compact-v2.json
 $PY benchmarks/discover.py quality --sets related --seeds 5 --out $R/discover_quality_related.json   # section 8

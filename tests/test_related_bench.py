@@ -110,6 +110,27 @@ def test_acceptance_splits_relatives_enrolled_from_none(tmp_path, monkeypatch):
     assert rows["A"]["unknown_labelled"] < 0.1 and rows["far"]["unknown_labelled"] < 0.1
 
 
+def test_acceptance_at_a_jpeg_quality_reads_that_qualitys_cache(tmp_path, monkeypatch):
+    """``--jpeg 90``: support and queries both come from the q90 cache (the SDK scores a JPEG
+    query against the support's variant of its quality); here the twin, near its relative as
+    generated, lies apart at q90, so only the q90 run refuses it."""
+    import json
+    e = np.eye(16)
+    _cache(tmp_path, {"a": e[0], "a-twin": e[0] + 0.01 * e[1], "b": e[2], "far": e[5]})
+    (tmp_path / "set_q0_c2.npz").rename(tmp_path / "wild13_q0_c4.npz")
+    _cache(tmp_path, {"a": e[0], "a-twin": e[7], "b": e[2], "far": e[5]}, seed=1)
+    (tmp_path / "set_q0_c2.npz").rename(tmp_path / "wild13_q90_c4.npz")
+    monkeypatch.setattr(rules, "CACHE", tmp_path)
+    monkeypatch.setattr(related, "WILD13_FAMILIES", {"A": ["a", "a-twin"], "b": ["b"], "far": ["far"]})
+    rows = {}
+    for q in (0, 90):
+        out = tmp_path / f"acc{q}.json"
+        related.main(["acceptance", "--set", "wild13", "--jpeg", str(q), "--out", str(out)])
+        rows[q] = json.loads(out.read_text())
+    assert rows[0]["a-twin"]["unknown_labelled"] > 0.5
+    assert rows[90]["a-twin"]["unknown_labelled"] < 0.1
+
+
 def test_a_real_photo_reference_takes_the_real_photos_a_generator_would_get(tmp_path, monkeypatch):
     """benchmarks/real_reference.py: real photos near a generator's profile get its label; a
     reference profile of photos like them, enrolled beside it, takes them, and one built
