@@ -11,11 +11,15 @@ in wild.py's order). ``measure`` enrolls every development class but ``real``, p
 right / wrong / refused-by-the-reference among the enrolled generators' queries, the dev real
 photos' queries given a generator's label (per source group, and for the group the reference was
 built without), and the never-enrolled generators' queries labelled (each class held out alone).
+``--jpeg Q``: every query re-encoded at Q, scored against each profile's (and the reference's)
+q-Q variant, as the SDK scores a JPEG query.
 
     python benchmarks/real_reference.py build --photos ../shared/data/real-photos
     python benchmarks/rules.py embed --set benchmarks/data/real-train --jpeg 0 --crops 4
     python benchmarks/real_reference.py sources --photos ../shared/data/real-photos
     python benchmarks/real_reference.py measure --set wild13
+    python benchmarks/rules.py embed --set benchmarks/data/real-train --jpeg 90 --crops 4
+    python benchmarks/real_reference.py measure --set wild13 --jpeg 90
 """
 from __future__ import annotations
 
@@ -69,8 +73,8 @@ def measure(a):
     from related import RULE, SUPPORT
     from rules import Cached, cache_path, decide_labels as labels, rule_objects
     rule = rule_objects()[RULE]
-    data = Cached(cache_path(a.set, 0, a.crops))
-    ref = Cached(cache_path("real-train", 0, a.crops))
+    data = Cached(cache_path(a.set, a.jpeg, a.crops))
+    ref = Cached(cache_path("real-train", a.jpeg, a.crops))
     src = np.array(json.loads(Path(a.sources).read_text()))
     qsrc = src[data.queries]
     gens = [c for c in data.names if c != "real"]
@@ -142,6 +146,8 @@ def main(argv=None):
     m.add_argument("--set", default="wild13", choices=["wild13", "related"])
     m.add_argument("--crops", type=int, default=4)
     m.add_argument("--ref-size", type=int, default=None, help="at most N reference images (default: all)")
+    m.add_argument("--jpeg", type=int, default=0, help="queries, supports and reference at this JPEG quality "
+                   "(each profile's variant of that quality, as the SDK scores a JPEG query)")
     m.add_argument("--sources", default=str(ROOT / "benchmarks" / "data" / "heldout-sources.json"))
     m.add_argument("--out", default=None)
     a = ap.parse_args(argv)

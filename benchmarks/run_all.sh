@@ -62,7 +62,11 @@ done
 [ -d benchmarks/data/real-train ] || $PY benchmarks/real_reference.py build --photos "$PHOTOS"
 $PY benchmarks/rules.py embed --set benchmarks/data/real-train --jpeg 0 --crops 4
 $PY benchmarks/real_reference.py sources --photos "$PHOTOS"
-for S in wild13 related; do $PY benchmarks/real_reference.py measure --set $S; done
+$PY benchmarks/rules.py embed --set benchmarks/data/real-train --jpeg 90 --crops 4
+for S in wild13 related; do
+  $PY benchmarks/real_reference.py measure --set $S
+  $PY benchmarks/real_reference.py measure --set $S --jpeg 90 --out $R/real_reference_${S}_q90.json
+done
 # 11.19 the weight-siblings set
 [ -f benchmarks/data/related-siblings/MANIFEST.json ] || \
     $PY benchmarks/related.py build --photos "$PHOTOS" --out benchmarks/data/related-siblings

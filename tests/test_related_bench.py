@@ -154,3 +154,28 @@ def test_a_real_photo_reference_takes_the_real_photos_a_generator_would_get(tmp_
     assert runs["reference without g1"]["real: generator label, group left out"] > 0.5
     assert runs["reference without g2"]["real: generator label"] < 0.2
     assert runs["no reference"]["refused by reference"] == 0.0
+
+
+def test_a_real_photo_reference_at_a_jpeg_quality_is_that_qualitys_variant(tmp_path, monkeypatch):
+    """``measure --jpeg 90`` reads the set's and the reference's q90 caches: a reference whose
+    q90 variant lies far from the real photos takes none of them, where its as-generated one
+    takes them."""
+    import json
+    import real_reference
+    e = np.eye(16)
+    for q in (0, 90):
+        _cache(tmp_path, {"a": e[0], "b": e[2], "real": e[0] + 0.1 * e[1]})
+        (tmp_path / "set_q0_c2.npz").rename(tmp_path / f"wild13_q{q}_c4.npz")
+    _cache(tmp_path, {"g1": e[0] + 0.1 * e[1], "g2": e[0] + 0.1 * e[1]}, seed=1)
+    (tmp_path / "set_q0_c2.npz").rename(tmp_path / "real-train_q0_c4.npz")
+    _cache(tmp_path, {"g1": e[9], "g2": e[11]}, seed=1)
+    (tmp_path / "set_q0_c2.npz").rename(tmp_path / "real-train_q90_c4.npz")
+    src = tmp_path / "sources.json"
+    src.write_text(json.dumps(["g1"] * 40))
+    monkeypatch.setattr(rules, "CACHE", tmp_path)
+    taken = {}
+    for q in (0, 90):
+        out = tmp_path / f"ref{q}.json"
+        real_reference.main(["measure", "--set", "wild13", "--jpeg", str(q), "--sources", str(src), "--out", str(out)])
+        taken[q] = json.loads(out.read_text())["runs"]["reference: every group"]["real: generator label"]
+    assert taken[0] < 0.2 and taken[90] > 0.5
