@@ -81,10 +81,6 @@ class LossConfig:
     w_scl: float = 1.0
     w_att: float = 1.0
     w_cls: float = 1.0
-    # one-class episodes beside SupCon (training.losses.episodic_loss); 0 leaves the recipe as
-    # the paper's. episodic_scale: the logit per unit of per-dimension squared distance
-    w_episodic: float = 0.0
-    episodic_scale: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -148,9 +144,6 @@ class Stage2Config:
     resample_p: float = 0.0
     resample_f: Tuple[float, float] = (0.5, 1.0)
     resample_share: float = 0.5
-    # experiment: class resampling and class JPEG on the single-set half only (queries of the
-    # episodes), the multiple-set half as generated (the support as enrolled)
-    augment_queries: bool = False
     # Real generators in the loop: an .npz of pretrained generators' images of training-photo
     # content (benchmarks/related.py pretrained: ``images`` (N,S,S,3) uint8, ``label``, ``content``);
     # each step draws pretrained_classes of its generators as classes of their own, half of each

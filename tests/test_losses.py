@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ofa_sdk.training.losses import (MemoryBank, episodic_loss, mine_pairs, pair_loss, real_loss,
-                                     supcon_loss, total_loss)
+from ofa_sdk.training.losses import MemoryBank, mine_pairs, pair_loss, real_loss, supcon_loss, total_loss
 from ofa_sdk.config import LossConfig
 from ofa_sdk.models import PairHead, RealHead
 
@@ -104,60 +103,3 @@ def test_pair_mining_is_balanced_and_losses_flow():
     lt.backward()
     assert 0 <= acc <= 1 and torch.isfinite(z.grad).all()
     assert head.first.weight.grad.abs().sum() > 0 and rh.net[0].weight.grad.abs().sum() > 0
-
-
-def episodic_loop(z, y, scale, bz=None, by=None):
-    """Direct loop over the episodic loss: first half of each class the support, float64."""
-    z = z.double()
-    allz = z if bz is None else torch.cat([z, bz.double()])
-    ally = list(y.tolist()) + ([] if by is None else by.tolist())
-    terms = []
-    for c in sorted(set(y.tolist())):
-        idx = [i for i in range(len(y)) if y[i] == c]
-        if len(idx) < 4:
-            continue
-        h = len(idx) // 2
-        sup = z[idx[:h]]
-        mu = sup.mean(0)
-        s2 = sum(float(((s - mu) ** 2).sum()) for s in sup) / ((h - 1) * z.shape[1])
-        def d2(x):
-            return float(((x - mu) ** 2).sum()) / (z.shape[1] * s2)
-        negs = [d2(allz[k]) for k in range(len(allz)) if ally[k] != c]
-        for q in idx[h:]:
-            num = math.exp(-scale * d2(z[q]))
-            terms.append(-math.log(num / (num + sum(math.exp(-scale * v) for v in negs))))
-    return sum(terms) / len(terms)
-
-
-def test_episodic_matches_direct_loop_with_and_without_bank():
-    torch.manual_seed(1)
-    y = torch.tensor([0] * 6 + [1] * 8 + [2] * 3 + [3] * 5)    # class 2 is too small to be one
-    z = F.normalize(torch.randn(len(y), 16) + 2 * F.one_hot(y % 4, 16).float(), dim=1)
-    bz, by = F.normalize(torch.randn(10, 16), dim=1), torch.tensor([0, 1, 5, 6, 7, 5, 6, 7, 5, 6])
-    for scale in (1.0, 4.0):
-        assert episodic_loss(z, y, scale).item() == pytest.approx(episodic_loop(z, y, scale), rel=1e-4)
-        assert episodic_loss(z, y, scale, bz, by).item() == pytest.approx(
-            episodic_loop(z, y, scale, bz, by), rel=1e-4)
-
-
-def test_episodic_rewards_a_class_tight_relative_to_its_neighbours():
-    """Same class centres; the loss falls as each class's own spread shrinks against the
-    distance between centres (what the one-class AUC of related pairs needs), and gradients flow."""
-    g = torch.Generator().manual_seed(0)
-    centres = F.normalize(torch.randn(4, 32, generator=g), dim=1)
-    noise = torch.randn(4, 12, 32, generator=g)
-    y = torch.arange(4).repeat_interleave(12)
-    losses = []
-    for spread in (0.6, 0.3, 0.1):
-        z = F.normalize((centres[:, None] + spread * noise / 32 ** 0.5).reshape(-1, 32), dim=1)
-        losses.append(episodic_loss(z, y, 4.0).item())
-    assert losses[0] > losses[1] > losses[2]
-    z = F.normalize(torch.randn(48, 32, generator=g), dim=1).requires_grad_(True)
-    episodic_loss(z, y, 4.0).backward()
-    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
-
-
-def test_episodic_weight_zero_leaves_the_total_unchanged():
-    one = torch.tensor(1.0)
-    assert total_loss(LossConfig(), one, one, one, torch.tensor(7.0)).item() == 3.0
-    assert total_loss(LossConfig(w_episodic=0.5), one, one, one, torch.tensor(2.0)).item() == 4.0

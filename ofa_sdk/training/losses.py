@@ -10,11 +10,7 @@
 * :class:`MemoryBank` -- ring buffer of detached fingerprints with their labels.
 * :func:`pair_loss` -- BCE of the pair head on pairs mined to balance positives and negatives.
 * :func:`real_loss` -- BCE of the real/reconstructed head.
-* :func:`episodic_loss` -- a one-class episode per class: a Gaussian profile fitted on half of
-  the class's images scores the other half against every other image (batch and bank), so a
-  class's own spread is penalised relative to its distance from the others, as the default score
-  rule decides (off unless ``w_episodic`` > 0).
-* :func:`total_loss` -- L = w_scl L_scl + w_att L_att + w_cls L_cls (+ w_episodic L_epi).
+* :func:`total_loss` -- L = w_scl L_scl + w_att L_att + w_cls L_cls.
 """
 from __future__ import annotations
 
@@ -132,51 +128,6 @@ def real_loss(real_head: nn.Module, z: torch.Tensor, is_reconstruction: torch.Te
     return F.binary_cross_entropy_with_logits(logits, is_reconstruction.float())
 
 
-def episodic_loss(z: torch.Tensor, labels: torch.Tensor, scale: float,
-                  bank_feats: Optional[torch.Tensor] = None,
-                  bank_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """One-class episodes, one per class of at least 4 entries. The first half of the class's
-    entries (in batch order: stage 2 puts the multiple-set images first, so the queries are the
-    single-set images, whose content every other class shares) is the support: its mean mu and
-    per-dimension variance s2 (unbiased, about the mean) make an isotropic Gaussian profile. Each
-    query q of the class is scored against every entry of another class, in the batch and in the
-    bank, by the per-dimension squared distance D2(x) = |x - mu|^2 / (d s2):
-
-        loss_q = softplus(scale * D2(q) + logsumexp_neg(-scale * D2(neg)))
-
-    the cross-entropy of picking q among {q} and the negatives. Shrinking s2 alone does not pay:
-    the gradient asks for a class tight relative to its distance from the others (its one-class
-    AUC under a Gaussian rule), where SupCon only asks each pair of its entries to be closer
-    than the others. Computed in float32; mean over every class's queries."""
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        z = z.float()
-        d = z.shape[1]
-        if bank_feats is not None and len(bank_feats):
-            others_z = torch.cat([z, bank_feats.float().to(z.device)])
-            others_y = torch.cat([labels, bank_labels.to(labels.device)])
-        else:
-            others_z, others_y = z, labels
-        per_query = []
-        for c in torch.unique(labels):
-            idx = torch.nonzero(labels == c, as_tuple=True)[0]
-            if len(idx) < 4:
-                continue
-            half = len(idx) // 2
-            sup, qry = z[idx[:half]], z[idx[half:]]
-            mu = sup.mean(0)
-            s2 = ((sup - mu) ** 2).sum(1).sum() / ((half - 1) * d) + 1e-8
-            neg = others_z[others_y != c]
-            if not len(neg):
-                continue
-            d_pos = ((qry - mu) ** 2).sum(1) / (d * s2)
-            d_neg = ((neg - mu) ** 2).sum(1) / (d * s2)
-            lse = torch.logsumexp(-scale * d_neg, dim=0)
-            per_query.append(F.softplus(scale * d_pos + lse))
-        if not per_query:
-            return z.sum() * 0.0
-        return torch.cat(per_query).mean()
-
-
-def total_loss(cfg: LossConfig, l_scl, l_att, l_cls, l_epi=0.0):
-    """Eq. 8, plus the episodic term where its weight is set."""
-    return cfg.w_scl * l_scl + cfg.w_att * l_att + cfg.w_cls * l_cls + cfg.w_episodic * l_epi
+def total_loss(cfg: LossConfig, l_scl, l_att, l_cls):
+    """Eq. 8."""
+    return cfg.w_scl * l_scl + cfg.w_att * l_att + cfg.w_cls * l_cls

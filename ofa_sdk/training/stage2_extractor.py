@@ -10,8 +10,7 @@ and every single-set image has m-1 same-content negatives: the extractor is push
 content. Reconstructions are rounded to 8 bit, as real generators' outputs are saved.
 ``stage2.pretrained`` adds pretrained generators' images of training-photo content as classes of
 their own (PretrainedGenerators; not in any shipped model).
-Loss: L = w_scl SupCon(+bank) + w_att pair BCE + w_cls real/reconstructed BCE (Eq. 8), plus
-one-class episodes (``loss.w_episodic``) where set.
+Loss: L = w_scl SupCon(+bank) + w_att pair BCE + w_cls real/reconstructed BCE (Eq. 8).
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from ofa_sdk.models import FingerprintSimulator, OFAModel
 
 from .common import (PhotoSet, Prefetcher, autocast, git_commit, load_checkpoint, open_run,
                      read_metadata, save_checkpoint, set_lr, train_device)
-from .losses import MemoryBank, episodic_loss, pair_loss, real_loss, supcon_loss, total_loss
+from .losses import MemoryBank, pair_loss, real_loss, supcon_loss, total_loss
 
 REAL_LABEL = -1  # architecture ids are >= 0
 
@@ -163,17 +162,10 @@ def make_batch(sim: FingerprintSimulator, data: PhotoSet, cfg: OFAConfig, g: tor
                 if sc.quantize:
                     r = quantize(r)
                 pair.append(r.cpu())
-            if sc.augment_queries:
-                sup, qry = pair
-                if plan:
-                    sup = _resample(sup, plan, sc.crop, 0.0, g)
-                    qry = _resample(qry, plan, sc.crop, min(1.0, 2 * sc.resample_share), g)
-                xs.extend([sup, _jpeg_class(qry, g, sc.jpeg_class_p, sc.jpeg_q)])
-            else:
-                x = torch.cat(pair)
-                if plan:
-                    x = _resample(x, plan, sc.crop, sc.resample_share, g)
-                xs.extend(torch.split(_jpeg_class(x, g, sc.jpeg_class_p, sc.jpeg_q), sc.n))
+            x = torch.cat(pair)
+            if plan:
+                x = _resample(x, plan, sc.crop, sc.resample_share, g)
+            xs.extend(torch.split(_jpeg_class(x, g, sc.jpeg_class_p, sc.jpeg_q), sc.n))
             ys.extend(torch.full((sc.n,), a.id, dtype=torch.long) for _ in pair)
     plan = _resample_plan(sc, g)                       # real photos, a class of their own
     real = data.batch(sc.n, _content_side(sc.crop, plan[0], multiple) if plan else sc.crop, g)
@@ -242,9 +234,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
             l_scl = supcon_loss(z, y, cfg.loss.tau, bf, bl)
             l_att, acc = pair_loss(model.pair_head, z, y, g)
             l_cls = real_loss(model.real_head, z, y != REAL_LABEL)
-            l_epi = episodic_loss(z, y, cfg.loss.episodic_scale, bf, bl) \
-                if cfg.loss.w_episodic > 0 else torch.zeros(())
-            loss = total_loss(cfg.loss, l_scl, l_att, l_cls, l_epi)
+            loss = total_loss(cfg.loss, l_scl, l_att, l_cls)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
@@ -253,7 +243,7 @@ def run(cfg: OFAConfig, data: PhotoSet, out: Path, seed: int = 0, resume: bool =
             opt.step()
             bank.push(z.detach(), y)
             log.step(step, len(x), loss=loss.item(), scl=l_scl.item(), att=l_att.item(),
-                     cls=l_cls.item(), epi=l_epi.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
+                     cls=l_cls.item(), pair_acc=float(acc), lr=lr, archs=arch_ids)
             if step % every == 0 or step == sc.steps or step == stop_at:
                 meta = {"stage": 2, "step": step, "seed": seed, "config": cfg.to_dict(),
                         "data": data.describe(), "commit": git_commit(),
