@@ -12,7 +12,7 @@ right / wrong / refused-by-the-reference among the enrolled generators' queries,
 photos' queries given a generator's label (per source group, and for the group the reference was
 built without), and the never-enrolled generators' queries labelled (each class held out alone).
 ``--jpeg Q``: every query re-encoded at Q, scored against each profile's (and the reference's)
-q-Q variant, as the SDK scores a JPEG query.
+variant at Q, as the SDK scores a JPEG query.
 
     python benchmarks/real_reference.py build --photos ../shared/data/real-photos
     python benchmarks/rules.py embed --set benchmarks/data/real-train --jpeg 0 --crops 4

@@ -405,9 +405,9 @@ def acceptance(a):
     class held out alone (its family's other members enrolled: "relative enrolled") and each
     family held out whole ("no relative enrolled"), every other class enrolled; the SDK's
     decision (per-profile thresholds; ``--margin``, the ambiguity margin, the SDK's default tie
-    margin unless given). ``--jpeg Q``: queries re-encoded at Q against the support's q-Q
-    variant, as the SDK scores a JPEG query (its nearest JPEG variant: the support re-encoded at
-    that quality, thresholds refitted on it); 0: as generated."""
+    margin unless given). ``--jpeg Q``: queries re-encoded at Q, scored against the support's
+    variant at Q as the SDK scores a JPEG query (the support re-encoded at that quality, the
+    thresholds refitted on it); 0: as generated."""
     from ofa_sdk import decision
     from rules import Cached, cache_path, open_set, rule_objects
     fams = {"wild13": WILD13_FAMILIES, "related-siblings": SIBLING_FAMILIES}.get(a.set) or {
