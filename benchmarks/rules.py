@@ -240,12 +240,19 @@ def decide_labels(names, rule, supports, queries) -> np.ndarray:
     ``supports`` ({name: (z, counts)}): a label index per query (each (k, d)), -1 where refused."""
     from dataclasses import replace
     rule = _decision_scale(rule)
-    sup = [supports[c] for c in names]
+    state, own, tails = _enrolled(rule, [supports[c] for c in names])
+    snap = replace(bench_snapshot(names, rule, state, own, decision.DEFAULT_FRACTION, tails),
+                   margin=decision.DEFAULT_MARGIN)
+    return _labels(snap, queries, rule.scores(state, queries))
+
+
+def _enrolled(rule, sup):
+    """What the SDK prepares for profiles fitted on ``sup`` ([(z, counts)]): the rule's state,
+    each profile's own scores and the tail pooled over them (scoring.Tails), as a snapshot of
+    a gallery of those profiles holds them."""
     state = rule.prepare([s for s, _ in sup], counts=[k for _, k in sup])
     own = tuple(decision.own_scores(rule, s, k, state=state) for s, k in sup)
-    snap = replace(bench_snapshot(names, rule, state, own, decision.DEFAULT_FRACTION,
-                                  scoring.Tails.pooled(own)), margin=decision.DEFAULT_MARGIN)
-    return _labels(snap, queries, rule.scores(state, queries))
+    return state, own, scoring.Tails.pooled(own)
 
 
 def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 0.2, 0.3),
@@ -270,11 +277,7 @@ def open_set(data: Cached, rule, n, unknown, folds, fractions=(0.01, 0.05, 0.1, 
     for f in range(folds if held_out is None else len(held_out)):
         held = set(rng.permutation(names)[:unknown] if held_out is None else held_out[f])
         known = [c for c in names if c not in held]
-        sup = [data.support(c, n, seed + f) for c in known]
-        supports, counts = [s for s, _ in sup], [k for _, k in sup]
-        state = rule.prepare(supports, counts=counts)
-        own = tuple(decision.own_scores(rule, s, k, state=state) for s, k in sup)
-        tails = scoring.Tails.pooled(own)      # the gallery's tail, as a snapshot pools it
+        state, own, tails = _enrolled(rule, [data.support(c, n, seed + f) for c in known])
         kq, ko = [], []
         qd = data if queries is None else queries
         for p, c in enumerate(known):
