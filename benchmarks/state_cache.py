@@ -20,10 +20,8 @@ A snapshot prepares them when a query first needs one: timed apart (all of them)
 ``--cli`` a JPEG query is timed beside the PNG one.
 
 ``--pickle``: then the snapshot pickled, as ``distributed.scan_dataset`` ships it to Ray
-workers: a pickled snapshot prepares every route a query could need first (each JPEG quality
-and lossless, at each profile's support size times each scale of its variants), so the time and
-the bytes grow with the distinct support sizes of the gallery (``--sizes N``: the profiles'
-images of N sizes, in turn).
+workers, and unpickled as a worker does (``--sizes N``: the profiles' images of N sizes, in
+turn, which multiplies the routes a query can meet).
 """
 from __future__ import annotations
 
@@ -97,9 +95,11 @@ def main():
 
 
 def pickled(bundle, path: Path) -> None:
-    """Time and bytes of pickling a fresh snapshot of the gallery at ``path`` (every route
-    prepared): first, when the variants no query has needed yet are computed and stored, then
-    again from a fresh snapshot, when they are read back."""
+    """Time and bytes of pickling a fresh snapshot of the gallery at ``path``: first, when the
+    variants no query has needed yet are computed and stored, then again from a fresh
+    snapshot, when they are read back; then what a worker pays: unpickling, and the first
+    route a JPEG query of the first profile's support size meets (assembled there when the
+    snapshot carries its variants' states rather than its routes)."""
     import pickle
     for when in ("first", "later"):
         t = time.perf_counter()
@@ -109,6 +109,12 @@ def pickled(bundle, path: Path) -> None:
         t1 = time.perf_counter()
         print(f"pickled snapshot, {when}: {len(snap._routes)} routes prepared, {t1 - t0:.2f} s "
               f"(making the snapshot {t0 - t:.2f} s), {len(blob) / 2 ** 20:.1f} MiB")
+    t = time.perf_counter()
+    worker = pickle.loads(blob)
+    t0 = time.perf_counter()
+    worker.route(90, worker.deliveries[0].size if worker.deliveries else None)
+    t1 = time.perf_counter()
+    print(f"in a worker: unpickling {t0 - t:.2f} s, the first JPEG route {t1 - t0:.3f} s")
 
 
 def cli_times(tmp: Path, gallery: Path, runs: int, jpeg: bool = False) -> None:

@@ -536,6 +536,11 @@ class PrototypeRule:
     def select(self, state: np.ndarray, idx: Sequence[int]) -> np.ndarray:
         return state[list(idx)]
 
+    def gather(self, states: Sequence[np.ndarray], which: Sequence[int]) -> np.ndarray:
+        """As :meth:`GaussianRule.gather`."""
+        return np.stack([states[w][i] for i, w in enumerate(which)]) if len(which) else \
+            np.zeros((0, 0))
+
     def raw_scores(self, state: np.ndarray, queries: Sequence[np.ndarray]) -> np.ndarray:
         """(B, P) cosines of the queries' crop-averaged fingerprints to the prototypes."""
         if not len(queries) or not len(state):
@@ -602,6 +607,13 @@ class PairRule:
 
     def select(self, state: PairState, idx: Sequence[int]) -> PairState:
         return PairState(tuple(state.parts[i] for i in idx), state.prototypes[list(idx)])
+
+    def gather(self, states: Sequence[PairState], which: Sequence[int]) -> PairState:
+        """As :meth:`GaussianRule.gather`."""
+        if not len(which):
+            return PairState((), np.zeros((0, 0)))
+        return PairState(tuple(states[w].parts[i] for i, w in enumerate(which)),
+                         np.stack([states[w].prototypes[i] for i, w in enumerate(which)]))
 
     def _crop_means(self, qpart: np.ndarray, parts: Sequence[np.ndarray]) -> np.ndarray:
         """(n, h) query parts x P support parts -> (n, P) mean pair probabilities (the fused
@@ -916,6 +928,27 @@ class GaussianRule:
         i = list(idx)
         return GaussianState(state.means[i], state.basis[i], state.coef[i], state.inv_sigma2[i],
                              state.whitener, state.prior_var)
+
+    def gather(self, states: Sequence[GaussianState], which: Sequence[int]) -> GaussianState:
+        """Profile i's row of ``states[which[i]]``, for states prepared over one list of
+        profiles, each from another support set of them (a profile and its variants): how a
+        snapshot routes a query to each profile's nearest variant without preparing again.
+        Rows are padded to the largest rank among them (padded rows weigh nothing). States
+        whitened by a gallery do not combine: each one's whitener is its own gallery's."""
+        if any(s.whitener is not None for s in states):
+            raise ValueError("gather: states whitened by a gallery cannot be combined")
+        d = states[0].means.shape[1] if states else 0
+        k = max((s.basis.shape[1] for s in states), default=0)
+        P = len(which)
+        basis = np.zeros((P, k, d), np.float32)
+        coef = np.zeros((P, k), np.float32)
+        for i, w in enumerate(which):
+            r = states[w].basis.shape[1]
+            basis[i, :r], coef[i, :r] = states[w].basis[i], states[w].coef[i]
+        means = np.array([states[w].means[i] for i, w in enumerate(which)], np.float32).reshape(P, d)
+        inv = np.array([states[w].inv_sigma2[i] for i, w in enumerate(which)], np.float32)
+        return GaussianState(means, basis, coef, inv, None,
+                             states[which[0]].prior_var if P else None)
 
     def distances(self, state: GaussianState, x: np.ndarray, block: int = 256) -> np.ndarray:
         """(B, d) image points -> (B, P) squared Mahalanobis distances, per dimension. The state

@@ -53,11 +53,14 @@ class GallerySnapshot:
     # caches, each snapshot's own (not init fields: dataclasses.replace starts them empty)
     _at: Dict = field(default_factory=dict, init=False, compare=False, repr=False)  # crops -> thresholds
     # routed snapshots by their variant_of, prepared when a query first needs one (_prepare:
-    # (quality, size, variant_of) -> the snapshot; every route is prepared before pickling)
+    # (quality, size, variant_of) -> the snapshot; what pickling keeps: __getstate__)
     _routes: Dict = field(default_factory=dict, init=False, compare=False, repr=False)
     # (quality, size) -> choice
     _choices: Dict = field(default_factory=dict, init=False, compare=False, repr=False)
     _prepare: Any = field(default=None, compare=False, repr=False)
+    # () -> the _Assembly a pickled snapshot carries instead of its routes (None: the rule's
+    # routes do not assemble from per-variant states; every route is then prepared and pickled)
+    _assembly: Any = field(default=None, compare=False, repr=False)
 
     def typicality(self, i: int, score: float, crops: Optional[int] = None) -> Optional[float]:
         """The share of profile i's own images of ``crops`` crops (None: whole support images)
@@ -120,19 +123,26 @@ class GallerySnapshot:
                        margin=self.margin, chooser=self.chooser)
 
     def __getstate__(self) -> Dict:
-        """Every route prepared, so that a worker process or Ray actor that unpickles the
-        snapshot needs no gallery: each JPEG quality and lossless, at each profile's support
-        size times each scale of its variants."""
+        """What a worker process or Ray actor needs to route queries without the gallery: each
+        profile's variants' prepared states and own scores (an :class:`_Assembly`), from which
+        it assembles a route when a query first needs one, so the bytes grow with profiles x
+        variants. Where the rule's states do not assemble so (a rule that whitens by the
+        gallery), every route instead: each JPEG quality and lossless, at each profile's
+        support size times each scale of its variants (profiles x routes)."""
+        assembly = self._prepare if isinstance(self._prepare, _Assembly) else \
+            self._assembly() if self._assembly is not None and self.deliveries else None
+        if assembly is not None:
+            return {**self.__dict__, "_prepare": assembly, "_assembly": None, "_routes": {}}
         sizes = {None} | {(round(d.size[0] * sc), round(d.size[1] * sc))
                           for d in self.deliveries if d.size is not None
                           for sc in {1.0} | {v[0] for v in d.variants}}
         for size in sizes:
             for q in [None, *range(1, 101)]:
                 self.route(q, size)
-        return {k: v for k, v in self.__dict__.items() if k != "_prepare"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_prepare", "_assembly")}
 
     def __setstate__(self, state: Dict) -> None:
-        self.__dict__.update(state, _prepare=None)
+        self.__dict__.update({"_prepare": None, "_assembly": None, **state})
 
     def scores(self, queries: Sequence[np.ndarray]) -> np.ndarray:
         """(B, P) scores of B images (each (k, d) crop fingerprints) against every profile."""
@@ -151,6 +161,43 @@ class GallerySnapshot:
                                tuple(self.deliveries[i] for i in idx) if self.deliveries else (),
                                tuple(self.variant_of[i] for i in idx) if self.variant_of else (),
                                _prepare=lambda q, size, _: self.route(q, size).select(names))
+
+
+@dataclass(frozen=True, eq=False)
+class _Assembly:
+    """Every variant's prepared state and own scores of a snapshot's profiles, from which any
+    route is assembled without the gallery or a refit: what a pickled snapshot carries instead
+    of its routes. ``states``: per delivery (None: the profiles themselves), the rule's state
+    of ``names`` each at that variant (a profile without it: itself); ``own``: per delivery,
+    the own scores of the gallery's profiles of this model (``pool``, which the tail pools),
+    each at that variant; ``pool_deliveries``: what routing reads of each of them."""
+    model_id: str
+    names: Tuple[str, ...]
+    rule: Any
+    states: Dict[Optional[Delivery], Any]
+    pool: Tuple[str, ...]
+    pool_deliveries: Tuple["Delivered", ...]
+    own: Dict[Optional[Delivery], Tuple[Optional[OwnByCrops], ...]]
+    policy: Union[float, str]
+    fraction: float
+    margin: float
+    chooser: Any
+
+    def __call__(self, quality: Optional[int], size: Optional[Tuple[int, int]],
+                 choice: Tuple) -> "GallerySnapshot":
+        """The routed snapshot of ``choice`` (per profile, its variant's delivery or None), as
+        :func:`make_snapshot`'s own assembly makes it from the gallery."""
+        keys = list(dict.fromkeys(choice))
+        state = self.rule.gather([self.states[k] for k in keys], [keys.index(c) for c in choice])
+        chosen = dict(zip(self.names, choice))
+        own_all = {n: self.own[chosen[n] if n in chosen else d.choose(quality, size)][j]
+                   for j, (n, d) in enumerate(zip(self.pool, self.pool_deliveries))}
+        own = tuple(own_all[n] for n in self.names)
+        tails = scoring.Tails.pooled(list(own_all.values()))
+        return GallerySnapshot(self.model_id, self.names, self.rule, state,
+                               _thresholds(self.rule, own, self.policy, self.fraction, tails),
+                               own, self.policy, self.fraction, tails, self.margin, self.chooser,
+                               (), tuple(choice))
 
 
 def _thresholds(rule, own, policy, fraction: float, tails, crops: Optional[int] = None
@@ -474,7 +521,23 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         # a routed snapshot routes no further (no deliveries)
         return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
                                quantile, tails, margin, head, () if choice else deliveries,
-                               tuple(choice or ()), _prepare=None if choice else assemble)
+                               tuple(choice or ()), _prepare=None if choice else assemble,
+                               _assembly=None if choice else assembly)
+
+    def assembly() -> Optional[_Assembly]:
+        """Every variant's state and own scores, for pickling (None: a rule that whitens by
+        the gallery, whose states are the whole pool's and do not combine, or one that cannot
+        gather states)."""
+        if whiten or not callable(getattr(rule, "gather", None)):
+            return None
+        keys = [None, *sorted({k for p in mine for k in p.variants}, key=delivery_order)]
+        states = {k: cache.prepared(rule, [p.at(k) for p in profs], gallery, bundle.model_id)
+                  for k in keys}
+        own = {k: tuple(cache.own_many(rule, [p.at(k) for p in mine], None, gallery,
+                                       bundle.model_id)) for k in keys}
+        return _Assembly(bundle.model_id, tuple(names), rule, states,
+                         tuple(p.name for p in mine), tuple(delivered(p) for p in mine), own,
+                         thr, quantile, margin, head)
 
     # each route (how a query arrived -> per profile a variant) is prepared when a query first
     # needs it: a scan of PNGs as generated never does

@@ -399,7 +399,8 @@ def test_jpeg_variants_score_a_reencoded_query_as_a_support_reencoded_alike(tiny
     assert np.abs(reopened.scores(q88) - plain.scores(q88)).max() > 1e-4
     notes = [r.note for r in reopened.attribute(q88 + png)]
     assert notes == ["JPEG q88: scored against the q90 variants"] * 2 + ["", ""]
-    # prepared on first use, and every one before pickling (a worker needs no gallery)
+    # prepared on first use; pickled as every variant's state, which a worker, without the
+    # gallery, assembles a route from when a query first needs it
     import pickle
     snap = reopened.snapshot()
     assert snap.deliveries[0][:2] == (None, (64, 64)) and set(snap.deliveries[0].variants) == keys
@@ -408,7 +409,7 @@ def test_jpeg_variants_score_a_reencoded_query_as_a_support_reencoded_alike(tiny
     assert all(e.quality == 88 for e in reopened.embed_stream(q88))
     assert snap.route(88).variant_of == ((1.0, 90),) and snap.route(None) is snap
     moved = pickle.loads(pickle.dumps(snap))
-    assert {c for (c,) in moved._routes} == keys and moved._prepare is None
+    assert moved._routes == {} and set(moved._prepare.states) == keys | {None}
     np.testing.assert_allclose(moved.route(88).scores(z), snap.route(88).scores(z), rtol=1e-9)
     np.testing.assert_allclose(snap.select(["gen"]).route(88).scores(z),
                                alike.snapshot().scores(z), rtol=1e-5)

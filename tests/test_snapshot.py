@@ -234,3 +234,78 @@ def test_a_replaced_snapshot_routes_with_its_own_settings(tiny_model, tmp_path):
     assert snap.route(90) is before and before.margin == snap.margin and snap.thresholds_at(1) == thr
     again = pickle.loads(pickle.dumps(strict)).route(90)
     assert (again.margin, again.fraction) == (0.3, 0.3) and again.thresholds == routed.thresholds
+
+
+@pytest.mark.parametrize("rule, whiten", [("gaussian", None), ("prototype", None), ("pair", None),
+                                          ("gaussian", "gallery")])
+def test_a_pickled_snapshot_assembles_every_route_as_the_gallery_does(gauss_model, tmp_path,
+                                                                       rule, whiten):
+    """A pickled snapshot carries each profile's variants' states and own scores, not its routes
+    (those grow with the gallery's support sizes), and assembles a route when a query first
+    needs one: the route a query meets, its scores and its thresholds must be those the
+    snapshot made from the gallery gives, for profiles of two support sizes with different
+    variants, one with none, and every delivery a query can arrive at. A rule that whitens by
+    the gallery cannot combine states: every route is prepared before pickling, as before."""
+    att = Attributor(model=gauss_model, crops=1, gallery=tmp_path / "g.db", rule=rule,
+                     whiten=whiten)
+    att.enroll("gen-a", make_images(tmp_path / "a", 5, 2, size=64, kind="noise"))
+    att.enroll("gen-b", make_images(tmp_path / "b", 5, 3, size=48, kind="blocky"),
+               jpeg_variants=(90,), rescale_variants=(0.5,))
+    att.enroll("gen-c", make_images(tmp_path / "c", 4, 4, size=64, kind="noise"),
+               jpeg_variants=(), rescale_variants=())
+    zs = [e.z for e in att.embed_stream(make_images(tmp_path / "q", 3, 5, size=64))]
+    # the whole gallery, and two of its profiles (the third still pooled in the tail at the
+    # variant a query would meet)
+    for snap in (att.snapshot(), att.snapshot(profiles=["gen-c", "gen-a"])):
+        moved = pickle.loads(pickle.dumps(snap))
+        assert (moved._routes == {}) == (whiten is None)
+        routed = set()
+        for q in (None, 98, 95, 90, 85, 75, 40):
+            for size in (None, (64, 64), (48, 48), (36, 36), (32, 32), (24, 24), (50, 40)):
+                live, got = snap.route(q, size), moved.route(q, size)
+                assert got.variant_of == live.variant_of and got.names == live.names
+                np.testing.assert_allclose(got.scores(zs), live.scores(zs), rtol=1e-12)
+                np.testing.assert_allclose(got.thresholds, live.thresholds, rtol=1e-12)
+                np.testing.assert_allclose(got.thresholds_at(1), live.thresholds_at(1),
+                                           rtol=1e-12)
+                routed.add(live.variant_of)
+        assert len(routed) >= 5        # the deliveries above meet several different routes
+        again = pickle.loads(pickle.dumps(moved))      # a worker's snapshot pickles alike
+        assert (again._routes == {}) == (whiten is None)
+        np.testing.assert_allclose(again.route(88, (32, 32)).scores(zs),
+                                   snap.route(88, (32, 32)).scores(zs), rtol=1e-12)
+
+
+def test_a_pickled_subset_reads_the_tail_at_the_other_profiles_variants(gauss_model, tmp_path):
+    """A snapshot of some profiles pools the gallery's tail over every profile, each at the
+    variant a query would meet: a pickled one must assemble the same tail (so the same
+    thresholds) for a route of the profiles it holds as the gallery does."""
+    from ofa_sdk import scoring
+    from ofa_sdk.gallery import Gallery, Profile
+    from ofa_sdk.snapshot import make_snapshot
+    from ofa_sdk.weights import load_model
+    bundle = load_model(gauss_model)
+    head, d = bundle.pair_head(), bundle.config.extractor.dim
+    rng = np.random.default_rng(1)
+    g = Gallery(tmp_path / "g.db")
+    n = 2 * scoring.MIN_TAIL // 8 + 1
+
+    def unit_rows(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    for i in range(8):
+        z = unit_rows(rng.normal(size=d) + 0.3 * rng.normal(size=(n, d)))
+        meta = {"crops": 1, "crop_counts": [1] * n, "support_size": [64 + 16 * (i % 2)] * 2}
+        variants = {k: Profile(f"gen-{i}", bundle.model_id, v, head.support_part(v), meta,
+                               variant=k)
+                    for k in [(1.0, 90), (0.5, None)]
+                    for v in [unit_rows(z + (0.4 if k[1] else 0.2) * rng.normal(size=z.shape))]}
+        g.put(Profile(f"gen-{i}", bundle.model_id, z, head.support_part(z), meta, 1.0 + i,
+                      variants=variants))
+    snap = make_snapshot(bundle, g, profiles=["gen-0", "gen-3"])
+    moved = pickle.loads(pickle.dumps(snap))
+    assert moved._routes == {}
+    for q, size in [(90, None), (None, (32, 32)), (None, (40, 40)), (88, (40, 40))]:
+        live, got = snap.route(q, size), moved.route(q, size)
+        assert live.tails is not None and got.variant_of == live.variant_of
+        np.testing.assert_allclose(got.thresholds, live.thresholds, rtol=1e-12)
+        assert got.tails.by_level.keys() == live.tails.by_level.keys()
