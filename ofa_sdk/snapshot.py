@@ -129,8 +129,10 @@ class GallerySnapshot:
         variants. Where the rule's states do not assemble so (a rule that whitens by the
         gallery), every route instead: each JPEG quality and lossless, at each profile's
         support size times each scale of its variants (profiles x routes)."""
-        assembly = self._prepare if isinstance(self._prepare, _Assembly) else \
-            self._assembly() if self._assembly is not None and self.deliveries else None
+        assembly = self._prepare if isinstance(self._prepare, _Assembly) else None
+        if assembly is None and self._assembly is not None and self.deliveries:
+            with _PREPARING:        # it shares the snapshot cache with routes being prepared
+                assembly = self._assembly()
         if assembly is not None:
             return {**self.__dict__, "_prepare": assembly, "_assembly": None, "_routes": {}}
         sizes = {None} | {(round(d.size[0] * sc), round(d.size[1] * sc))
