@@ -202,6 +202,8 @@ def test_tails_pool_only_enough_values_and_read_both_ways():
     big = rng.uniform(size=3 * TAIL_POINTS) ** 2               # kept as TAIL_POINTS quantiles
     kept = Tails.pooled([lv(big)]).of(lv(()), 1)
     assert len(kept.p) == TAIL_POINTS + 2
+    np.testing.assert_allclose(kept.p[1:-1], np.quantile(big, (np.arange(TAIL_POINTS) + 0.5)
+                                                         / TAIL_POINTS), rtol=1e-12, atol=0)
     assert kept.nominal(0.05) == pytest.approx(np.quantile(big, 0.05), abs=1e-3)
     own = lv(())
     thr = own.threshold(NOMINAL, 1, tails)
