@@ -194,12 +194,21 @@ class _Assembly:
         chosen = dict(zip(self.names, choice))
         own_all = {n: self.own[chosen[n] if n in chosen else d.choose(quality, size)][j]
                    for j, (n, d) in enumerate(zip(self.pool, self.pool_deliveries))}
-        own = tuple(own_all[n] for n in self.names)
-        tails = scoring.Tails.pooled(list(own_all.values()))
-        return GallerySnapshot(self.model_id, self.names, self.rule, state,
-                               _thresholds(self.rule, own, self.policy, self.fraction, tails),
-                               own, self.policy, self.fraction, tails, self.margin, self.chooser,
-                               (), tuple(choice))
+        return _decided(self.model_id, self.names, self.rule, state, own_all, self.policy,
+                        self.fraction, self.margin, self.chooser, variant_of=tuple(choice))
+
+
+def _decided(model_id: str, names: Sequence[str], rule, state, own_all: Dict[str, Any], policy,
+             fraction: float, margin: float, chooser, **rest) -> "GallerySnapshot":
+    """The snapshot of profiles ``names`` with the rule's ``state``: their own scores from
+    ``own_all`` (every pooled profile's, by name) and the thresholds of ``policy`` read through
+    the tail pooled over all of them. ``rest``: the remaining fields (deliveries, variant_of,
+    _prepare, _assembly)."""
+    own = tuple(own_all[n] for n in names)
+    tails = scoring.Tails.pooled(list(own_all.values()))
+    return GallerySnapshot(model_id, tuple(names), rule, state,
+                           _thresholds(rule, own, policy, fraction, tails), own, policy, fraction,
+                           tails, margin, chooser, **rest)
 
 
 def _thresholds(rule, own, policy, fraction: float, tails, crops: Optional[int] = None
@@ -517,14 +526,11 @@ def make_snapshot(bundle, gallery, rule=None, threshold: Union[float, str, None]
         own_all = dict(zip((p.name for p in pool),
                            cache.own_many(rule, pool, full if whiten else None, gallery,
                                           bundle.model_id)))
-        own = tuple(own_all[n] for n in names)
-        tails = scoring.Tails.pooled(list(own_all.values()))
-        thresholds = _thresholds(rule, own, thr, quantile, tails)
-        # a routed snapshot routes no further (no deliveries)
-        return GallerySnapshot(bundle.model_id, tuple(names), rule, state, thresholds, own, thr,
-                               quantile, tails, margin, head, () if choice else deliveries,
-                               tuple(choice or ()), _prepare=None if choice else assemble,
-                               _assembly=None if choice else assembly)
+        if choice:      # a routed snapshot routes no further (no deliveries)
+            return _decided(bundle.model_id, names, rule, state, own_all, thr, quantile, margin,
+                            head, variant_of=tuple(choice))
+        return _decided(bundle.model_id, names, rule, state, own_all, thr, quantile, margin,
+                        head, deliveries=deliveries, _prepare=assemble, _assembly=assembly)
 
     def assembly() -> Optional[_Assembly]:
         """Every variant's state and own scores, for pickling (None: a rule that whitens by
