@@ -21,7 +21,7 @@ are ``--groups siblings``; ``acceptance --set related-siblings``.
 
 ``pairs`` reads the cached fingerprints of ``rules.py embed`` and reports, per related pair
 (``PAIRS``), the one-class AUC (profile of one side, 100 support images, the default Gaussian
-rule, the other side's query images against its own; both directions averaged), the supervised
+rule or ``--rule``, the other side's query images against its own; both directions averaged), the supervised
 linear probe (5-fold logistic regression on standardised dimensions, every image) on the same
 fingerprints and on two fixed features (the log-magnitude spectrum of the 256 px image's
 Laplacian residual pooled to 64x64, and its crop-averaged Welch version), the ratio of
@@ -295,13 +295,13 @@ def both_ways(pairs: dict, pair: str) -> float:
     return float((pairs[f"{a}|{b}"] + pairs[f"{b}|{a}"]) / 2)
 
 
-def one_class(data, queries=None, n=SUPPORT):
+def one_class(data, queries=None, n=SUPPORT, rule=RULE):
     """(mean 1-vs-1 AUC, target|other -> one-class AUC): profiles of ``n`` support images,
-    the default Gaussian rule."""
+    ``rule`` (rules.py's name; default the SDK's Gaussian rule)."""
     from rules import auc_runs, rule_objects
     n = min(n, len(data.pool))
-    run = auc_runs(data, [n], {RULE: rule_objects()[RULE]}, queries=queries)[n]
-    return run["mean_1v1"][RULE], run["pairs"][RULE]
+    run = auc_runs(data, [n], {rule: rule_objects()[rule]}, queries=queries)[n]
+    return run["mean_1v1"][rule], run["pairs"][rule]
 
 
 def pairs(a):
@@ -311,7 +311,7 @@ def pairs(a):
         name = {"wild13": "wild13", "siblings": "related-siblings"}.get(group, "related")
         data = Cached(cache_path(name, 0, a.crops))
         reps = features(ROOT / "benchmarks" / "data" / name, data)
-        _, oc = one_class(data)
+        _, oc = one_class(data, rule=a.rule)
         rows = {}
         for kind, plist in PAIRS[group].items():
             for p in plist:
@@ -492,6 +492,8 @@ def main(argv=None):
     q.add_argument("--groups", nargs="+", default=["choose", "confirm", "wild13"], choices=list(PAIRS),
                    help="default: the related set's and wild13's pairs")
     q.add_argument("--crops", type=int, default=4)
+    q.add_argument("--rule", default=RULE, help="the one-class rule (rules.py's names; knn10: the "
+                   "mean cosine to the 10 nearest support images)")
     q.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "related_pairs.json"))
     t = sub.add_parser("table", help="the markdown tables of a pairs report")
     t.add_argument("report")

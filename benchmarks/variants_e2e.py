@@ -10,11 +10,16 @@ thresholds, the tie margin); every class enrolled (the never-enrolled side is
 ``jpeg_matched.py --variants``). The same JPEG queries decoded before they reach the SDK (numpy
 arrays: their quality read from the pixels) are a row of their own.
 
+``--baseline-rescale-variants F...``: also enrolled with the default JPEG variants and these
+resize variants (another grid, such as an earlier default), a third set of rows in the same run.
+
 ``--cost``: also the price of reading the quality from the pixels, ``Attributor.attribute``
 end to end on the PNG queries with ``InputPolicy.pixel_quality`` on and off, alternated, best
 of 3 (a ratio within one run).
 
     python benchmarks/variants_e2e.py --set benchmarks/data/wild13 --jpeg 90 85 --rescale 0.75 --out benchmarks/results/variants_e2e.json
+    python benchmarks/variants_e2e.py --set benchmarks/data/wild13 --jpeg 90 --rescale 0.93 0.83 0.68 0.57 \
+        --baseline-rescale-variants 0.75 0.5 --out benchmarks/results/variants_e2e_grid.json
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ def main(argv=None):
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--jpeg", type=int, nargs="+", default=[90, 85])
     ap.add_argument("--rescale", type=float, nargs="+", default=[0.75])
+    ap.add_argument("--baseline-rescale-variants", type=float, nargs="+", default=None,
+                    help="also enroll with these resize variants (and the default JPEG ones)")
     ap.add_argument("--cost", action="store_true", help="time the pixel reading of the quality")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -70,12 +77,17 @@ def main(argv=None):
                   for q in a.jpeg[:1]}
         print("| variants | queries | right / wrong / unknown (%) |\n|---|---|---|")
         default = f"JPEG {' '.join(map(str, JPEG_VARIANTS))}, resized {' '.join(map(str, RESCALE_VARIANTS))}"
-        for how, variants in (("none", ()), (default, None)):
+        grids = [("none", (), ()), (default, None, None)]
+        if a.baseline_rescale_variants:
+            grids.insert(1, (f"JPEG {' '.join(map(str, JPEG_VARIANTS))}, resized "
+                             f"{' '.join(map(str, a.baseline_rescale_variants))}", None,
+                             tuple(a.baseline_rescale_variants)))
+        for how, jpegs, scales in grids:
             g = Path(tmp) / f"gallery-{len(rep)}.db"
             att = Attributor(crops=4, gallery=g)
             t = time.perf_counter()
             for c, fs in support.items():
-                att.enroll(c, fs, jpeg_variants=variants, rescale_variants=variants)
+                att.enroll(c, fs, jpeg_variants=jpegs, rescale_variants=scales)
             size = sum(f.stat().st_size for f in g.parent.glob(g.name + "*"))   # with its WAL
             rep[f"{how}/enroll"] = {"seconds": time.perf_counter() - t, "gallery_bytes": size}
             print(f"| {how} | enrollment: {len(support)} profiles of {a.support} images in "

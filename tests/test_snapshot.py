@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_images
 from ofa_sdk import Attributor
-from ofa_sdk.attributor import JPEG_VARIANTS
+from ofa_sdk.attributor import JPEG_VARIANTS, RESCALE_VARIANTS
 
 
 def test_snapshot_pickles_and_scores_like_the_facade(tiny_model, tmp_path):
@@ -102,10 +102,11 @@ def test_profile_state_persists_in_the_gallery_and_only_changed_profiles_refit(
     np.testing.assert_allclose(again.scores(q), first.scores(q), rtol=1e-6)
     fresh.enroll("gen-1", make_images(tmp_path / "more", 2, 5), add=True)
     every_variant(Attributor(model=gauss_model, gallery=g, crops=1, backend="torch").snapshot())
-    # only gen-1: the profile and each of its variants (its JPEG ones: resized, its 40 px
-    # images would fall below the crop)
-    n = 1 + len(JPEG_VARIANTS)
-    assert len(fresh.gallery.get("gen-1").variants) == len(JPEG_VARIANTS)
+    # only gen-1: the profile and each of its variants (its JPEG ones, and those of the resize
+    # factors that keep its 40 px images at or above the crop)
+    scales = [1.0] + [sc for sc in RESCALE_VARIANTS if round(40 * sc) >= fresh.policy.crop]
+    n = len(scales) * (1 + len(JPEG_VARIANTS))
+    assert len(fresh.gallery.get("gen-1").variants) == n - 1
     assert len(calls["own"]) == n and len(calls["fit"]) == n
     # another rule setting is another key: computed, not confused with the stored state
     every_variant(Attributor(model=gauss_model, gallery=g, crops=1, backend="torch",
