@@ -69,9 +69,9 @@ DELIVERY = ("rescale", "jpeg_quality", "jpeg_variants", "rescale_variants")
 # scored against the variant delivered nearest it (snapshot.nearest_variant) instead of a
 # support it no longer resembles (benchmarks/RESULTS.md 11.10-11.11: the choice and what they
 # recover; 11.24: the resize grid, a variant within a few percent of a query's factor is what
-# keeps its labels)
+# keeps its labels; 11.28: one upscale variant, for images stored larger than generated)
 JPEG_VARIANTS = (95, 90, 75)
-RESCALE_VARIANTS = (0.9, 0.75, 0.6, 0.5)
+RESCALE_VARIANTS = (1.2, 0.9, 0.75, 0.6, 0.5)
 
 
 def _delivery_of(meta: Dict) -> Dict:

@@ -489,6 +489,9 @@ def test_rescale_variants_score_a_resized_query_as_a_support_resized_alike(tiny_
     assert snap.route(None, (50, 50)).variant_of == ((0.75, None),)
     assert snap.route(None, (40, 40)).variant_of == ((0.6, None),)      # 0.625: nearest 0.6
     assert snap.route(None, (56, 56)).variant_of == ((0.9, None),)      # 0.875: nearest 0.9
+    assert snap.route(None, (68, 68)) is snap                       # 1.06: nearer 1 than 1.2
+    assert snap.route(None, (72, 72)).variant_of == ((1.2, None),)      # 1.125: nearest 1.2
+    assert snap.route(None, (96, 96)).variant_of == ((1.2, None),)      # 1.5: the largest
     mixed = make_images(tmp_path / "m1", 3, 49, size=64) + make_images(tmp_path / "m2", 3, 50, size=80)
     varied = att.enroll("varied", mixed)          # no shared size: no resized variant to choose
     assert varied.metadata["support_size"] is None
