@@ -16,8 +16,11 @@ queries against the support as generated and against the support at their qualit
 rescale_variants=...)``, ``snapshot.nearest_variant``; ``--rescale-variants F...``, default
 none): queries of each delivery (``--deliveries``: a quality; ``AtoB`` for a copy encoded at A
 and then at B, whose tables name B only; ``rNN`` or ``rNNqQ`` for a copy resized by NN/100,
-then re-encoded at Q) against the support as generated and against the variant the SDK picks
-for the quality they name and the factor their size gives; AUC, top-1 and labels for both.
+then re-encoded at Q; ``rNNK``, ``rNNKqQ``: resized with Pillow's kernel K, ``bilinear``,
+``lanczos`` or ``box``, instead of bicubic, ``rules.py embed --kernel``) against the support
+as generated and against the variant the SDK picks for the quality they name and the factor
+their size gives; AUC, top-1 and labels for both. ``--variant-kernel K``: resize variants made
+with K instead of bicubic (``Attributor.enroll(resize_kernel=K)``).
 
     python benchmarks/rules.py embed --set benchmarks/data/wild13 benchmarks/data/related --jpeg 0 90 75 --crops 4
     python benchmarks/jpeg_matched.py --out benchmarks/results/jpeg_matched.json
@@ -39,6 +42,7 @@ import re
 from pathlib import Path
 
 from ofa_sdk import decision
+from ofa_sdk.images import KERNELS
 from ofa_sdk.snapshot import nearest_variant
 from rules import Cached, auc_runs, cache_path, open_set, rule_objects
 
@@ -55,6 +59,9 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", type=int, default=None,
                     help="JPEG variants as the SDK routes them instead")
     ap.add_argument("--rescale-variants", nargs="+", type=float, default=[])
+    ap.add_argument("--variant-kernel", default="bicubic", choices=KERNELS,
+                    help="the resize variants made with this kernel (Attributor.enroll's "
+                         "resize_kernel; default bicubic)")
     ap.add_argument("--deliveries", nargs="+",
                     default=["0", "95", "90", "85", "80", "75", "60", "90to75", "75to90", "95to90"])
     ap.add_argument("--out", default=None)
@@ -127,10 +134,10 @@ def variants(a):
     for s in a.sets:
         generated = Cached(cache_path(s, 0, 4))
         for d in a.deliveries:
-            scale, first, last = _delivery(d)
-            queries = Cached(cache_path(s, last, 4, scale, first))
+            scale, first, last, kernel = _delivery(d)
+            queries = Cached(cache_path(s, last, 4, scale, first, kernel))
             v = nearest_variant(last or None, keys, None, scale)
-            routed = Cached(cache_path(s, v[1] or 0, 4, v[0])) if v else generated
+            routed = Cached(cache_path(s, v[1] or 0, 4, v[0], kernel=a.variant_kernel)) if v else generated
             cells = {}
             for how, sup in (("generated", generated), ("variant", routed)):
                 r = auc_runs(sup, [100], rule, queries=queries)[100]["mean_1v1"]
@@ -141,7 +148,7 @@ def variants(a):
             lab = [" / ".join(f"{100 * c[k]:.1f}" for k in LABELS) for c in cells.values()]
             said = " ".join(x for x in (f"{v[0]:g}x" if v[0] != 1.0 else "",
                                         f"q{v[1]}" if v[1] else "") if x) if v else "none"
-            print(f"| {s} | {_said(scale, first, last)} | {said} | " + " | ".join(auc + lab)
+            print(f"| {s} | {_said(scale, first, last, kernel)} | {said} | " + " | ".join(auc + lab)
                   + " |", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -149,17 +156,19 @@ def variants(a):
 
 
 def _delivery(d: str):
-    """``--deliveries`` token -> (scale, first JPEG quality or 0, last JPEG quality or 0)."""
-    m = re.fullmatch(r"r(\d+)(?:q(\d+))?|(?:(\d+)to)?(\d+)", d)
+    """``--deliveries`` token -> (scale, first JPEG quality or 0, last JPEG quality or 0, resize
+    kernel)."""
+    kernels = "|".join(k for k in KERNELS if k != "bicubic")
+    m = re.fullmatch(rf"r(\d+)({kernels})?(?:q(\d+))?|(?:(\d+)to)?(\d+)", d)
     if m is None:
-        raise SystemExit(f"--deliveries: {d!r} is not Q, AtoB, rNN or rNNqQ")
+        raise SystemExit(f"--deliveries: {d!r} is not Q, AtoB, rNN, rNNqQ, rNNK or rNNKqQ (K: {kernels})")
     if m.group(1):
-        return int(m.group(1)) / 100, 0, int(m.group(2) or 0)
-    return 1.0, int(m.group(3) or 0), int(m.group(4))
+        return int(m.group(1)) / 100, 0, int(m.group(3) or 0), m.group(2) or "bicubic"
+    return 1.0, int(m.group(4) or 0), int(m.group(5)), "bicubic"
 
 
-def _said(scale: float, first: int, last: int) -> str:
-    parts = ([f"resized {scale:g}x"] if scale != 1.0 else []) + \
+def _said(scale: float, first: int, last: int, kernel: str = "bicubic") -> str:
+    parts = ([f"resized {scale:g}x" + ("" if kernel == "bicubic" else f" ({kernel})")] if scale != 1.0 else []) + \
         ([f"q{first} then q{last}"] if first else [f"q{last}"] if last else [])
     return ", ".join(parts) or "as generated"
 

@@ -43,29 +43,34 @@ QUERIES = 75
 
 from ofa_sdk import decision, scoring
 from ofa_sdk.evaluation.metrics import oscr, roc_auc
+from ofa_sdk.images import KERNELS
 
 
 # -- embedding cache ---------------------------------------------------------------------------
-def cache_path(name: str, jpeg: int, crops: int, rescale: float = 1.0, first: int = 0) -> Path:
-    """``first``: a JPEG quality each image was encoded at before ``jpeg`` (0: none)."""
-    tag = "" if rescale == 1.0 else f"_r{round(100 * rescale)}"
+def cache_path(name: str, jpeg: int, crops: int, rescale: float = 1.0, first: int = 0,
+               kernel: str = "bicubic") -> Path:
+    """``first``: a JPEG quality each image was encoded at before ``jpeg`` (0: none);
+    ``kernel``: the resize kernel (``ofa_sdk.images.KERNELS``; bicubic, the default, is not
+    named in the file name)."""
+    k = "" if kernel == "bicubic" else kernel
+    tag = "" if rescale == 1.0 else f"_r{round(100 * rescale)}{k}"
     q = f"{first}to{jpeg}" if first else f"{jpeg}"
     return CACHE / f"{name}_q{q}_c{crops}{tag}.npz"
 
 
-def rescaled(files, factor: float):
-    """The images of ``files`` resized by ``factor`` (bicubic), as a platform resizes before it
-    re-encodes; 1.0: the files themselves."""
+def rescaled(files, factor: float, kernel: str = "bicubic"):
+    """The images of ``files`` resized by ``factor`` with ``kernel`` (``ofa_sdk.images.KERNELS``),
+    as a platform resizes before it re-encodes; 1.0: the files themselves."""
     if factor == 1.0:
         return files
     from ofa_sdk.images import resize, to_rgb
-    return [resize(to_rgb(f), factor) for f in files]
+    return [resize(to_rgb(f), factor, kernel) for f in files]
 
 
-def embed(sets, jpegs, crops_list, model=None, rescales=(1.0,), first=0):
+def embed(sets, jpegs, crops_list, model=None, rescales=(1.0,), first=0, kernel="bicubic"):
     """Cache every image's crop fingerprints per (set, JPEG quality, crops, rescale factor); a
-    rescaled copy is resized first, then re-encoded (``rescaled``); ``first``: each image
-    encoded at this JPEG quality before that (a copy re-encoded twice)."""
+    rescaled copy is resized first (with ``kernel``), then re-encoded (``rescaled``); ``first``:
+    each image encoded at this JPEG quality before that (a copy re-encoded twice)."""
     from ofa_sdk.images import jpeg, to_rgb
     from eval_wild import load_classes
     from ofa_sdk import Attributor
@@ -75,13 +80,13 @@ def embed(sets, jpegs, crops_list, model=None, rescales=(1.0,), first=0):
         for s in sets:
             classes = load_classes(Path(s))
             for q, r in ((q, r) for q in jpegs for r in rescales):
-                out = cache_path(Path(s).name, q, crops, r, first)
+                out = cache_path(Path(s).name, q, crops, r, first, kernel)
                 if out.exists():
                     continue
                 t0 = time.time()
                 z, counts, cls, idx = [], [], [], []
                 for c, files in classes.items():
-                    items = rescaled(files, r)
+                    items = rescaled(files, r, kernel)
                     if first:
                         items = [jpeg(to_rgb(x), first) for x in items]
                     e = embed_items(att, items, q or None, with_spectra=False)
@@ -397,9 +402,10 @@ def main(argv=None):
     e.add_argument("--crops", type=int, nargs="+", default=[4, 1])
     e.add_argument("--model", default=None)
     e.add_argument("--rescale", type=float, nargs="+", default=[1.0],
-                   help="resize factors (bicubic, before any JPEG); 1.0: as generated")
+                   help="resize factors (with --kernel, before any JPEG); 1.0: as generated")
     e.add_argument("--first-jpeg", type=int, default=0,
                    help="a JPEG quality each image is encoded at before --jpeg (0: none)")
+    e.add_argument("--kernel", default="bicubic", choices=KERNELS, help="the resize kernel")
     c = sub.add_parser("compare")
     c.add_argument("--sets", nargs="+", default=["dev-sim", "wild13"])
     c.add_argument("--jpeg", type=int, nargs="+", default=[0, 90, 75])
@@ -423,7 +429,7 @@ def main(argv=None):
     elif a.cmd == "embed":
         import torch
         torch.set_num_threads(2)
-        embed(a.set, a.jpeg, a.crops, a.model, a.rescale, a.first_jpeg)
+        embed(a.set, a.jpeg, a.crops, a.model, a.rescale, a.first_jpeg, a.kernel)
     else:
         a.unknown = {"dev-sim": 3, "wild13": 4, "related": 4}
         compare(a)

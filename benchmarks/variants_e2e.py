@@ -12,6 +12,9 @@ arrays: their quality read from the pixels) are a row of their own.
 
 ``--baseline-rescale-variants F...``: also enrolled with the default JPEG variants and these
 resize variants (another grid, such as an earlier default), a third set of rows in the same run.
+``--kernel K``: the queries resized with kernel K (``ofa_sdk.images.KERNELS``) instead of
+bicubic, and, K not bicubic, also enrolled with the default variants resized with K
+(``Attributor.enroll(resize_kernel=K)``), a set of rows of its own.
 
 ``--cost``: also the price of reading the quality from the pixels, ``Attributor.attribute``
 end to end on the PNG queries with ``InputPolicy.pixel_quality`` on and off, alternated, best
@@ -20,6 +23,8 @@ of 3 (a ratio within one run).
     python benchmarks/variants_e2e.py --set benchmarks/data/wild13 --jpeg 90 85 --rescale 0.75 --out benchmarks/results/variants_e2e.json
     python benchmarks/variants_e2e.py --set benchmarks/data/wild13 --jpeg 90 --rescale 0.93 0.83 0.68 0.57 \
         --baseline-rescale-variants 0.75 0.5 --out benchmarks/results/variants_e2e_grid.json
+    python benchmarks/variants_e2e.py --set benchmarks/data/wild13 --jpeg 90 --rescale 0.75 0.5 --kernel box \
+        --out benchmarks/results/variants_e2e_box.json
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from PIL import Image
 from eval_wild import load_classes
 from ofa_sdk import Attributor
 from ofa_sdk.attributor import JPEG_VARIANTS, RESCALE_VARIANTS
-from ofa_sdk.images import resize
+from ofa_sdk.images import KERNELS, resize
 
 
 def main(argv=None):
@@ -48,6 +53,8 @@ def main(argv=None):
     ap.add_argument("--rescale", type=float, nargs="+", default=[0.75])
     ap.add_argument("--baseline-rescale-variants", type=float, nargs="+", default=None,
                     help="also enroll with these resize variants (and the default JPEG ones)")
+    ap.add_argument("--kernel", default="bicubic", choices=KERNELS,
+                    help="the kernel the queries are resized with")
     ap.add_argument("--cost", action="store_true", help="time the pixel reading of the quality")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -62,7 +69,8 @@ def main(argv=None):
         deliveries = [(1.0, q) for q in [0] + a.jpeg] + \
             [(f, q) for f in a.rescale for q in (0, a.jpeg[0])]
         for f_, q in deliveries:
-            key = q if f_ == 1.0 else f"resized {f_:g}x" + (f", q{q}" if q else " (PNG)")
+            kernel = "" if a.kernel == "bicubic" else f" {a.kernel}"
+            key = q if f_ == 1.0 else f"resized {f_:g}x{kernel}" + (f", q{q}" if q else " (PNG)")
             files[key] = []
             for c, fs in held.items():
                 for i, f in enumerate(fs):
@@ -70,24 +78,26 @@ def main(argv=None):
                     p.parent.mkdir(parents=True, exist_ok=True)
                     im = Image.open(f).convert("RGB")
                     if f_ != 1.0:
-                        im = Image.fromarray(resize(np.asarray(im), f_))
+                        im = Image.fromarray(resize(np.asarray(im), f_, a.kernel))
                     im.save(p, **({"format": "JPEG", "quality": q} if q else {"format": "PNG"}))
                     files[key].append((c, p))
         arrays = {f"q{q} arrays": [(c, np.asarray(Image.open(p).convert("RGB"))) for c, p in files[q]]
                   for q in a.jpeg[:1]}
         print("| variants | queries | right / wrong / unknown (%) |\n|---|---|---|")
         default = f"JPEG {' '.join(map(str, JPEG_VARIANTS))}, resized {' '.join(map(str, RESCALE_VARIANTS))}"
-        grids = [("none", (), ()), (default, None, None)]
+        grids = [("none", (), (), None), (default, None, None, None)]
         if a.baseline_rescale_variants:
             grids.insert(1, (f"JPEG {' '.join(map(str, JPEG_VARIANTS))}, resized "
                              f"{' '.join(map(str, a.baseline_rescale_variants))}", None,
-                             tuple(a.baseline_rescale_variants)))
-        for how, jpegs, scales in grids:
+                             tuple(a.baseline_rescale_variants), None))
+        if a.kernel != "bicubic":
+            grids.append((f"{default} ({a.kernel})", None, None, a.kernel))
+        for how, jpegs, scales, kern in grids:
             g = Path(tmp) / f"gallery-{len(rep)}.db"
             att = Attributor(crops=4, gallery=g)
             t = time.perf_counter()
             for c, fs in support.items():
-                att.enroll(c, fs, jpeg_variants=jpegs, rescale_variants=scales)
+                att.enroll(c, fs, jpeg_variants=jpegs, rescale_variants=scales, resize_kernel=kern)
             size = sum(f.stat().st_size for f in g.parent.glob(g.name + "*"))   # with its WAL
             rep[f"{how}/enroll"] = {"seconds": time.perf_counter() - t, "gallery_bytes": size}
             print(f"| {how} | enrollment: {len(support)} profiles of {a.support} images in "

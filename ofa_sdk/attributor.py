@@ -61,15 +61,16 @@ def _added(old: Profile, new: Dict, spectrum: np.ndarray) -> Dict:
 
 
 # enroll's transforms, in the order applied, and the variants it adds
-DELIVERY = ("rescale", "jpeg_quality", "jpeg_variants", "rescale_variants")
+DELIVERY = ("rescale", "jpeg_quality", "jpeg_variants", "rescale_variants", "resize_kernel")
 
 # The variants a profile is enrolled with by default: its support also re-encoded at each of
-# JPEG_VARIANTS, and resized by each of RESCALE_VARIANTS (bicubic) and then stored lossless and
-# re-encoded at each of JPEG_VARIANTS, so that a query that arrives resized or re-encoded is
-# scored against the variant delivered nearest it (snapshot.nearest_variant) instead of a
-# support it no longer resembles (benchmarks/RESULTS.md 11.10-11.11: the choice and what they
-# recover; 11.24: the resize grid, a variant within a few percent of a query's factor is what
-# keeps its labels; 11.28: one upscale variant, for images stored larger than generated)
+# JPEG_VARIANTS, and resized by each of RESCALE_VARIANTS (bicubic unless enroll's resize_kernel
+# names the platform's) and then stored lossless and re-encoded at each of JPEG_VARIANTS, so
+# that a query that arrives resized or re-encoded is scored against the variant delivered
+# nearest it (snapshot.nearest_variant) instead of a support it no longer resembles
+# (benchmarks/RESULTS.md 11.10-11.11: the choice and what they recover; 11.24: the resize
+# grid, a variant within a few percent of a query's factor is what keeps its labels; 11.28: one
+# upscale variant, for images stored larger than generated; 11.29: resize kernels)
 JPEG_VARIANTS = (95, 90, 75)
 RESCALE_VARIANTS = (1.2, 0.9, 0.75, 0.6, 0.5)
 
@@ -286,7 +287,8 @@ class Attributor:
                metadata: Optional[Dict] = None, min_images: int = 1,
                jpeg_quality: Optional[int] = None, rescale: Optional[float] = None,
                jpeg_variants: Optional[Sequence[int]] = None,
-               rescale_variants: Optional[Sequence[float]] = None) -> Profile:
+               rescale_variants: Optional[Sequence[float]] = None,
+               resize_kernel: Optional[str] = None) -> Profile:
         """Make a generator profile from a support set and store it. Unusable support images are
         skipped and counted in the profile's metadata; fewer than ``min_images`` usable ones
         raise :class:`InputError`. ``add=True`` adds the images to an existing profile's
@@ -296,12 +298,12 @@ class Attributor:
         an add never brings back a profile removed while it embedded. ``metadata`` (yours) is
         kept under ``profile.metadata["user"]``, apart from the SDK's own fields.
 
-        ``rescale``, ``jpeg_quality``: each support image is resized by this factor (bicubic)
-        and re-encoded at this JPEG quality before it is embedded, for queries that a platform
-        delivers resized and re-encoded about so: a support as generated holds them to
-        thresholds fitted on images they no longer resemble and refuses most of them
-        (benchmarks/RESULTS.md 11.9). Recorded in the profile's metadata; an ``add`` must use
-        the profile's.
+        ``rescale``, ``jpeg_quality``: each support image is resized by this factor (with
+        ``resize_kernel``) and re-encoded at this JPEG quality before it is embedded, for
+        queries that a platform delivers resized and re-encoded about so: a support as
+        generated holds them to thresholds fitted on images they no longer resemble and
+        refuses most of them (benchmarks/RESULTS.md 11.9). Recorded in the profile's metadata;
+        an ``add`` must use the profile's.
 
         ``jpeg_variants``, ``rescale_variants``: JPEG qualities and resize factors at which
         the support is also delivered and embedded: every factor (and 1) with every quality
@@ -313,11 +315,18 @@ class Attributor:
         against the support itself, so a profile enrolled as generated keeps its promise on
         resized and re-encoded queries too (benchmarks/RESULTS.md 11.10-11.11). Each variant
         costs one more embedding pass over the support; ``jpeg_quality`` and ``rescale`` fix
-        the support's one delivery and make none."""
+        the support's one delivery and make none.
+
+        ``resize_kernel``: the kernel ``rescale`` and ``rescale_variants`` resize with, one of
+        :data:`~ofa_sdk.images.KERNELS` (None: bicubic; an ``add``: the profile's). A resized
+        query keeps its labels best against a variant resized as the platform resized it
+        (``"box"`` for area averaging, OpenCV's INTER_AREA; benchmarks/RESULTS.md 11.29), so
+        pass the platform's kernel when it is known."""
         return self._enroll(name, images, overwrite, add, metadata, {}, min_images,
                             {"rescale": rescale, "jpeg_quality": jpeg_quality,
                              "jpeg_variants": jpeg_variants,
-                             "rescale_variants": rescale_variants})
+                             "rescale_variants": rescale_variants,
+                             "resize_kernel": resize_kernel})
 
     def _enroll(self, name: str, images, overwrite: bool, add: bool, user: Optional[Dict],
                 internal: Dict, min_images: int, delivery: Optional[Dict] = None) -> Profile:
@@ -335,7 +344,8 @@ class Attributor:
         if keys:                                # one pass over the items per variant
             items = list(items)
         transform = {k: delivery[k] for k in ("rescale", "jpeg_quality")}
-        base = self._embed_support(name, items, transform)
+        kernel = {"resize_kernel": delivery["resize_kernel"] or "bicubic"}
+        base = self._embed_support(name, items, {**transform, **kernel})
         zs, skipped = base.zs, base.skipped
         if len(zs) < max(1, min_images):
             if skipped:
@@ -357,7 +367,8 @@ class Attributor:
         for sc, q in [k for k in keys if k[0] == 1.0 or base.size is not None]:
             # (variants only with no fixed delivery: the support itself is as given)
             v = self._embed_support(f"{name} {delivery_label((sc, q))}", items,
-                                    {"rescale": None if sc == 1.0 else sc, "jpeg_quality": q})
+                                    {"rescale": None if sc == 1.0 else sc, "jpeg_quality": q,
+                                     **kernel})
             if v.zs:
                 vmeta = {"crop_counts": [len(z) for z in v.zs], "jpeg_quality": q, "rescale": sc}
                 prof.variants[(sc, q)] = self._profile_of(name, v.zs, v.centres, vmeta, None, now,
@@ -410,6 +421,14 @@ class Attributor:
             else:       # an add keeps the profile's (checked against the rest after)
                 v = had[k] if had is not None else () if fixed else default
             out[k] = v
+        k = given.get("resize_kernel")
+        if k is not None and imio.check_kernel(k) != "bicubic" \
+                and out["rescale"] is None and not out["rescale_variants"]:
+            raise ValueError(f"enroll: resize_kernel={k!r} with nothing to resize (no rescale, "
+                             f"no rescale_variants)")
+        # None: bicubic (a profile enrolled before kernels were recorded was resized so)
+        out["resize_kernel"] = (had["resize_kernel"] if k is None and had is not None
+                                else None if k in (None, "bicubic") else k)
         return out
 
     def _embed_support(self, name: str, items, transform: Dict) -> "_Support":

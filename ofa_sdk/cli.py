@@ -34,7 +34,7 @@ import numpy as np
 from .attributor import JPEG_VARIANTS, RESCALE_VARIANTS
 from .backends import backend_names
 from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN, check_fraction, check_margin
-from .images import AUTO, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
+from .images import AUTO, KERNELS, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
 from .scoring import RULES
 
 DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the images to an existing profile (its support grows)")
     p.add_argument("--limit", type=int, default=None, help="use at most N images")
     p.add_argument("--rescale", type=float, default=None, metavar="F",
-                   help="resize each image by F (bicubic) before embedding: for queries a "
-                        "platform delivers resized about so")
+                   help="resize each image by F (with --resize-kernel) before embedding: for "
+                        "queries a platform delivers resized about so")
     p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
                    help="re-encode each image (after --rescale) at JPEG quality Q before "
                         "embedding: for queries a platform delivers re-encoded at about Q")
@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "JPEG variant), against which queries resized about so are scored "
                         "('none': no variants; default: " + " ".join(map(str, RESCALE_VARIANTS))
                         + " for a new profile, the profile's own with --add)")
+    p.add_argument("--resize-kernel", default=None, choices=KERNELS,
+                   help="the kernel --rescale and --rescale-variants resize with: the one the "
+                        "platform resizes with, when known (default: bicubic; the profile's "
+                        "own with --add)")
     _common(p)
     p = sub.add_parser("verify", help="score images against one enrolled generator")
     p.add_argument("sources", nargs="+")
@@ -311,7 +315,8 @@ def cmd_enroll(a, att) -> int:
         return 2
     prof = att.enroll(a.name, paths, overwrite=a.overwrite, add=a.add, jpeg_quality=a.jpeg_quality,
                       rescale=a.rescale, jpeg_variants=_variants(a.jpeg_variants, int),
-                      rescale_variants=_variants(a.rescale_variants, float, "--rescale-variants"))
+                      rescale_variants=_variants(a.rescale_variants, float, "--rescale-variants"),
+                      resize_kernel=a.resize_kernel)
     return _enrolled(a, att, prof)
 
 

@@ -316,16 +316,18 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
             max_bytes: int = MAX_BYTES, centre: bool = False,
             jpeg_quality: Optional[int] = None,
             rescale: Optional[float] = None,
-            pixel_quality: bool = True) -> Union[Prepared, ImageError]:
+            pixel_quality: bool = True,
+            resize_kernel: str = "bicubic") -> Union[Prepared, ImageError]:
     """Decode + crop one input; never raises for a bad input (returns an ImageError). With
     ``provenance``, encoded inputs also get their declared origin read from the same bytes.
     With ``centre`` (enrollment), the centre crop is added after the policy's crops when they
     do not consist of it alone (:attr:`Prepared.centre`). ``rescale``, then ``jpeg_quality``: a
-    factor the decoded image is resized by (bicubic) and a JPEG quality it is round-tripped
-    through before cropping, in the order a platform applies them (a support enrolled as a
-    platform delivers the queries, :meth:`ofa_sdk.Attributor.enroll`). The result's quality is
-    the JPEG quality the input arrived at (:attr:`Prepared.quality`); with ``pixel_quality``,
-    an input without quantisation tables has it read from its crops' pixels."""
+    factor the decoded image is resized by (with ``resize_kernel``) and a JPEG quality it is
+    round-tripped through before cropping, in the order a platform applies them (a support
+    enrolled as a platform delivers the queries, :meth:`ofa_sdk.Attributor.enroll`). The
+    result's quality is the JPEG quality the input arrived at (:attr:`Prepared.quality`); with
+    ``pixel_quality``, an input without quantisation tables has it read from its crops'
+    pixels."""
     src = describe(item)
     try:
         d = decode(item, max_pixels, max_bytes)
@@ -335,7 +337,7 @@ def prepare(item: Any, crop: int, crops: int = 1, small: str = "reject",
     a, notes = d.rgb, [d.note] if d.note else []
     resampled = rescale is not None     # then no longer the decoded JPEG's blocks
     if rescale is not None:
-        a = resize(a, rescale)
+        a = resize(a, rescale, resize_kernel)
     h, w = a.shape[:2]
     if h < crop or w < crop:
         if small == "reject":
@@ -383,13 +385,27 @@ def check_rescale(f) -> float:
     return v
 
 
-def resize(a: np.ndarray, factor: float) -> np.ndarray:
-    """An HxWx3 uint8 array resized by ``factor`` (bicubic, each side rounded, at least 1 px),
-    as a platform resizes before it re-encodes."""
+# resize kernels a platform may resize with (Pillow's filters, antialiased when downscaling;
+# "box" averages areas, as OpenCV's INTER_AREA does). A resized query keeps its labels best
+# against a variant resized with its own kernel (benchmarks/RESULTS.md 11.29)
+KERNELS = ("bicubic", "bilinear", "lanczos", "box")
+
+
+def check_kernel(k) -> str:
+    """A resize kernel: one of :data:`KERNELS`."""
+    if k not in KERNELS:
+        raise ValueError(f"a resize kernel must be one of {KERNELS}, got {k!r}")
+    return k
+
+
+def resize(a: np.ndarray, factor: float, kernel: str = "bicubic") -> np.ndarray:
+    """An HxWx3 uint8 array resized by ``factor`` with ``kernel`` (:data:`KERNELS`; each side
+    rounded, at least 1 px), as a platform resizes before it re-encodes."""
     from PIL import Image
     h, w = a.shape[:2]
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    return np.asarray(Image.fromarray(a).resize(size, Image.BICUBIC))
+    filt = getattr(Image.Resampling, check_kernel(kernel).upper())
+    return np.asarray(Image.fromarray(a).resize(size, filt))
 
 
 def check_quality(q) -> int:

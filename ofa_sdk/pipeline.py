@@ -77,6 +77,7 @@ class InputPolicy:
     centre: bool = False    # also embed the centre crop (enrollment: Profile.centre)
     jpeg_quality: Optional[int] = None   # re-encode before cropping (enrollment)
     rescale: Optional[float] = None      # resize before re-encoding and cropping (enrollment)
+    resize_kernel: str = "bicubic"       # the kernel ``rescale`` resizes with (imio.KERNELS)
     # read the JPEG quality of an input without quantisation tables (an array, a PNG made from a
     # JPEG) from its crops' pixels (images.jpeg_quality_of_pixels; its cost: RESULTS.md 11.10):
     # such a query then meets the profiles' JPEG variants too; off, it meets the support as
@@ -96,11 +97,12 @@ class InputPolicy:
             imio.check_quality(self.jpeg_quality)
         if self.rescale is not None:
             imio.check_rescale(self.rescale)
+        imio.check_kernel(self.resize_kernel)
 
     def __call__(self, item: Any) -> Union[imio.Prepared, imio.ImageError]:
         return imio.prepare(item, self.crop, self.crops, self.small, self.max_pixels,
                             self.provenance, self.max_bytes, self.centre, self.jpeg_quality,
-                            self.rescale, self.pixel_quality)
+                            self.rescale, self.pixel_quality, self.resize_kernel)
 
 
 def _decode_worker(tasks: "queue.SimpleQueue", policy: InputPolicy) -> None:

@@ -458,6 +458,38 @@ def test_a_jpeg_support_counts_as_the_quality_it_arrived_at(tiny_model, tmp_path
     assert alone.route(85) is alone and alone.route(75).variant_of == ((1.0, 75),)
 
 
+def test_resize_kernel_resizes_the_support_and_its_variants_as_the_platform_does(tiny_model, tmp_path):
+    """``resize_kernel`` resizes ``rescale``'s support and the resize variants with that kernel:
+    the fingerprints of images resized so beforehand. It is recorded, an add keeps it (and
+    refuses another), bicubic is the default, and a kernel with nothing to resize, or one not
+    in KERNELS, is refused by name."""
+    from ofa_sdk.images import KERNELS, resize, to_rgb
+    att = Attributor(model=tiny_model, crops=1)
+    imgs = make_images(tmp_path / "a", 4, 53, size=64)
+    box = att.enroll("box", imgs, rescale=0.75, resize_kernel="box")
+    ref = att.enroll("pre", [resize(to_rgb(p), 0.75, "box") for p in imgs])
+    np.testing.assert_allclose(box.support, ref.support, atol=1e-6)
+    bicubic = att.enroll("bicubic", imgs, rescale=0.75)
+    assert np.abs(box.support - bicubic.support).max() > 1e-3
+    assert (box.metadata["resize_kernel"], bicubic.metadata["resize_kernel"]) == ("box", None)
+    np.testing.assert_allclose(att.enroll("named", imgs, rescale=0.75, resize_kernel="bicubic")
+                               .support, bicubic.support, atol=1e-6)
+    var = att.enroll("var", imgs, rescale_variants=(0.75,), jpeg_variants=(), resize_kernel="box")
+    np.testing.assert_allclose(var.variants[(0.75, None)].support, ref.support, atol=1e-6)
+    att.enroll("var", imgs[:1], add=True)                     # an add keeps the profile's kernel
+    grown = att.gallery.get("var")
+    np.testing.assert_allclose(grown.variants[(0.75, None)].support[-1],
+                               att.enroll("one", [resize(to_rgb(imgs[0]), 0.75, "box")]).support[0],
+                               atol=1e-6)
+    with pytest.raises(GalleryError, match="resize_kernel='box'; these would be "):
+        att.enroll("var", imgs[:1], add=True, resize_kernel="bilinear")
+    with pytest.raises(ValueError, match="resize_kernel='box' with nothing to resize"):
+        att.enroll("none", imgs, rescale_variants=(), resize_kernel="box")
+    for bad in ("nearest", "BOX", 3):
+        with pytest.raises(ValueError, match=re.escape(f"one of {KERNELS}")):
+            att.enroll("bad", imgs, rescale=0.75, resize_kernel=bad)
+
+
 def test_rescale_variants_score_a_resized_query_as_a_support_resized_alike(tiny_model, tmp_path):
     """A query whose size is the support's times a factor (both sides alike) is scored against
     the variant resized by the nearest factor, and at its JPEG quality when it is a JPEG: as

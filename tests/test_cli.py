@@ -178,3 +178,9 @@ def test_cli_enroll_sets_the_variants(tiny_model, folders):
     err = run("enroll", "gen-d", str(tmp / "gen_b"), "--rescale-variants", "big", gallery=g,
               model=tiny_model, expect=2).stderr
     assert "--rescale-variants takes resize factors or 'none'" in err
+    run("enroll", "gen-e", str(tmp / "gen_b"), "--rescale-variants", "1.2", "--resize-kernel", "box",
+        gallery=g, model=tiny_model)
+    assert Gallery(g).get("gen-e").metadata["resize_kernel"] == "box"
+    err = run("enroll", "gen-f", str(tmp / "gen_b"), "--resize-kernel", "nearest", gallery=g,
+              model=tiny_model, expect=2).stderr
+    assert "--resize-kernel: invalid choice: 'nearest'" in err
