@@ -137,7 +137,8 @@ def variants(a):
             scale, first, last, kernel = _delivery(d)
             queries = Cached(cache_path(s, last, 4, scale, first, kernel))
             v = nearest_variant(last or None, keys, None, scale)
-            routed = Cached(cache_path(s, v[1] or 0, 4, v[0], kernel=a.variant_kernel)) if v else generated
+            routed = (Cached(cache_path(s, v[1] or 0, 4, v[0], kernel=a.variant_kernel)) if v
+                      else generated)
             cells = {}
             for how, sup in (("generated", generated), ("variant", routed)):
                 r = auc_runs(sup, [100], rule, queries=queries)[100]["mean_1v1"]
@@ -161,14 +162,16 @@ def _delivery(d: str):
     kernels = "|".join(k for k in KERNELS if k != "bicubic")
     m = re.fullmatch(rf"r(\d+)({kernels})?(?:q(\d+))?|(?:(\d+)to)?(\d+)", d)
     if m is None:
-        raise SystemExit(f"--deliveries: {d!r} is not Q, AtoB, rNN, rNNqQ, rNNK or rNNKqQ (K: {kernels})")
+        raise SystemExit(f"--deliveries: {d!r} is not Q, AtoB, rNN, rNNqQ, rNNK or rNNKqQ "
+                         f"(K: {kernels})")
     if m.group(1):
         return int(m.group(1)) / 100, 0, int(m.group(3) or 0), m.group(2) or "bicubic"
     return 1.0, int(m.group(4) or 0), int(m.group(5)), "bicubic"
 
 
 def _said(scale: float, first: int, last: int, kernel: str = "bicubic") -> str:
-    parts = ([f"resized {scale:g}x" + ("" if kernel == "bicubic" else f" ({kernel})")] if scale != 1.0 else []) + \
+    how = "" if kernel == "bicubic" else f" ({kernel})"
+    parts = ([f"resized {scale:g}x{how}"] if scale != 1.0 else []) + \
         ([f"q{first} then q{last}"] if first else [f"q{last}"] if last else [])
     return ", ".join(parts) or "as generated"
 

@@ -21,9 +21,9 @@ are ``--groups siblings``; ``acceptance --set related-siblings``.
 
 ``pairs`` reads the cached fingerprints of ``rules.py embed`` and reports, per related pair
 (``PAIRS``), the one-class AUC (profile of one side, 100 support images, the default Gaussian
-rule or ``--rule``, the other side's query images against its own; both directions averaged), the supervised
-linear probe (5-fold logistic regression on standardised dimensions, every image) on the same
-fingerprints and on two fixed features (the log-magnitude spectrum of the 256 px image's
+rule or ``--rule``, the other side's query images against its own; both directions averaged),
+the supervised linear probe (5-fold logistic regression on standardised dimensions, every
+image) on the same fingerprints and on two fixed features (the log-magnitude spectrum of the 256 px image's
 Laplacian residual pooled to 64x64, and its crop-averaged Welch version), the ratio of
 within-generator spread to between-generator distance per representation, and the share of that
 spread the two sides' images of the same content have in common (``--groups wild13``:
