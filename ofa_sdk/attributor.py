@@ -75,9 +75,10 @@ JPEG_VARIANTS = (95, 90, 75)
 RESCALE_VARIANTS = (1.2, 0.9, 0.75, 0.6, 0.5)
 
 
-def _delivery_of(meta: Dict) -> Dict:
-    """A profile's delivery (:data:`DELIVERY`) from its metadata; no variants before they were
-    recorded."""
+def delivery_of(meta: Dict) -> Dict:
+    """A profile's delivery (:data:`DELIVERY`) from its metadata (``Profile.metadata``): how
+    its support was resized and re-encoded (None: as given), its variants (none before they
+    were recorded) and the kernel it resized with (None: bicubic)."""
     out = {k: meta.get(k) for k in DELIVERY}
     return {**out, "jpeg_variants": tuple(out["jpeg_variants"] or ()),
             "rescale_variants": tuple(out["rescale_variants"] or ())}
@@ -94,7 +95,7 @@ def _variant_keys(delivery: Dict) -> List[Delivery]:
 def _same_delivery(old: Profile, new: Dict) -> None:
     """An add keeps a profile's support of one kind: resized and re-encoded as its first
     enrollment was, with the same variants, or as given."""
-    was = _delivery_of(old.metadata)
+    was = delivery_of(old.metadata)
     if was != new:
         def say(d):
             return ", ".join(f"{k}={v!r}" for k, v in d.items() if v not in (None, ())) \
@@ -406,7 +407,7 @@ class Attributor:
                              f"{given['jpeg_variants']!r}")
         kinds = {"jpeg_variants": (imio.check_quality, JPEG_VARIANTS),
                  "rescale_variants": (imio.check_rescale, RESCALE_VARIANTS)}
-        had = _delivery_of(self._profile(name).metadata) if add and name in self.gallery else None
+        had = delivery_of(self._profile(name).metadata) if add and name in self.gallery else None
         fixed = {k: v for k, v in out.items() if v is not None}     # one delivery, no variants
         for k, (check, default) in kinds.items():
             v = given.get(k)

@@ -27,14 +27,14 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from .attributor import JPEG_VARIANTS, RESCALE_VARIANTS
 from .backends import backend_names
 from .decision import DEFAULT_FRACTION, DEFAULT_MARGIN, check_fraction, check_margin
-from .images import AUTO, KERNELS, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES
+from .images import AUTO, KERNELS, MAX_AUTO_CROPS, MAX_BYTES, SMALL_POLICIES, parse_variants
 from .scoring import RULES
 
 DEFAULT_GALLERY = Path(os.environ.get("OFA_SDK_GALLERY",
@@ -314,25 +314,12 @@ def cmd_enroll(a, att) -> int:
         print(f"error: no images found in {' '.join(a.sources)}", file=sys.stderr)
         return 2
     prof = att.enroll(a.name, paths, overwrite=a.overwrite, add=a.add, jpeg_quality=a.jpeg_quality,
-                      rescale=a.rescale, jpeg_variants=_variants(a.jpeg_variants, int),
-                      rescale_variants=_variants(a.rescale_variants, float, "--rescale-variants"),
+                      rescale=a.rescale,
+                      jpeg_variants=parse_variants(a.jpeg_variants, "jpeg", "--jpeg-variants"),
+                      rescale_variants=parse_variants(a.rescale_variants, "rescale",
+                                                      "--rescale-variants"),
                       resize_kernel=a.resize_kernel)
     return _enrolled(a, att, prof)
-
-
-def _variants(given: Optional[List[str]], kind=int, flag: str = "--jpeg-variants"
-              ) -> Optional[Tuple]:
-    """--jpeg-variants / --rescale-variants: None (the default), () for 'none', else the
-    values."""
-    if given is None:
-        return None
-    if [g.lower() for g in given] == ["none"]:
-        return ()
-    try:
-        return tuple(kind(g) for g in given)
-    except ValueError:
-        what = "JPEG qualities" if kind is int else "resize factors"
-        raise ValueError(f"{flag} takes {what} or 'none', got {' '.join(given)}") from None
 
 
 def _enrolled(a, att, prof) -> int:

@@ -43,7 +43,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List, Optional, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -413,6 +413,28 @@ def check_quality(q) -> int:
     if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 1 <= q <= 100:
         raise ValueError(f"a JPEG quality must be an integer in [1, 100], got {q!r}")
     return int(q)
+
+
+def parse_variants(given: Optional[Sequence[str]], kind: str, name: str) -> Optional[Tuple]:
+    """Variants as a command line or a URL writes them (``--jpeg-variants 95 90``,
+    ``?rescale_variants=0.75,0.5``), ``kind`` "jpeg" or "rescale": None when not given (the
+    default), () for "none", else the values, each checked (:func:`check_quality`,
+    :func:`check_rescale`); a clear error naming ``name`` otherwise."""
+    if given is None:
+        return None
+    given = [str(g).strip() for g in given]
+    if [g.lower() for g in given] == ["none"]:
+        return ()
+    convert, check, what = (
+        (int, check_quality, "JPEG qualities (integers in [1, 100])") if kind == "jpeg" else
+        (float, check_rescale, "resize factors (numbers in (0, 4])"))
+    try:
+        if not given:
+            raise ValueError(name)
+        return tuple(check(convert(g)) for g in given)
+    except ValueError:
+        raise ValueError(f"{name} takes {what} or 'none', got {' '.join(given) or 'nothing'}"
+                         ) from None
 
 
 def jpeg(a: np.ndarray, quality: int) -> np.ndarray:

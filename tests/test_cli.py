@@ -174,10 +174,10 @@ def test_cli_enroll_sets_the_variants(tiny_model, folders):
     assert Gallery(g).get("gen-a").variants == {}
     err = run("enroll", "gen-d", str(tmp / "gen_b"), "--jpeg-variants", "high", gallery=g,
               model=tiny_model, expect=2).stderr
-    assert "--jpeg-variants takes JPEG qualities or 'none'" in err
+    assert "--jpeg-variants takes JPEG qualities (integers in [1, 100]) or 'none'" in err
     err = run("enroll", "gen-d", str(tmp / "gen_b"), "--rescale-variants", "big", gallery=g,
               model=tiny_model, expect=2).stderr
-    assert "--rescale-variants takes resize factors or 'none'" in err
+    assert "--rescale-variants takes resize factors (numbers in (0, 4]) or 'none'" in err
     run("enroll", "gen-e", str(tmp / "gen_b"), "--rescale-variants", "1.2", "--resize-kernel", "box",
         gallery=g, model=tiny_model)
     assert Gallery(g).get("gen-e").metadata["resize_kernel"] == "box"

@@ -264,6 +264,68 @@ def test_gallery_writes_need_the_token(srv):
     assert names == ["gen-a", "gen-b"]
 
 
+def test_enrollment_takes_the_librarys_delivery_options(srv, env):
+    """POST /v1/profiles/{name} takes Attributor.enroll's delivery options as query parameters
+    (rescale, jpeg_quality, jpeg_variants, rescale_variants, resize_kernel): the profile and its
+    variants are the library's enrolled with them, and its row shows them. An add keeps the
+    profile's delivery and refuses another (409); a bad value is refused naming its parameter
+    before the upload is read (400), a combination the library refuses too (400)."""
+    from ofa_sdk import Attributor
+    url, auth = srv.url, {"Authorization": f"Bearer {TOKEN}"}
+    files = [(f"d{i}.png", png(500 + i, size=64)) for i in range(4)]
+    st, _, b = post_images(url, "/v1/profiles/platform?rescale_variants=0.75,0.5&jpeg_variants=none"
+                           "&resize_kernel=box", files, token=TOKEN)
+    assert st == 201, b
+    assert b["delivery"] == {"rescale": None, "jpeg_quality": None, "jpeg_variants": [],
+                             "rescale_variants": [0.75, 0.5], "resize_kernel": "box"}
+    ref = Attributor(model=env["model"], backend="torch").enroll(
+        "platform", [d for _, d in files], rescale_variants=(0.75, 0.5), jpeg_variants=(),
+        resize_kernel="box")
+    got = srv.att.gallery.get("platform")
+    assert sorted(got.variants) == sorted(ref.variants) == [(0.5, None), (0.75, None)]
+    for k in ref.variants:
+        np.testing.assert_allclose(got.variants[k].support, ref.variants[k].support, atol=1e-5)
+    rows = {r["name"]: r for r in call(url, "GET", "/v1/profiles")[2]}
+    assert rows["platform"]["delivery"]["resize_kernel"] == "box"
+    assert rows["gen-a"]["delivery"]["resize_kernel"] is None       # as enrolled: bicubic
+
+    st, _, b = post_images(url, "/v1/profiles/platform/images", files[:1], token=TOKEN)
+    assert st == 200 and b["delivery"]["rescale_variants"] == [0.75, 0.5], b
+    assert srv.att.gallery.get("platform").variants[(0.75, None)].n_support == \
+        ref.variants[(0.75, None)].n_support * 5 // 4
+    st, _, b = post_images(url, "/v1/profiles/platform/images?resize_kernel=bilinear", files[:1],
+                           token=TOKEN)
+    assert st == 409 and "resize_kernel='box'" in b["error"], b
+
+    st, _, b = post_images(url, "/v1/profiles/fixed?rescale=0.75&jpeg_quality=80", files,
+                           token=TOKEN)
+    assert st == 201 and (b["delivery"]["rescale"], b["delivery"]["jpeg_quality"]) == (0.75, 80)
+    assert b["delivery"]["jpeg_variants"] == [] == b["delivery"]["rescale_variants"], b
+    np.testing.assert_allclose(srv.att.gallery.get("fixed").support, Attributor(
+        model=env["model"], backend="torch").enroll("fixed", [d for _, d in files], rescale=0.75,
+                                                    jpeg_quality=80).support, atol=1e-5)
+
+    big = b"x" * (MAX_BYTES // 2)            # not an image: refused before it is read
+    for query, words in [("rescale=5", "rescale factor"), ("jpeg_quality=0", "JPEG quality"),
+                         ("jpeg_variants=95,high", "jpeg_variants takes JPEG qualities"),
+                         ("rescale_variants=", "rescale_variants takes resize factors"),
+                         ("resize_kernel=nearest", "resize kernel must be one of"),
+                         ("rescale=abc", "rescale"),
+                         ("rescale=0.75&rescale_variants=0.5", "fixes the support's one delivery")]:
+        body, ctype = (multipart(files[:1]) if "fixes" in words else
+                       (big, "application/octet-stream"))
+        st, _, b = call(url, "POST", f"/v1/profiles/bad?{query}", body,
+                        {"Content-Type": ctype, **auth})
+        assert st == 400 and words in b["error"], (query, st, b)
+    assert "bad" not in srv.att.gallery
+    spec = call(url, "GET", "/openapi.json")[2]["paths"]
+    for path in ("/v1/profiles/{name}", "/v1/profiles/{name}/images"):
+        assert {"rescale", "jpeg_quality", "jpeg_variants", "rescale_variants", "resize_kernel"} <= \
+            {q["name"] for q in spec[path]["post"]["parameters"]}, path
+    for n in ("platform", "fixed"):
+        assert call(url, "DELETE", f"/v1/profiles/{n}", headers=auth)[0] == 200
+
+
 def test_without_a_token_writes_are_refused(env):
     from ofa_sdk.serve import Running
     from ofa_sdk.serve.app import Settings

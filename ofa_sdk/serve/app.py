@@ -32,14 +32,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from .. import decision
+from ..attributor import delivery_of
 from ..gallery import GalleryError, ProfileNotFound
+from ..images import KERNELS, check_kernel, check_quality, check_rescale, parse_variants
 from ..pipeline import InputError
 from .batcher import (DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY, DEFAULT_QUEUE_IMAGES, Batcher,
                       QueueFull)
@@ -288,7 +290,7 @@ class Service:
         return {"name": prof.name, "support": prof.n_support, "images": m.get("images"),
                 "used": m.get("used"), "skipped": m.get("skipped"),
                 "skipped_examples": m.get("skipped_examples", []), "model_id": prof.model_id,
-                "threshold": thr}
+                "threshold": thr, "delivery": delivery_of(prof.metadata)}
 
 
 class _Admitted:
@@ -341,6 +343,7 @@ class ProfileOut(BaseModel):
     skipped_examples: List[str] = []
     model_id: str
     threshold: Optional[float] = None
+    delivery: Dict[str, Any] = {}      # attributor.delivery_of: how the support was delivered
 
 
 class DecisionIn(BaseModel):
@@ -348,6 +351,52 @@ class DecisionIn(BaseModel):
     cluster: int
     action: str            # enroll | add | dismiss
     name: Optional[str] = None
+
+
+# Attributor.enroll's delivery options, as query parameters of the two enrollment routes
+RESCALE_DOC = ("resize each support image by this factor (with resize_kernel) before embedding: "
+               "for queries a platform delivers resized about so")
+QUALITY_DOC = ("re-encode each support image (after rescale) at this JPEG quality before "
+               "embedding: for queries a platform delivers re-encoded at about it")
+JPEG_VARIANTS_DOC = ("JPEG qualities, comma-separated, at which the support is also embedded "
+                     "('none': no variants; default: the SDK's for a new profile, the profile's "
+                     "own for an add)")
+RESCALE_VARIANTS_DOC = ("resize factors, comma-separated, at which the support is also embedded "
+                        "('none': no variants; default: the SDK's for a new profile, the "
+                        "profile's own for an add)")
+KERNEL_DOC = ("the kernel rescale and rescale_variants resize with, the platform's when known: "
+              "one of " + ", ".join(KERNELS) + " (default: bicubic; the profile's own for an add)")
+
+
+def _delivery_query(rescale: Optional[float] = Query(None, description=RESCALE_DOC),
+                    jpeg_quality: Optional[int] = Query(None, description=QUALITY_DOC),
+                    jpeg_variants: Optional[str] = Query(None, description=JPEG_VARIANTS_DOC),
+                    rescale_variants: Optional[str] = Query(None, description=RESCALE_VARIANTS_DOC),
+                    resize_kernel: Optional[str] = Query(None, description=KERNEL_DOC)) -> Dict:
+    """The delivery query parameters as given (checked by :func:`_checked_delivery` once the
+    token is)."""
+    return {"rescale": rescale, "jpeg_quality": jpeg_quality, "jpeg_variants": jpeg_variants,
+            "rescale_variants": rescale_variants, "resize_kernel": resize_kernel}
+
+
+def _checked_delivery(given: Dict) -> Dict:
+    """enroll's delivery options from the query parameters, each value checked and the
+    variants' comma-separated lists parsed (400 naming the parameter otherwise), so that a bad
+    option is refused before the upload is read; how they combine, the library checks."""
+    def listed(v: Optional[str]):
+        return None if v is None else [x for x in v.split(",") if x.strip()]
+    try:
+        return {"rescale": None if given["rescale"] is None else check_rescale(given["rescale"]),
+                "jpeg_quality": (None if given["jpeg_quality"] is None
+                                 else check_quality(given["jpeg_quality"])),
+                "jpeg_variants": parse_variants(listed(given["jpeg_variants"]), "jpeg",
+                                                "jpeg_variants"),
+                "rescale_variants": parse_variants(listed(given["rescale_variants"]), "rescale",
+                                                   "rescale_variants"),
+                "resize_kernel": (None if given["resize_kernel"] is None
+                                  else check_kernel(given["resize_kernel"]))}
+    except ValueError as e:
+        raise ServeError(400, "bad_request", str(e)) from None
 
 
 def _threshold(value: Optional[str]):
@@ -473,17 +522,18 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
         return info
 
     # -- writes ----------------------------------------------------------------------------------
-    async def enroll(request: Request, name: str, add: bool, overwrite: bool):
+    async def enroll(request: Request, name: str, add: bool, overwrite: bool, delivery: Dict):
         svc.check_token(request)
         with svc.admit():
             att = svc.require_ready()
+            delivery = _checked_delivery(delivery)          # before the body is read
             if add and not await run_in_threadpool(att.gallery.__contains__, name):
                 raise ServeError(404, "not_found", f"no profile named {name!r} to add images to")
             images = await read_images(request, att.policy.max_bytes, settings.read_timeout,
                                        settings.max_files)
             try:
                 prof = await svc.write(att.enroll, name, [b for _, b in images], add=add,
-                                       overwrite=overwrite)
+                                       overwrite=overwrite, **delivery)
             except Exception as e:
                 raise library_errors(e) from None
             return await run_in_threadpool(svc.profile_row, prof, add)
@@ -491,16 +541,21 @@ def create_app(attributor, settings: Optional[Settings] = None) -> FastAPI:
     @app.post(f"{API}/profiles/{{name}}", response_model=ProfileOut, status_code=201,
               tags=["gallery"], openapi_extra=UPLOAD_BODY,
               responses={401: {}, 403: {}, 409: {}, 422: {}})
-    async def enroll_profile(request: Request, name: str, overwrite: bool = False):
-        """Enroll the uploaded images as a new profile (``overwrite=true`` replaces one).
-        Needs the bearer token."""
-        return await enroll(request, name, False, overwrite)
+    async def enroll_profile(request: Request, name: str, overwrite: bool = False,
+                             delivery: Dict = Depends(_delivery_query)):
+        """Enroll the uploaded images as a new profile (``overwrite=true`` replaces one), as
+        ``Attributor.enroll`` does with the delivery options given (none: the support as
+        uploaded, with the default variants). Needs the bearer token."""
+        return await enroll(request, name, False, overwrite, delivery)
 
     @app.post(f"{API}/profiles/{{name}}/images", response_model=ProfileOut, tags=["gallery"],
-              openapi_extra=UPLOAD_BODY, responses={401: {}, 403: {}, 404: {}, 422: {}})
-    async def add_images(request: Request, name: str):
-        """Add the uploaded images to an existing profile's support. Needs the bearer token."""
-        return await enroll(request, name, True, False)
+              openapi_extra=UPLOAD_BODY, responses={401: {}, 403: {}, 404: {}, 409: {}, 422: {}})
+    async def add_images(request: Request, name: str,
+                         delivery: Dict = Depends(_delivery_query)):
+        """Add the uploaded images to an existing profile's support, delivered as its first
+        enrollment was (options not given: the profile's own; others than its own: 409). Needs
+        the bearer token."""
+        return await enroll(request, name, True, False, delivery)
 
     @app.delete(f"{API}/profiles/{{name}}", tags=["gallery"],
                 responses={401: {}, 403: {}, 404: {}})
