@@ -2,6 +2,7 @@
 gallery stores (issue 32): what a CLI call pays before its first image.
 
     python benchmarks/state_cache.py --profiles 1000 --images 20 [--cli] [--variants 95 90 75 [--rescale-variants 0.75 0.5]]
+    python benchmarks/state_cache.py --profiles 100 --images 100 --variants 95 90 75 --rescale-variants 1.2 0.9 0.75 0.6 0.5 --sizes 1 --memory
 
 A synthetic gallery of ``--profiles`` profiles (``--images`` images of 4 crops each, d = 128
 unit fingerprints around a random direction per profile) under the shipped model's id, in a
@@ -19,6 +20,13 @@ load included): what the gallery adds to a CLI call, and what the call costs in 
 A snapshot prepares them when a query first needs one: timed apart (all of them), and with
 ``--cli`` a JPEG query is timed beside the PNG one.
 
+``--memory``: then what a long-running process holds once queries have met every delivery
+(every JPEG variant at every resize variant's size, and as generated), with the gallery's
+variant cache bounded at ``--variant-cache-mib`` (default: the SDK's,
+``gallery.VARIANT_CACHE_BYTES``): the process's RSS growth, the variants' bytes held, and the
+time to prepare every route again after a write (the next snapshot's routes are built anew);
+three passes, a write between each. Run it once per bound: RSS is the process's.
+
 ``--pickle``: then the snapshot pickled, as ``distributed.scan_dataset`` ships it to Ray
 workers, and unpickled as a worker does (``--sizes N``: the profiles' images of N sizes, in
 turn, which multiplies the routes a query can meet).
@@ -35,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ofa_sdk import scoring
-from ofa_sdk.gallery import Gallery, Profile
+from ofa_sdk.gallery import VARIANT_CACHE_BYTES, Gallery, Profile
 from ofa_sdk.snapshot import SnapshotCache, make_snapshot
 from ofa_sdk.weights import load_default_model
 
@@ -50,6 +58,9 @@ def main():
     ap.add_argument("--rescale-variants", type=float, nargs="+", default=[])
     ap.add_argument("--sizes", type=int, default=0, help="support images of this many sizes (0: none recorded)")
     ap.add_argument("--pickle", action="store_true", help="also time pickling the snapshot")
+    ap.add_argument("--memory", action="store_true",
+                    help="also the memory held once every delivery has been routed")
+    ap.add_argument("--variant-cache-mib", type=float, default=VARIANT_CACHE_BYTES / 2 ** 20)
     a = ap.parse_args()
     bundle = load_default_model()
     rng = np.random.default_rng(0)
@@ -72,6 +83,9 @@ def main():
             g.put(Profile(f"p{i:05d}", bundle.model_id, z, np.zeros((len(z), 1), np.float32), meta,
                           variants=variants))
         g.close()
+        if a.memory:
+            memory(bundle, path, a.variants, a.rescale_variants, int(a.variant_cache_mib * 2 ** 20))
+            return
         times, vtimes = [], []
         for _ in range(a.runs):
             t = time.perf_counter()
@@ -92,6 +106,30 @@ def main():
             pickled(bundle, path)
         if a.cli:
             cli_times(Path(tmp), path, a.runs, bool(a.variants))
+
+
+def memory(bundle, path: Path, qualities, factors, cap: int) -> None:
+    """RSS growth, variants held and the time to route every delivery, three passes with a
+    write between each, the gallery's variant cache bounded at ``cap`` bytes."""
+    def rss_mib() -> float:
+        with open("/proc/self/status") as f:
+            return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+    g, cache = Gallery(path, variant_cache_bytes=cap), SnapshotCache()
+    first = g.get(g.names()[0])
+    side = first.metadata.get("support_size", [256, 256])[0]
+    sizes = [None] + [(round(side * f),) * 2 for f in factors]
+    start = rss_mib()
+    for n in range(3):
+        snap = make_snapshot(bundle, g, cache=cache)
+        t = time.perf_counter()
+        for size in sizes:
+            for q in (None, *qualities):
+                snap.route(q, size)
+        print(f"variant cache {cap / 2 ** 20:.0f} MiB, pass {n}: every route {time.perf_counter() - t:.2f} s, "
+              f"RSS +{rss_mib() - start:.0f} MiB, variants held {g._variants.bytes / 2 ** 20:.0f} MiB")
+        p = g.get(first.name)                   # a write (enrolled again): the next routes are built anew
+        g.put(Profile(p.name, p.model_id, p.support, p.support_part, p.metadata,
+                      variants=dict(p.variants)), overwrite=True)
 
 
 def pickled(bundle, path: Path) -> None:

@@ -30,6 +30,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ import numpy as np
 
 SCHEMA_VERSION = 1   # the layout this SDK writes; galleries of a higher version are refused
 BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's write lock
+# how many bytes of variants' fingerprints a gallery keeps in memory once read (_VariantCache)
+VARIANT_CACHE_BYTES = 256 * 2 ** 20
 
 # Migrations of older galleries: MIGRATIONS[v] turns a schema-v gallery into schema v + 1. They
 # run in order, inside the one write transaction that opens the gallery (all or nothing), when
@@ -152,21 +155,17 @@ def _write_variants(db: sqlite3.Connection, name: str, created: float,
 
 class _StoredVariants(Mapping):
     """A stored profile's variants: their deliveries read with the profile, each one's
-    fingerprints when first looked up (``load(delivery)``), so that reading a gallery, and a
-    scan that never meets a variant, never reads one. Pickles as the plain dict it loads."""
+    fingerprints when looked up (``fetch(delivery)``, through the gallery's
+    :class:`_VariantCache`), so that reading a gallery, and a scan that never meets a variant,
+    never reads one. Pickles as the plain dict it loads."""
 
-    def __init__(self, keys: Sequence[Delivery], load: Callable[[Delivery], "Profile"]):
-        self._keys, self._load, self._got = tuple(keys), load, {}
-        self._lock = threading.Lock()
+    def __init__(self, keys: Sequence[Delivery], fetch: Callable[[Delivery], "Profile"]):
+        self._keys, self._fetch = tuple(keys), fetch
 
     def __getitem__(self, key: Delivery) -> "Profile":
         if key not in self._keys:
             raise KeyError(key)
-        if key not in self._got:
-            with self._lock:
-                if key not in self._got:
-                    self._got[key] = self._load(key)    # KeyError: enrolled again since
-        return self._got[key]
+        return self._fetch(key)                 # KeyError: enrolled again since
 
     def __iter__(self):
         return iter(self._keys)
@@ -179,6 +178,48 @@ class _StoredVariants(Mapping):
 
     def __reduce__(self):
         return dict, (dict(self.items()),)
+
+
+class _VariantCache:
+    """The variants a gallery has read, shared by its profiles, least recently used first out
+    past ``max_bytes`` of fingerprints (the newest one is always kept): a server that has met
+    every delivery of a large gallery holds this much of its variants, not all of them
+    (benchmarks/RESULTS.md 6.6), and reads an evicted one again when a route needs it."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self._got: "OrderedDict[Tuple, Profile]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Tuple, load: Callable[[], "Profile"]) -> "Profile":
+        """The variant under ``key`` (name, enrollment time, delivery), read by ``load`` when it
+        is not held."""
+        with self._lock:
+            v = self._got.get(key)
+            if v is not None:
+                self._got.move_to_end(key)
+                return v
+        v = load()              # not under the lock: a read takes the gallery's lock
+        with self._lock:
+            if key in self._got:                # read meanwhile by another thread
+                self._got.move_to_end(key)
+                return self._got[key]
+            self._got[key] = v
+            self.bytes += _nbytes(v)
+            while self.bytes > self.max_bytes and len(self._got) > 1:
+                self.bytes -= _nbytes(self._got.popitem(last=False)[1])
+            return v
+
+    def drop(self, name: str) -> None:
+        """Forget profile ``name``'s variants (it was written or removed)."""
+        with self._lock:
+            for k in [k for k in self._got if k[0] == name]:
+                self.bytes -= _nbytes(self._got.pop(k))
+
+
+def _nbytes(p: "Profile") -> int:
+    return p.support.nbytes + p.support_part.nbytes + (0 if p.centre is None else p.centre.nbytes)
 
 
 def _stored_deliveries(db: sqlite3.Connection, name: str, created: float) -> List[Delivery]:
@@ -353,10 +394,12 @@ class Gallery:
     """Thread-safe SQLite store. ``Gallery(None)`` is in memory; ``Gallery("g.db")`` persists.
     ``read_only`` says why a gallery was opened read-only (None when it is writable)."""
 
-    def __init__(self, path: Union[str, Path, None] = None):
+    def __init__(self, path: Union[str, Path, None] = None, *,
+                 variant_cache_bytes: int = VARIANT_CACHE_BYTES):
         self.path = None if path in (None, ":memory:") else Path(path)
         self._lock = threading.RLock()
         self._cache: Dict[str, Profile] = {}
+        self._variants = _VariantCache(variant_cache_bytes)
         self.read_only: Optional[str] = None   # why the gallery is read-only; None: writable
         where = str(self.path) if self.path else ":memory:"
         if self.path is not None:
@@ -587,6 +630,7 @@ class Gallery:
             _write_variants(self._db, name, row[2], new.variants)
             _drop_state(self._db, name)
             self._cache.pop(name, None)
+            self._variants.drop(name)
         return new
 
     def put(self, profile: Profile, overwrite: bool = False) -> None:
@@ -602,6 +646,7 @@ class Gallery:
             _write_variants(db, profile.name, row[2], profile.variants)
             _drop_state(db, profile.name)
             self._cache.pop(profile.name, None)
+            self._variants.drop(profile.name)
 
     def get(self, name: str, model_id: Union[str, Sequence[str], None] = None) -> Profile:
         """The profile ``name``; with ``model_id`` (one id or the ids a model answers to, see
@@ -640,14 +685,17 @@ class Gallery:
             if keys:
                 cached.variants = _StoredVariants(keys, functools.partial(
                     self._variant_of, cached, row[3], row[4]))
+                self._variants.drop(name)       # an older enrollment's, if any
             self._cache[name] = cached
         return cached
 
     def _variant_of(self, base: Profile, dim: int, hidden: int, key: Delivery) -> Profile:
-        """Profile ``base``'s variant ``key``, read when first looked up (KeyError when the
+        """Profile ``base``'s variant ``key``, from the variant cache or read (KeyError when the
         profile was enrolled again since: it then stands for itself)."""
-        with self._reading() as db:
-            return _read_variant(db, base, dim, hidden, key)
+        def load():
+            with self._reading() as db:
+                return _read_variant(db, base, dim, hidden, key)
+        return self._variants.get((base.name, base.created, key), load)
 
     def read(self, names: Optional[Sequence[str]] = None,
              model_id: Union[str, Sequence[str], None] = None) -> List[Profile]:
@@ -675,6 +723,7 @@ class Gallery:
             _write_variants(db, name, 0.0, {})
             _drop_state(db, name)
             self._cache.pop(name, None)
+            self._variants.drop(name)
 
     def get_state(self, keys: Sequence[str]) -> Dict[str, bytes]:
         """The stored prepared state under ``keys`` (those present)."""
