@@ -23,7 +23,8 @@ A snapshot prepares them when a query first needs one: timed apart (all of them)
 ``--memory``: then what a long-running process holds once queries have met every delivery
 (every JPEG variant at every resize variant's size, and as generated), with the gallery's
 variant cache bounded at ``--variant-cache-mib`` (default: the SDK's,
-``gallery.VARIANT_CACHE_BYTES``): the process's RSS growth, the variants' bytes held, and the
+``gallery.VARIANT_CACHE_BYTES``) and the snapshot cache's Gaussian fits at ``--fit-cache-mib``
+(``snapshot.MAX_FIT_BYTES``): the process's RSS growth, the bytes held of each, and the
 time to prepare every route again after a write (the next snapshot's routes are built anew);
 three passes, a write between each. Run it once per bound: RSS is the process's.
 
@@ -44,7 +45,7 @@ import numpy as np
 
 from ofa_sdk import scoring
 from ofa_sdk.gallery import VARIANT_CACHE_BYTES, Gallery, Profile
-from ofa_sdk.snapshot import SnapshotCache, make_snapshot
+from ofa_sdk.snapshot import MAX_FIT_BYTES, SnapshotCache, make_snapshot
 from ofa_sdk.weights import load_default_model
 
 
@@ -61,6 +62,7 @@ def main():
     ap.add_argument("--memory", action="store_true",
                     help="also the memory held once every delivery has been routed")
     ap.add_argument("--variant-cache-mib", type=float, default=VARIANT_CACHE_BYTES / 2 ** 20)
+    ap.add_argument("--fit-cache-mib", type=float, default=MAX_FIT_BYTES / 2 ** 20)
     a = ap.parse_args()
     bundle = load_default_model()
     rng = np.random.default_rng(0)
@@ -84,7 +86,8 @@ def main():
                           variants=variants))
         g.close()
         if a.memory:
-            memory(bundle, path, a.variants, a.rescale_variants, int(a.variant_cache_mib * 2 ** 20))
+            memory(bundle, path, a.variants, a.rescale_variants, int(a.variant_cache_mib * 2 ** 20),
+                   int(a.fit_cache_mib * 2 ** 20))
             return
         times, vtimes = [], []
         for _ in range(a.runs):
@@ -108,13 +111,14 @@ def main():
             cli_times(Path(tmp), path, a.runs, bool(a.variants))
 
 
-def memory(bundle, path: Path, qualities, factors, cap: int) -> None:
-    """RSS growth, variants held and the time to route every delivery, three passes with a
-    write between each, the gallery's variant cache bounded at ``cap`` bytes."""
+def memory(bundle, path: Path, qualities, factors, cap: int, fit_cap: int) -> None:
+    """RSS growth, variants and fits held and the time to route every delivery, three passes
+    with a write between each, the gallery's variant cache bounded at ``cap`` bytes and the
+    snapshot cache's fits at ``fit_cap``."""
     def rss_mib() -> float:
         with open("/proc/self/status") as f:
             return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
-    g, cache = Gallery(path, variant_cache_bytes=cap), SnapshotCache()
+    g, cache = Gallery(path, variant_cache_bytes=cap), SnapshotCache(max_fit_bytes=fit_cap)
     first = g.get(g.names()[0])
     side = first.metadata.get("support_size", [256, 256])[0]
     sizes = [None] + [(round(side * f),) * 2 for f in factors]
@@ -125,8 +129,9 @@ def memory(bundle, path: Path, qualities, factors, cap: int) -> None:
         for size in sizes:
             for q in (None, *qualities):
                 snap.route(q, size)
-        print(f"variant cache {cap / 2 ** 20:.0f} MiB, pass {n}: every route {time.perf_counter() - t:.2f} s, "
-              f"RSS +{rss_mib() - start:.0f} MiB, variants held {g._variants.bytes / 2 ** 20:.0f} MiB")
+        print(f"variant cache {cap / 2 ** 20:.0f} MiB, fit cache {fit_cap / 2 ** 20:.0f} MiB, pass {n}: "
+              f"every route {time.perf_counter() - t:.2f} s, RSS +{rss_mib() - start:.0f} MiB, "
+              f"variants held {g._variants.bytes / 2 ** 20:.0f} MiB, fits {cache.fit_bytes / 2 ** 20:.0f} MiB")
         p = g.get(first.name)                   # a write (enrolled again): the next routes are built anew
         g.put(Profile(p.name, p.model_id, p.support, p.support_part, p.metadata,
                       variants=dict(p.variants)), overwrite=True)

@@ -293,6 +293,11 @@ def crop_counts(prof) -> Union[int, Sequence[int]]:
 STATE_VERSION = 3   # bump when what is persisted, or how it is computed, changes
 MAX_SETS = 16       # prepared profile sets kept in memory (attribute's, verify's, ...; a set per
                     # route to the variants as well)
+# bytes of per-profile Gaussian fits kept in memory, least recently used out past it (read back
+# from the gallery's stored state when a set needs them again): one per profile and variant,
+# 32 KiB at rank 32, so a process that met every delivery of a large gallery would otherwise
+# hold them all beside its routes (benchmarks/RESULTS.md 6.6)
+MAX_FIT_BYTES = 32 * 2 ** 20
 _NOT_SETTINGS = ("calibration", "head", "name", "chunk", "prefilter")   # not in the state key
 
 
@@ -329,16 +334,18 @@ class SnapshotCache:
     :data:`MAX_SETS` sets of profiles (``verify`` on one profile does not evict what
     ``attribute`` prepared for all), how each profile's own images score (``own``, keyed by
     name, enrollment time, rule name and the whitener's digest when the rule whitens by the
-    gallery), and each profile's Gaussian fit.
+    gallery), and each profile's Gaussian fit (the last :data:`MAX_FIT_BYTES` of them).
 
     When the rule does not whiten by the gallery, a profile's own scores and fit depend on
     that profile alone; they are also stored in the gallery (:meth:`Gallery.put_state`) under
     a key of model id, rule, its settings and the support's digest, so another process (a CLI
     call) reuses them, and only changed profiles are refitted."""
 
-    def __init__(self, max_sets: int = MAX_SETS):
+    def __init__(self, max_sets: int = MAX_SETS, max_fit_bytes: int = MAX_FIT_BYTES):
         self.own: Dict[Tuple, Any] = {}
-        self.fits: Dict[Tuple, Any] = {}
+        self.fits: "OrderedDict[Tuple, Any]" = OrderedDict()
+        self.fit_bytes, self.max_fit_bytes = 0, int(max_fit_bytes)
+        self._fits_lock = threading.Lock()
         self.sets: "OrderedDict[Tuple, Tuple[Any, Any]]" = OrderedDict()
         self.max_sets = max_sets
         self._digests: Dict[Tuple, str] = {}
@@ -421,16 +428,33 @@ class SnapshotCache:
     def _fits(self, rule, profs, gallery, model_id) -> list:
         rkey = json.dumps(_rule_key(rule), default=str)
         keys = [(p.name, p.created, p.variant, rkey) for p in profs]
-        todo = [p for k, p in zip(keys, profs) if k not in self.fits]
+        out = {}
+        with self._fits_lock:       # snapshots are made while routes are prepared
+            for k in keys:
+                v = self.fits.get(k, _MISSING)
+                if v is not _MISSING:
+                    self.fits.move_to_end(k)
+                    out[k] = v
+        todo = [(k, p) for k, p in zip(keys, profs) if k not in out]
         if todo and gallery is not None:
-            vals = self._stored("fit", rule, todo, gallery, model_id,
+            vals = self._stored("fit", rule, [p for _, p in todo], gallery, model_id,
                                 lambda p: rule.fit_one(p.support, crop_counts(p)),
                                 _encode_fit, _decode_fit)
         else:
-            vals = [rule.fit_one(p.support, crop_counts(p)) for p in todo]
-        for p, v in zip(todo, vals):
-            self.fits[(p.name, p.created, p.variant, rkey)] = v
-        return [self.fits[k] for k in keys]
+            vals = [rule.fit_one(p.support, crop_counts(p)) for _, p in todo]
+        with self._fits_lock:
+            for (k, _), v in zip(todo, vals):
+                out[k] = v
+                if k not in self.fits:
+                    self.fits[k] = v
+                    self.fit_bytes += _fit_bytes(v)
+            while self.fit_bytes > self.max_fit_bytes and self.fits:
+                self.fit_bytes -= _fit_bytes(self.fits.popitem(last=False)[1])
+        return [out[k] for k in keys]
+
+
+def _fit_bytes(fit) -> int:
+    return 0 if fit is None else fit.mean.nbytes + fit.basis.nbytes + fit.lam.nbytes
 
 
 def _encode_own(own: Optional[OwnByCrops]) -> bytes:

@@ -278,11 +278,12 @@ def test_a_pickled_snapshot_assembles_every_route_as_the_gallery_does(gauss_mode
 
 
 def test_the_variants_a_gallery_holds_in_memory_are_bounded(gauss_model, tmp_path):
-    """A gallery keeps the variants it has read up to ``variant_cache_bytes`` (the least
-    recently used out first), so a server that meets every delivery of a large gallery does
-    not end up holding all of them: with a bound of a few variants, every route of every
-    delivery scores as with no bound, before and after a profile is enrolled again (whose
-    variants are then read anew, never the old ones), and what is held stays under the bound."""
+    """A gallery keeps the variants it has read up to ``variant_cache_bytes``, and a snapshot
+    cache its Gaussian fits up to ``max_fit_bytes`` (the least recently used out first), so a
+    server that meets every delivery of a large gallery does not end up holding all of them:
+    with bounds of a few variants and two fits, every route of every delivery scores as with
+    no bound, before and after a profile is enrolled again (whose variants are then read anew,
+    never the old ones), and what is held stays under the bounds."""
     from ofa_sdk.gallery import Gallery
     from ofa_sdk.snapshot import SnapshotCache, make_snapshot
     from ofa_sdk.weights import load_model
@@ -297,23 +298,28 @@ def test_the_variants_a_gallery_holds_in_memory_are_bounded(gauss_model, tmp_pat
     zs = [e.z for e in att.embed_stream(make_images(tmp_path / "q", 3, 5, size=64))]
     deliveries = [(q, s) for q in (None, 90) for s in (None, (64, 64), (48, 48), (32, 32))]
 
-    def every_route(g):
-        snap = make_snapshot(bundle, g, cache=SnapshotCache())
+    def every_route(g, cache):
+        snap = make_snapshot(bundle, g, cache=cache)
         return [snap.route(q, s).scores(zs) for q, s in deliveries]
     small = Gallery(tmp_path / "g.db", variant_cache_bytes=bound)
-    before = every_route(small)
+    probe = SnapshotCache()
+    make_snapshot(bundle, small, cache=probe)
+    fit = next(iter(probe.fits.values()))               # the bound: two fits
+    few = SnapshotCache(max_fit_bytes=2 * (fit.mean.nbytes + fit.basis.nbytes + fit.lam.nbytes))
+    before = every_route(small, few)
     for step in ("as enrolled", "gen-0 enrolled again"):
-        free = Gallery(tmp_path / "g.db")
-        for got, want in zip(every_route(small), every_route(free)):
+        free, all_fits = Gallery(tmp_path / "g.db"), SnapshotCache()
+        for got, want in zip(every_route(small, few), every_route(free, all_fits)):
             np.testing.assert_allclose(got, want, rtol=1e-12)
         assert 0 < small._variants.bytes <= bound, step
         assert 0 < len(small._variants._got) < len(free._variants._got) == 3 * 5, step
+        assert 0 < few.fit_bytes <= few.max_fit_bytes and len(few.fits) == 2 < len(all_fits.fits)
         # enrolled again from other images by another writer: its variants are read anew
         writer = Attributor(model=gauss_model, crops=1, gallery=tmp_path / "g.db")
         writer.enroll("gen-0", make_images(tmp_path / "t", 4, 20, size=64, kind="blocky"),
                       jpeg_variants=(90,), rescale_variants=(0.75, 0.5), overwrite=True)
         writer.gallery.close()
-    assert max(np.abs(a - b).max() for a, b in zip(every_route(small), before)) > 1e-3
+    assert max(np.abs(a - b).max() for a, b in zip(every_route(small, few), before)) > 1e-3
 
 
 def test_a_pickled_subset_reads_the_tail_at_the_other_profiles_variants(gauss_model, tmp_path):
