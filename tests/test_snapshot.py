@@ -277,7 +277,7 @@ def test_a_pickled_snapshot_assembles_every_route_as_the_gallery_does(gauss_mode
                                    snap.route(88, (32, 32)).scores(zs), rtol=1e-12)
 
 
-def test_the_variants_a_gallery_holds_in_memory_are_bounded(gauss_model, tmp_path):
+def test_the_variants_and_fits_a_process_holds_are_bounded(gauss_model, tmp_path):
     """A gallery keeps the variants it has read up to ``variant_cache_bytes``, and a snapshot
     cache its Gaussian fits up to ``max_fit_bytes`` (the least recently used out first), so a
     server that meets every delivery of a large gallery does not end up holding all of them:
