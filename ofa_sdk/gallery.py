@@ -630,7 +630,6 @@ class Gallery:
             _write_variants(self._db, name, row[2], new.variants)
             _drop_state(self._db, name)
             self._cache.pop(name, None)
-            self._variants.drop(name)
         return new
 
     def put(self, profile: Profile, overwrite: bool = False) -> None:
@@ -646,7 +645,6 @@ class Gallery:
             _write_variants(db, profile.name, row[2], profile.variants)
             _drop_state(db, profile.name)
             self._cache.pop(profile.name, None)
-            self._variants.drop(profile.name)
 
     def get(self, name: str, model_id: Union[str, Sequence[str], None] = None) -> Profile:
         """The profile ``name``; with ``model_id`` (one id or the ids a model answers to, see
@@ -685,7 +683,7 @@ class Gallery:
             if keys:
                 cached.variants = _StoredVariants(keys, functools.partial(
                     self._variant_of, cached, row[3], row[4]))
-                self._variants.drop(name)       # an older enrollment's, if any
+            self._variants.drop(name)   # an older enrollment's (written here or elsewhere)
             self._cache[name] = cached
         return cached
 
